@@ -1,0 +1,178 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// smallPayload is the largest payload copied into the batch buffer; larger
+// payloads are sent in place with writev.
+const smallPayload = 16 << 10
+
+// maxPending bounds the reply bytes queued behind a write in progress. A
+// client that stops reading replies thus stops the server from reading its
+// requests (TCP pushes back) instead of growing the queue.
+const maxPending = 4 << 20
+
+// replyWriter sends replies from many goroutines over one connection.
+//
+// Replies queued while a write is in progress are batched into the next
+// write, so a burst of completions costs one syscall, and nothing waits for
+// a timer: a goroutine that finds the writer idle writes until the queue is
+// empty. The request reader may also queue replies without writing them
+// (sendLater) and flush once it has no more requests buffered, so that the
+// replies to a burst of requests answered inline leave in one writev.
+type replyWriter struct {
+	conn net.Conn
+
+	mu      sync.Mutex
+	drained sync.Cond // signalled after every write
+	writing bool
+	err     error
+	arena   []byte      // headers and small payloads not yet in segs
+	mark    int         // arena[:mark] is already referenced by segs
+	segs    net.Buffers // queued output, in order
+	pending int         // bytes queued and not yet taken by a writer
+	release []func()    // run once the queued output has been written
+	spare   []byte      // arena of the previous batch, for reuse
+}
+
+func newReplyWriter(c net.Conn) *replyWriter {
+	w := &replyWriter{conn: c}
+	w.drained.L = &w.mu
+	return w
+}
+
+// send queues hdr and payload (which may be nil) as one reply and makes sure
+// it gets written: by this goroutine if no write is in progress. release, if
+// not nil, runs once payload is no longer needed.
+func (w *replyWriter) send(hdr, payload []byte, release func()) {
+	w.put(hdr, payload, release, true)
+}
+
+// sendLater queues a reply like send but leaves the write to the next flush
+// (or to a write already in progress).
+func (w *replyWriter) sendLater(hdr, payload []byte, release func()) {
+	w.put(hdr, payload, release, false)
+}
+
+// flush writes out queued replies unless a write is already in progress
+// (which will take them).
+func (w *replyWriter) flush() {
+	w.mu.Lock()
+	if !w.writing && w.pending > 0 && w.err == nil {
+		w.drainLocked()
+	}
+	w.mu.Unlock()
+}
+
+func (w *replyWriter) put(hdr, payload []byte, release func(), now bool) {
+	w.mu.Lock()
+	for w.writing && w.pending >= maxPending && w.err == nil {
+		w.drained.Wait()
+	}
+	if w.err != nil {
+		w.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		return
+	}
+	w.arena = append(w.arena, hdr...)
+	if len(payload) <= smallPayload {
+		w.arena = append(w.arena, payload...)
+		if release != nil {
+			release() // copied already
+		}
+	} else {
+		w.segs = append(w.segs, w.arena[w.mark:], payload)
+		w.mark = len(w.arena)
+		if release != nil {
+			w.release = append(w.release, release)
+		}
+	}
+	w.pending += len(hdr) + len(payload)
+	switch {
+	case w.writing:
+		// The writer in progress takes it.
+	case now || w.pending >= maxPending:
+		w.drainLocked()
+	}
+	w.mu.Unlock()
+}
+
+// drainLocked writes until nothing is queued. It is called with w.mu held
+// and returns with it held, releasing it around each write.
+func (w *replyWriter) drainLocked() {
+	w.writing = true
+	for w.pending > 0 {
+		bufs := append(w.segs, w.arena[w.mark:])
+		rel := w.release
+		w.segs, w.release, w.pending = nil, nil, 0
+		w.arena, w.spare, w.mark = w.spare[:0], w.arena, 0
+		w.mu.Unlock()
+
+		_, err := bufs.WriteTo(w.conn)
+		for _, f := range rel {
+			f()
+		}
+
+		w.mu.Lock()
+		w.drained.Broadcast()
+		if err != nil {
+			w.err = err
+			for _, f := range w.release {
+				f()
+			}
+			w.segs, w.release, w.arena, w.mark, w.pending = nil, nil, nil, 0, 0
+			break
+		}
+	}
+	w.writing = false
+	w.drained.Broadcast()
+}
+
+// failed returns the first write error, if any.
+func (w *replyWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Reply encoders. Each returns the header bytes; payloads are passed
+// separately so that large reads are never copied.
+
+func simpleReply(handle uint64, errno uint32) []byte {
+	b := make([]byte, simpleHeaderLen)
+	binary.BigEndian.PutUint32(b[0:], magicSimple)
+	binary.BigEndian.PutUint32(b[4:], errno)
+	binary.BigEndian.PutUint64(b[8:], handle)
+	return b
+}
+
+func chunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicStructured)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, handle)
+	return binary.BigEndian.AppendUint32(b, length)
+}
+
+// readDataHeader is the header of a one-chunk structured READ reply carrying
+// n bytes from off.
+func readDataHeader(handle, off uint64, n int) []byte {
+	b := chunkHeader(make([]byte, 0, chunkHeaderLen+8), replyFlagDone, chunkOffsetData, handle, uint32(8+n))
+	return binary.BigEndian.AppendUint64(b, off)
+}
+
+// errorChunk is a final NBD_REPLY_TYPE_ERROR chunk with a message.
+func errorChunk(handle uint64, errno uint32, msg string) []byte {
+	if len(msg) > 4096 {
+		msg = msg[:4096]
+	}
+	b := chunkHeader(make([]byte, 0, chunkHeaderLen+6+len(msg)), replyFlagDone, chunkError, handle, uint32(6+len(msg)))
+	b = binary.BigEndian.AppendUint32(b, errno)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	return append(b, msg...)
+}
