@@ -119,6 +119,8 @@ func TestFio(t *testing.T) {
 				"--name=" + c.name, "--ioengine=nbd", "--uri=" + a.URI("vol0"),
 				"--size=64M", "--verify=crc32c", "--do_verify=1",
 				"--output-format=json", "--output=" + out,
+				// No verify state files in the working directory.
+				"--verify_state_save=0",
 			}, c.args...)
 			log := testbin.Run(t, 3*toolTimeout, "fio", args...)
 			var r fioResult
