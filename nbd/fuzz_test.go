@@ -1,0 +1,153 @@
+package nbd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// fuzzConn is a net.Conn whose input is a fixed byte string and whose
+// output is discarded: the server sees exactly what the fuzzer wrote.
+type fuzzConn struct {
+	r io.Reader
+}
+
+func (c *fuzzConn) Read(b []byte) (int, error)       { return c.r.Read(b) }
+func (c *fuzzConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (c *fuzzConn) Close() error                     { return nil }
+func (c *fuzzConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *fuzzConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *fuzzConn) SetDeadline(time.Time) error      { return nil }
+func (c *fuzzConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
+
+// handshakePrefix is a client's side of a successful negotiation of export
+// "a": structured replies, base:allocation, NBD_OPT_GO.
+func handshakePrefix(structured bool) []byte {
+	var b []byte
+	b = binary.BigEndian.AppendUint32(b, clientFixedNew|clientNoZeroes)
+	opt := func(o uint32, data []byte) {
+		b = binary.BigEndian.AppendUint64(b, magicOption)
+		b = binary.BigEndian.AppendUint32(b, o)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	if structured {
+		opt(optStructuredReply, nil)
+		opt(optSetMetaContext, metaData("a", metaContextBase))
+	}
+	opt(optGo, goData("a", infoBlockSize))
+	return b
+}
+
+func fuzzSeeds() [][]byte {
+	hp := handshakePrefix(true)
+	var seeds [][]byte
+	seeds = append(seeds, hp, handshakePrefix(false))
+	reqs := [][]byte{
+		append(reqBytes(cmdWrite, cfFUA, 1, 0, 8), "abcdefgh"...),
+		reqBytes(cmdRead, cfDF, 2, 0, 4096),
+		reqBytes(cmdFlush, 0, 3, 0, 0),
+		reqBytes(cmdTrim, 0, 4, 4096, 8192),
+		reqBytes(cmdWriteZeroes, cfNoHole|cfFastZero, 5, 0, 65536),
+		reqBytes(cmdCache, 0, 6, 0, 65536),
+		reqBytes(cmdBlockStatus, cfReqOne, 7, 0, 1<<20),
+		reqBytes(cmdRead, 0, 8, 1<<20-1, 2),
+		reqBytes(cmdWrite, 0, 9, 1<<63, 1),
+		reqBytes(99, 0xffff, 10, 0, 0),
+		reqBytes(cmdDisc, 0, 11, 0, 0),
+	}
+	all := append([]byte(nil), hp...)
+	for _, r := range reqs {
+		seeds = append(seeds, append(append([]byte(nil), hp...), r...))
+		all = append(all, r...)
+	}
+	seeds = append(seeds, all)
+	// Handshake-only inputs.
+	var list []byte
+	list = binary.BigEndian.AppendUint32(list, clientFixedNew)
+	list = binary.BigEndian.AppendUint64(list, magicOption)
+	list = binary.BigEndian.AppendUint32(list, optList)
+	list = binary.BigEndian.AppendUint32(list, 0)
+	seeds = append(seeds, list)
+	var en []byte
+	en = binary.BigEndian.AppendUint32(en, clientFixedNew)
+	en = binary.BigEndian.AppendUint64(en, magicOption)
+	en = binary.BigEndian.AppendUint32(en, optExportName)
+	en = binary.BigEndian.AppendUint32(en, 1)
+	en = append(en, 'a')
+	en = append(en, reqBytes(cmdRead, 0, 1, 0, 512)...)
+	seeds = append(seeds, en)
+	return seeds
+}
+
+// FuzzServe feeds arbitrary client bytes to a whole connection: handshake
+// and transmission. The server must neither panic nor hang, and the backend
+// (which panics on an invalid range) must only see valid requests.
+func FuzzServe(f *testing.F) {
+	for _, s := range fuzzSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg := DefaultConfig()
+		cfg.MaxInflight = 4
+		mem := newMem(1 << 20)
+		ro := newMem(1 << 16)
+		ro.caps.ReadOnly = true
+		srv := NewServer(NewStaticExports("a", Export{Name: "a", Backend: mem}, Export{Name: "ro", Backend: ro}), cfg)
+		defer srv.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = srv.ServeConn(&fuzzConn{r: bytes.NewReader(data)})
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("server did not finish a %d-byte input", len(data))
+		}
+	})
+}
+
+// FuzzRequest checks the request decoder and validator on their own: a
+// request they accept must address a valid range of the export.
+func FuzzRequest(f *testing.F) {
+	for _, s := range fuzzSeeds() {
+		if len(s) >= requestHeaderLen {
+			f.Add(s[len(s)-requestHeaderLen:], uint16(0xffff), true, true)
+		}
+	}
+	f.Add(reqBytes(cmdRead, 0, 1, 0, 0), uint16(tfHasFlags|tfReadOnly), false, false)
+	f.Fuzz(func(t *testing.T, hdr []byte, flags uint16, structured, meta bool) {
+		r, err := decodeRequest(hdr)
+		if err != nil {
+			return
+		}
+		const size = 1 << 30
+		s := &session{flags: flags, structured: structured, metaBase: meta}
+		if rej := s.check(r, size); rej != nil {
+			if rej.errno == 0 || rej.msg == "" {
+				t.Fatalf("rejection without errno or message: %+v", rej)
+			}
+			return
+		}
+		switch r.typ {
+		case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes, cmdCache, cmdBlockStatus:
+			if r.off > size || uint64(r.length) > size-r.off {
+				t.Fatalf("accepted %s at %d+%d on a %d-byte export", commandName(r.typ), r.off, r.length, size)
+			}
+			if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > MaxPayload {
+				t.Fatalf("accepted a %d-byte payload", r.length)
+			}
+		case cmdFlush, cmdDisc:
+		default:
+			t.Fatalf("accepted unknown command %d", r.typ)
+		}
+		if flags&tfReadOnly != 0 && (r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes) {
+			t.Fatalf("accepted %s on a read-only export", commandName(r.typ))
+		}
+	})
+}

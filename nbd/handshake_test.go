@@ -1,0 +1,370 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/volume"
+)
+
+func TestGreeting(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew | clientNoZeroes)
+	if r.sf != flagFixedNew|flagNoZeroes {
+		t.Fatalf("handshake flags %#x, want FIXED_NEWSTYLE|NO_ZEROES", r.sf)
+	}
+}
+
+func TestUnknownClientFlagsClose(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew | 1<<7)
+	r.expectClosed()
+}
+
+func TestBadOptionMagicCloses(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew)
+	r.write(make([]byte, 16)) // zero magic
+	r.expectClosed()
+}
+
+func TestOptionReplies(t *testing.T) {
+	exps := []Export{
+		{Name: "a", Description: "first", Backend: newMem(1 << 20)},
+		{Name: "b", Backend: newMem(8192)},
+	}
+	tests := []struct {
+		name  string
+		setup []uint32 // options sent first, each answered with ACK
+		opt   uint32
+		data  []byte
+		want  []uint32 // reply types in order
+	}{
+		{"list", nil, optList, nil, []uint32{repServer, repServer, repAck}},
+		{"list with data", nil, optList, []byte{1}, []uint32{repErrInvalid}},
+		{"unknown option", nil, 99, []byte("xyz"), []uint32{repErrUnsup}},
+		{"withdrawn peek export", nil, 4, nil, []uint32{repErrUnsup}},
+		{"starttls without tls", nil, optStartTLS, nil, []uint32{repErrUnsup}},
+		{"structured reply", nil, optStructuredReply, nil, []uint32{repAck}},
+		{"structured reply with data", nil, optStructuredReply, []byte{0}, []uint32{repErrInvalid}},
+		{"info", nil, optInfo, goData("a"), []uint32{repInfo, repAck}},
+		{"info all", nil, optInfo, goData("a", infoName, infoDescription, infoBlockSize, 77), []uint32{repInfo, repInfo, repInfo, repInfo, repAck}},
+		{"info no description", nil, optInfo, goData("b", infoDescription), []uint32{repInfo, repAck}},
+		{"info duplicate requests", nil, optInfo, goData("a", infoName, infoName), []uint32{repInfo, repInfo, repAck}},
+		{"info unknown export", nil, optInfo, goData("zz"), []uint32{repErrUnknown}},
+		{"info default export without default", nil, optInfo, goData(""), []uint32{repErrUnknown}},
+		{"info short", nil, optInfo, []byte{0, 0, 0}, []uint32{repErrInvalid}},
+		{"info name too long", nil, optInfo, []byte{0, 0, 1, 0, 0, 0}, []uint32{repErrInvalid}},
+		{"info trailing bytes", nil, optInfo, append(goData("a", infoName), 0), []uint32{repErrInvalid}},
+		{"list meta before structured", nil, optListMetaContext, metaData("a"), []uint32{repErrInvalid}},
+		{"list meta all", []uint32{optStructuredReply}, optListMetaContext, metaData("a"), []uint32{repMetaContext, repAck}},
+		{"list meta namespace", []uint32{optStructuredReply}, optListMetaContext, metaData("a", "base:"), []uint32{repMetaContext, repAck}},
+		{"list meta other namespace", []uint32{optStructuredReply}, optListMetaContext, metaData("a", "x-other:thing"), []uint32{repAck}},
+		{"list meta unknown export", []uint32{optStructuredReply}, optListMetaContext, metaData("zz"), []uint32{repErrUnknown}},
+		{"list meta malformed", []uint32{optStructuredReply}, optListMetaContext, []byte{0, 0, 0, 1, 'a', 0, 0, 0, 2, 0, 0, 0, 9}, []uint32{repErrInvalid}},
+		{"set meta base", []uint32{optStructuredReply}, optSetMetaContext, metaData("a", "base:allocation"), []uint32{repMetaContext, repAck}},
+		{"set meta none", []uint32{optStructuredReply}, optSetMetaContext, metaData("a"), []uint32{repAck}},
+		{"set meta namespace only", []uint32{optStructuredReply}, optSetMetaContext, metaData("a", "base:"), []uint32{repAck}},
+		{"oversized option", nil, 99, make([]byte, maxOptionLen+1), []uint32{repErrTooBig}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := testServer(t, nil, exps...)
+			r := newRaw(t, srv)
+			r.greet(clientFixedNew | clientNoZeroes)
+			for _, o := range tc.setup {
+				r.opt(o, nil)
+				if typ, _ := r.reply(o); typ != repAck {
+					t.Fatalf("setup option %d: reply %#x", o, typ)
+				}
+			}
+			r.opt(tc.opt, tc.data)
+			for i, want := range tc.want {
+				typ, data := r.reply(tc.opt)
+				if typ != want {
+					t.Fatalf("reply %d: type %#x (%q), want %#x", i, typ, data, want)
+				}
+				if typ&repErrBit != 0 && len(data) == 0 {
+					t.Errorf("error reply %#x without a message", typ)
+				}
+			}
+			// Haggling goes on after every one of these.
+			r.opt(optList, nil)
+			for {
+				typ, _ := r.reply(optList)
+				if typ == repAck {
+					break
+				}
+			}
+		})
+	}
+}
+
+func TestInfoContents(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Description: "the first", Backend: newMem(1 << 20)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew | clientNoZeroes)
+	r.opt(optInfo, goData("a", infoBlockSize, infoName, infoDescription))
+	got := map[uint16][]byte{}
+	for {
+		typ, data := r.reply(optInfo)
+		if typ == repAck {
+			break
+		}
+		got[binary.BigEndian.Uint16(data)] = data[2:]
+	}
+	exp := got[infoExport]
+	if len(exp) != 10 || binary.BigEndian.Uint64(exp) != 1<<20 {
+		t.Fatalf("NBD_INFO_EXPORT %x", exp)
+	}
+	wantFlags := tfHasFlags | tfSendFlush | tfSendFUA | tfSendTrim | tfSendZeroes | tfSendFastZero | tfSendCache | tfCanMultiConn
+	if f := binary.BigEndian.Uint16(exp[8:]); f != wantFlags {
+		t.Errorf("flags %#x, want %#x (no DF before structured replies)", f, wantFlags)
+	}
+	if string(got[infoName]) != "a" || string(got[infoDescription]) != "the first" {
+		t.Errorf("name %q description %q", got[infoName], got[infoDescription])
+	}
+	bs := got[infoBlockSize]
+	if len(bs) != 12 || binary.BigEndian.Uint32(bs) != 1 || binary.BigEndian.Uint32(bs[4:]) != 4096 || binary.BigEndian.Uint32(bs[8:]) != MaxPayload {
+		t.Errorf("block size %x", bs)
+	}
+}
+
+func TestTransmissionFlags(t *testing.T) {
+	ro := newMem(4096)
+	ro.caps.ReadOnly = true
+	noTrim := newMem(4096)
+	noTrim.caps = volume.Caps{}
+	tests := []struct {
+		name       string
+		b          volume.Backend
+		structured bool
+		want       uint16
+	}{
+		{"writable structured", newMem(4096), true, tfHasFlags | tfSendFlush | tfSendFUA | tfSendTrim | tfSendZeroes | tfSendFastZero | tfSendCache | tfCanMultiConn | tfSendDF},
+		{"read-only", ro, true, tfHasFlags | tfReadOnly | tfSendFlush | tfSendCache | tfCanMultiConn | tfSendDF},
+		{"no trim no multi-conn simple", noTrim, false, tfHasFlags | tfSendFlush | tfSendFUA | tfSendZeroes | tfSendFastZero | tfSendCache},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := testServer(t, nil, Export{Name: "x", Backend: tc.b})
+			c := dial(t, srv, nbdclient.Options{Export: "x", NoStructured: !tc.structured})
+			if c.Flags() != tc.want {
+				t.Fatalf("flags %#x, want %#x", c.Flags(), tc.want)
+			}
+		})
+	}
+}
+
+func TestExportName(t *testing.T) {
+	for _, noZeroes := range []bool{false, true} {
+		srv := testServer(t, nil, Export{Name: "a", Backend: newMem(12345)})
+		r := newRaw(t, srv)
+		cf := clientFixedNew
+		if noZeroes {
+			cf |= clientNoZeroes
+		}
+		r.greet(cf)
+		r.opt(optExportName, []byte("a"))
+		n := 10
+		if !noZeroes {
+			n += 124
+		}
+		b := make([]byte, n)
+		r.read(b)
+		if binary.BigEndian.Uint64(b) != 12345 {
+			t.Fatalf("size %d", binary.BigEndian.Uint64(b))
+		}
+		if !bytes.Equal(b[10:], make([]byte, n-10)) {
+			t.Fatalf("padding not zero")
+		}
+		// Transmission works right away.
+		r.write(reqBytes(cmdFlush, 0, 7, 0, 0))
+		if errno, h := r.simple(); errno != 0 || h != 7 {
+			t.Fatalf("flush reply errno %d handle %d", errno, h)
+		}
+	}
+}
+
+func TestExportNameUnknownCloses(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew)
+	r.opt(optExportName, []byte("nope"))
+	r.expectClosed()
+}
+
+func TestDefaultExport(t *testing.T) {
+	c := DefaultConfig()
+	srv := NewServer(NewStaticExports("a", Export{Name: "a", Backend: newMem(4096)}), c)
+	t.Cleanup(func() { srv.Close() })
+	cl := dial(t, srv, nbdclient.Options{})
+	if cl.Size() != 4096 || cl.Name() != "a" {
+		t.Fatalf("default export: size %d name %q", cl.Size(), cl.Name())
+	}
+}
+
+func TestAbort(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew)
+	r.opt(optAbort, nil)
+	if typ, _ := r.reply(optAbort); typ != repAck {
+		t.Fatalf("abort reply %#x", typ)
+	}
+	r.expectClosed()
+}
+
+func TestMetaContextFollowsExport(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(8192)}, Export{Name: "b", Backend: newMem(8192)})
+	ctx := context.Background()
+
+	// Selected for the export we go to: BLOCK_STATUS works.
+	c := dial(t, srv, nbdclient.Options{Export: "a", MetaContexts: []string{nbdclient.MetaContextBase}})
+	if id, ok := c.MetaContext(nbdclient.MetaContextBase); !ok || id != metaContextID {
+		t.Fatalf("context id %d %v", id, ok)
+	}
+	if _, err := c.BlockStatus(ctx, 0, 8192, 0); err != nil {
+		t.Fatalf("block status: %v", err)
+	}
+
+	// Selected for another export: no context in transmission.
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew | clientNoZeroes)
+	r.opt(optStructuredReply, nil)
+	r.reply(optStructuredReply)
+	r.opt(optSetMetaContext, metaData("b", metaContextBase))
+	r.reply(optSetMetaContext)
+	r.reply(optSetMetaContext)
+	r.opt(optGo, goData("a"))
+	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
+	}
+	r.write(reqBytes(cmdBlockStatus, 0, 1, 0, 4096))
+	if errno, _ := r.structuredError(); errno != errInval {
+		t.Fatalf("BLOCK_STATUS after meta context for another export: errno %d, want EINVAL", errno)
+	}
+}
+
+// structuredError reads one structured chunk and returns its error value
+// (0 if it is not an error chunk) and handle.
+func (r *raw) structuredError() (uint32, uint64) {
+	r.t.Helper()
+	var h [20]byte
+	r.read(h[:])
+	if m := binary.BigEndian.Uint32(h[0:]); m != magicStructured {
+		r.t.Fatalf("chunk magic %#x", m)
+	}
+	typ := binary.BigEndian.Uint16(h[6:])
+	handle := binary.BigEndian.Uint64(h[8:])
+	data := make([]byte, binary.BigEndian.Uint32(h[16:]))
+	r.read(data)
+	if typ&(1<<15) == 0 {
+		return 0, handle
+	}
+	return binary.BigEndian.Uint32(data), handle
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HandshakeTimeout = 200 * time.Millisecond
+	srv := testServer(t, &cfg, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	var g [18]byte
+	r.read(g[:])
+	start := time.Now()
+	r.expectClosed() // we never send our flags
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+}
+
+func TestShutdownDuringHandshake(t *testing.T) {
+	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew)
+	srv.closing.Store(true)
+	r.opt(optList, nil)
+	if typ, _ := r.reply(optList); typ != repErrShutdown {
+		t.Fatalf("reply %#x, want ERR_SHUTDOWN", typ)
+	}
+}
+
+// selfSigned returns a server TLS config and a client config trusting it.
+func selfSigned(t *testing.T) (*tls.Config, *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "tandem-test"},
+		DNSNames:     []string{"tandem-test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: pool, ServerName: "tandem-test", MinVersion: tls.VersionTLS12}
+}
+
+func TestTLS(t *testing.T) {
+	srvTLS, cliTLS := selfSigned(t)
+	cfg := DefaultConfig()
+	cfg.TLS = srvTLS
+	cfg.TLSRequired = true
+	mem := newMem(1 << 20)
+	srv := testServer(t, &cfg, Export{Name: "a", Backend: mem})
+
+	// Before STARTTLS every option but ABORT is refused.
+	r := newRaw(t, srv)
+	r.greet(clientFixedNew)
+	r.opt(optList, nil)
+	if typ, _ := r.reply(optList); typ != repErrTLSReqd {
+		t.Fatalf("LIST before TLS: %#x, want ERR_TLS_REQD", typ)
+	}
+	r.opt(optExportName, []byte("a"))
+	r.expectClosed()
+
+	// With TLS the whole session works.
+	c := dial(t, srv, nbdclient.Options{Export: "a", TLS: cliTLS})
+	ctx := context.Background()
+	if err := c.WriteAt(ctx, []byte("secret"), 100, 0); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if err := c.ReadAt(ctx, buf, 100, 0); err != nil || string(buf) != "secret" {
+		t.Fatalf("read %q %v", buf, err)
+	}
+
+	// A second STARTTLS inside TLS is invalid.
+	var oe *nbdclient.OptionError
+	_, err := nbdclient.Handshake(ctx, connect(t, srv), nbdclient.Options{Export: "a", TLS: &tls.Config{RootCAs: cliTLS.RootCAs, ServerName: "wrong-name"}})
+	if err == nil || errors.As(err, &oe) || !strings.Contains(err.Error(), "TLS") {
+		t.Fatalf("bad certificate name: err %v", err)
+	}
+}

@@ -1,0 +1,230 @@
+package blockfile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-project/tandem/volume"
+)
+
+func open(t *testing.T, size int64) *File {
+	t.Helper()
+	b, err := Open(filepath.Join(t.TempDir(), "vol.img"), Options{Size: size, Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func extents(t *testing.T, b *File, off, n int64) []volume.Extent {
+	t.Helper()
+	e, err := b.Extents(context.Background(), off, n, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestReadWrite(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, 1<<20)
+	for _, flags := range []volume.Flags{0, volume.FUA} {
+		p := bytes.Repeat([]byte("tandem"), 1000)
+		if err := b.WriteAt(ctx, p, 12345, flags); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(p))
+		if err := b.ReadAt(ctx, got, 12345); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("flags %v: read back: %v", flags, err)
+		}
+	}
+	if err := b.WriteAt(ctx, []byte{1}, 1<<20, 0); !errors.Is(err, volume.ErrOutOfRange) {
+		t.Fatalf("write past end: %v", err)
+	}
+	if err := b.ReadAt(ctx, make([]byte, 2), 1<<20-1); !errors.Is(err, volume.ErrOutOfRange) {
+		t.Fatalf("read past end: %v", err)
+	}
+}
+
+func TestNewVolumeIsOneHole(t *testing.T) {
+	b := open(t, 64<<20)
+	e := extents(t, b, 0, 64<<20)
+	if len(e) != 1 || e[0].Length != 64<<20 || e[0].Flags != volume.Hole|volume.Zero {
+		t.Fatalf("extents of a new volume: %v", e)
+	}
+	got := make([]byte, 4096)
+	if err := b.ReadAt(context.Background(), got, 1<<20); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatalf("a new volume does not read as zeroes: %v", err)
+	}
+}
+
+func TestZeroTrimAndExtents(t *testing.T) {
+	ctx := context.Background()
+	const mb = 1 << 20
+	b := open(t, 8*mb)
+	if err := b.WriteAt(ctx, bytes.Repeat([]byte{7}, 4*mb), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Punch [1M, 2M), zero in place [2M, 3M), trim [3M, 3M+64K).
+	if err := b.Zero(ctx, mb, mb, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Zero(ctx, 2*mb, mb, volume.NoHole|volume.FUA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Trim(ctx, 3*mb, 64<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2*mb)
+	if err := b.ReadAt(ctx, got, mb); err != nil || !bytes.Equal(got, make([]byte, 2*mb)) {
+		t.Fatalf("zeroed ranges do not read as zeroes: %v", err)
+	}
+	e := extents(t, b, 0, 8*mb)
+	want := []volume.Extent{
+		{Length: mb}, // data
+		{Length: mb, Flags: volume.Hole | volume.Zero}, // punched
+		{Length: mb}, // zeroed in place: still allocated
+		{Length: 64 << 10, Flags: volume.Hole | volume.Zero},
+		{Length: mb - 64<<10},
+		{Length: 4 * mb, Flags: volume.Hole | volume.Zero},
+	}
+	if len(e) != len(want) {
+		t.Fatalf("extents %v, want %v", e, want)
+	}
+	for i := range want {
+		if e[i] != want[i] {
+			t.Fatalf("extent %d: %v, want %v (all %v)", i, e[i], want[i], e)
+		}
+	}
+	// A bounded query stops at max and never runs past the range.
+	e, _ = b.Extents(ctx, mb/2, mb, 1)
+	if len(e) != 1 || e[0].Length != mb/2 || e[0].Flags != 0 {
+		t.Fatalf("max=1 from the middle of data: %v", e)
+	}
+	e, _ = b.Extents(ctx, 5*mb, mb, 10)
+	if len(e) != 1 || e[0].Length != mb {
+		t.Fatalf("range inside the trailing hole: %v", e)
+	}
+	// FastZero succeeds: punching a hole is a metadata operation.
+	if err := b.Zero(ctx, 0, mb, volume.FastZero); err != nil {
+		t.Fatalf("fast zero: %v", err)
+	}
+}
+
+func TestReadOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vol.img")
+	w, err := Open(path, Options{Size: 1 << 20, Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteAt(context.Background(), []byte("hello"), 0, volume.FUA)
+	w.Close()
+	b, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	if !b.Caps().ReadOnly || b.Size() != 1<<20 {
+		t.Fatalf("caps %+v size %d", b.Caps(), b.Size())
+	}
+	for name, err := range map[string]error{
+		"write": b.WriteAt(ctx, []byte("x"), 0, 0),
+		"zero":  b.Zero(ctx, 0, 1, 0),
+		"trim":  b.Trim(ctx, 0, 1, 0),
+	} {
+		if !errors.Is(err, volume.ErrReadOnly) {
+			t.Errorf("%s on read-only: %v", name, err)
+		}
+	}
+	got := make([]byte, 5)
+	if err := b.ReadAt(ctx, got, 0); err != nil || string(got) != "hello" {
+		t.Fatalf("read %q %v", got, err)
+	}
+}
+
+func TestOpenSizes(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vol.img")
+	if _, err := Open(path, Options{Size: 1 << 20}); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("open without Create: %v", err)
+	}
+	b, err := Open(path, Options{Size: 1 << 20, Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.WriteAt(context.Background(), []byte("keep"), 0, 0)
+	b.Close()
+	if _, err := Open(path, Options{Size: 1 << 19}); err == nil || !strings.Contains(err.Error(), "never shrink") {
+		t.Fatalf("shrink: %v", err)
+	}
+	b, err = Open(path, Options{Size: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Size() != 2<<20 {
+		t.Fatalf("size after grow %d", b.Size())
+	}
+	if err := b.Grow(4 << 20); err != nil || b.Size() != 4<<20 {
+		t.Fatalf("Grow: %v size %d", err, b.Size())
+	}
+	if err := b.Grow(1 << 20); err == nil {
+		t.Fatal("Grow to a smaller size succeeded")
+	}
+	got := make([]byte, 4)
+	if err := b.ReadAt(context.Background(), got, 0); err != nil || string(got) != "keep" {
+		t.Fatalf("data after growing: %q %v", got, err)
+	}
+	if _, err := Open(dir, Options{}); err == nil {
+		t.Fatal("opened a directory as a volume")
+	}
+}
+
+func TestReadAtNowait(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, 4<<20)
+	p := bytes.Repeat([]byte{9}, 1<<20)
+	if err := b.WriteAt(ctx, p, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	done, err := b.ReadAtNowait(got, 0)
+	if err != nil || !done || !bytes.Equal(got, p) {
+		t.Fatalf("cached read: done %v err %v", done, err)
+	}
+	// Evict the (now clean) pages: the non-blocking read must refuse.
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(b.f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if done, _ := b.ReadAtNowait(got, 0); done {
+		t.Skip("the kernel kept the pages cached after FADV_DONTNEED; cannot test the blocking case here")
+	}
+	if err := b.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("read after eviction: %v", err)
+	}
+}
+
+func TestCloseTwice(t *testing.T) {
+	b, err := Open(filepath.Join(t.TempDir(), "v"), Options{Size: 4096, Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); !errors.Is(err, volume.ErrClosed) {
+		t.Fatalf("second close: %v", err)
+	}
+}
