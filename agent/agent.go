@@ -11,7 +11,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/volume"
@@ -100,6 +104,28 @@ func (c Config) Validate() error {
 	return c.NBD.Validate()
 }
 
+// lockDataDir takes an exclusive lock on dir for the life of the agent, so
+// that two agents never serve (and write) the same volume files. The lock is
+// released by the kernel if the agent dies.
+func lockDataDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, "agent.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("agent: data directory %s is in use by another agent (pid %s)", dir, strings.TrimSpace(string(owner)))
+		}
+		return nil, fmt.Errorf("agent: locking %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() { f.Close() }, nil
+}
+
 // Run serves the configured volumes until ctx ends, then stops accepting,
 // lets requests in flight finish (up to ShutdownTimeout), flushes and closes
 // the volumes.
@@ -115,6 +141,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := os.MkdirAll(volDir, 0o700); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 
 	var exports []nbd.Export
 	defer func() {
@@ -127,6 +158,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for _, v := range cfg.Volumes {
 		path := filepath.Join(volDir, v.Name+".img")
 		b, err := blockfile.Open(path, blockfile.Options{Size: v.Size, Create: true, ReadOnly: v.ReadOnly})
+		if errors.Is(err, os.ErrNotExist) && v.ReadOnly {
+			return fmt.Errorf("agent: volume %s is declared read-only but %s does not exist: serve it writable first, or check --data", v.Name, path)
+		}
 		if err != nil {
 			return fmt.Errorf("agent: volume %s: %w", v.Name, err)
 		}

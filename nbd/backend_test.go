@@ -17,10 +17,10 @@ type memBackend struct {
 	mu       sync.Mutex
 	data     []byte
 	caps     volume.Caps
-	calls    []string // "op off len flags"
-	failRead error    // returned by ReadAt when set
-	failAll  error    // returned by every call when set
-	notFast  bool     // Zero with FastZero returns ErrNotFast
+	calls    []string                   // "op off len flags"
+	failRead error                      // returned by ReadAt when set
+	failAll  error                      // returned by every call when set
+	notFast  bool                       // Zero with FastZero returns ErrNotFast
 	gate     func(op string, off int64) // called before each op, may block
 	flushes  int
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strings"
 )
 
 // maxOptionLen bounds the data of one option. Longer options are discarded
@@ -154,8 +153,13 @@ func (h *handshake) option(ctx context.Context, opt uint32, data []byte) (*sessi
 			return nil, h.reply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
 		for _, name := range h.srv.exports.List() {
+			// The name, then a description for humans.
 			p := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
-			if err := h.reply(opt, repServer, append(p, name...)); err != nil {
+			p = append(p, name...)
+			if exp, err := h.srv.exports.Lookup(name); err == nil {
+				p = append(p, exp.Description...)
+			}
+			if err := h.reply(opt, repServer, p); err != nil {
 				return nil, err
 			}
 		}
@@ -414,9 +418,4 @@ func (h *handshake) reply(opt, typ uint32, data []byte) error {
 		return err
 	}
 	return h.w.Flush()
-}
-
-// validName reports whether s may be used as an export name.
-func validName(s string) bool {
-	return len(s) <= maxStringLen && !strings.ContainsRune(s, 0)
 }

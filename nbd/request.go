@@ -112,8 +112,10 @@ func (s *session) check(r request, size int64) *rejection {
 		}
 	}
 	if size < 0 || r.off > math.MaxInt64 || int64(r.off) > size || int64(r.length) > size-int64(r.off) {
+		// The spec: ENOSPC for writes past the end, EINVAL for reads and
+		// trims.
 		switch r.typ {
-		case cmdWrite, cmdTrim, cmdWriteZeroes:
+		case cmdWrite, cmdWriteZeroes:
 			return reject(errNoSpc, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)
 		default:
 			return reject(errInval, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)

@@ -158,7 +158,7 @@ func TestRequestErrors(t *testing.T) {
 		{"write past end", false, true, false, req{cmdWrite, 0, size - 1, 2}, errNoSpc},
 		{"write at huge offset", false, true, false, req{cmdWrite, 0, math.MaxUint64, 1}, errNoSpc},
 		{"write offset past int64", false, false, false, req{cmdWrite, 0, 1 << 63, 1}, errNoSpc},
-		{"trim past end", false, true, false, req{cmdTrim, 0, size, 1}, errNoSpc},
+		{"trim past end", false, true, false, req{cmdTrim, 0, size, 1}, errInval},
 		{"zero past end", false, true, false, req{cmdWriteZeroes, 0, 0, size + 1}, errNoSpc},
 		{"read past end", false, true, false, req{cmdRead, 0, size, 1}, errInval},
 		{"read past end simple", false, false, false, req{cmdRead, 0, size - 4, 8}, errInval},
@@ -385,7 +385,7 @@ func TestBlockStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []nbdclient.Extent{{8192, 3}, {4096, 0}, {53248, 3}}
+	want := []nbdclient.Extent{{Length: 8192, Flags: 3}, {Length: 4096, Flags: 0}, {Length: 53248, Flags: 3}}
 	if fmt.Sprint(ext) != fmt.Sprint(want) {
 		t.Fatalf("extents %v, want %v", ext, want)
 	}

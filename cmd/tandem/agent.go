@@ -20,8 +20,10 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 exports until it receives SIGINT or SIGTERM, then lets requests in flight
 finish, flushes the volumes and exits.
 
-Each --volume is NAME=SIZE[,ro]; the volume file is created under
---data/volumes on first use and grown when SIZE grows.`,
+Each --volume is NAME=SIZE[,ro]; a writable volume's file is created under
+--data/volumes on first use and grown when SIZE grows (volumes never
+shrink). A read-only volume must already exist. One agent at a time may use
+a data directory.`,
 		Example: `  tandem agent --data /var/lib/tandem --volume vm1=20G --volume iso=4G,ro
   qemu-io -f raw nbd://127.0.0.1:10809/vm1`,
 		Args: cobra.NoArgs,

@@ -60,39 +60,48 @@ func Open(path string, opts Options) (*File, error) {
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	if opts.Create && !opts.ReadOnly {
-		flag |= os.O_CREATE
-	}
 	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0o600)
+	created := false
+	if errors.Is(err, os.ErrNotExist) && opts.Create && !opts.ReadOnly {
+		f, err = os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+		created = err == nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("blockfile: %w", err)
 	}
-	fi, err := f.Stat()
+	b, err := setup(f, path, opts)
 	if err != nil {
 		f.Close()
+		if created {
+			os.Remove(path) // do not leave a half-made volume behind
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// setup checks and sizes an opened file.
+func setup(f *os.File, path string, opts Options) (*File, error) {
+	fi, err := f.Stat()
+	if err != nil {
 		return nil, fmt.Errorf("blockfile: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		f.Close()
 		return nil, fmt.Errorf("blockfile: %s is not a regular file", path)
 	}
 	size := fi.Size()
 	switch {
 	case opts.Size == 0:
 	case opts.Size < size:
-		f.Close()
 		return nil, fmt.Errorf("blockfile: %s holds %d bytes, more than the requested size %d (volumes never shrink)", path, size, opts.Size)
 	case opts.Size > size:
 		if opts.ReadOnly {
-			f.Close()
 			return nil, fmt.Errorf("blockfile: %s holds %d bytes, cannot grow to %d read-only", path, size, opts.Size)
 		}
 		if err := f.Truncate(opts.Size); err != nil {
-			f.Close()
 			return nil, fmt.Errorf("blockfile: grow %s to %d: %w", path, opts.Size, err)
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
 			return nil, fmt.Errorf("blockfile: sync %s: %w", path, err)
 		}
 		size = opts.Size
