@@ -9,7 +9,7 @@ GO          ?= go
 BIN         := bin/tandem
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
 LDFLAGS     := -X main.version=$(VERSION)
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 TEST_FLAGS  ?=
 
 .PHONY: all build run test lint bench deps clean
