@@ -1,0 +1,253 @@
+package wal
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The kill -9 test. TestCrashChild is the helper process: started by
+// TestKill9 with WAL_CRASH_DIR set, it opens the log and mutates it forever,
+// printing one line per acknowledged operation:
+//
+//	A <from> <to> <term>   StoreLogs(from..to) returned nil
+//	b P <max>              about to DeleteRange(first, max)
+//	P <max>                it returned nil
+//	b S <min>              about to DeleteRange(min, last)
+//	S <min>                it returned nil
+//
+// The parent SIGKILLs it at random moments (sometimes right after a "b"
+// line, i.e. inside DeleteRange), reopens the log and checks that every
+// acknowledged entry is there and intact, that acknowledged deletions
+// stuck, and that the log is contiguous.
+
+func crashConfig() Config {
+	c := DefaultConfig()
+	c.SegmentSize = 256 << 10
+	c.InlineThreshold = 1 << 10
+	return c
+}
+
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv("WAL_CRASH_DIR")
+	if dir == "" {
+		t.Skip("helper process for TestKill9")
+	}
+	seed, _ := strconv.ParseInt(os.Getenv("WAL_CRASH_SEED"), 10, 64)
+	term, _ := strconv.ParseUint(os.Getenv("WAL_CRASH_TERM"), 10, 64)
+	rng := rand.New(rand.NewSource(seed))
+	l, err := Open(dir, crashConfig())
+	if err != nil {
+		fmt.Printf("E open: %v\n", err)
+		os.Exit(2)
+	}
+	out := os.Stdout // unbuffered: a printed line is an acknowledgement
+	for {
+		first, _ := l.FirstIndex()
+		last, _ := l.LastIndex()
+		switch r := rng.Intn(100); {
+		case r < 8 && last-first > 60:
+			max := first + uint64(rng.Int63n(int64(last-first-30)))
+			fmt.Fprintf(out, "b P %d\n", max)
+			if err := l.DeleteRange(first, max); err != nil {
+				fmt.Fprintf(out, "E %v\n", err)
+				os.Exit(2)
+			}
+			fmt.Fprintf(out, "P %d\n", max)
+		case r < 16 && last-first > 20:
+			min := last - uint64(rng.Intn(15))
+			fmt.Fprintf(out, "b S %d\n", min)
+			if err := l.DeleteRange(min, last); err != nil {
+				fmt.Fprintf(out, "E %v\n", err)
+				os.Exit(2)
+			}
+			fmt.Fprintf(out, "S %d\n", min)
+			term++ // re-appended indexes get different contents
+		default:
+			from := last + 1
+			to := from + uint64(rng.Intn(16))
+			if err := l.StoreLogs(makeEntries(from, to, term)); err != nil {
+				fmt.Fprintf(out, "E %v\n", err)
+				os.Exit(2)
+			}
+			fmt.Fprintf(out, "A %d %d %d\n", from, to, term)
+		}
+	}
+}
+
+func TestKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	dir := t.TempDir()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewSource(seed))
+
+	acked := map[uint64]uint64{} // index → term of acknowledged entries present
+	var floor uint64             // acknowledged prefix deletions: first must be > floor
+	const runs = 24
+	for run := 1; run <= runs; run++ {
+		// Every run uses fresh terms so re-appended indexes differ.
+		term := uint64(run) * 1_000_000
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "WAL_CRASH_DIR="+dir,
+			"WAL_CRASH_SEED="+strconv.FormatInt(rng.Int63(), 10),
+			"WAL_CRASH_TERM="+strconv.FormatUint(term, 10))
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan string, 1024)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			io.Copy(io.Discard, stdout)
+			close(lines)
+		}()
+
+		// Kill mode: after a random time, or at the first (or a random)
+		// start of a DeleteRange.
+		inDelete := run%3 == 0
+		// The clock starts at the child's first acknowledgement.
+		var deadline <-chan time.Time
+		started := false
+		var pending []string // begun, unacknowledged deletion
+		killed := false
+		kill := func() {
+			if !killed {
+				cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+			}
+		}
+		apply := func(line string) {
+			f := strings.Fields(line)
+			switch f[0] {
+			case "A":
+				from, _ := strconv.ParseUint(f[1], 10, 64)
+				to, _ := strconv.ParseUint(f[2], 10, 64)
+				tm, _ := strconv.ParseUint(f[3], 10, 64)
+				for i := from; i <= to; i++ {
+					acked[i] = tm
+				}
+			case "b":
+				pending = f[1:]
+				if inDelete && rng.Intn(3) == 0 {
+					if d := rng.Intn(300); d > 0 {
+						time.Sleep(time.Duration(d) * time.Microsecond)
+					}
+					kill()
+				}
+			case "P":
+				x, _ := strconv.ParseUint(f[1], 10, 64)
+				for i := range acked {
+					if i <= x {
+						delete(acked, i)
+					}
+				}
+				floor = max(floor, x)
+				pending = nil
+			case "S":
+				x, _ := strconv.ParseUint(f[1], 10, 64)
+				for i := range acked {
+					if i >= x {
+						delete(acked, i)
+					}
+				}
+				pending = nil
+			case "E":
+				t.Fatalf("child failed: %s", line)
+			}
+		}
+	loop:
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					break loop
+				}
+				if !started {
+					started = true
+					deadline = time.After(time.Duration(10+rng.Intn(150)) * time.Millisecond)
+				}
+				apply(line)
+			case <-deadline:
+				kill()
+				deadline = nil
+			}
+		}
+		err = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("run %d: child did not die of SIGKILL: %v", run, err)
+		}
+
+		// Reopen and check.
+		l, err := Open(dir, crashConfig())
+		if err != nil {
+			t.Fatalf("run %d: reopen after kill: %v", run, err)
+		}
+		first, _ := l.FirstIndex()
+		last, _ := l.LastIndex()
+		if first != 0 && first <= floor {
+			t.Fatalf("run %d: first index %d, but entries up to %d were deleted", run, first, floor)
+		}
+		present := map[uint64]uint64{}
+		for i := first; first != 0 && i <= last; i++ {
+			var e raft.Log
+			if err := l.GetLog(i, &e); err != nil {
+				t.Fatalf("run %d: log %d-%d not contiguous: GetLog(%d): %v", run, first, last, i, err)
+			}
+			if err := sameEntry(&e, makeEntry(i, e.Term)); err != nil {
+				t.Fatalf("run %d: entry damaged: %v", run, err)
+			}
+			present[i] = e.Term
+		}
+		// Acknowledged entries may be missing only if a deletion that
+		// covers them was in progress at the kill.
+		mayBeGone := func(i uint64) bool {
+			if len(pending) != 2 {
+				return false
+			}
+			x, _ := strconv.ParseUint(pending[1], 10, 64)
+			if pending[0] == "P" {
+				return i <= x
+			}
+			return i >= x
+		}
+		for i, tm := range acked {
+			got, ok := present[i]
+			switch {
+			case !ok && !mayBeGone(i):
+				t.Fatalf("run %d: acknowledged entry %d (term %d) lost; log is %d-%d, pending %v", run, i, tm, first, last, pending)
+			case ok && got != tm:
+				t.Fatalf("run %d: entry %d has term %d, acknowledged %d", run, i, got, tm)
+			}
+		}
+		t.Logf("run %d: log %d-%d, %d acknowledged entries checked, pending %v", run, first, last, len(acked), pending)
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// What survived (acknowledged or not) is the log the next run
+		// extends.
+		acked = present
+		if first > 0 {
+			floor = max(floor, first-1)
+		}
+	}
+}

@@ -1,0 +1,453 @@
+package wal
+
+import (
+	"errors"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// layout describes where the records of a closed log lie on disk.
+type layout struct {
+	segs []segLayout
+}
+
+type segLayout struct {
+	path    string
+	base    uint64
+	offsets []int64
+	end     int64
+}
+
+// buildLog writes entries 1..n (term 1) in batches of the given sizes
+// (cycled), closes the log and returns its layout.
+func buildLog(t *testing.T, dir string, cfg Config, n uint64, batches ...uint64) layout {
+	t.Helper()
+	l := mustOpen(t, dir, cfg)
+	for i, b := uint64(1), 0; i <= n; b++ {
+		size := batches[b%len(batches)]
+		to := min(i+size-1, n)
+		if err := l.StoreLogs(makeEntries(i, to, 1)); err != nil {
+			t.Fatal(err)
+		}
+		i = to + 1
+	}
+	var lay layout
+	for _, s := range l.segs {
+		lay.segs = append(lay.segs, segLayout{s.path, s.base, append([]int64(nil), s.offsets...), s.end})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return lay
+}
+
+// copyDir copies the flat directory src into a new temporary directory.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+func term1(uint64) uint64 { return 1 }
+
+// expectRecovered opens dir and checks it holds exactly 1..last, then checks
+// that it can be appended to and reopened without resurrecting anything.
+func expectRecovered(t *testing.T, dir string, last uint64) {
+	t.Helper()
+	l, err := Open(dir, testConfig())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	checkRange(t, l, 1, last, term1)
+	// Append new entries with another term; they must come back exactly,
+	// with no leftovers of the cut tail after them.
+	if err := l.StoreLogs(makeEntries(last+1, last+3, 2)); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = mustOpen(t, dir, testConfig())
+	defer l.Close()
+	checkRange(t, l, 1, last+3, func(i uint64) uint64 {
+		if i > last {
+			return 2
+		}
+		return 1
+	})
+}
+
+func expectCorrupt(t *testing.T, dir string) {
+	t.Helper()
+	l, err := Open(dir, testConfig())
+	if err == nil {
+		l.Close()
+		t.Fatal("Open succeeded on a corrupt log")
+	}
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open: %v, want ErrCorrupt", err)
+	}
+}
+
+func lastRecord(lay layout) (path string, start, end int64) {
+	s := lay.segs[len(lay.segs)-1]
+	return s.path, s.offsets[len(s.offsets)-1], s.end
+}
+
+func TestTornTailEveryOffset(t *testing.T) {
+	src := t.TempDir()
+	// 31 entries in single-entry batches: the last record (index 31,
+	// 31%11 = 9 → 31 bytes of data) is small, so every offset is tried.
+	lay := buildLog(t, src, testConfig(), 31, 1)
+	path, start, end := lastRecord(lay)
+	for cut := start; cut < end; cut++ {
+		dir := copyDir(t, src)
+		p := filepath.Join(dir, filepath.Base(path))
+		if err := os.Truncate(p, cut); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("cut at %d", cut)
+		expectRecovered(t, dir, 30)
+	}
+}
+
+func TestTornTailLargeRecord(t *testing.T) {
+	src := t.TempDir()
+	// Index 7 carries 70 KiB, written zero-copy into an oversized segment.
+	lay := buildLog(t, src, testConfig(), 7, 1)
+	path, start, end := lastRecord(lay)
+	for cut := start; cut < end; cut += 997 {
+		dir := copyDir(t, src)
+		if err := os.Truncate(filepath.Join(dir, filepath.Base(path)), cut); err != nil {
+			t.Fatal(err)
+		}
+		expectRecovered(t, dir, 6)
+	}
+}
+
+func flipBit(t *testing.T, path string, off int64, bit uint) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var b [1]byte
+	if _, err := f.ReadAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1 << bit
+	if _, err := f.WriteAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBitFlipLastRecord(t *testing.T) {
+	src := t.TempDir()
+	lay := buildLog(t, src, testConfig(), 31, 1)
+	path, start, end := lastRecord(lay)
+	rng := rand.New(rand.NewSource(1))
+	for off := start; off < end; off++ {
+		dir := copyDir(t, src)
+		flipBit(t, filepath.Join(dir, filepath.Base(path)), off, uint(rng.Intn(8)))
+		expectRecovered(t, dir, 30)
+	}
+}
+
+func TestBitFlipLastRecordOfMultiEntryBatch(t *testing.T) {
+	src := t.TempDir()
+	// Batches of 4: the last batch is 29..32; damaging 32 keeps 29..31.
+	lay := buildLog(t, src, testConfig(), 32, 4)
+	path, start, end := lastRecord(lay)
+	for off := start; off < end; off += 3 {
+		dir := copyDir(t, src)
+		flipBit(t, filepath.Join(dir, filepath.Base(path)), off, 3)
+		expectRecovered(t, dir, 31)
+	}
+}
+
+func TestGarbageAfterTail(t *testing.T) {
+	src := t.TempDir()
+	lay := buildLog(t, src, testConfig(), 31, 3)
+	path, _, end := lastRecord(lay)
+	rng := rand.New(rand.NewSource(2))
+	cases := map[string][]byte{
+		"zeros":       make([]byte, 4096),
+		"random":      func() []byte { b := make([]byte, 5000); rng.Read(b); return b }(),
+		"one byte":    {0x5a},
+		"magic bytes": {0, 0, 0, 0, 0, 0, 0, 0, recMagic, 1, 2, 3},
+	}
+	for name, garbage := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := copyDir(t, src)
+			f, err := os.OpenFile(filepath.Join(dir, filepath.Base(path)), os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt(garbage, end); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			expectRecovered(t, dir, 31)
+		})
+	}
+	t.Run("appended beyond file end", func(t *testing.T) {
+		dir := copyDir(t, src)
+		p := filepath.Join(dir, filepath.Base(path))
+		if err := os.Truncate(p, end); err != nil {
+			t.Fatal(err)
+		}
+		f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		f.Write(make([]byte, 100))
+		f.Write([]byte("garbage"))
+		f.Close()
+		expectRecovered(t, dir, 31)
+	})
+}
+
+// TestTornBatchHole simulates power loss in the middle of the last batch: a
+// record inside it never reached the disk (zeros) while later records of the
+// same batch did. Recovery cuts at the hole.
+func TestTornBatchHole(t *testing.T) {
+	src := t.TempDir()
+	lay := buildLog(t, src, testConfig(), 28, 4, 6) // last batch: 23..28
+	s := lay.segs[len(lay.segs)-1]
+	i := uint64(25) - s.base
+	start, end := s.offsets[i], s.offsets[i+1]
+	dir := copyDir(t, src)
+	f, err := os.OpenFile(filepath.Join(dir, filepath.Base(s.path)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(make([]byte, end-start), start)
+	f.Close()
+	expectRecovered(t, dir, 24)
+}
+
+func TestCorruptionInEarlierRecord(t *testing.T) {
+	src := t.TempDir()
+	lay := buildLog(t, src, testConfig(), 60, 1) // one entry per batch: every record but the last is followed by a later batch
+	if len(lay.segs) < 2 {
+		t.Fatalf("want several segments, got %d", len(lay.segs))
+	}
+	tail := lay.segs[len(lay.segs)-1]
+	if len(tail.offsets) < 3 {
+		t.Fatalf("tail segment holds %d records, want ≥ 3", len(tail.offsets))
+	}
+	sealed := lay.segs[0]
+	cases := []struct {
+		name string
+		path string
+		off  int64
+	}{
+		{"tail segment, first record header", tail.path, tail.offsets[0] + 17},
+		{"tail segment, first record data", tail.path, tail.offsets[0] + recHeaderSize},
+		{"tail segment, next to last record", tail.path, tail.offsets[len(tail.offsets)-2] + 20},
+		{"sealed segment header", sealed.path, 16},
+		{"sealed segment, first record", sealed.path, sealed.offsets[0] + 2},
+		{"sealed segment, last record", sealed.path, sealed.offsets[len(sealed.offsets)-1] + 40},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyDir(t, src)
+			flipBit(t, filepath.Join(dir, filepath.Base(c.path)), c.off, 1)
+			expectCorrupt(t, dir)
+		})
+	}
+	t.Run("missing middle segment", func(t *testing.T) {
+		if len(lay.segs) < 3 {
+			t.Skip("needs three segments")
+		}
+		dir := copyDir(t, src)
+		os.Remove(filepath.Join(dir, filepath.Base(lay.segs[1].path)))
+		expectCorrupt(t, dir)
+	})
+	t.Run("bad meta", func(t *testing.T) {
+		dir := copyDir(t, src)
+		os.WriteFile(filepath.Join(dir, metaName), []byte("nonsense"), 0o600)
+		expectCorrupt(t, dir)
+	})
+}
+
+// TestGetLogDetectsCorruption damages a record after Open indexed it.
+func TestGetLogDetectsCorruption(t *testing.T) {
+	dir := t.TempDir()
+	lay := buildLog(t, dir, testConfig(), 20, 2)
+	l := mustOpen(t, dir, testConfig())
+	defer l.Close()
+	s := lay.segs[0]
+	flipBit(t, s.path, s.offsets[1]+recHeaderSize, 0)
+	var e raft.Log
+	if err := l.GetLog(s.base+1, &e); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("GetLog = %v, want ErrCorrupt", err)
+	}
+}
+
+func TestLeftoverFilesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	buildLog(t, dir, testConfig(), 10, 2)
+	for _, n := range []string{"7.spare", metaTmpName} {
+		os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600)
+	}
+	// An empty segment (renamed spare whose first batch never landed).
+	os.WriteFile(filepath.Join(dir, segName(11, 42)), make([]byte, 8192), 0o600)
+	expectRecovered(t, dir, 10)
+	for _, n := range []string{"7.spare", metaTmpName} {
+		if _, err := os.Stat(filepath.Join(dir, n)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", n, err)
+		}
+	}
+}
+
+func TestLocked(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, testConfig())
+	defer l.Close()
+	if _, err := Open(dir, testConfig()); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open = %v, want ErrLocked", err)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testConfig())
+	l.Close()
+	var e raft.Log
+	for name, err := range map[string]error{
+		"StoreLogs":   l.StoreLogs(makeEntries(1, 1, 1)),
+		"GetLog":      l.GetLog(1, &e),
+		"DeleteRange": l.DeleteRange(1, 1),
+		"FirstIndex":  func() error { _, err := l.FirstIndex(); return err }(),
+	} {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := Config{SegmentSize: 1000, InlineThreshold: -1}
+	err := bad.Validate()
+	for _, field := range []string{"SegmentSize", "InlineThreshold"} {
+		if err == nil || !contains(err.Error(), field) {
+			t.Errorf("Validate(%+v) = %v, want a complaint about %s", bad, err, field)
+		}
+	}
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+func countFiles(t *testing.T, dir, pattern string) int {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, pattern))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+// TestRecycledSegments checks that compacted segments are reused for new
+// segments, that their stale records never show up, and that a recycled
+// file renamed into service whose first batch never landed is dropped.
+func TestRecycledSegments(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, testConfig())
+	if err := l.StoreLogs(makeEntries(1, 100, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(101); i <= 300; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(l.segs) < 4 {
+		t.Fatalf("want ≥ 4 segments, have %d", len(l.segs))
+	}
+	cut := l.segs[3].base // drops three segments: two recycled, one deleted
+	if err := l.DeleteRange(1, cut-1); err != nil {
+		t.Fatal(err)
+	}
+	if n := countFiles(t, dir, "r*.spare"); n != testConfig().MaxRecycled {
+		t.Fatalf("%d recycled spares, want %d", n, testConfig().MaxRecycled)
+	}
+	for i := uint64(301); i <= 600; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := countFiles(t, dir, "r*.spare"); n != 0 {
+		t.Fatalf("%d recycled spares left after writing several segments", n)
+	}
+	term := func(i uint64) uint64 {
+		if i > 300 {
+			return 2
+		}
+		return 1
+	}
+	checkRange(t, l, cut, 600, term)
+	l.Close()
+
+	// Reopen: the last segment is a recycled file; its stale tail is cut.
+	l = mustOpen(t, dir, testConfig())
+	checkRange(t, l, cut, 600, term)
+	old := l.segs[0]
+	oldPath, oldSalt := old.path, old.salt
+	l.Close()
+
+	// A recycled file renamed into service as the next segment, whose
+	// first batch never reached the disk: it holds another segment's
+	// header and records.
+	b, err := os.ReadFile(oldPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, segName(601, oldSalt+1)), b, 0o600)
+	expectRecoveredFrom(t, dir, cut, 600, term)
+}
+
+// expectRecoveredFrom is expectRecovered for a log starting at first with
+// the given terms.
+func expectRecoveredFrom(t *testing.T, dir string, first, last uint64, term func(uint64) uint64) {
+	t.Helper()
+	l := mustOpen(t, dir, testConfig())
+	checkRange(t, l, first, last, term)
+	if err := l.StoreLogs(makeEntries(last+1, last+3, 9)); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = mustOpen(t, dir, testConfig())
+	defer l.Close()
+	checkRange(t, l, first, last+3, func(i uint64) uint64 {
+		if i > last {
+			return 9
+		}
+		return term(i)
+	})
+}
