@@ -126,6 +126,10 @@ var (
 	ErrClosed = errors.New("volume closed")
 	// ErrNoSpace reports that the storage under the volume is full.
 	ErrNoSpace = errors.New("no space left for volume")
+	// ErrUnavailable reports that this server cannot serve the volume right
+	// now (it is not the replica that leads it) and the caller should try
+	// another server.
+	ErrUnavailable = errors.New("volume not available here")
 )
 
 // CheckRange returns ErrOutOfRange, wrapped with the details, unless

@@ -1,0 +1,69 @@
+package raftlog
+
+import (
+	"sync"
+)
+
+// batcher turns concurrent volume mutations into few, large log entries
+// (group commit). The first mutation goes straight to the log; while
+// maxInflight entries are being committed, later mutations queue and leave
+// together, up to maxBytes per entry, as soon as an entry completes.
+// Keeping several entries in flight lets the leader's and the followers'
+// syncs of successive entries overlap.
+type batcher struct {
+	apply       func(data []byte) error // commit one entry; returns after it is applied
+	maxInflight int
+	maxBytes    int
+
+	mu       sync.Mutex
+	queue    []*pendingOp
+	inflight int
+}
+
+type pendingOp struct {
+	op   *op
+	done chan error
+}
+
+// submit commits o (in some entry) and returns the result of that entry.
+// o.data must stay valid until submit returns.
+func (b *batcher) submit(o *op) error {
+	p := &pendingOp{op: o, done: make(chan error, 1)}
+	b.mu.Lock()
+	b.queue = append(b.queue, p)
+	b.kickLocked()
+	b.mu.Unlock()
+	return <-p.done
+}
+
+// kickLocked starts entries while there is room in flight.
+func (b *batcher) kickLocked() {
+	for b.inflight < b.maxInflight && len(b.queue) > 0 {
+		n, size := 0, entryHeader
+		for n < len(b.queue) && (n == 0 || size+b.queue[n].op.encodedLen() <= b.maxBytes) {
+			size += b.queue[n].op.encodedLen()
+			n++
+		}
+		batch := make([]*pendingOp, n)
+		copy(batch, b.queue)
+		b.queue = append(b.queue[:0], b.queue[n:]...)
+		b.inflight++
+		go b.run(batch, size)
+	}
+}
+
+func (b *batcher) run(batch []*pendingOp, size int) {
+	ops := make([]*op, len(batch))
+	for i, p := range batch {
+		ops[i] = p.op
+	}
+	data := encodeEntry(make([]byte, 0, size), ops)
+	err := b.apply(data)
+	for _, p := range batch {
+		p.done <- err
+	}
+	b.mu.Lock()
+	b.inflight--
+	b.kickLocked()
+	b.mu.Unlock()
+}

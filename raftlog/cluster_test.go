@@ -1,0 +1,333 @@
+package raftlog
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/nbd"
+)
+
+// testHost is one host of an in-process test cluster: replication plus an
+// NBD server exposing each volume and its forwarding view.
+type testHost struct {
+	h   *Host
+	srv *nbd.Server
+	ln  net.Listener
+	vol map[string]*Volume
+}
+
+type testCluster struct {
+	t     testing.TB
+	hosts []*testHost
+	peers []Peer
+	dirs  []string
+	cfg   func(*Config)
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("TANDEM_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func newTestCluster(t *testing.T, n int, cfg func(*Config)) *testCluster {
+	return newTestClusterTB(t, n, cfg)
+}
+
+func newTestClusterTB(t testing.TB, n int, cfg func(*Config)) *testCluster {
+	c := &testCluster{t: t, cfg: cfg}
+	for i := range n {
+		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("n%d", i+1), Raft: freeAddr(t), NBD: freeAddr(t)})
+		c.dirs = append(c.dirs, t.TempDir())
+	}
+	c.hosts = make([]*testHost, n)
+	for i := range n {
+		c.start(i)
+	}
+	t.Cleanup(func() {
+		for i := range c.hosts {
+			c.stop(i)
+		}
+	})
+	return c
+}
+
+func (c *testCluster) start(i int) {
+	t := c.t
+	cfg := DefaultConfig()
+	cfg.ID, cfg.DataDir, cfg.RaftAddr, cfg.Peers = c.peers[i].ID, c.dirs[i], c.peers[i].Raft, c.peers[i:i]
+	cfg.Peers = c.peers
+	cfg.HeartbeatTimeout = 500 * time.Millisecond
+	cfg.ElectionTimeout = 500 * time.Millisecond
+	cfg.LeaderLeaseTimeout = 250 * time.Millisecond
+	cfg.StallTimeout = 20 * time.Second
+	cfg.Logger = testLogger(t).With("host", cfg.ID)
+	if c.cfg != nil {
+		c.cfg(&cfg)
+	}
+	h, err := OpenHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := &testHost{h: h, vol: map[string]*Volume{}}
+	c.hosts[i] = th
+}
+
+// open opens volume name on every running host and serves it over NBD.
+func (c *testCluster) open(spec VolumeSpec) {
+	for i, th := range c.hosts {
+		if th == nil {
+			continue
+		}
+		v, err := th.h.OpenVolume(spec)
+		if err != nil {
+			c.t.Fatalf("host %d: %v", i, err)
+		}
+		th.vol[spec.Name] = v
+		c.serve(i)
+	}
+}
+
+func (c *testCluster) serve(i int) {
+	th := c.hosts[i]
+	if th.srv != nil {
+		th.srv.Close()
+	}
+	var exps []nbd.Export
+	for name, v := range th.vol {
+		exps = append(exps, nbd.Export{Name: name, Backend: v}, nbd.Export{Name: ForwardPrefix + name, Backend: v.Direct()})
+	}
+	th.srv = nbd.NewServer(nbd.NewStaticExports("", exps...), nbd.DefaultConfig())
+	var err error
+	for try := 0; try < 50; try++ {
+		if th.ln, err = net.Listen("tcp", c.peers[i].NBD); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	go th.srv.Serve(th.ln)
+}
+
+func (c *testCluster) stop(i int) {
+	th := c.hosts[i]
+	if th == nil {
+		return
+	}
+	if th.srv != nil {
+		th.srv.Close()
+	}
+	th.h.Close()
+	c.hosts[i] = nil
+}
+
+// leader waits for a ready leader of volume name and returns its index.
+func (c *testCluster) leader(name string) int {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, th := range c.hosts {
+			if th != nil && th.vol[name] != nil && th.vol[name].g.servesLocally() {
+				return i
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("no leader for %s", name)
+	return -1
+}
+
+func TestReplicatedWritesAndForwarding(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.open(VolumeSpec{Name: "vol", Size: 64 << 20})
+	l := c.leader("vol")
+	ctx := context.Background()
+	// Write through every host (two of them forward), read back everywhere.
+	var wg sync.WaitGroup
+	for i, th := range c.hosts {
+		for j := range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := bytes.Repeat([]byte{byte(i*50 + j + 1)}, 4096)
+				if err := th.vol["vol"].WriteAt(ctx, p, int64(i*50+j)*4096, 0); err != nil {
+					t.Errorf("host %d write %d: %v", i, j, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for i, th := range c.hosts {
+		got := make([]byte, 150*4096)
+		if err := th.vol["vol"].ReadAt(ctx, got, 0); err != nil {
+			t.Fatalf("host %d read: %v", i, err)
+		}
+		for k := range 150 {
+			if got[k*4096] != byte(k+1) || got[k*4096+4095] != byte(k+1) {
+				t.Fatalf("host %d block %d = %d, want %d (leader %d)", i, k, got[k*4096], k+1, l)
+			}
+		}
+	}
+	// Every replica's file holds the data once applied.
+	time.Sleep(200 * time.Millisecond)
+	for i, th := range c.hosts {
+		got := make([]byte, 4096)
+		th.vol["vol"].g.file.ReadAt(ctx, got, 149*4096)
+		if got[0] != 150 {
+			t.Errorf("replica %d file block 149 = %d", i, got[0])
+		}
+	}
+}
+
+func TestLeaderLossKeepsWriting(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.open(VolumeSpec{Name: "vol", Size: 64 << 20})
+	l := c.leader("vol")
+	client := (l + 1) % 3
+	ctx := context.Background()
+	v := c.hosts[client].vol["vol"]
+	acked := map[int]byte{}
+	var mu sync.Mutex
+	stopW := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case <-stopW:
+					return
+				default:
+				}
+				blk := w*1000 + k%1000
+				val := byte(k%250 + 1)
+				if err := v.WriteAt(ctx, bytes.Repeat([]byte{val}, 4096), int64(blk)*4096, 0); err != nil {
+					t.Errorf("write: %v", err)
+					return
+				}
+				mu.Lock()
+				acked[blk] = val
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	c.stop(l)
+	time.Sleep(2 * time.Second)
+	close(stopW)
+	wg.Wait()
+	t.Logf("leader %d stopped; writes continued through host %d for %v", l, client, time.Since(start))
+	nl := c.leader("vol")
+	if nl == l {
+		t.Fatal("stopped host still leader")
+	}
+	for blk, val := range acked {
+		got := make([]byte, 1)
+		if err := v.ReadAt(ctx, got, int64(blk)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if got[0] != val {
+			t.Fatalf("block %d = %d, acknowledged %d", blk, got[0], val)
+		}
+	}
+}
+
+func TestFollowerCatchUpFromLogAndFromStream(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotThreshold = 64
+		cfg.TrailingLogs = 16
+		cfg.SnapshotInterval = 200 * time.Millisecond
+	})
+	c.open(VolumeSpec{Name: "vol", Size: 32 << 20, PreferredLeader: "n1"})
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx := context.Background()
+	v := c.hosts[l].vol["vol"]
+	write := func(from, to int, val byte) {
+		for k := from; k < to; k++ {
+			if err := v.WriteAt(ctx, bytes.Repeat([]byte{val + byte(k)}, 4096), int64(k)*4096, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(0, 10, 1)
+	// A follower that misses a few entries catches up from the log.
+	c.stop(f)
+	write(10, 20, 1)
+	c.start(f)
+	c.open1(f, VolumeSpec{Name: "vol", Size: 32 << 20, PreferredLeader: "n1"})
+	waitFile(t, c.hosts[f].vol["vol"], 19, 1+19)
+
+	// A follower that misses more than the log keeps is sent a snapshot
+	// and pulls the volume from the leader.
+	c.stop(f)
+	write(0, 400, 7)
+	// Let the leader checkpoint and drop its old log.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		first, _ := c.hosts[l].vol["vol"].g.logs.FirstIndex()
+		if first > 50 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leader did not compact its log (first index %d)", first)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.start(f)
+	c.open1(f, VolumeSpec{Name: "vol", Size: 32 << 20, PreferredLeader: "n1"})
+	for k := 0; k < 400; k += 37 {
+		waitFile(t, c.hosts[f].vol["vol"], k, byte(7+k%256))
+	}
+	waitFile(t, c.hosts[f].vol["vol"], 399, byte((7+399)%256))
+}
+
+// open1 opens a volume on host i only and serves it.
+func (c *testCluster) open1(i int, spec VolumeSpec) {
+	v, err := c.hosts[i].h.OpenVolume(spec)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.hosts[i].vol[spec.Name] = v
+	c.serve(i)
+}
+
+// waitFile waits until block k of the replica's own file holds val.
+func waitFile(t *testing.T, v *Volume, k int, val byte) {
+	t.Helper()
+	got := make([]byte, 4096)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := v.g.file.ReadAt(context.Background(), got, int64(k)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if got[0] == val && got[4095] == val {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica block %d = %d, want %d", k, got[0], val)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,93 @@
+package raftlog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Op kinds in a log entry. Every op sets a range of the volume to a value
+// given in full by the op, so applying an op twice, or applying ops over a
+// copy of the volume taken at any later point, gives the same result: the
+// property catch-up and retries rely on (docs/replication.md).
+const (
+	opWrite uint8 = 1 // write data at off
+	opZero  uint8 = 2 // make [off, off+n) read as zeroes
+	opGrow  uint8 = 3 // grow the volume to off bytes
+)
+
+// Op flags.
+const (
+	flagPunch uint8 = 1 << 0 // opZero: deallocate the range if possible
+)
+
+const (
+	entryVersion = 1
+	entryHeader  = 5  // version u8, op count u32
+	opHeader     = 14 // kind u8, flags u8, off u64, len u32
+)
+
+// errBadEntry reports a log entry that cannot be decoded: the log is
+// corrupt or was written by an incompatible version.
+var errBadEntry = errors.New("raftlog: malformed log entry")
+
+// op is one mutation of the volume.
+type op struct {
+	kind  uint8
+	flags uint8
+	off   int64
+	n     int64  // length for write and zero; unused for grow
+	data  []byte // opWrite only; len(data) == n
+}
+
+// encodedLen is the number of bytes op takes in an entry.
+func (o *op) encodedLen() int { return opHeader + len(o.data) }
+
+// encodeEntry appends the encoding of ops to dst.
+func encodeEntry(dst []byte, ops []*op) []byte {
+	dst = append(dst, entryVersion)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(ops)))
+	for _, o := range ops {
+		dst = append(dst, o.kind, o.flags)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(o.off))
+		dst = binary.BigEndian.AppendUint32(dst, uint32(o.n))
+		dst = append(dst, o.data...)
+	}
+	return dst
+}
+
+// decodeEntry calls fn for each op in b, in order. The data slices alias b.
+func decodeEntry(b []byte, fn func(op) error) error {
+	if len(b) < entryHeader || b[0] != entryVersion {
+		return fmt.Errorf("%w: header", errBadEntry)
+	}
+	count := binary.BigEndian.Uint32(b[1:])
+	b = b[entryHeader:]
+	for i := uint32(0); i < count; i++ {
+		if len(b) < opHeader {
+			return fmt.Errorf("%w: op %d truncated", errBadEntry, i)
+		}
+		o := op{kind: b[0], flags: b[1], off: int64(binary.BigEndian.Uint64(b[2:])), n: int64(binary.BigEndian.Uint32(b[10:]))}
+		b = b[opHeader:]
+		if o.off < 0 {
+			return fmt.Errorf("%w: op %d offset", errBadEntry, i)
+		}
+		switch o.kind {
+		case opWrite:
+			if int64(len(b)) < o.n {
+				return fmt.Errorf("%w: op %d data truncated", errBadEntry, i)
+			}
+			o.data, b = b[:o.n:o.n], b[o.n:]
+		case opZero, opGrow:
+		default:
+			return fmt.Errorf("%w: op %d kind %d", errBadEntry, i, o.kind)
+		}
+		if err := fn(o); err != nil {
+			return err
+		}
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", errBadEntry, len(b))
+	}
+	return nil
+}

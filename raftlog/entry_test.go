@@ -1,0 +1,61 @@
+package raftlog
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func TestEntryRoundTrip(t *testing.T) {
+	ops := []*op{
+		{kind: opWrite, off: 4096, n: 5, data: []byte("hello")},
+		{kind: opZero, flags: flagPunch, off: 0, n: 1 << 20},
+		{kind: opZero, off: 8192, n: 512},
+		{kind: opGrow, off: 1 << 30},
+		{kind: opWrite, off: 1<<40 + 3, n: 0, data: []byte{}},
+	}
+	b := encodeEntry(nil, ops)
+	var got []op
+	if err := decodeEntry(b, func(o op) error { got = append(got, o); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ops) {
+		t.Fatalf("%d ops decoded, want %d", len(got), len(ops))
+	}
+	for i, o := range ops {
+		g := got[i]
+		if g.kind != o.kind || g.flags != o.flags || g.off != o.off || (o.kind != opGrow && g.n != o.n) || !bytes.Equal(g.data, o.data) {
+			t.Errorf("op %d: got %+v, want %+v", i, g, *o)
+		}
+	}
+}
+
+func TestEntryRejectsGarbage(t *testing.T) {
+	good := encodeEntry(nil, []*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}})
+	cases := map[string][]byte{
+		"empty":          nil,
+		"bad version":    append([]byte{9}, good[1:]...),
+		"truncated data": good[:len(good)-1],
+		"trailing":       append(append([]byte{}, good...), 0),
+		"unknown kind":   func() []byte { b := append([]byte{}, good...); b[entryHeader] = 77; return b }(),
+		"negative off":   func() []byte { b := append([]byte{}, good...); b[entryHeader+2] = 0x80; return b }(),
+		"count too high": func() []byte { b := append([]byte{}, good...); b[4] = 2; return b }(),
+	}
+	for name, b := range cases {
+		if err := decodeEntry(b, func(op) error { return nil }); !errors.Is(err, errBadEntry) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func FuzzDecodeEntry(f *testing.F) {
+	f.Add(encodeEntry(nil, []*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}, {kind: opZero, n: 9}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = decodeEntry(b, func(o op) error {
+			if o.off < 0 || (o.kind == opWrite && int64(len(o.data)) != o.n) {
+				t.Fatalf("decoded an invalid op %+v", o)
+			}
+			return nil
+		})
+	})
+}

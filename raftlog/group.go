@@ -1,0 +1,489 @@
+package raftlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/raftlog/transport"
+	"github.com/tandem-project/tandem/raftlog/wal"
+	"github.com/tandem-project/tandem/volume/blockfile"
+)
+
+// Group is one volume's raft group on this host: the replica's volume file,
+// its FSM, log, stores and transport, and the leadership state that decides
+// whether this host may serve the volume itself.
+type Group struct {
+	h    *Host
+	spec VolumeSpec
+	cfg  groupConfig
+	log  *slog.Logger
+
+	file  *blockfile.File
+	fsm   *fsm
+	raft  *raft.Raft
+	logs  raft.LogStore
+	trans raft.Transport
+	layer *mux.Layer
+
+	batch *batcher
+	lease *lease
+	fwd   *forwarder
+
+	// leading is the leadership generation this host currently holds
+	// (0 when it is not the leader); ready is set once the generation's
+	// barrier has applied every earlier entry.
+	mu      sync.Mutex
+	gen     uint64
+	leading uint64
+	ready   atomic.Bool
+	changed chan struct{} // closed and replaced at every leadership change
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// groupConfig is what a group needs from its host.
+type groupConfig struct {
+	Local string
+	Dir   string
+	Peers []Peer // the replicas' hosts
+}
+
+const (
+	restoreKeyPrefix = "restore/"
+	applyTimeout     = 10 * time.Second
+	// logCacheEntries bounds the entries kept in memory for replication
+	// (at most MaxEntryBytes each).
+	logCacheEntries = 32
+)
+
+// restoreState is kept in meta while a replica pulls its volume, so that a
+// crash in the middle is finished before the replica rejoins.
+type restoreState struct {
+	Index uint64 `json:"index"`
+	Done  int64  `json:"done"` // bytes of the volume copied so far
+}
+
+func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
+	g := &Group{
+		h:       h,
+		spec:    spec,
+		cfg:     gc,
+		log:     h.log.With("volume", spec.Name),
+		lease:   newLease(time.Duration(float64(h.cfg.HeartbeatTimeout) * h.cfg.LeaseFraction)),
+		changed: make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	if err := os.MkdirAll(gc.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			g.closeStores()
+		}
+	}()
+	g.file, err = blockfile.Open(filepath.Join(gc.Dir, "volume.img"), blockfile.Options{Size: spec.Size, Create: true})
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	g.fsm = newFSM(g.file, g.log)
+	g.fsm.restore = g.restore
+	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: log: %w", spec.Name, err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(gc.Dir, 2, hclogger(g.log, "snapshots"))
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: snapshots: %w", spec.Name, err)
+	}
+	stable := h.meta.Stable(spec.Name)
+
+	// The FSM restarts from the last checkpoint.
+	if list, err := snaps.List(); err == nil && len(list) > 0 {
+		if info, err := readSnapshotInfo(snaps, list[0].ID); err == nil {
+			g.fsm.applied.Store(info.Index)
+		}
+	}
+	// A pull cut short by a crash is finished before the replica may vote
+	// or lead: its file is a mix of old and new blocks until then.
+	if err := g.finishRestore(); err != nil {
+		return nil, err
+	}
+
+	if h.mux != nil {
+		g.layer, err = h.mux.Layer(spec.Name)
+		if err != nil {
+			return nil, err
+		}
+		g.trans = transport.New(transport.Config{
+			Stream: g.layer,
+			// InstallSnapshot waits while the follower pulls the volume.
+			SnapshotTimeout: 24 * time.Hour,
+			Logger:          g.log,
+		})
+	} else {
+		_, g.trans = raft.NewInmemTransport(raft.ServerAddress(gc.Local))
+	}
+
+	if len(gc.Peers) > 1 {
+		// A replica that acknowledged the leader just before a crash must
+		// not vote for someone else before the leader's read lease ran
+		// out: its memory of the leader is gone, so it sits out one
+		// HeartbeatTimeout after the host started.
+		time.Sleep(time.Until(h.opened.Add(h.cfg.HeartbeatTimeout)))
+	}
+	rc := h.cfg.raftConfig()
+	rc.Logger = hclogger(g.log, "raft")
+	if len(gc.Peers) == 1 {
+		// A lone replica has nobody to wait for: elect itself at once.
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 50*time.Millisecond, 50*time.Millisecond, 25*time.Millisecond
+	}
+	exists, err := raft.HasExistingState(g.logs, stable, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	// Replication reads the entries the leader just appended: keep the
+	// newest in memory rather than read them back from the WAL.
+	logs, err := raft.NewLogCache(logCacheEntries, g.logs)
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	g.raft, err = raft.NewRaft(rc, g.fsm, logs, stable, snaps, g.trans)
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	if !exists {
+		var conf raft.Configuration
+		for _, p := range gc.Peers {
+			addr := raft.ServerAddress(p.Raft)
+			if h.mux == nil {
+				addr = raft.ServerAddress(gc.Local)
+			}
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: addr})
+		}
+		if err := g.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			g.raft.Shutdown()
+			return nil, fmt.Errorf("raftlog: volume %s: bootstrap: %w", spec.Name, err)
+		}
+	}
+	g.batch = &batcher{apply: g.applyEntry, maxInflight: h.cfg.MaxInflightEntries, maxBytes: h.cfg.MaxEntryBytes}
+	g.fwd = newForwarder(g)
+	g.wg.Add(1)
+	go g.watch()
+	return g, nil
+}
+
+// openLogStore opens the raft log of a group: a segment WAL with one
+// fdatasync per append batch (docs/raft-log-store.md).
+func openLogStore(dir string) (raft.LogStore, error) {
+	return wal.Open(dir, wal.DefaultConfig())
+}
+
+func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, error) {
+	_, rc, err := snaps.Open(id)
+	if err != nil {
+		return snapshotInfo{}, err
+	}
+	defer rc.Close()
+	var s snapshotInfo
+	b, err := io.ReadAll(io.LimitReader(rc, maxSnapshotInfo))
+	if err == nil {
+		err = jsonFirst(b, &s)
+	}
+	return s, err
+}
+
+// applyEntry commits one entry and returns once the local FSM applied it.
+func (g *Group) applyEntry(data []byte) error {
+	start := time.Now()
+	f := g.raft.Apply(data, applyTimeout)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		g.failed(err)
+		return err
+	}
+	// A majority stored the entry after start: the lease holds from there.
+	g.lease.renew(start)
+	if obs := g.h.cfg.ObserveCommit; obs != nil {
+		obs(g.spec.Name, time.Since(start))
+	}
+	return nil
+}
+
+// failed takes a replica whose volume file diverged out of service: it
+// gives up leadership and stops taking part in the group.
+func (g *Group) failed(err error) {
+	g.log.Error("replica failed; shutting its raft group down on this host", "err", err)
+	g.lease.drop()
+	g.ready.Store(false)
+	go g.raft.Shutdown()
+}
+
+// watch follows leadership changes and keeps the lease fresh.
+func (g *Group) watch() {
+	defer g.wg.Done()
+	obsCh := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	g.raft.RegisterObserver(obs)
+	defer g.raft.DeregisterObserver(obs)
+	renew := time.NewTicker(g.lease.duration / 3)
+	defer renew.Stop()
+	snap := time.NewTicker(time.Second)
+	defer snap.Stop()
+	var lastTransfer time.Time
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-obsCh:
+			g.checkLeadership()
+		case <-renew.C:
+			g.checkLeadership()
+			if g.ready.Load() && g.lease.remaining() < g.lease.duration/2 {
+				go g.verify()
+			}
+			if p := g.spec.PreferredLeader; p != "" && p != g.cfg.Local && g.ready.Load() && time.Since(lastTransfer) > 10*time.Second {
+				lastTransfer = time.Now()
+				go g.transferTo(p)
+			}
+		case <-snap.C:
+			if g.h.cfg.SnapshotBytes > 0 && g.fsm.sinceSnapshot.Load() > g.h.cfg.SnapshotBytes {
+				if err := g.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+					g.log.Warn("checkpoint failed", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// checkLeadership notices gaining or losing leadership. A new leader serves
+// reads only after a barrier: every entry committed by earlier leaders is
+// then applied to its file.
+func (g *Group) checkLeadership() {
+	isLeader := g.raft.State() == raft.Leader
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case isLeader && g.leading == 0:
+		g.gen++
+		g.leading = g.gen
+		gen := g.gen
+		g.log.Info("leading volume", "term", g.raft.Stats()["term"])
+		go func() {
+			start := time.Now()
+			err := g.raft.Barrier(applyTimeout).Error()
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if err != nil || g.leading != gen {
+				return
+			}
+			if g.fsm.err() != nil {
+				return
+			}
+			g.lease.renew(start)
+			g.ready.Store(true)
+			g.notifyLocked()
+		}()
+	case !isLeader && g.leading != 0:
+		g.leading = 0
+		g.ready.Store(false)
+		g.lease.drop()
+		g.log.Info("no longer leading volume")
+	default:
+		return
+	}
+	g.notifyLocked()
+}
+
+func (g *Group) notifyLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+// changes returns a channel closed at the next leadership change.
+func (g *Group) changes() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.changed
+}
+
+// verify renews the lease with a round of heartbeats.
+func (g *Group) verify() {
+	start := time.Now()
+	if err := g.raft.VerifyLeader().Error(); err == nil {
+		g.lease.renew(start)
+	}
+}
+
+// transferTo hands leadership to the preferred host once it is caught up.
+func (g *Group) transferTo(id string) {
+	var addr raft.ServerAddress
+	for _, p := range g.cfg.Peers {
+		if p.ID == id {
+			addr = raft.ServerAddress(p.Raft)
+		}
+	}
+	if addr == "" {
+		return
+	}
+	g.log.Info("handing leadership to the preferred host", "to", id)
+	g.lease.drop()
+	g.ready.Store(false)
+	if err := g.raft.LeadershipTransferToServer(raft.ServerID(id), addr).Error(); err != nil {
+		g.log.Info("leadership transfer did not happen", "to", id, "err", err)
+		g.mu.Lock()
+		g.leading = 0 // re-run the barrier path if we are still leader
+		g.mu.Unlock()
+		g.checkLeadership()
+	}
+}
+
+// servesLocally reports whether this replica may answer reads itself now.
+func (g *Group) servesLocally() bool {
+	return g.ready.Load() && g.lease.valid()
+}
+
+// isLeader reports whether this host leads the group (ready or not).
+func (g *Group) isLeader() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.leading != 0
+}
+
+// leader returns the current leader's peer entry, if known.
+func (g *Group) leader() (Peer, bool) {
+	_, id := g.raft.LeaderWithID()
+	for _, p := range g.cfg.Peers {
+		if raft.ServerID(p.ID) == id {
+			return p, true
+		}
+	}
+	return Peer{}, false
+}
+
+// restore is the FSM's Restore: pull the volume from the leader (or any
+// replica that has applied far enough) into the local file.
+func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
+	key := restoreKeyPrefix + g.spec.Name
+	st := restoreState{Index: s.Index}
+	if err := g.h.meta.PutJSON(key, st); err != nil {
+		return err
+	}
+	if err := g.pull(ctx, &st); err != nil {
+		return err
+	}
+	return g.h.meta.Delete([]byte(key))
+}
+
+// finishRestore completes a pull interrupted by a crash.
+func (g *Group) finishRestore() error {
+	key := restoreKeyPrefix + g.spec.Name
+	var st restoreState
+	if err := g.h.meta.GetJSON(key, &st); err != nil {
+		return nil // nothing to finish (or unreadable: meta reports it)
+	}
+	g.log.Warn("finishing an interrupted volume copy before rejoining", "index", st.Index, "done", st.Done)
+	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+	defer cancel()
+	if err := g.pull(ctx, &st); err != nil {
+		return fmt.Errorf("raftlog: volume %s: finishing interrupted copy: %w", g.spec.Name, err)
+	}
+	return g.h.meta.Delete([]byte(key))
+}
+
+// pull copies the volume from a replica that has applied st.Index, resuming
+// at st.Done, and records progress in meta.
+func (g *Group) pull(ctx context.Context, st *restoreState) error {
+	key := restoreKeyPrefix + g.spec.Name
+	for attempt := 0; ; attempt++ {
+		var sources []Peer
+		if g.raft != nil {
+			if p, ok := g.leader(); ok && p.ID != g.cfg.Local {
+				sources = append(sources, p)
+			}
+		}
+		for _, p := range g.cfg.Peers {
+			if p.ID != g.cfg.Local {
+				sources = append(sources, p)
+			}
+		}
+		for _, src := range sources {
+			start := time.Now()
+			n, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, func(done int64) {
+				st.Done = done
+				if err := g.h.meta.PutJSON(key, st); err != nil {
+					g.log.Warn("recording copy progress", "err", err)
+				}
+			})
+			if err == nil {
+				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+				return nil
+			}
+			g.log.Warn("volume copy failed; trying another replica", "from", src.ID, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-g.stop:
+			return errors.New("raftlog: group closing")
+		case <-time.After(min(time.Duration(attempt+1)*time.Second, 10*time.Second)):
+		}
+	}
+}
+
+// close stops the group on this host; the volume file is flushed.
+func (g *Group) close() error {
+	close(g.stop)
+	var err error
+	if g.raft != nil {
+		err = g.raft.Shutdown().Error()
+	}
+	g.wg.Wait()
+	if g.fwd != nil {
+		g.fwd.close()
+	}
+	if cerr := g.closeStores(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (g *Group) closeStores() error {
+	var err error
+	if c, ok := g.trans.(io.Closer); ok {
+		c.Close()
+	}
+	if g.layer != nil {
+		g.layer.Close()
+	}
+	if c, ok := g.logs.(io.Closer); ok {
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if g.file != nil {
+		if cerr := g.file.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}

@@ -1,0 +1,183 @@
+package raftlog
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tandem-project/tandem/raftlog/meta"
+	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/volume"
+)
+
+// Host is the replication layer of one host: its metadata database, its
+// mux port shared by every group, and the groups of the volumes it holds a
+// replica of.
+type Host struct {
+	cfg  Config
+	log  *slog.Logger
+	meta *meta.DB
+	mux  *mux.Listener // nil on a single host without network
+
+	// opened is when the host started: a restarted host must not vote
+	// for a HeartbeatTimeout after it (see docs/replication.md, "Reads").
+	opened time.Time
+
+	mu     sync.Mutex
+	groups map[string]*Group
+	done   chan error
+}
+
+// OpenHost opens the host's state and starts its mux listener.
+func OpenHost(cfg Config) (*Host, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db, err := meta.Open(filepath.Join(cfg.DataDir, "meta"), log)
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, opened: time.Now()}
+	if cfg.RaftAddr != "" {
+		h.mux, err = mux.Listen(cfg.RaftAddr, log)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		h.mux.Handle(mux.KindStream, h.serveStream)
+		h.done = make(chan error, 1)
+		go func() { h.done <- h.mux.Serve() }()
+		log.Info("replication listening", "addr", h.mux.Addr().String())
+	}
+	return h, nil
+}
+
+// RaftAddr returns the address the host's mux listens on ("" without one).
+func (h *Host) RaftAddr() string {
+	if h.mux == nil {
+		return ""
+	}
+	return h.mux.Addr().String()
+}
+
+// OpenVolume starts this host's replica of a volume and returns the volume
+// as a backend.
+func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {
+	if err := volume.ValidateName(spec.Name); err != nil {
+		return nil, err
+	}
+	if spec.Size <= 0 {
+		return nil, fmt.Errorf("raftlog: volume %s: size must be positive", spec.Name)
+	}
+	peers, err := h.replicaPeers(spec)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	if _, ok := h.groups[spec.Name]; ok {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("raftlog: volume %s is already open", spec.Name)
+	}
+	h.mu.Unlock()
+	g, err := openGroup(h, spec, groupConfig{
+		Local: h.cfg.ID,
+		Dir:   filepath.Join(h.cfg.DataDir, "groups", spec.Name),
+		Peers: peers,
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.groups[spec.Name] = g
+	h.mu.Unlock()
+	return &Volume{g: g}, nil
+}
+
+// replicaPeers resolves spec.Replicas to peers.
+func (h *Host) replicaPeers(spec VolumeSpec) ([]Peer, error) {
+	if len(h.cfg.Peers) == 0 {
+		if len(spec.Replicas) > 1 || (len(spec.Replicas) == 1 && spec.Replicas[0] != h.cfg.ID) {
+			return nil, fmt.Errorf("raftlog: volume %s: replicas %v on a single host %q", spec.Name, spec.Replicas, h.cfg.ID)
+		}
+		return []Peer{{ID: h.cfg.ID}}, nil
+	}
+	ids := spec.Replicas
+	if len(ids) == 0 {
+		for _, p := range h.cfg.Peers {
+			ids = append(ids, p.ID)
+		}
+	}
+	if len(ids) < 1 || len(ids) > 5 {
+		return nil, fmt.Errorf("raftlog: volume %s: %d replicas, want 1 to 5", spec.Name, len(ids))
+	}
+	var out []Peer
+	for _, id := range ids {
+		i := slices.IndexFunc(h.cfg.Peers, func(p Peer) bool { return p.ID == id })
+		if i < 0 {
+			return nil, fmt.Errorf("raftlog: volume %s: replica host %q is not a peer", spec.Name, id)
+		}
+		if slices.ContainsFunc(out, func(p Peer) bool { return p.ID == id }) {
+			return nil, fmt.Errorf("raftlog: volume %s: host %q holds two replicas", spec.Name, id)
+		}
+		out = append(out, h.cfg.Peers[i])
+	}
+	if !slices.ContainsFunc(out, func(p Peer) bool { return p.ID == h.cfg.ID }) {
+		return nil, fmt.Errorf("raftlog: volume %s has no replica on this host %q", spec.Name, h.cfg.ID)
+	}
+	if spec.PreferredLeader != "" && !slices.ContainsFunc(out, func(p Peer) bool { return p.ID == spec.PreferredLeader }) {
+		return nil, fmt.Errorf("raftlog: volume %s: preferred leader %q holds no replica", spec.Name, spec.PreferredLeader)
+	}
+	return out, nil
+}
+
+// serveStream answers a catch-up stream request for a volume.
+func (h *Host) serveStream(name string, c net.Conn) {
+	h.mu.Lock()
+	g := h.groups[name]
+	h.mu.Unlock()
+	if g == nil {
+		c.Close()
+		return
+	}
+	if err := serveStream(g, c); err != nil {
+		h.log.Warn("volume stream failed", "volume", name, "remote", c.RemoteAddr().String(), "err", err)
+	}
+}
+
+// Close stops every group, then the listener and the database.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	groups := h.groups
+	h.groups = map[string]*Group{}
+	h.mu.Unlock()
+	var errs []error
+	for _, g := range groups {
+		if err := g.close(); err != nil {
+			errs = append(errs, fmt.Errorf("volume %s: %w", g.spec.Name, err))
+		}
+	}
+	if h.mux != nil {
+		h.mux.Close()
+		<-h.done
+	}
+	if err := h.meta.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// jsonFirst decodes the first JSON value in b.
+func jsonFirst(b []byte, v any) error {
+	return json.NewDecoder(bytes.NewReader(b)).Decode(v)
+}

@@ -1,0 +1,87 @@
+package raftlog
+
+import (
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// VolumeStatus is this host's view of one volume's replica.
+type VolumeStatus struct {
+	Name     string   `json:"name"`
+	Size     int64    `json:"size"`
+	ReadOnly bool     `json:"read_only"`
+	Replicas []string `json:"replicas"`
+	// Leader is the host that leads the volume, as far as this host knows.
+	Leader string `json:"leader"`
+	// State is this replica's raft state: Leader, Follower, Candidate,
+	// Shutdown; "Failed" once it could not apply a committed entry.
+	State string `json:"state"`
+	// Serving is true when this host answers reads itself (it leads and
+	// holds its lease).
+	Serving      bool   `json:"serving"`
+	Term         uint64 `json:"term"`
+	LastIndex    uint64 `json:"last_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	// LastContact is how long ago a follower last heard from its leader
+	// (0 on the leader).
+	LastContact time.Duration `json:"last_contact_ns"`
+	// Error is the replica's failure, if any.
+	Error string `json:"error,omitempty"`
+}
+
+// Status returns the status of this host's replica of the volume.
+func (v *Volume) Status() VolumeStatus {
+	g := v.g
+	s := VolumeStatus{
+		Name:         g.spec.Name,
+		Size:         g.spec.Size,
+		ReadOnly:     g.spec.ReadOnly,
+		State:        g.raft.State().String(),
+		Serving:      g.servesLocally(),
+		Term:         g.raft.CurrentTerm(),
+		LastIndex:    g.raft.LastIndex(),
+		CommitIndex:  g.raft.CommitIndex(),
+		AppliedIndex: g.raft.AppliedIndex(),
+	}
+	for _, p := range g.cfg.Peers {
+		s.Replicas = append(s.Replicas, p.ID)
+	}
+	if p, ok := g.leader(); ok {
+		s.Leader = p.ID
+	}
+	if g.raft.State() != raft.Leader {
+		if lc := g.raft.LastContact(); !lc.IsZero() {
+			s.LastContact = time.Since(lc)
+		}
+	}
+	if err := g.fsm.err(); err != nil {
+		s.State, s.Error = "Failed", err.Error()
+	}
+	return s
+}
+
+// Volumes returns the volumes this host holds a replica of, by name.
+func (h *Host) Volumes() []*Volume {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Volume, 0, len(h.groups))
+	for _, g := range h.groups {
+		out = append(out, &Volume{g: g})
+	}
+	slices.SortFunc(out, func(a, b *Volume) int {
+		if a.Name() < b.Name() {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+// ID returns this host's name.
+func (h *Host) ID() string { return h.cfg.ID }
+
+// Peers returns the hosts of the cluster (empty on a single host).
+func (h *Host) Peers() []Peer { return slices.Clone(h.cfg.Peers) }

@@ -1,0 +1,216 @@
+package raftlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/volume"
+)
+
+// Volume is a replicated volume as a volume.Backend. Every host serves
+// every volume: the leader's host commits mutations through the raft log
+// and answers reads from its file under a lease; any other host forwards
+// to the leader. Requests in flight when leadership moves are sent again to
+// the new leader (mutations are idempotent), so clients see a pause, not an
+// error, unless no leader emerges within StallTimeout.
+type Volume struct {
+	g *Group
+	// direct is set on the view behind ForwardPrefix: it serves only if this
+	// host leads and never forwards.
+	direct bool
+}
+
+var (
+	_ volume.Backend      = (*Volume)(nil)
+	_ volume.NowaitReader = (*Volume)(nil)
+)
+
+// Direct returns the view of v that serves only while this host leads and
+// answers volume.ErrUnavailable otherwise (the target of forwarding).
+func (v *Volume) Direct() *Volume { return &Volume{g: v.g, direct: true} }
+
+// Name returns the volume's name.
+func (v *Volume) Name() string { return v.g.spec.Name }
+
+// Size implements volume.Backend.
+func (v *Volume) Size() int64 { return v.g.spec.Size }
+
+// Caps implements volume.Backend.
+func (v *Volume) Caps() volume.Caps {
+	return volume.Caps{ReadOnly: v.g.spec.ReadOnly, Trim: true, Extents: true, MultiConn: true}
+}
+
+// errStalled is returned when no leader could serve a request in time.
+var errStalled = errors.New("raftlog: no leader could serve the request in time")
+
+// retryable reports whether a local (raft) failure means "try again,
+// possibly elsewhere".
+func retryable(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout) ||
+		errors.Is(err, raft.ErrAbortedByRestore) || errors.Is(err, errReplicaFailed) ||
+		errors.Is(err, raft.ErrRaftShutdown)
+}
+
+// run executes a request: local (when this host may serve it), or
+// forwarded to the leader, retrying across leader changes until StallTimeout.
+func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remote func(c *nbdclient.Conn) error) error {
+	deadline := time.Now().Add(v.g.h.cfg.StallTimeout)
+	if v.direct {
+		deadline = time.Now().Add(v.g.h.cfg.HeartbeatTimeout)
+	}
+	for {
+		changed := v.g.changes()
+		var err error
+		switch {
+		case isRead && v.g.servesLocally(), !isRead && v.g.ready.Load():
+			if err = local(); err == nil || !retryable(err) {
+				return err
+			}
+		case v.g.isLeader():
+			// Leading but not ready (barrier pending) or the lease lapsed:
+			// renew it and try again.
+			if isRead && v.g.ready.Load() {
+				v.g.verify()
+				if v.g.servesLocally() {
+					continue
+				}
+			}
+			err = errNoLeader
+		case v.direct:
+			return fmt.Errorf("%w: this host does not lead volume %s", volume.ErrUnavailable, v.g.spec.Name)
+		default:
+			var c *nbdclient.Conn
+			if c, err = v.g.fwd.get(ctx); err == nil {
+				if err = remote(c); err == nil || permanent(err) {
+					return err
+				}
+				v.g.fwd.drop(c)
+			}
+		}
+		if time.Now().After(deadline) {
+			if v.direct {
+				return fmt.Errorf("%w: %v", volume.ErrUnavailable, err)
+			}
+			return fmt.Errorf("%w: volume %s: %v", errStalled, v.g.spec.Name, err)
+		}
+		select {
+		case <-changed:
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (v *Volume) mutate(ctx context.Context, o *op, remote func(c *nbdclient.Conn) error) error {
+	if v.g.spec.ReadOnly {
+		return volume.ErrReadOnly
+	}
+	if err := volume.CheckRange(o.off, o.n, v.Size()); err != nil && o.kind != opGrow {
+		return err
+	}
+	return v.run(ctx, false, func() error { return v.g.batch.submit(o) }, remote)
+}
+
+// WriteAt implements volume.Backend. It returns once the write is durable
+// on a majority of the replicas, so FUA needs nothing more.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags volume.Flags) error {
+	return v.mutate(ctx, &op{kind: opWrite, off: off, n: int64(len(p)), data: p}, func(c *nbdclient.Conn) error {
+		return c.WriteAt(ctx, p, off, 0)
+	})
+}
+
+// Zero implements volume.Backend. Zeroing is one small log entry on every
+// replica, hence always fast.
+func (v *Volume) Zero(ctx context.Context, off, n int64, flags volume.Flags) error {
+	o := &op{kind: opZero, off: off, n: n}
+	cf := uint16(0)
+	if !flags.Has(volume.NoHole) {
+		o.flags |= flagPunch
+	} else {
+		cf |= nbdclient.CmdFlagNoHole
+	}
+	return v.mutate(ctx, o, func(c *nbdclient.Conn) error {
+		return c.Zero(ctx, off, uint32(n), cf)
+	})
+}
+
+// Trim implements volume.Backend. Replicas must agree on content, so a
+// trim deallocates and zeroes the range on every replica alike.
+func (v *Volume) Trim(ctx context.Context, off, n int64, flags volume.Flags) error {
+	return v.mutate(ctx, &op{kind: opZero, flags: flagPunch, off: off, n: n}, func(c *nbdclient.Conn) error {
+		return c.Trim(ctx, off, uint32(n), 0)
+	})
+}
+
+// Flush implements volume.Backend. Every acknowledged write is already
+// durable on a majority, so there is nothing to do.
+func (v *Volume) Flush(context.Context) error { return nil }
+
+// ReadAt implements volume.Backend.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := volume.CheckRange(off, int64(len(p)), v.Size()); err != nil {
+		return err
+	}
+	return v.run(ctx, true, func() error { return v.g.file.ReadAt(ctx, p, off) }, func(c *nbdclient.Conn) error {
+		return c.ReadAt(ctx, p, off, 0)
+	})
+}
+
+// ReadAtNowait implements volume.NowaitReader: cached reads on a leader
+// holding its lease are answered without a goroutine hand-off.
+func (v *Volume) ReadAtNowait(p []byte, off int64) (bool, error) {
+	if !v.g.servesLocally() {
+		return false, nil
+	}
+	return v.g.file.ReadAtNowait(p, off)
+}
+
+// Cache implements volume.Backend: a prefetch hint for the local file if
+// this host serves reads, nothing otherwise.
+func (v *Volume) Cache(ctx context.Context, off, n int64) error {
+	if v.g.servesLocally() {
+		return v.g.file.Cache(ctx, off, n)
+	}
+	return nil
+}
+
+// Extents implements volume.Backend.
+func (v *Volume) Extents(ctx context.Context, off, n int64, max int) ([]volume.Extent, error) {
+	if err := volume.CheckRange(off, n, v.Size()); err != nil {
+		return nil, err
+	}
+	var out []volume.Extent
+	err := v.run(ctx, true, func() error {
+		var err error
+		out, err = v.g.file.Extents(ctx, off, n, max)
+		return err
+	}, func(c *nbdclient.Conn) error {
+		flags := uint16(0)
+		if max == 1 {
+			flags = nbdclient.CmdFlagReqOne
+		}
+		ext, err := c.BlockStatus(ctx, off, uint32(n), flags)
+		out = out[:0]
+		for _, e := range ext {
+			if len(out) == max {
+				break
+			}
+			out = append(out, volume.Extent{Length: int64(e.Length), Flags: volume.ExtentFlags(e.Flags)})
+		}
+		if err == nil && len(out) == 0 {
+			err = fmt.Errorf("raftlog: leader returned no extents")
+		}
+		return err
+	})
+	return out, err
+}
+
+// Close implements volume.Backend. The group is closed by its Host.
+func (v *Volume) Close() error { return nil }
