@@ -1,6 +1,7 @@
 // Package agent runs the Tandem agent of one host: it opens the host's
-// volumes and serves them as NBD exports on TCP and unix-socket listeners
-// until its context ends, then shuts down cleanly.
+// replicas of the volumes (raftlog), serves every volume as an NBD export on
+// TCP and unix-socket listeners, and shuts down cleanly when its context
+// ends.
 package agent
 
 import (
@@ -9,34 +10,41 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/metrics"
 	"github.com/tandem-project/tandem/nbd"
+	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/volume"
-	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
 // VolumeSpec declares one volume served by the agent.
-type VolumeSpec struct {
-	// Name is the volume and export name.
-	Name string
-	// Size in bytes. An existing volume smaller than Size is grown; a larger
-	// one is an error.
-	Size int64
-	// ReadOnly serves the volume read-only.
-	ReadOnly bool
-}
+type VolumeSpec = raftlog.VolumeSpec
+
+// Peer is one host of the cluster.
+type Peer = raftlog.Peer
 
 // Config is the configuration of one agent.
 type Config struct {
-	// DataDir holds the volume files (DataDir/volumes/NAME.img).
+	// Name is this host's name in the cluster (its raft server ID).
+	Name string
+	// DataDir holds the host's state: meta/, groups/<volume>/ and the lock.
 	DataDir string
+	// RaftAddr is the replication address (one port for every volume).
+	// Empty runs a single host: every volume has one replica, no network.
+	RaftAddr string
+	// Peers lists every host of the cluster, this one included (empty on a
+	// single host).
+	Peers []Peer
 	// NBDAddr is the TCP address of the NBD listener ("" for none).
 	NBDAddr string
 	// NBDSocket is the path of a unix-socket NBD listener ("" for none).
@@ -47,6 +55,14 @@ type Config struct {
 	DefaultExport string
 	// NBD tunes the NBD server.
 	NBD nbd.Config
+	// AdminAddr is the address of the admin HTTP endpoint (health,
+	// metrics, /v1/ API); "" for none.
+	AdminAddr string
+	// Version is reported by the admin API.
+	Version string
+	// Replication tunes the replication layer; its ID, DataDir, RaftAddr,
+	// Peers and Logger are filled in from the fields above.
+	Replication raftlog.Config
 	// ShutdownTimeout bounds the wait for requests in flight at shutdown.
 	ShutdownTimeout time.Duration
 	// Logger receives the agent's logs. Nil discards.
@@ -59,14 +75,18 @@ type Config struct {
 type Listening struct {
 	NBDAddr   net.Addr // nil without a TCP listener
 	NBDSocket string   // "" without a unix listener
+	RaftAddr  string   // "" on a single host
+	AdminAddr net.Addr // nil without an admin endpoint
 }
 
-// DefaultConfig returns an agent configuration with the NBD port 10809 on
-// loopback and no volumes.
+// DefaultConfig returns an agent configuration for a single host named
+// "local" with the NBD port 10809 on loopback and no volumes.
 func DefaultConfig() Config {
 	return Config{
+		Name:            "local",
 		NBDAddr:         "127.0.0.1:10809",
 		NBD:             nbd.DefaultConfig(),
+		Replication:     raftlog.DefaultConfig(),
 		ShutdownTimeout: 10 * time.Second,
 	}
 }
@@ -81,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.Volumes) == 0 {
 		return errors.New("agent: no volumes to serve")
+	}
+	if len(c.Peers) > 0 && c.RaftAddr == "" {
+		return errors.New("agent: peers are set but the replication address is not")
 	}
 	seen := map[string]bool{}
 	for _, v := range c.Volumes {
@@ -101,7 +124,16 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("agent: shutdown timeout must be positive, got %v", c.ShutdownTimeout)
 	}
+	if err := c.replication().Validate(); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	return c.NBD.Validate()
+}
+
+func (c Config) replication() raftlog.Config {
+	r := c.Replication
+	r.ID, r.DataDir, r.RaftAddr, r.Peers, r.Logger = c.Name, c.DataDir, c.RaftAddr, c.Peers, c.Logger
+	return r
 }
 
 // lockDataDir takes an exclusive lock on dir for the life of the agent, so
@@ -126,9 +158,30 @@ func lockDataDir(dir string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// exports serves each volume under its name, and its leader-only view
+// under raftlog.ForwardPrefix (not listed).
+type exports struct {
+	byName map[string]nbd.Export
+	names  []string
+	def    string
+}
+
+func (e *exports) Lookup(name string) (nbd.Export, error) {
+	if name == "" {
+		name = e.def
+	}
+	x, ok := e.byName[name]
+	if !ok || name == "" {
+		return nbd.Export{}, nbd.ErrUnknownExport
+	}
+	return x, nil
+}
+
+func (e *exports) List() []string { return slices.Clone(e.names) }
+
 // Run serves the configured volumes until ctx ends, then stops accepting,
-// lets requests in flight finish (up to ShutdownTimeout), flushes and closes
-// the volumes.
+// lets requests in flight finish (up to ShutdownTimeout) and closes the
+// replicas.
 func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -136,9 +189,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+		cfg.Logger = log
 	}
-	volDir := filepath.Join(cfg.DataDir, "volumes")
-	if err := os.MkdirAll(volDir, 0o700); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	unlock, err := lockDataDir(cfg.DataDir)
@@ -147,33 +200,46 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer unlock()
 
-	var exports []nbd.Export
-	defer func() {
-		for _, e := range exports {
-			if cerr := e.Backend.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("agent: closing volume %s: %w", e.Name, cerr)
-			}
-		}
-	}()
 	for _, v := range cfg.Volumes {
-		path := filepath.Join(volDir, v.Name+".img")
-		b, err := blockfile.Open(path, blockfile.Options{Size: v.Size, Create: true, ReadOnly: v.ReadOnly})
-		if errors.Is(err, os.ErrNotExist) && v.ReadOnly {
-			return fmt.Errorf("agent: volume %s is declared read-only but %s does not exist: serve it writable first, or check --data", v.Name, path)
+		dir := filepath.Join(cfg.DataDir, "groups", v.Name)
+		if _, err := os.Stat(dir); v.ReadOnly && errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("agent: volume %s is declared read-only but %s does not exist: serve it writable first, or check --data", v.Name, dir)
 		}
-		if err != nil {
-			return fmt.Errorf("agent: volume %s: %w", v.Name, err)
-		}
-		exports = append(exports, nbd.Export{Name: v.Name, Description: "tandem volume " + v.Name, Backend: b})
-		log.Info("volume ready", "name", v.Name, "size", volume.FormatSize(b.Size()), "path", path, "read_only", v.ReadOnly)
 	}
 
+	mets := metrics.New()
+	rcfg := cfg.replication()
+	rcfg.ObserveCommit = mets.ObserveCommit
+	host, err := raftlog.OpenHost(rcfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer func() {
+		if cerr := host.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("agent: closing replicas: %w", cerr)
+		}
+	}()
+	exps := &exports{byName: map[string]nbd.Export{}, def: cfg.DefaultExport}
+	for _, spec := range cfg.Volumes {
+		v, err := host.OpenVolume(spec)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		desc := "tandem volume " + spec.Name
+		exps.byName[spec.Name] = nbd.Export{Name: spec.Name, Description: desc, Backend: v}
+		exps.byName[raftlog.ForwardPrefix+spec.Name] = nbd.Export{Name: raftlog.ForwardPrefix + spec.Name, Description: desc, Backend: v.Direct()}
+		exps.names = append(exps.names, spec.Name)
+		log.Info("volume ready", "name", spec.Name, "size", volume.FormatSize(spec.Size), "read_only", spec.ReadOnly)
+	}
+
+	mets.WatchHost(host)
 	ncfg := cfg.NBD
 	ncfg.Logger = log
-	srv := nbd.NewServer(nbd.NewStaticExports(cfg.DefaultExport, exports...), ncfg)
+	ncfg.Observer = mets
+	srv := nbd.NewServer(exps, ncfg)
 
 	var lns []net.Listener
-	var where Listening
+	where := Listening{RaftAddr: host.RaftAddr()}
 	closeAll := func() {
 		for _, l := range lns {
 			l.Close()
@@ -201,7 +267,26 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		where.NBDSocket = cfg.NBDSocket
 	}
 
-	errc := make(chan error, len(lns))
+	errc := make(chan error, len(lns)+1)
+	if cfg.AdminAddr != "" {
+		al, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("agent: admin listener: %w", err)
+		}
+		where.AdminAddr = al.Addr()
+		hs := &http.Server{
+			Handler:           admin.Handler(admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		log.Info("serving admin API", "addr", al.Addr().String())
+		go func() {
+			if err := hs.Serve(al); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("agent: admin endpoint: %w", err)
+			}
+		}()
+		defer hs.Close()
+	}
 	for _, l := range lns {
 		log.Info("serving NBD", "addr", l.Addr().String())
 		go func() { errc <- srv.Serve(l) }()

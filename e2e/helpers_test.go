@@ -31,7 +31,7 @@ func startAgent(t *testing.T, args ...string) *testbin.Agent {
 // volumePath is where the agent keeps the file of volume name (see
 // agent.Config.DataDir).
 func volumePath(dataDir, name string) string {
-	return filepath.Join(dataDir, "volumes", name+".img")
+	return filepath.Join(dataDir, "groups", name, "volume.img")
 }
 
 // writeVolumeFile creates the file of volume name under dataDir with

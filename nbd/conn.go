@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 
@@ -38,6 +39,8 @@ type conn struct {
 	// nowait is the backend's non-blocking read, if it has one: small
 	// cached reads are then answered on the reader goroutine.
 	nowait volume.NowaitReader
+	// obs is told about every answered request (nil: nobody listens).
+	obs Observer
 }
 
 // serve reads requests until the client disconnects, sends NBD_CMD_DISC, or
@@ -56,6 +59,9 @@ func (c *conn) serve() error {
 		r, err := decodeRequest(hdr[:])
 		if err != nil {
 			return err
+		}
+		if c.obs != nil {
+			r.start = time.Now()
 		}
 		if r.typ == cmdDisc {
 			return nil
@@ -212,6 +218,14 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 		return
 	}
 	c.out.send(simpleReply(r.handle, 0), nil, nil)
+	c.observe(r, 0)
+}
+
+// observe reports an answered request to the Observer, if any.
+func (c *conn) observe(r request, errno uint32) {
+	if c.obs != nil {
+		c.obs.Observe(c.s.export.Name, commandName(r.typ), r.length, time.Since(r.start), errno)
+	}
 }
 
 // backendError replies to r with the NBD error for a backend failure.
@@ -225,6 +239,7 @@ func (c *conn) backendError(r request, err error) {
 
 // replyRead sends the successful reply to a READ with send or sendLater.
 func (c *conn) replyRead(r request, buf []byte, weight int64, send func(hdr, payload []byte, release func())) {
+	c.observe(r, 0)
 	release := func() {
 		c.srv.bufs.put(buf)
 		c.budget.Release(weight)
@@ -241,6 +256,7 @@ func (c *conn) replyRead(r request, buf []byte, weight int64, send func(hdr, pay
 }
 
 func (c *conn) replyExtents(r request, ext []volume.Extent) {
+	c.observe(r, 0)
 	b := chunkHeader(make([]byte, 0, chunkHeaderLen+4+8*len(ext)), replyFlagDone, chunkBlockStatus, r.handle, uint32(4+8*len(ext)))
 	b = binary.BigEndian.AppendUint32(b, metaContextID)
 	for _, e := range ext {
@@ -254,6 +270,7 @@ func (c *conn) replyExtents(r request, ext []volume.Extent) {
 // when structured replies were negotiated (always for READ), a simple reply
 // otherwise. A simple error reply to READ carries no payload.
 func (c *conn) replyError(r request, errno uint32, msg string) {
+	c.observe(r, errno)
 	if c.s.structured {
 		c.out.send(errorChunk(r.handle, errno, msg), nil, nil)
 		return
@@ -272,7 +289,7 @@ func errnoOf(err error) uint32 {
 		return errNoSpc
 	case errors.Is(err, volume.ErrOutOfRange):
 		return errInval
-	case errors.Is(err, context.Canceled), errors.Is(err, volume.ErrClosed):
+	case errors.Is(err, context.Canceled), errors.Is(err, volume.ErrClosed), errors.Is(err, volume.ErrUnavailable):
 		return errShutdown
 	default:
 		return errIO

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"time"
 )
 
 // request is one decoded transmission-phase request header.
@@ -13,6 +14,7 @@ type request struct {
 	handle uint64
 	off    uint64
 	length uint32
+	start  time.Time // when the header was read (for the Observer)
 }
 
 // decodeRequest decodes a 28-byte request header. A bad magic means the

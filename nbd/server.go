@@ -41,6 +41,16 @@ type Config struct {
 	// MaxInflightBytes bounds the READ and WRITE payload bytes of one
 	// connection held in memory at once. It must be at least MaxPayload.
 	MaxInflightBytes int64
+	// Observer, if set, is told about every answered request.
+	Observer Observer
+}
+
+// Observer receives one call per answered request: the export, the
+// command ("READ", "WRITE", ...), the request's length, the time from
+// reading its header to queueing its reply, and the NBD error sent (0 for
+// success). It must be cheap and safe for concurrent use.
+type Observer interface {
+	Observe(export, command string, length uint32, took time.Duration, errno uint32)
 }
 
 // DefaultConfig returns the configuration the agent uses.
@@ -230,6 +240,7 @@ func (s *Server) serveConn(nc net.Conn) error {
 		budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes),
 	}
 	c.nowait, _ = c.b.(volume.NowaitReader)
+	c.obs = s.cfg.Observer
 	c.log.Debug("nbd: transmission started", "flags", sess.flags, "structured", sess.structured)
 	err = c.serve()
 	c.out.flush()

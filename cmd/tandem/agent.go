@@ -1,10 +1,15 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tandem-project/tandem/agent"
 	"github.com/tandem-project/tandem/volume"
@@ -12,25 +17,53 @@ import (
 
 func newAgentCmd(g *globalFlags) *cobra.Command {
 	cfg := agent.DefaultConfig()
-	var vols []string
+	var vols, peers []string
+	var tlsFlags tlsOptions
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Tandem agent of this host",
-		Long: `Run the Tandem agent of this host: it serves the host's volumes as NBD
-exports until it receives SIGINT or SIGTERM, then lets requests in flight
-finish, flushes the volumes and exits.
+		Long: `Run the Tandem agent of this host. Every volume is a replicated log: a
+write is acknowledged once it is durable on a majority of the volume's
+replicas. Every agent serves every volume over NBD; an agent that does not
+lead a volume forwards its I/O to the one that does, and re-sends requests
+in flight when the leader changes.
 
-Each --volume is NAME=SIZE[,ro]; a writable volume's file is created under
---data/volumes on first use and grown when SIZE grows (volumes never
-shrink). A read-only volume must already exist. One agent at a time may use
-a data directory.`,
-		Example: `  tandem agent --data /var/lib/tandem --volume vm1=20G --volume iso=4G,ro
-  qemu-io -f raw nbd://127.0.0.1:10809/vm1`,
+Without --peer the agent is a single host: each volume has one replica.
+For a cluster, start one agent per host with the same --peer list (every
+host, this one included) and the same --volume list:
+
+  --peer NAME,raft=HOST:PORT,nbd=HOST:PORT
+
+Each --volume is NAME=SIZE[,ro][,replicas=H1+H2+H3][,leader=H]: replicas
+names the hosts holding it (default: every peer), leader the host that
+should lead it while healthy. A volume's replica files live under
+--data/groups/NAME and are created on first use; a read-only volume must
+already exist. One agent at a time may use a data directory.
+
+SIGINT or SIGTERM stop the agent: requests in flight finish, replicas are
+closed cleanly.`,
+		Example: `  # a single host
+  tandem agent --data /var/lib/tandem --volume vm1=20G
+
+  # host n1 of three (run the same on n2 and n3 with their --name and --raft-listen)
+  tandem agent --name n1 --data /var/lib/tandem --raft-listen 10.0.0.1:10810 \
+    --nbd-listen 0.0.0.0:10809 \
+    --peer n1,raft=10.0.0.1:10810,nbd=10.0.0.1:10809 \
+    --peer n2,raft=10.0.0.2:10810,nbd=10.0.0.2:10809 \
+    --peer n3,raft=10.0.0.3:10810,nbd=10.0.0.3:10809 \
+    --volume vm1=20G,leader=n1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := stderrLogger(g)
 			if err != nil {
 				return err
+			}
+			for _, p := range peers {
+				peer, err := parsePeerFlag(p)
+				if err != nil {
+					return err
+				}
+				cfg.Peers = append(cfg.Peers, peer)
 			}
 			for _, v := range vols {
 				spec, err := parseVolumeFlag(v)
@@ -39,26 +72,44 @@ a data directory.`,
 				}
 				cfg.Volumes = append(cfg.Volumes, spec)
 			}
+			if cfg.NBD.TLS, err = tlsFlags.config(); err != nil {
+				return err
+			}
+			cfg.NBD.TLSRequired = tlsFlags.required
+			// The election and leader-lease timeouts follow the heartbeat.
+			r := &cfg.Replication
+			r.ElectionTimeout, r.LeaderLeaseTimeout = r.HeartbeatTimeout, r.HeartbeatTimeout/2
 			cfg.Logger = log
+			cfg.Version = versionString()
 			return agent.Run(cmd.Context(), cfg)
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in the cluster")
 	f.StringVar(&cfg.DataDir, "data", "", "data directory (required)")
+	f.StringVar(&cfg.RaftAddr, "raft-listen", "", "replication address of this host (required with --peer)")
+	f.StringArrayVar(&peers, "peer", nil, "a host of the cluster, NAME,raft=ADDR,nbd=ADDR (repeatable; list every host)")
 	f.StringVar(&cfg.NBDAddr, "nbd-listen", cfg.NBDAddr, `TCP address for NBD ("" to disable)`)
 	f.StringVar(&cfg.NBDSocket, "nbd-socket", "", "unix socket path for NBD")
-	f.StringArrayVar(&vols, "volume", nil, "volume to serve, NAME=SIZE[,ro] (repeatable)")
+	f.StringVar(&cfg.AdminAddr, "admin-listen", "", `address of the admin HTTP endpoint: /healthz, /readyz, /metrics, /v1/ ("" for none)`)
+	f.StringArrayVar(&vols, "volume", nil, "volume to serve, NAME=SIZE[,ro][,replicas=H1+H2][,leader=H] (repeatable)")
 	f.StringVar(&cfg.DefaultExport, "default-export", "", "volume served to clients asking for the empty export name")
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
+	tlsFlags.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
+	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
+	f.DurationVar(&cfg.Replication.StallTimeout, "stall-timeout", cfg.Replication.StallTimeout, "how long I/O waits for a leader before failing with EIO")
+	f.DurationVar(&cfg.Replication.SnapshotInterval, "checkpoint-interval", cfg.Replication.SnapshotInterval, "how often a volume checkpoints (syncs its file and lets the log be trimmed)")
+	f.Uint64Var(&cfg.Replication.SnapshotThreshold, "checkpoint-entries", cfg.Replication.SnapshotThreshold, "log entries between checkpoints")
+	f.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-entries", cfg.Replication.TrailingLogs, "log entries kept after a checkpoint for replicas that fall behind")
 	return cmd
 }
 
-// parseVolumeFlag parses NAME=SIZE[,ro].
+// parseVolumeFlag parses NAME=SIZE[,ro][,replicas=A+B][,leader=A].
 func parseVolumeFlag(s string) (agent.VolumeSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: want NAME=SIZE[,ro]", s)
+		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: want NAME=SIZE[,ro][,replicas=H1+H2][,leader=H]", s)
 	}
 	if err := volume.ValidateName(name); err != nil {
 		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: %w", s, err)
@@ -70,12 +121,81 @@ func parseVolumeFlag(s string) (agent.VolumeSpec, error) {
 	}
 	spec := agent.VolumeSpec{Name: name, Size: size}
 	for _, p := range parts[1:] {
-		switch p {
-		case "ro":
+		k, v, _ := strings.Cut(p, "=")
+		switch {
+		case p == "ro":
 			spec.ReadOnly = true
+		case k == "replicas" && v != "":
+			spec.Replicas = strings.Split(v, "+")
+		case k == "leader" && v != "":
+			spec.PreferredLeader = v
 		default:
-			return agent.VolumeSpec{}, fmt.Errorf("--volume %q: unknown option %q (known: ro)", s, p)
+			return agent.VolumeSpec{}, fmt.Errorf("--volume %q: unknown option %q (known: ro, replicas=H1+H2, leader=H)", s, p)
 		}
 	}
 	return spec, nil
+}
+
+// parsePeerFlag parses NAME,raft=ADDR,nbd=ADDR.
+func parsePeerFlag(s string) (agent.Peer, error) {
+	parts := strings.Split(s, ",")
+	p := agent.Peer{ID: parts[0]}
+	for _, kv := range parts[1:] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "raft":
+			p.Raft = v
+		case "nbd":
+			p.NBD = v
+		default:
+			return agent.Peer{}, fmt.Errorf("--peer %q: unknown field %q (want NAME,raft=ADDR,nbd=ADDR)", s, k)
+		}
+	}
+	if p.ID == "" || p.Raft == "" || p.NBD == "" {
+		return agent.Peer{}, fmt.Errorf("--peer %q: want NAME,raft=ADDR,nbd=ADDR", s)
+	}
+	return p, nil
+}
+
+// tlsOptions are the NBD TLS flags.
+type tlsOptions struct {
+	cert, key, clientCA string
+	required            bool
+}
+
+func (o *tlsOptions) register(f *pflag.FlagSet) {
+	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate for NBD over TLS (STARTTLS); enables TLS")
+	f.StringVar(&o.key, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringVar(&o.clientCA, "tls-client-ca", "", "PEM CA bundle: require NBD clients to present a certificate it signed")
+	f.BoolVar(&o.required, "tls-required", false, "refuse NBD clients that do not upgrade to TLS")
+}
+
+// config builds the server TLS configuration, or nil without --tls-cert.
+func (o *tlsOptions) config() (*tls.Config, error) {
+	if o.cert == "" && o.key == "" {
+		if o.required || o.clientCA != "" {
+			return nil, errors.New("--tls-required and --tls-client-ca need --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if o.cert == "" || o.key == "" {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if o.clientCA != "" {
+		pem, err := os.ReadFile(o.clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca: no certificate in %s", o.clientCA)
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return c, nil
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -12,19 +15,28 @@ import (
 	"github.com/tandem-project/tandem/volume"
 )
 
+// devHosts is the dev cluster: three hosts on loopback addresses, each
+// with NBD on port 10809 and replication on port 10810.
+var devHosts = []struct{ name, ip string }{
+	{"n1", "127.0.0.1"}, {"n2", "127.0.0.2"}, {"n3", "127.0.0.3"},
+}
+
 func newDevCmd(g *globalFlags) *cobra.Command {
 	var (
-		dataDir string
-		size    string
-		listen  string
+		dataDir   string
+		size      string
+		listen    string
+		rPort     int
+		adminPort int
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run a local Tandem with volume vol0 for trying it out",
-		Long: `Run Tandem on this machine with one volume, vol0, served over NBD at
-nbd://127.0.0.1:10809/vol0, and print the commands to attach it with
-qemu-io and QEMU. Data lives under --data and survives restarts.
-Ctrl-C stops it cleanly.`,
+		Short: "Run a local 3-host Tandem cluster with volume vol0 for trying it out",
+		Long: `Run three Tandem agents in this process, on 127.0.0.1, 127.0.0.2 and
+127.0.0.3, holding one volume, vol0, replicated on all three. n1 leads it
+and serves it at nbd://127.0.0.1:10809/vol0; the other two serve it too
+(forwarding to the leader). Data lives under --data (one directory per host)
+and survives restarts. Ctrl-C stops it cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := stderrLogger(g)
@@ -42,34 +54,115 @@ Ctrl-C stops it cleanly.`,
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
-			cfg := agent.DefaultConfig()
-			cfg.DataDir = dataDir
-			cfg.NBDAddr = listen
-			cfg.Volumes = []agent.VolumeSpec{{Name: "vol0", Size: n}}
-			cfg.DefaultExport = "vol0"
-			cfg.Logger = log
-			out := cmd.OutOrStdout()
-			cfg.Ready = func(l agent.Listening) {
-				host, port, _ := net.SplitHostPort(l.NBDAddr.String())
-				uri := fmt.Sprintf("nbd://%s/vol0", net.JoinHostPort(host, port))
-				fmt.Fprintf(out, `
-Tandem dev is running (data in %s). Volume vol0 (%s) is at:
+			ip1, port, err := net.SplitHostPort(listen)
+			if err != nil {
+				return fmt.Errorf("--nbd-listen %q: %w", listen, err)
+			}
+			var peers []agent.Peer
+			for i, h := range devHosts {
+				ip := h.ip
+				if i == 0 {
+					ip = ip1
+				}
+				nbdAddr, err := devAddr(ip, port)
+				if err != nil {
+					return fmt.Errorf("--nbd-listen: %w", err)
+				}
+				raftAddr, err := devAddr(ip, fmt.Sprint(rPort))
+				if err != nil {
+					return fmt.Errorf("--raft-port: %w", err)
+				}
+				peers = append(peers, agent.Peer{ID: h.name, Raft: raftAddr, NBD: nbdAddr})
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			var (
+				wg     sync.WaitGroup
+				mu     sync.Mutex
+				errs   []error
+				ready  sync.WaitGroup
+				listen = make([]agent.Listening, len(devHosts))
+			)
+			ready.Add(len(devHosts))
+			for i, h := range devHosts {
+				cfg := agent.DefaultConfig()
+				cfg.Name = h.name
+				cfg.DataDir = filepath.Join(dataDir, h.name)
+				cfg.RaftAddr = peers[i].Raft
+				cfg.Peers = peers
+				cfg.NBDAddr = peers[i].NBD
+				cfg.Version = versionString()
+				if adminPort != 0 {
+					cfg.AdminAddr = net.JoinHostPort(h.ip, fmt.Sprint(adminPort))
+				}
+				cfg.Volumes = []agent.VolumeSpec{{Name: "vol0", Size: n, PreferredLeader: "n1"}}
+				cfg.DefaultExport = "vol0"
+				cfg.Logger = log.With("host", h.name)
+				cfg.Ready = func(l agent.Listening) {
+					listen[i] = l
+					ready.Done()
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := agent.Run(ctx, cfg); err != nil {
+						mu.Lock()
+						errs = append(errs, fmt.Errorf("%s: %w", h.name, err))
+						mu.Unlock()
+						cancel()
+					}
+				}()
+			}
+			go func() {
+				ready.Wait()
+				uri := fmt.Sprintf("nbd://%s/vol0", listen[0].NBDAddr)
+				fmt.Fprintf(cmd.OutOrStdout(), `
+Tandem dev is running: 3 hosts on loopback (data in %s).
+Volume vol0 (%s) is replicated on n1, n2 and n3; n1 leads it:
 
     %s
 
+Every host serves it (the others forward to the leader):
+    nbd://%s/vol0   nbd://%s/vol0
+%s
 Try it:
     qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s
-    qemu-system-x86_64 -m 512 -drive file=%s,format=raw,if=virtio,cache=none,aio=threads ...
+    qemu-system-x86_64 -m 512 -drive file=%s,format=raw,if=virtio,cache=none,aio=threads,werror=stop,rerror=stop ...
 
 Press Ctrl-C to stop.
-`, dataDir, volume.FormatSize(n), uri, uri, uri)
-			}
-			return agent.Run(cmd.Context(), cfg)
+`, dataDir, volume.FormatSize(n), uri, listen[1].NBDAddr, listen[2].NBDAddr, adminLine(listen[0]), uri, uri)
+			}()
+			wg.Wait()
+			return errors.Join(errs...)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&dataDir, "data", "", "data directory (default: tandem/dev under the user cache directory)")
 	f.StringVar(&size, "size", "1GiB", "size of vol0")
-	f.StringVar(&listen, "nbd-listen", "127.0.0.1:10809", "TCP address for NBD")
+	f.StringVar(&listen, "nbd-listen", "127.0.0.1:10809", "NBD address of n1; n2 and n3 use the same port on 127.0.0.2 and 127.0.0.3 (port 0: free ports)")
+	f.IntVar(&rPort, "raft-port", 10810, "replication port of each host (0: free ports)")
+	f.IntVar(&adminPort, "admin-port", 7480, "admin HTTP port of each host (0: no admin endpoint)")
 	return cmd
+}
+
+// devAddr returns ip:port, picking a free port when port is "0" (the dev
+// cluster needs every address before any host starts).
+func devAddr(ip, port string) (string, error) {
+	if port != "0" {
+		return net.JoinHostPort(ip, port), nil
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// adminLine tells where n1's admin API is, if it has one.
+func adminLine(l agent.Listening) string {
+	if l.AdminAddr == nil {
+		return ""
+	}
+	return fmt.Sprintf("\nAdmin API and metrics: http://%s/v1/volumes  http://%s/metrics\n", l.AdminAddr, l.AdminAddr)
 }

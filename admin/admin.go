@@ -1,0 +1,144 @@
+// Package admin is an agent's admin HTTP endpoint: health and readiness
+// probes, Prometheus metrics, and the versioned JSON API under /v1/ that the
+// CLI talks to. Errors are JSON objects {"error": "..."} with the matching
+// status code.
+package admin
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+// Config configures the admin handler.
+type Config struct {
+	// Host is the agent's replication layer.
+	Host *raftlog.Host
+	// Metrics serves /metrics (nil: 404).
+	Metrics http.Handler
+	// Version is reported by /v1/cluster.
+	Version string
+	// Logger receives request errors.
+	Logger *slog.Logger
+}
+
+// Handler returns the admin HTTP handler.
+func Handler(cfg Config) http.Handler {
+	s := &server{cfg: cfg, log: cfg.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
+	mux.HandleFunc("GET /v1/cluster", s.cluster)
+	mux.HandleFunc("GET /v1/hosts", s.hosts)
+	mux.HandleFunc("GET /v1/volumes", s.volumes)
+	mux.HandleFunc("GET /v1/volumes/{name}", s.volume)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+type server struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, Error{Error: msg})
+}
+
+func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz is ready when every volume of this host has a leader.
+func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	var waiting []string
+	for _, v := range s.cfg.Host.Volumes() {
+		if st := v.Status(); st.Leader == "" || st.Error != "" {
+			waiting = append(waiting, st.Name)
+		}
+	}
+	if len(waiting) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "volumes_without_leader": waiting})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// ClusterInfo is the body of GET /v1/cluster.
+type ClusterInfo struct {
+	Host    string `json:"host"`
+	Version string `json:"version"`
+	Hosts   int    `json:"hosts"`
+	Volumes int    `json:"volumes"`
+}
+
+func (s *server) cluster(w http.ResponseWriter, _ *http.Request) {
+	n := len(s.cfg.Host.Peers())
+	if n == 0 {
+		n = 1
+	}
+	writeJSON(w, http.StatusOK, ClusterInfo{Host: s.cfg.Host.ID(), Version: s.cfg.Version, Hosts: n, Volumes: len(s.cfg.Host.Volumes())})
+}
+
+// HostInfo is one element of GET /v1/hosts.
+type HostInfo struct {
+	Name string `json:"name"`
+	Raft string `json:"raft_addr,omitempty"`
+	NBD  string `json:"nbd_addr,omitempty"`
+	Self bool   `json:"self"`
+}
+
+func (s *server) hosts(w http.ResponseWriter, _ *http.Request) {
+	h := s.cfg.Host
+	var out []HostInfo
+	for _, p := range h.Peers() {
+		out = append(out, HostInfo{Name: p.ID, Raft: p.Raft, NBD: p.NBD, Self: p.ID == h.ID()})
+	}
+	if len(out) == 0 {
+		out = append(out, HostInfo{Name: h.ID(), Self: true})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *server) volumes(w http.ResponseWriter, _ *http.Request) {
+	out := []raftlog.VolumeStatus{}
+	for _, v := range s.cfg.Host.Volumes() {
+		out = append(out, v.Status())
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *server) volume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	for _, v := range s.cfg.Host.Volumes() {
+		if v.Name() == name {
+			writeJSON(w, http.StatusOK, v.Status())
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, "no volume named "+strconv.Quote(name))
+}

@@ -1,0 +1,92 @@
+package admin
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/metrics"
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+func testServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	cfg := raftlog.DefaultConfig()
+	cfg.ID, cfg.DataDir = "h1", t.TempDir()
+	h, err := raftlog.OpenHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	if _, err := h.OpenVolume(raftlog.VolumeSpec{Name: "vol0", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	m.WatchHost(h)
+	srv := httptest.NewServer(Handler(Config{Host: h, Metrics: m.Handler(), Version: "test"}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	srv := testServer(t)
+	// Ready once the volume elected its (only) replica.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get(t, srv.URL+"/readyz"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tests := []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/healthz", 200, `"ok"`},
+		{"/v1/cluster", 200, `"host": "h1"`},
+		{"/v1/hosts", 200, `"self": true`},
+		{"/v1/volumes", 200, `"name": "vol0"`},
+		{"/v1/volumes/vol0", 200, `"leader": "h1"`},
+		{"/v1/volumes/nope", 404, `"error": "no volume named \"nope\""`},
+		{"/v1/nothing", 404, `"error"`},
+		{"/metrics", 200, `tandem_volume_leader{volume="vol0"} 1`},
+	}
+	for _, tc := range tests {
+		code, body := get(t, srv.URL+tc.path)
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("GET %s: %d %s\nwant %d containing %s", tc.path, code, body, tc.code, tc.want)
+		}
+	}
+	var vols []raftlog.VolumeStatus
+	_, body := get(t, srv.URL+"/v1/volumes")
+	if err := json.Unmarshal([]byte(body), &vols); err != nil || len(vols) != 1 || vols[0].Size != 1<<20 || !vols[0].Serving {
+		t.Fatalf("volumes: %v %+v", err, vols)
+	}
+	resp, err := http.Post(srv.URL+"/v1/volumes", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /v1/volumes: %d", resp.StatusCode)
+	}
+}

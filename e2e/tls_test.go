@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/internal/testbin"
+)
+
+// writeTLSFiles makes a CA and a server certificate for 127.0.0.1 and writes
+// them where libnbd (tls-certificates=DIR: ca-cert.pem) and QEMU
+// (tls-creds-x509 dir=DIR: ca-cert.pem) look for them.
+func writeTLSFiles(t *testing.T) (dir, cert, key string) {
+	t.Helper()
+	dir = t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "tandem test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("ca-cert.pem", "CERTIFICATE", caDER)
+	srvDir := t.TempDir()
+	cert = filepath.Join(srvDir, "server-cert.pem")
+	key = filepath.Join(srvDir, "server-key.pem")
+	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}), 0o600)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return dir, cert, key
+}
+
+// TestTLS serves a volume with --tls-required and reaches it over TLS with
+// nbdinfo (libnbd/GnuTLS) and qemu-io (QEMU's tls-creds-x509), while a
+// client without TLS is refused.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	testbin.Require(t, "nbdinfo", "qemu-io")
+	caDir, cert, key := writeTLSFiles(t)
+	a := startAgent(t, "--volume", "vol0=16M", "--tls-cert", cert, "--tls-key", key, "--tls-required")
+	_, port, _ := net.SplitHostPort(a.NBDAddr)
+
+	out := testbin.Run(t, toolTimeout, "nbdinfo", "nbds://127.0.0.1:"+port+"/vol0?tls-certificates="+caDir)
+	if !strings.Contains(out, "with TLS") || !strings.Contains(out, "export-size: 16777216") {
+		t.Errorf("nbdinfo over TLS:\n%s", out)
+	}
+	if out, err := testbin.RunErr(toolTimeout, "nbdinfo", a.URI("vol0")); err == nil {
+		t.Errorf("a client without TLS was served by a --tls-required server:\n%s", out)
+	}
+
+	opts := "driver=nbd,host=127.0.0.1,port=" + port + ",export=vol0,tls-creds=tls0"
+	out = testbin.Run(t, toolTimeout, "qemu-io",
+		"--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+caDir,
+		"--image-opts", opts,
+		"-c", "write -P 0x7e 0 1M", "-c", "read -P 0x7e 0 1M")
+	if strings.Contains(out, "Pattern verification failed") || !strings.Contains(out, "read 1048576/1048576") {
+		t.Errorf("qemu-io over TLS:\n%s", out)
+	}
+}
+
+// TestTLSFlags: bad TLS flag combinations are refused with a clear message.
+func TestTLSFlags(t *testing.T) {
+	t.Parallel()
+	_, cert, _ := writeTLSFiles(t)
+	for _, args := range [][]string{
+		{"--tls-required"},
+		{"--tls-cert", cert},
+		{"--tls-cert", cert, "--tls-key", "/nonexistent"},
+	} {
+		full := append([]string{"agent", "--data", t.TempDir(), "--nbd-listen", "127.0.0.1:0", "--volume", "v=1M"}, args...)
+		out, err := testbin.RunErr(10*time.Second, testbin.Binary(t), full...)
+		if err == nil || !strings.Contains(out, "--tls") {
+			t.Errorf("tandem %v: %v\n%s", args, err, out)
+		}
+	}
+}

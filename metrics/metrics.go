@@ -1,0 +1,153 @@
+// Package metrics holds an agent's Prometheus metrics: NBD requests per
+// volume (count, bytes, latency), raft commit latency, and the state of
+// each volume replica, collected from the replication layer at scrape
+// time. Each agent has its own registry.
+package metrics
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+// Metrics is one agent's set of metrics.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	commit   *prometheus.HistogramVec
+
+	mu  sync.Mutex
+	obs map[[2]string]requestObs // (volume, op) → pre-resolved children
+}
+
+type requestObs struct {
+	ok, failed prometheus.Counter
+	bytes      prometheus.Counter
+	latency    prometheus.Observer
+}
+
+// New returns an agent's metrics, with Go runtime and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tandem_nbd_requests_total",
+			Help: "NBD requests answered, by volume, operation and result (ok or the NBD error).",
+		}, []string{"volume", "op", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tandem_nbd_bytes_total",
+			Help: "Bytes read or written by successful NBD requests, by volume and operation.",
+		}, []string{"volume", "op"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tandem_nbd_request_seconds",
+			Help:    "Time from reading an NBD request to queueing its reply, by volume and operation.",
+			Buckets: prometheus.ExponentialBuckets(20e-6, 2, 18), // 20 µs .. 2.6 s
+		}, []string{"volume", "op"}),
+		commit: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tandem_raft_commit_seconds",
+			Help:    "Time for a log entry to be committed on a majority and applied on the leader, by volume.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16), // 100 µs .. 3.3 s
+		}, []string{"volume"}),
+		obs: map[[2]string]requestObs{},
+	}
+	m.reg.MustRegister(m.requests, m.bytes, m.latency, m.commit,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Observe implements nbd.Observer.
+func (m *Metrics) Observe(volume, op string, length uint32, took time.Duration, errno uint32) {
+	k := [2]string{volume, op}
+	m.mu.Lock()
+	o, ok := m.obs[k]
+	if !ok {
+		o = requestObs{
+			ok:      m.requests.WithLabelValues(volume, op, "ok"),
+			failed:  m.requests.WithLabelValues(volume, op, "error"),
+			bytes:   m.bytes.WithLabelValues(volume, op),
+			latency: m.latency.WithLabelValues(volume, op),
+		}
+		m.obs[k] = o
+	}
+	m.mu.Unlock()
+	if errno != 0 {
+		o.failed.Inc()
+		return
+	}
+	o.ok.Inc()
+	if op == "READ" || op == "WRITE" {
+		o.bytes.Add(float64(length))
+	}
+	o.latency.Observe(took.Seconds())
+}
+
+// ObserveCommit records one committed log entry of volume.
+func (m *Metrics) ObserveCommit(volume string, took time.Duration) {
+	m.commit.WithLabelValues(volume).Observe(took.Seconds())
+}
+
+// WatchHost exports the state of h's replicas at every scrape.
+func (m *Metrics) WatchHost(h *raftlog.Host) {
+	m.reg.MustRegister(&hostCollector{h: h})
+}
+
+var (
+	descLeader  = prometheus.NewDesc("tandem_volume_leader", "1 if this host leads the volume.", []string{"volume"}, nil)
+	descServing = prometheus.NewDesc("tandem_volume_serving", "1 if this host answers the volume's reads itself (leader holding its lease).", []string{"volume"}, nil)
+	descFailed  = prometheus.NewDesc("tandem_volume_replica_failed", "1 if this host's replica failed and left the group.", []string{"volume"}, nil)
+	descSize    = prometheus.NewDesc("tandem_volume_size_bytes", "Volume size.", []string{"volume"}, nil)
+	descTerm    = prometheus.NewDesc("tandem_raft_term", "Current raft term of the volume's group on this host.", []string{"volume"}, nil)
+	descLast    = prometheus.NewDesc("tandem_raft_last_index", "Last log index on this replica.", []string{"volume"}, nil)
+	descCommit  = prometheus.NewDesc("tandem_raft_commit_index", "Commit index known to this replica.", []string{"volume"}, nil)
+	descApplied = prometheus.NewDesc("tandem_raft_applied_index", "Index applied to this replica's volume file.", []string{"volume"}, nil)
+	descLag     = prometheus.NewDesc("tandem_raft_apply_lag_entries", "Committed entries not yet applied on this replica.", []string{"volume"}, nil)
+	descContact = prometheus.NewDesc("tandem_raft_last_contact_seconds", "Time since this follower last heard from the leader (0 on the leader).", []string{"volume"}, nil)
+)
+
+// hostCollector reads replica state from the replication layer.
+type hostCollector struct{ h *raftlog.Host }
+
+func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLeader, descServing, descFailed, descSize, descTerm, descLast, descCommit, descApplied, descLag, descContact} {
+		ch <- d
+	}
+}
+
+func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	for _, v := range c.h.Volumes() {
+		s := v.Status()
+		g := func(d *prometheus.Desc, val float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, val, s.Name)
+		}
+		g(descLeader, b(s.State == "Leader"))
+		g(descServing, b(s.Serving))
+		g(descFailed, b(s.Error != ""))
+		g(descSize, float64(s.Size))
+		g(descTerm, float64(s.Term))
+		g(descLast, float64(s.LastIndex))
+		g(descCommit, float64(s.CommitIndex))
+		g(descApplied, float64(s.AppliedIndex))
+		g(descLag, float64(s.CommitIndex-min(s.AppliedIndex, s.CommitIndex)))
+		g(descContact, s.LastContact.Seconds())
+	}
+}
