@@ -94,6 +94,9 @@ type tandemProc struct {
 	// replicates between hosts in the process takes it, and restarts must
 	// reuse it.
 	raftPort int
+	// noAdmin turns off the dev cluster's admin endpoints (fixed ports
+	// that a second dev cluster on the machine would hold).
+	noAdmin bool
 
 	mu   sync.Mutex
 	addr string // host:port, fixed after the first start
@@ -116,6 +119,9 @@ func (t *tandemProc) start(ctx context.Context) error {
 		"dev", "--data", t.dataDir, "--nbd-listen", listen, "--size", volume.FormatSize(t.size)}
 	if t.raftPort != 0 {
 		args = append(args, "--raft-port", strconv.Itoa(t.raftPort))
+	}
+	if t.noAdmin {
+		args = append(args, "--admin-port", "0")
 	}
 	pr, pw := io.Pipe()
 	c, err := startChild("tandem", pw, t.bin, args...)
@@ -178,6 +184,9 @@ func startTandem(ctx context.Context, bin, dataDir string, size int64, log io.Wr
 			return nil, err
 		}
 		t.raftPort = port
+	}
+	if strings.Contains(toolHelp(ctx, bin, "dev", "--help"), "--admin-port") {
+		t.noAdmin = true
 	}
 	if err := t.start(ctx); err != nil {
 		return nil, fmt.Errorf("starting tandem: %w", err)

@@ -31,22 +31,38 @@ func (b *batcher) submit(o *op) error {
 	p := &pendingOp{op: o, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
-	b.kickLocked()
-	b.mu.Unlock()
+	if b.inflight < b.maxInflight {
+		// Room in flight: this goroutine commits the queue itself (no
+		// hand-off), and starts further entries if more room is left.
+		batch, size := b.takeLocked()
+		b.inflight++
+		b.kickLocked()
+		b.mu.Unlock()
+		b.run(batch, size)
+	} else {
+		b.mu.Unlock()
+	}
 	return <-p.done
 }
 
-// kickLocked starts entries while there is room in flight.
+// takeLocked removes the next entry's worth of ops from the queue.
+func (b *batcher) takeLocked() ([]*pendingOp, int) {
+	n, size := 0, entryHeader
+	for n < len(b.queue) && (n == 0 || size+b.queue[n].op.encodedLen() <= b.maxBytes) {
+		size += b.queue[n].op.encodedLen()
+		n++
+	}
+	batch := make([]*pendingOp, n)
+	copy(batch, b.queue)
+	b.queue = append(b.queue[:0], b.queue[n:]...)
+	return batch, size
+}
+
+// kickLocked starts entries on new goroutines while there is room in
+// flight.
 func (b *batcher) kickLocked() {
 	for b.inflight < b.maxInflight && len(b.queue) > 0 {
-		n, size := 0, entryHeader
-		for n < len(b.queue) && (n == 0 || size+b.queue[n].op.encodedLen() <= b.maxBytes) {
-			size += b.queue[n].op.encodedLen()
-			n++
-		}
-		batch := make([]*pendingOp, n)
-		copy(batch, b.queue)
-		b.queue = append(b.queue[:0], b.queue[n:]...)
+		batch, size := b.takeLocked()
 		b.inflight++
 		go b.run(batch, size)
 	}
