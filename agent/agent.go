@@ -227,7 +227,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		desc := "tandem volume " + spec.Name
 		exps.byName[spec.Name] = nbd.Export{Name: spec.Name, Description: desc, Backend: v}
-		exps.byName[raftlog.ForwardPrefix+spec.Name] = nbd.Export{Name: raftlog.ForwardPrefix + spec.Name, Description: desc, Backend: v.Direct()}
+		// Forwarded requests carry their op id in the NBD handle.
+		exps.byName[raftlog.ForwardPrefix+spec.Name] = nbd.Export{Name: raftlog.ForwardPrefix + spec.Name, Description: desc, Backend: v.Direct(), PassHandle: true}
 		exps.names = append(exps.names, spec.Name)
 		log.Info("volume ready", "name", spec.Name, "size", volume.FormatSize(spec.Size), "read_only", spec.ReadOnly)
 	}

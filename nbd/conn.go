@@ -25,11 +25,14 @@ const inlineReadMax = MaxPayload
 
 // conn is the transmission phase of one connection.
 type conn struct {
-	srv *Server
-	s   *session
-	b   volume.Backend
-	log *slog.Logger
-	ctx context.Context
+	srv    *Server
+	s      *session
+	b      volume.Backend
+	log    *slog.Logger
+	ctx    context.Context    // canceled by a hard disconnect or server Close
+	cancel context.CancelFunc // cancels ctx
+	// hardClose is set when the client went away without NBD_CMD_DISC.
+	hardClose bool
 
 	out     *replyWriter
 	slots   chan struct{}       // one per request in flight
@@ -45,13 +48,23 @@ type conn struct {
 
 // serve reads requests until the client disconnects, sends NBD_CMD_DISC, or
 // the input cannot be framed; then it waits for the requests in flight.
-func (c *conn) serve() error {
+// After NBD_CMD_DISC requests in flight complete normally; after a hard
+// disconnect their context is canceled, so that a backend does not keep
+// retrying requests for a client that is gone (it may have reconnected and
+// written newer data since).
+func (c *conn) serve() (err error) {
 	defer c.pending.Wait()
+	defer func() {
+		if err != nil || c.hardClose {
+			c.cancel()
+		}
+	}()
 	var hdr [requestHeaderLen]byte
 	for {
 		c.flushIfIdle(requestHeaderLen)
 		if _, err := io.ReadFull(c.s.r, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
+				c.hardClose = true
 				return nil // client hung up between requests
 			}
 			return fmt.Errorf("nbd: reading request: %w", err)
@@ -174,26 +187,30 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 	if r.flags&cfFUA != 0 {
 		flags |= volume.FUA
 	}
+	ctx := c.ctx
+	if c.s.export.PassHandle {
+		ctx = context.WithValue(ctx, handleKey{}, r.handle)
+	}
 	var err error
 	switch r.typ {
 	case cmdRead:
 		buf := c.srv.bufs.get(int(n))
-		if err = c.b.ReadAt(c.ctx, buf, off); err == nil {
+		if err = c.b.ReadAt(ctx, buf, off); err == nil {
 			c.replyRead(r, buf, weight, c.out.send)
 			return
 		}
 		c.srv.bufs.put(buf)
 		c.budget.Release(weight)
 	case cmdWrite:
-		err = c.b.WriteAt(c.ctx, payload, off, flags)
+		err = c.b.WriteAt(ctx, payload, off, flags)
 		c.srv.bufs.put(payload)
 		c.budget.Release(weight)
 	case cmdFlush:
-		err = c.b.Flush(c.ctx)
+		err = c.b.Flush(ctx)
 	case cmdTrim:
-		err = c.b.Trim(c.ctx, off, n, flags)
+		err = c.b.Trim(ctx, off, n, flags)
 	case cmdCache:
-		err = c.b.Cache(c.ctx, off, n)
+		err = c.b.Cache(ctx, off, n)
 	case cmdWriteZeroes:
 		if r.flags&cfNoHole != 0 {
 			flags |= volume.NoHole
@@ -201,14 +218,14 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 		if r.flags&cfFastZero != 0 {
 			flags |= volume.FastZero
 		}
-		err = c.b.Zero(c.ctx, off, n, flags)
+		err = c.b.Zero(ctx, off, n, flags)
 	case cmdBlockStatus:
 		max := maxExtents
 		if r.flags&cfReqOne != 0 {
 			max = 1
 		}
 		var ext []volume.Extent
-		if ext, err = c.b.Extents(c.ctx, off, n, max); err == nil {
+		if ext, err = c.b.Extents(ctx, off, n, max); err == nil {
 			c.replyExtents(r, ext)
 			return
 		}

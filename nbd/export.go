@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"context"
 	"errors"
 
 	"github.com/tandem-project/tandem/volume"
@@ -14,6 +15,19 @@ type Export struct {
 	Description string
 	// Backend serves the export's I/O.
 	Backend volume.Backend
+	// PassHandle gives the backend each request's NBD handle (cookie) in
+	// its context (see RequestHandle). A client that chooses its handles
+	// can use them as request identities.
+	PassHandle bool
+}
+
+type handleKey struct{}
+
+// RequestHandle returns the NBD handle of the request a backend call
+// serves, when the export was declared with PassHandle.
+func RequestHandle(ctx context.Context) (uint64, bool) {
+	h, ok := ctx.Value(handleKey{}).(uint64)
+	return h, ok
 }
 
 // Exports resolves export names for the server. Implementations must be safe

@@ -229,12 +229,15 @@ func (s *Server) serveConn(nc net.Conn) error {
 		return err
 	}
 	_ = sess.conn.SetDeadline(time.Time{})
+	cctx, ccancel := context.WithCancel(s.ctx)
+	defer ccancel()
 	c := &conn{
 		srv:    s,
 		s:      sess,
 		b:      sess.export.Backend,
 		log:    s.log.With("export", sess.export.Name, "remote", nc.RemoteAddr().String()),
-		ctx:    s.ctx,
+		ctx:    cctx,
+		cancel: ccancel,
 		out:    newReplyWriter(sess.conn),
 		slots:  make(chan struct{}, s.cfg.MaxInflight),
 		budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes),

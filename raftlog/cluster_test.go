@@ -113,7 +113,7 @@ func (c *testCluster) serve(i int) {
 	}
 	var exps []nbd.Export
 	for name, v := range th.vol {
-		exps = append(exps, nbd.Export{Name: name, Backend: v}, nbd.Export{Name: ForwardPrefix + name, Backend: v.Direct()})
+		exps = append(exps, nbd.Export{Name: name, Backend: v}, nbd.Export{Name: ForwardPrefix + name, Backend: v.Direct(), PassHandle: true})
 	}
 	th.srv = nbd.NewServer(nbd.NewStaticExports("", exps...), nbd.DefaultConfig())
 	var err error

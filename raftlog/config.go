@@ -75,9 +75,9 @@ type Config struct {
 // ID, DataDir, RaftAddr and Peers.
 func DefaultConfig() Config {
 	return Config{
-		HeartbeatTimeout:   1000 * time.Millisecond,
-		ElectionTimeout:    1000 * time.Millisecond,
-		LeaderLeaseTimeout: 500 * time.Millisecond,
+		HeartbeatTimeout:   650 * time.Millisecond,
+		ElectionTimeout:    650 * time.Millisecond,
+		LeaderLeaseTimeout: 325 * time.Millisecond,
 		CommitTimeout:      20 * time.Millisecond,
 		LeaseFraction:      0.75,
 		SnapshotInterval:   30 * time.Second,

@@ -22,9 +22,9 @@ const (
 )
 
 const (
-	entryVersion = 1
+	entryVersion = 2
 	entryHeader  = 5  // version u8, op count u32
-	opHeader     = 14 // kind u8, flags u8, off u64, len u32
+	opHeader     = 22 // kind u8, flags u8, off u64, len u32, id u64
 )
 
 // errBadEntry reports a log entry that cannot be decoded: the log is
@@ -38,6 +38,10 @@ type op struct {
 	off   int64
 	n     int64  // length for write and zero; unused for grow
 	data  []byte // opWrite only; len(data) == n
+	// id identifies the request the op comes from (0: none). A request
+	// sent again after a leader change keeps its id, and the FSM applies an
+	// id only once (see fsm.seen).
+	id uint64
 }
 
 // encodedLen is the number of bytes op takes in an entry.
@@ -51,6 +55,7 @@ func encodeEntry(dst []byte, ops []*op) []byte {
 		dst = append(dst, o.kind, o.flags)
 		dst = binary.BigEndian.AppendUint64(dst, uint64(o.off))
 		dst = binary.BigEndian.AppendUint32(dst, uint32(o.n))
+		dst = binary.BigEndian.AppendUint64(dst, o.id)
 		dst = append(dst, o.data...)
 	}
 	return dst
@@ -67,7 +72,7 @@ func decodeEntry(b []byte, fn func(op) error) error {
 		if len(b) < opHeader {
 			return fmt.Errorf("%w: op %d truncated", errBadEntry, i)
 		}
-		o := op{kind: b[0], flags: b[1], off: int64(binary.BigEndian.Uint64(b[2:])), n: int64(binary.BigEndian.Uint32(b[10:]))}
+		o := op{kind: b[0], flags: b[1], off: int64(binary.BigEndian.Uint64(b[2:])), n: int64(binary.BigEndian.Uint32(b[10:])), id: binary.BigEndian.Uint64(b[14:])}
 		b = b[opHeader:]
 		if o.off < 0 {
 			return fmt.Errorf("%w: op %d offset", errBadEntry, i)

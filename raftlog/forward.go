@@ -43,7 +43,7 @@ func (f *forwarder) get(ctx context.Context) (*nbdclient.Conn, error) {
 		return f.conn, nil
 	}
 	if f.conn != nil {
-		go f.conn.Close()
+		f.conn.Abort()
 		f.conn = nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -59,13 +59,26 @@ func (f *forwarder) get(ctx context.Context) (*nbdclient.Conn, error) {
 	return c, nil
 }
 
+// retarget closes the connection if it goes to a host that no longer
+// leads: requests waiting on it (a partitioned or dead leader may never
+// answer) fail at once and are sent again to the new leader.
+func (f *forwarder) retarget() {
+	p, ok := f.g.leader()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn != nil && (!ok || p.ID != f.to) {
+		f.conn.Abort()
+		f.conn = nil
+	}
+}
+
 // drop forgets c after it failed.
 func (f *forwarder) drop(c *nbdclient.Conn) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.conn == c {
 		f.conn = nil
-		go c.Close()
+		c.Abort()
 	}
 }
 

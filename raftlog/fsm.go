@@ -1,12 +1,15 @@
 package raftlog
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -48,6 +51,108 @@ type fsm struct {
 
 	mu      sync.Mutex
 	waiters []waiter // callers of waitApplied
+
+	// seen holds the ids of recently applied ops: a request re-sent after
+	// a leader change may already be in the log, and must not be applied
+	// twice (another client may have written the range in between). Only
+	// the FSM goroutine touches it.
+	seen *seenSet
+
+	// stripes serialize the application of an op with reads of the same
+	// range, so that a read never sees half of a write.
+	stripes [numStripes]sync.RWMutex
+}
+
+const (
+	// maxSeen is how many applied op ids the FSM remembers; retries happen
+	// within seconds, while this covers at least 65536 requests.
+	maxSeen = 1 << 16
+	// Stripes of the volume for read/apply exclusion.
+	numStripes  = 256
+	stripeShift = 16 // 64 KiB
+)
+
+// seenSet is a bounded set of op ids with first-in first-out eviction. Its
+// content only depends on the ops applied, so it is the same on every
+// replica.
+type seenSet struct {
+	ring []uint64
+	next int
+	set  map[uint64]struct{}
+}
+
+func newSeenSet() *seenSet {
+	return &seenSet{ring: make([]uint64, 0, maxSeen), set: make(map[uint64]struct{}, maxSeen)}
+}
+
+func (s *seenSet) has(id uint64) bool { _, ok := s.set[id]; return ok }
+
+func (s *seenSet) add(id uint64) {
+	if len(s.ring) < maxSeen {
+		s.ring = append(s.ring, id)
+	} else {
+		delete(s.set, s.ring[s.next])
+		s.ring[s.next] = id
+		s.next = (s.next + 1) % maxSeen
+	}
+	s.set[id] = struct{}{}
+}
+
+// list returns the ids oldest first.
+func (s *seenSet) list() []uint64 {
+	if len(s.ring) < maxSeen {
+		return slices.Clone(s.ring)
+	}
+	return append(slices.Clone(s.ring[s.next:]), s.ring[:s.next]...)
+}
+
+// lockRange locks the stripes of [off, off+n), exclusively or shared, in a
+// fixed order, and returns the unlock function.
+func (f *fsm) lockRange(off, n int64, write bool) func() {
+	first, last := off>>stripeShift, (off+max(n, 1)-1)>>stripeShift
+	var idx []int
+	if last-first+1 >= numStripes {
+		idx = make([]int, numStripes)
+		for i := range idx {
+			idx[i] = i
+		}
+	} else {
+		for s := first; s <= last; s++ {
+			idx = append(idx, int(s%numStripes))
+		}
+		slices.Sort(idx)
+		idx = slices.Compact(idx)
+	}
+	for _, i := range idx {
+		if write {
+			f.stripes[i].Lock()
+		} else {
+			f.stripes[i].RLock()
+		}
+	}
+	return func() {
+		for _, i := range idx {
+			if write {
+				f.stripes[i].Unlock()
+			} else {
+				f.stripes[i].RUnlock()
+			}
+		}
+	}
+}
+
+// readAt reads from the volume file without overlapping an op being applied.
+func (f *fsm) readAt(ctx context.Context, p []byte, off int64) error {
+	unlock := f.lockRange(off, int64(len(p)), false)
+	defer unlock()
+	return f.file.ReadAt(ctx, p, off)
+}
+
+// readAtNowait is readAt for cached data only (see volume.NowaitReader).
+func (f *fsm) readAtNowait(p []byte, off int64) (bool, error) {
+	unlock := f.lockRange(off, int64(len(p)), false)
+	defer unlock()
+	return f.file.ReadAtNowait(p, off)
 }
 
 type waiter struct {
@@ -56,7 +161,7 @@ type waiter struct {
 }
 
 func newFSM(file *blockfile.File, log *slog.Logger) *fsm {
-	return &fsm{file: file, log: log}
+	return &fsm{file: file, log: log, seen: newSeenSet()}
 }
 
 // Apply implements raft.FSM.
@@ -70,15 +175,25 @@ func (f *fsm) Apply(l *raft.Log) any {
 	ctx := context.Background()
 	var bytes int64
 	err := decodeEntry(l.Data, func(o op) error {
+		if o.id != 0 {
+			if f.seen.has(o.id) {
+				return nil // a retry of a request already applied
+			}
+			f.seen.add(o.id)
+		}
 		bytes += o.n
 		switch o.kind {
 		case opWrite:
+			unlock := f.lockRange(o.off, o.n, true)
+			defer unlock()
 			return f.file.WriteAt(ctx, o.data, o.off, 0)
 		case opZero:
 			flags := volume.NoHole
 			if o.flags&flagPunch != 0 {
 				flags = 0
 			}
+			unlock := f.lockRange(o.off, o.n, true)
+			defer unlock()
 			return f.file.Zero(ctx, o.off, o.n, flags)
 		case opGrow:
 			if o.off > f.file.Size() {
@@ -150,9 +265,6 @@ type snapshotInfo struct {
 
 const snapshotFormat = "tandem-volume-checkpoint-v1"
 
-// maxSnapshotInfo bounds the snapshot descriptor read back.
-const maxSnapshotInfo = 64 << 10
-
 // Snapshot implements raft.FSM. It runs between two Apply calls and only
 // records the index; the work happens in Persist.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
@@ -160,7 +272,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, err
 	}
 	f.sinceSnapshot.Store(0)
-	return &checkpoint{f: f, info: snapshotInfo{Format: snapshotFormat, Size: f.file.Size(), Index: f.applied.Load()}}, nil
+	return &checkpoint{f: f, info: snapshotInfo{Format: snapshotFormat, Size: f.file.Size(), Index: f.applied.Load()}, seen: f.seen.list()}, nil
 }
 
 // Restore implements raft.FSM: the volume is pulled from a replica that has
@@ -168,12 +280,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // the snapshot on top, which makes the copy exact.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var s snapshotInfo
-	if err := json.NewDecoder(io.LimitReader(rc, maxSnapshotInfo)).Decode(&s); err != nil {
-		return fmt.Errorf("raftlog: reading snapshot: %w", err)
-	}
-	if s.Format != snapshotFormat {
-		return fmt.Errorf("raftlog: unknown snapshot format %q", s.Format)
+	s, seen, err := readSnapshot(rc)
+	if err != nil {
+		return err
 	}
 	if f.restore == nil {
 		return errors.New("raftlog: no way to restore a volume snapshot")
@@ -182,8 +291,45 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.failed.Store(nil)
+	f.loadSeen(seen)
 	f.setApplied(s.Index)
 	return nil
+}
+
+// loadSeen replaces the seen ids (oldest first).
+func (f *fsm) loadSeen(ids []uint64) {
+	f.seen = newSeenSet()
+	for _, id := range ids {
+		f.seen.add(id)
+	}
+}
+
+// readSnapshot decodes a checkpoint: a JSON line, then the seen op ids as
+// big-endian uint64s.
+func readSnapshot(r io.Reader) (snapshotInfo, []uint64, error) {
+	br := bufio.NewReader(r)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return snapshotInfo{}, nil, fmt.Errorf("raftlog: reading snapshot: %w", err)
+	}
+	var s snapshotInfo
+	if err := json.Unmarshal(line, &s); err != nil {
+		return snapshotInfo{}, nil, fmt.Errorf("raftlog: reading snapshot: %w", err)
+	}
+	if s.Format != snapshotFormat {
+		return snapshotInfo{}, nil, fmt.Errorf("raftlog: unknown snapshot format %q", s.Format)
+	}
+	var ids []uint64
+	var b [8]byte
+	for len(ids) < maxSeen {
+		if _, err := io.ReadFull(br, b[:]); err == io.EOF {
+			break
+		} else if err != nil {
+			return snapshotInfo{}, nil, fmt.Errorf("raftlog: reading snapshot ids: %w", err)
+		}
+		ids = append(ids, binary.BigEndian.Uint64(b[:]))
+	}
+	return s, ids, nil
 }
 
 // checkpoint is an FSMSnapshot: Persist syncs the volume file, after which
@@ -191,6 +337,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 type checkpoint struct {
 	f    *fsm
 	info snapshotInfo
+	seen []uint64
 }
 
 // Persist implements raft.FSMSnapshot.
@@ -201,7 +348,11 @@ func (c *checkpoint) Persist(sink raft.SnapshotSink) error {
 	}
 	b, err := json.Marshal(c.info)
 	if err == nil {
-		_, err = sink.Write(append(b, '\n'))
+		b = append(b, '\n')
+		for _, id := range c.seen {
+			b = binary.BigEndian.AppendUint64(b, id)
+		}
+		_, err = sink.Write(b)
 	}
 	if err != nil {
 		sink.Cancel()

@@ -111,8 +111,11 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 
 	// The FSM restarts from the last checkpoint.
 	if list, err := snaps.List(); err == nil && len(list) > 0 {
-		if info, err := readSnapshotInfo(snaps, list[0].ID); err == nil {
+		if info, seen, err := readSnapshotInfo(snaps, list[0].ID); err == nil {
 			g.fsm.applied.Store(info.Index)
+			g.fsm.loadSeen(seen)
+		} else {
+			return nil, fmt.Errorf("raftlog: volume %s: reading checkpoint %s: %w", spec.Name, list[0].ID, err)
 		}
 	}
 	// A pull cut short by a crash is finished before the replica may vote
@@ -190,18 +193,13 @@ func openLogStore(dir string) (raft.LogStore, error) {
 	return wal.Open(dir, wal.DefaultConfig())
 }
 
-func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, error) {
+func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, []uint64, error) {
 	_, rc, err := snaps.Open(id)
 	if err != nil {
-		return snapshotInfo{}, err
+		return snapshotInfo{}, nil, err
 	}
 	defer rc.Close()
-	var s snapshotInfo
-	b, err := io.ReadAll(io.LimitReader(rc, maxSnapshotInfo))
-	if err == nil {
-		err = jsonFirst(b, &s)
-	}
-	return s, err
+	return readSnapshot(rc)
 }
 
 // applyEntry commits one entry and returns once the local FSM applied it.
@@ -279,6 +277,9 @@ func (g *Group) watch() {
 // reads only after a barrier: every entry committed by earlier leaders is
 // then applied to its file.
 func (g *Group) checkLeadership() {
+	if g.fwd != nil {
+		g.fwd.retarget()
+	}
 	isLeader := g.raft.State() == raft.Leader
 	g.mu.Lock()
 	defer g.mu.Unlock()

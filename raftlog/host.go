@@ -1,15 +1,15 @@
 package raftlog
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog/meta"
@@ -33,6 +33,21 @@ type Host struct {
 	mu     sync.Mutex
 	groups map[string]*Group
 	done   chan error
+
+	// Op ids: a random base per process and a counter (see Volume.mutate).
+	idBase uint64
+	idNext atomic.Uint64
+}
+
+// newOpID returns an op id unique in the cluster for practical purposes:
+// a random 63-bit base per process plus a counter (the top bit stays clear,
+// as NBD handles chosen by nbdclient callers must).
+func (h *Host) newOpID() uint64 {
+	for {
+		if id := (h.idBase + h.idNext.Add(1)) &^ (1 << 63); id != 0 {
+			return id
+		}
+	}
 }
 
 // OpenHost opens the host's state and starts its mux listener.
@@ -48,7 +63,7 @@ func OpenHost(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, opened: time.Now()}
+	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, opened: time.Now(), idBase: rand.Uint64()}
 	if cfg.RaftAddr != "" {
 		h.mux, err = mux.Listen(cfg.RaftAddr, log)
 		if err != nil {
@@ -175,9 +190,4 @@ func (h *Host) Close() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// jsonFirst decodes the first JSON value in b.
-func jsonFirst(b []byte, v any) error {
-	return json.NewDecoder(bytes.NewReader(b)).Decode(v)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -108,20 +109,33 @@ func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remot
 	}
 }
 
-func (v *Volume) mutate(ctx context.Context, o *op, remote func(c *nbdclient.Conn) error) error {
+// mutate commits o. Every attempt carries the same op id: on this host's
+// log, and as the NBD handle when forwarded (the leader's direct view takes
+// the id from the handle), so that a request sent again after a leader
+// change is applied once.
+func (v *Volume) mutate(ctx context.Context, o *op, remote func(ctx context.Context, c *nbdclient.Conn) error) error {
 	if v.g.spec.ReadOnly {
 		return volume.ErrReadOnly
 	}
 	if err := volume.CheckRange(o.off, o.n, v.Size()); err != nil && o.kind != opGrow {
 		return err
 	}
-	return v.run(ctx, false, func() error { return v.g.batch.submit(o) }, remote)
+	o.id = v.g.h.newOpID()
+	if v.direct {
+		if h, ok := nbd.RequestHandle(ctx); ok {
+			o.id = h
+		}
+	}
+	rctx := nbdclient.WithHandle(ctx, o.id)
+	return v.run(ctx, false, func() error { return v.g.batch.submit(o) }, func(c *nbdclient.Conn) error {
+		return remote(rctx, c)
+	})
 }
 
 // WriteAt implements volume.Backend. It returns once the write is durable
 // on a majority of the replicas, so FUA needs nothing more.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags volume.Flags) error {
-	return v.mutate(ctx, &op{kind: opWrite, off: off, n: int64(len(p)), data: p}, func(c *nbdclient.Conn) error {
+	return v.mutate(ctx, &op{kind: opWrite, off: off, n: int64(len(p)), data: p}, func(ctx context.Context, c *nbdclient.Conn) error {
 		return c.WriteAt(ctx, p, off, 0)
 	})
 }
@@ -136,7 +150,7 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags volume.Flags) err
 	} else {
 		cf |= nbdclient.CmdFlagNoHole
 	}
-	return v.mutate(ctx, o, func(c *nbdclient.Conn) error {
+	return v.mutate(ctx, o, func(ctx context.Context, c *nbdclient.Conn) error {
 		return c.Zero(ctx, off, uint32(n), cf)
 	})
 }
@@ -144,7 +158,7 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags volume.Flags) err
 // Trim implements volume.Backend. Replicas must agree on content, so a
 // trim deallocates and zeroes the range on every replica alike.
 func (v *Volume) Trim(ctx context.Context, off, n int64, flags volume.Flags) error {
-	return v.mutate(ctx, &op{kind: opZero, flags: flagPunch, off: off, n: n}, func(c *nbdclient.Conn) error {
+	return v.mutate(ctx, &op{kind: opZero, flags: flagPunch, off: off, n: n}, func(ctx context.Context, c *nbdclient.Conn) error {
 		return c.Trim(ctx, off, uint32(n), 0)
 	})
 }
@@ -158,7 +172,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := volume.CheckRange(off, int64(len(p)), v.Size()); err != nil {
 		return err
 	}
-	return v.run(ctx, true, func() error { return v.g.file.ReadAt(ctx, p, off) }, func(c *nbdclient.Conn) error {
+	return v.run(ctx, true, func() error { return v.g.fsm.readAt(ctx, p, off) }, func(c *nbdclient.Conn) error {
 		return c.ReadAt(ctx, p, off, 0)
 	})
 }
@@ -169,7 +183,7 @@ func (v *Volume) ReadAtNowait(p []byte, off int64) (bool, error) {
 	if !v.g.servesLocally() {
 		return false, nil
 	}
-	return v.g.file.ReadAtNowait(p, off)
+	return v.g.fsm.readAtNowait(p, off)
 }
 
 // Cache implements volume.Backend: a prefetch hint for the local file if

@@ -269,6 +269,20 @@ func (c *Conn) BlockStatus(ctx context.Context, off int64, n uint32, flags uint1
 	return ext, err
 }
 
+// autoHandle marks handles the client chose itself; caller-chosen handles
+// (WithHandle) have the top bit clear, so the two never collide.
+const autoHandle = uint64(1) << 63
+
+type handleKey struct{}
+
+// WithHandle returns a context whose request is sent with the given NBD
+// handle (cookie) instead of one the client picks. The handle must be
+// below 1<<63 and not in flight on the connection; a server may use it as
+// the request's identity (nbd.Export.PassHandle).
+func WithHandle(ctx context.Context, handle uint64) context.Context {
+	return context.WithValue(ctx, handleKey{}, handle)
+}
+
 // Raw sends an arbitrary request, for tests of server error handling. For
 // cmdRead-like requests, readLen bytes of simple-reply payload are expected
 // on success.
@@ -283,8 +297,18 @@ func (c *Conn) do(ctx context.Context, typ, flags uint16, off uint64, length uin
 		c.mu.Unlock()
 		return c.err
 	}
-	c.next++
-	handle := c.next
+	handle, ok := ctx.Value(handleKey{}).(uint64)
+	if !ok {
+		c.next++
+		handle = c.next | autoHandle
+	} else if handle&autoHandle != 0 {
+		c.mu.Unlock()
+		return fmt.Errorf("nbd: handle %#x has the top bit set (reserved)", handle)
+	}
+	if _, busy := c.pending[handle]; busy {
+		c.mu.Unlock()
+		return fmt.Errorf("nbd: handle %#x already in flight", handle)
+	}
 	c.pending[handle] = cl
 	c.mu.Unlock()
 
@@ -517,6 +541,10 @@ func (c *Conn) Close() error {
 	c.fail(ErrClosed)
 	return nil
 }
+
+// Abort closes the connection at once: requests in flight fail with
+// ErrClosed (whether the server executed them is unknown).
+func (c *Conn) Abort() { c.fail(ErrClosed) }
 
 // Done is closed when the connection has ended.
 func (c *Conn) Done() <-chan struct{} { return c.done }

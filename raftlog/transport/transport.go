@@ -524,12 +524,18 @@ func (t *Transport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAdd
 		inprogress: make(chan *future, t.cfg.MaxInFlight-2),
 		done:       make(chan raft.AppendFuture, t.cfg.MaxInFlight-2),
 		shutdown:   make(chan struct{}),
+		broken:     make(chan struct{}),
 	}
 	go p.decodeResponses()
 	return p, nil
 }
 
 // pipeline sends AppendEntries without waiting for the previous response.
+//
+// Once a response cannot be read, the connection is closed and broken is
+// closed: raft stops consuming responses after a failure, so anything that
+// would wait for the response reader (a send, the reader itself) must give
+// up instead, or raft's replication goroutine would never get to Close.
 type pipeline struct {
 	t          *Transport
 	c          *conn
@@ -537,6 +543,18 @@ type pipeline struct {
 	done       chan raft.AppendFuture
 	shutdown   chan struct{}
 	once       sync.Once
+	broken     chan struct{}
+	breakOnce  sync.Once
+}
+
+// errPipelineBroken is returned by AppendEntries after a failed response.
+var errPipelineBroken = errors.New("transport: pipeline connection failed")
+
+func (p *pipeline) fail() {
+	p.breakOnce.Do(func() {
+		close(p.broken)
+		p.c.c.Close()
+	})
 }
 
 func (p *pipeline) decodeResponses() {
@@ -545,13 +563,30 @@ func (p *pipeline) decodeResponses() {
 		case f := <-p.inprogress:
 			_ = p.c.c.SetReadDeadline(time.Now().Add(p.t.cfg.Timeout))
 			_, err := decodeResponse(p.c, f.resp)
+			if err != nil {
+				p.fail()
+			}
 			f.respond(err)
 			select {
 			case p.done <- f:
 			case <-p.shutdown:
 				return
+			case <-p.broken:
+				if err == nil {
+					// Delivered nothing: raft gave up on this pipeline.
+					return
+				}
+				// Still offer the failed future, but never block on it.
+				select {
+				case p.done <- f:
+				case <-p.shutdown:
+				default:
+				}
+				return
 			}
 		case <-p.shutdown:
+			return
+		case <-p.broken:
 			return
 		}
 	}
@@ -559,9 +594,15 @@ func (p *pipeline) decodeResponses() {
 
 // AppendEntries implements raft.AppendPipeline.
 func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	select {
+	case <-p.broken:
+		return nil, errPipelineBroken
+	default:
+	}
 	f := &future{start: time.Now(), args: args, resp: resp, ch: make(chan struct{})}
 	_ = p.c.c.SetWriteDeadline(time.Now().Add(p.t.cfg.Timeout))
 	if err := sendRPC(p.c, rpcAppendEntries, args); err != nil {
+		p.fail()
 		return nil, err
 	}
 	select {
@@ -569,6 +610,8 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 		return f, nil
 	case <-p.shutdown:
 		return nil, ErrPipelineShutdown
+	case <-p.broken:
+		return nil, errPipelineBroken
 	}
 }
 

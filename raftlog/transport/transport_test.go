@@ -1,0 +1,140 @@
+package transport
+
+import (
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// tcpLayer is a raft.StreamLayer on a plain loopback listener.
+type tcpLayer struct{ net.Listener }
+
+func (l tcpLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", string(addr), timeout)
+}
+
+func newLayer(t *testing.T) tcpLayer {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tcpLayer{l}
+}
+
+func appendReq(data ...[]byte) *raft.AppendEntriesRequest {
+	req := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("leader")}, Term: 3, PrevLogEntry: 1, PrevLogTerm: 2, LeaderCommitIndex: 1}
+	for i, d := range data {
+		req.Entries = append(req.Entries, &raft.Log{Index: uint64(i + 2), Term: 3, Type: raft.LogCommand, Data: d})
+	}
+	return req
+}
+
+func TestAppendEntriesCarriesData(t *testing.T) {
+	a := New(Config{Stream: newLayer(t)})
+	b := New(Config{Stream: newLayer(t)})
+	defer a.Close()
+	defer b.Close()
+	big := bytes.Repeat([]byte{7}, 3<<20)
+	go func() {
+		rpc := <-b.Consumer()
+		req := rpc.Command.(*raft.AppendEntriesRequest)
+		ok := len(req.Entries) == 3 && bytes.Equal(req.Entries[0].Data, []byte("x")) &&
+			req.Entries[1].Data == nil && bytes.Equal(req.Entries[2].Data, big) && req.Entries[2].Index == 4
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: ok, LastLog: 4}, nil)
+	}()
+	var resp raft.AppendEntriesResponse
+	if err := a.AppendEntries("b", b.LocalAddr(), appendReq([]byte("x"), nil, big), &resp); err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Success || resp.LastLog != 4 {
+		t.Fatalf("entries did not arrive intact: %+v", resp)
+	}
+}
+
+func TestHeartbeatFastPath(t *testing.T) {
+	a := New(Config{Stream: newLayer(t)})
+	b := New(Config{Stream: newLayer(t)})
+	defer a.Close()
+	defer b.Close()
+	hit := make(chan struct{}, 1)
+	b.SetHeartbeatHandler(func(rpc raft.RPC) {
+		hit <- struct{}{}
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true}, nil)
+	})
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("leader")}, Term: 3}
+	var resp raft.AppendEntriesResponse
+	if err := a.AppendEntries("b", b.LocalAddr(), hb, &resp); err != nil || !resp.Success {
+		t.Fatalf("heartbeat: %v %+v", err, resp)
+	}
+	select {
+	case <-hit:
+	default:
+		t.Fatal("heartbeat did not take the fast path")
+	}
+}
+
+// A pipeline whose peer stops answering must not block its sender once raft
+// stops reading responses (it would never get to Close).
+func TestPipelineFailureDoesNotBlock(t *testing.T) {
+	a := New(Config{Stream: newLayer(t), Timeout: 2 * time.Second})
+	defer a.Close()
+	peer := newLayer(t)
+	defer peer.Close()
+	go func() {
+		c, err := peer.Accept()
+		if err != nil {
+			return
+		}
+		// Answer the first request, then drop the connection.
+		pc := newConn("", c)
+		typ, _ := pc.r.ReadByte()
+		var req raft.AppendEntriesRequest
+		if typ != rpcAppendEntries || pc.dec.Decode(&req) != nil || readEntriesData(pc.r, &req) != nil {
+			c.Close()
+			return
+		}
+		pc.enc.Encode("")
+		pc.enc.Encode(&raft.AppendEntriesResponse{Term: 3, Success: true})
+		pc.w.Flush()
+		time.Sleep(100 * time.Millisecond)
+		c.Close()
+	}()
+	p, err := a.AppendEntriesPipeline("peer", raft.ServerAddress(peer.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.AppendEntries(appendReq([]byte("1")), &raft.AppendEntriesResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if f := <-p.Consumer(); f.Error() != nil || !f.Response().Success {
+		t.Fatalf("first response: %v", f.Error())
+	}
+	// Like raft after a failure: keep sending, read nothing more.
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < 10 && err == nil; i++ {
+			_, err = p.AppendEntries(appendReq([]byte("2")), &raft.AppendEntriesResponse{})
+			time.Sleep(50 * time.Millisecond)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("sends on a failed pipeline kept succeeding")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("AppendEntries blocked on a failed pipeline")
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked")
+	}
+}
