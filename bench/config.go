@@ -48,16 +48,28 @@ type Config struct {
 	// Unused with TandemURI.
 	TandemBinary string
 	// TandemURI benchmarks an existing Tandem export instead of starting
-	// one. The agent-kill scenario needs a Tandem the harness started.
+	// one. The scenarios need a Tandem the harness started: with a URI
+	// they are skipped, unless TandemBinary is also given (the cluster
+	// scenarios then start their own clusters with it).
 	TandemURI string
+	// TandemMode says how the harness runs the Tandem the workloads and
+	// the agent-kill scenario use: TandemDev ("tandem dev": the three
+	// agents of a cluster in one process) or TandemCluster (three "tandem
+	// agent" processes, see Cluster). The leader-kill and follower-kill
+	// scenarios always start clusters of their own.
+	TandemMode string
 	// Baselines names the baselines the harness starts itself:
 	// BaselineNbdkit (required when listed) and BaselineNBDServer (skipped
 	// with a note when it is not installed).
 	Baselines []string
 	// BaselineURIs adds baselines that are already running.
 	BaselineURIs []NamedURI
-	// Scenarios names the fault scenarios to run (see ScenarioNames).
+	// Scenarios names the fault scenarios to run (see ScenarioNames), in
+	// order; a name may be listed more than once.
 	Scenarios []string
+	// ScenarioRounds runs every scenario of Scenarios this many times
+	// (0 means once); the report summarizes the rounds.
+	ScenarioRounds int
 	// Verify makes the Go load generator check every read (needs the Go
 	// client).
 	Verify bool
@@ -76,19 +88,27 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Tandem modes for Config.TandemMode.
+const (
+	TandemDev     = "dev"
+	TandemCluster = "cluster"
+)
+
 // DefaultConfig returns the standard suite: every workload, 3 rounds of 3 s
-// after 0.5 s of warm-up, on 512 MiB exports, against nbdkit and
-// nbd-server, with the agent-kill scenario. It runs in about 7 minutes on
-// a 2-core machine.
+// after 0.5 s of warm-up, on 512 MiB exports, Tandem run as "tandem dev",
+// against nbdkit and nbd-server, then the agent-kill, leader-kill and
+// follower-kill scenarios. It runs in about 8 minutes on a 2-core machine.
 func DefaultConfig() Config {
 	return Config{
-		Repeat:    3,
-		Runtime:   3 * time.Second,
-		Warmup:    500 * time.Millisecond,
-		Client:    ClientAuto,
-		Size:      512 * mib,
-		Baselines: []string{BaselineNbdkit, BaselineNBDServer},
-		Scenarios: []string{ScenarioAgentKill},
+		Repeat:         3,
+		Runtime:        3 * time.Second,
+		Warmup:         500 * time.Millisecond,
+		Client:         ClientAuto,
+		Size:           512 * mib,
+		TandemMode:     TandemDev,
+		Baselines:      []string{BaselineNbdkit, BaselineNBDServer},
+		Scenarios:      []string{ScenarioAgentKill, ScenarioLeaderKill, ScenarioFollowerKill},
+		ScenarioRounds: 1,
 	}
 }
 
@@ -112,6 +132,10 @@ func (c Config) Validate() error {
 		return errors.New("no Tandem: give the tandem binary to start or the URI of a running one")
 	case c.Verify && c.Client == ClientFio:
 		return errors.New("verification needs the Go client (--client go): fio runs unverified")
+	case c.TandemMode != "" && c.TandemMode != TandemDev && c.TandemMode != TandemCluster:
+		return fmt.Errorf("tandem mode %q: want %s or %s", c.TandemMode, TandemDev, TandemCluster)
+	case c.ScenarioRounds < 0 || c.ScenarioRounds > 100:
+		return fmt.Errorf("scenario rounds %d: want 1 to 100", c.ScenarioRounds)
 	}
 	if c.TandemURI != "" {
 		if _, err := ParseURI(c.TandemURI); err != nil {

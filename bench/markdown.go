@@ -90,37 +90,7 @@ Tandem ÷ baseline: the ratio of the medians, with the lowest and highest per-ro
 	}
 
 	if len(r.Scenarios) > 0 {
-		b.WriteString("\n### Fault scenarios (Go load generator, measured from the client)\n\n")
-		b.WriteString("| Scenario | System | I/O gap at the fault | Longest gap before the fault | Longest gap in the run | Failed requests | Reconnects | Reads checked (4 KiB units) | Mismatches |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
-		for _, s := range r.Scenarios {
-			if s.Skipped {
-				fmt.Fprintf(&b, "| %s | %s | skipped: %s | | | | | | |\n", s.Name, s.System, s.SkipReason)
-				continue
-			}
-			fault := fmtLat(s.FaultGap)
-			if s.FaultGap == 0 {
-				fault = "< " + fmtLat(GapThreshold)
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s (%s the fault) | %d | %d | %d | %d |\n", s.Name, s.System,
-				fault, fmtLat(s.NoiseGap), fmtLat(s.MaxGap), relTo(s.MaxGapAt), s.Errors, s.Reconnects, s.Verified, s.Mismatches)
-		}
-		for _, s := range r.Scenarios {
-			if s.Skipped {
-				continue
-			}
-			fmt.Fprintf(&b, "\n**%s**: %s. Load: %s.", s.Name, s.Description, s.Workload.Description)
-			if len(s.Phases) > 0 {
-				var ph []string
-				for _, p := range s.Phases {
-					ph = append(ph, fmt.Sprintf("%s %s", p.Name, fmtLat(p.Duration)))
-				}
-				fmt.Fprintf(&b, " Fault at %s into the load; %s.", fmtLat(s.FaultAt), strings.Join(ph, ", "))
-			}
-			b.WriteString("\n")
-			for _, n := range s.Notes {
-				fmt.Fprintf(&b, "- %s\n", n)
-			}
-		}
+		r.scenariosMarkdown(&b)
 	}
 	if f := r.Failures(); len(f) > 0 {
 		b.WriteString("\n### Failures\n\n")
@@ -253,3 +223,89 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// scenariosMarkdown renders the scenario table, the summary over rounds,
+// what each scenario did, and the expectations it did not meet.
+func (r *Report) scenariosMarkdown(b *strings.Builder) {
+	b.WriteString("\n### Fault scenarios (Go load generator, measured from the client)\n\n")
+	b.WriteString("| Scenario | System | Killed (client on) | I/O gap at the fault | Longest gap before the fault | Longest gap in the run | Failed requests | Reconnects | Reads checked (4 KiB units) | Mismatches | New leader serves after | Rejoined after (I/O gap then) |\n|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, s := range r.Scenarios {
+		name := s.Name
+		if s.Round > 1 {
+			name = fmt.Sprintf("%s #%d", s.Name, s.Round)
+		}
+		if s.Skipped {
+			fmt.Fprintf(b, "| %s | %s | skipped: %s | | | | | | | | | |\n", name, s.System, s.SkipReason)
+			continue
+		}
+		killed := "all"
+		if s.Killed != "" {
+			killed = fmt.Sprintf("%s (%s)", s.Killed, s.ClientAgent)
+		}
+		leader, rejoin := "—", "—"
+		if s.LeaderServes > 0 {
+			leader = fmt.Sprintf("%s (%s)", fmtLat(s.LeaderServes), s.NewLeader)
+		}
+		if s.Rejoined {
+			rejoin = fmt.Sprintf("%s (%s)", fmtLat(s.RejoinAfter), fmtGap(s.ReturnGap))
+		} else if s.Killed != "" {
+			rejoin = "**did not rejoin**"
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s (%s the fault) | %d | %d | %d | %d | %s | %s |\n", name, s.System, killed,
+			fmtGap(s.FaultGap), fmtLat(s.NoiseGap), fmtLat(s.MaxGap), relTo(s.MaxGapAt), s.Errors, s.Reconnects, s.Verified, s.Mismatches, leader, rejoin)
+	}
+	if sums := r.ScenarioSummaries; len(sums) > 0 {
+		b.WriteString("\n| Scenario | Rounds | I/O gap at the fault, median (min–max) | New leader serves after, median (max) | I/O gap when the agent returns, median (max) | Failed requests (total) | Mismatches (total) | Rounds with an expectation not met |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, m := range sums {
+			lead := "—"
+			if m.LeaderServes.N > 0 {
+				lead = fmt.Sprintf("%s (%s)", fmtLat(durationOf(m.LeaderServes.Median)), fmtLat(durationOf(m.LeaderServes.Max)))
+			}
+			ret := "—"
+			if m.ReturnGap.N > 0 {
+				ret = fmt.Sprintf("%s (%s)", fmtGap(durationOf(m.ReturnGap.Median)), fmtGap(durationOf(m.ReturnGap.Max)))
+			}
+			fmt.Fprintf(b, "| %s | %d | %s (%s–%s) | %s | %s | %d | %d | %d |\n", m.Name, m.Rounds,
+				fmtGap(durationOf(m.FaultGap.Median)), fmtGap(durationOf(m.FaultGap.Min)), fmtGap(durationOf(m.FaultGap.Max)),
+				lead, ret, m.Errors, m.Mismatches, m.Unmet)
+		}
+	}
+	for _, s := range r.Scenarios {
+		if s.Skipped {
+			continue
+		}
+		title := s.Name
+		if s.Round > 1 {
+			title = fmt.Sprintf("%s #%d", s.Name, s.Round)
+		}
+		fmt.Fprintf(b, "\n**%s**", title)
+		if s.Round <= 1 {
+			fmt.Fprintf(b, ": %s. Load: %s.", s.Description, s.Workload.Description)
+		} else {
+			b.WriteString(":")
+		}
+		if len(s.Phases) > 0 {
+			var ph []string
+			for _, p := range s.Phases {
+				ph = append(ph, fmt.Sprintf("%s %s", p.Name, fmtLat(p.Duration)))
+			}
+			fmt.Fprintf(b, " Fault at %s into the load; %s.", fmtLat(s.FaultAt), strings.Join(ph, ", "))
+		}
+		b.WriteString("\n")
+		for _, c := range s.Unmet() {
+			fmt.Fprintf(b, "- **Not as designed:** %s", c.What)
+			if c.Detail != "" {
+				fmt.Fprintf(b, " (%s)", c.Detail)
+			}
+			b.WriteString("\n")
+		}
+		if s.Round <= 1 {
+			for _, n := range s.Notes {
+				fmt.Fprintf(b, "- %s\n", n)
+			}
+		}
+	}
+}
+
+// durationOf converts a Stat's nanoseconds back to a duration.
+func durationOf(ns float64) time.Duration { return time.Duration(ns) }

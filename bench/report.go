@@ -29,6 +29,8 @@ type Report struct {
 	Systems   []*System        `json:"systems"`
 	Workloads []WorkloadReport `json:"workloads"`
 	Scenarios []ScenarioResult `json:"scenarios"`
+	// ScenarioSummaries summarize the scenarios that ran several rounds.
+	ScenarioSummaries []ScenarioSummary `json:"scenario_summaries,omitempty"`
 	// Processes lists every process the harness started (all stopped by
 	// the time Run returns).
 	Processes []ProcessInfo `json:"processes"`
@@ -202,4 +204,62 @@ func (r *Report) write() error {
 		}
 	}
 	return nil
+}
+
+// ScenarioSummary summarizes the rounds of one scenario.
+type ScenarioSummary struct {
+	Name   string `json:"name"`
+	Rounds int    `json:"rounds"`
+	// FaultGap, LeaderServes and ReturnGap summarize the rounds' figures
+	// (ns; LeaderServes and ReturnGap over the rounds that have them).
+	FaultGap     Stat `json:"fault_gap_ns"`
+	LeaderServes Stat `json:"leader_serves_after_ns"`
+	ReturnGap    Stat `json:"return_gap_ns"`
+	// Errors and Mismatches are totals over the rounds; Unmet counts the
+	// rounds with an expectation not met.
+	Errors     int64 `json:"errors"`
+	Mismatches int64 `json:"mismatches"`
+	Unmet      int   `json:"rounds_not_as_designed"`
+}
+
+// summarizeScenarios summarizes every scenario that ran more than once, in
+// the order they first ran.
+func (r *Report) summarizeScenarios() []ScenarioSummary {
+	var names []string
+	by := map[string][]ScenarioResult{}
+	for _, s := range r.Scenarios {
+		if s.Skipped {
+			continue
+		}
+		if _, ok := by[s.Name]; !ok {
+			names = append(names, s.Name)
+		}
+		by[s.Name] = append(by[s.Name], s)
+	}
+	var out []ScenarioSummary
+	for _, n := range names {
+		rs := by[n]
+		if len(rs) < 2 {
+			continue
+		}
+		m := ScenarioSummary{Name: n, Rounds: len(rs)}
+		var fault, lead, ret []float64
+		for _, s := range rs {
+			fault = append(fault, float64(s.FaultGap))
+			if s.LeaderServes > 0 {
+				lead = append(lead, float64(s.LeaderServes))
+			}
+			if s.Rejoined {
+				ret = append(ret, float64(s.ReturnGap))
+			}
+			m.Errors += s.Errors
+			m.Mismatches += s.Mismatches
+			if len(s.Unmet()) > 0 {
+				m.Unmet++
+			}
+		}
+		m.FaultGap, m.LeaderServes, m.ReturnGap = Summarize(fault), Summarize(lead), Summarize(ret)
+		out = append(out, m)
+	}
+	return out
 }

@@ -142,6 +142,10 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	r.rep.Systems = r.systems
+	if len(r.workloads) == 0 {
+		r.rep.Notes = append(r.rep.Notes, "no workloads: the exports were not filled (each scenario fills its own region)")
+		return r.runScenarios(ctx)
+	}
 	for _, s := range r.systems {
 		r.step("filling %s (%s) with %d MiB of verifiable data", s.Name, s.URI, cfg.Size/mib)
 		d, err := prepareExport(ctx, s, cfg.Size)
@@ -195,6 +199,13 @@ func (r *runner) startSystems(ctx context.Context) error {
 			return err
 		}
 		r.systems = append(r.systems, s)
+	} else if cfg.TandemMode == TandemCluster {
+		r.step("starting tandem as 3 agent processes (%s agent)", cfg.TandemBinary)
+		s, err := startTandemCluster(ctx, cfg.TandemBinary, filepath.Join(r.workDir, "tandem"), cfg.Size, r.agentLogs("tandem"), r.sup)
+		if err != nil {
+			return fmt.Errorf("%w (logs: %s)", err, filepath.Join(r.rep.OutDir, "logs", "tandem-n*.log"))
+		}
+		r.systems = append(r.systems, s)
 	} else {
 		log, err := r.logFile("tandem")
 		if err != nil {
@@ -206,6 +217,9 @@ func (r *runner) startSystems(ctx context.Context) error {
 			return fmt.Errorf("%w (log: %s)", err, log.Name())
 		}
 		r.systems = append(r.systems, s)
+	}
+	if len(r.workloads) == 0 {
+		return nil // the scenarios run against Tandem alone
 	}
 	for _, b := range cfg.Baselines {
 		log, err := r.logFile(b)
@@ -303,30 +317,57 @@ func (r *runner) runWorkloads(ctx context.Context) error {
 	return nil
 }
 
+// agentLogs opens the logs of a cluster's agents as OutDir/logs/prefix-NAME.log.
+func (r *runner) agentLogs(prefix string) func(agent string) (io.Writer, error) {
+	return func(agent string) (io.Writer, error) { return r.logFile(prefix + "-" + agent) }
+}
+
 // runScenarios runs the configured fault scenarios against Tandem with
-// the Go load generator.
+// the Go load generator, each ScenarioRounds times.
 func (r *runner) runScenarios(ctx context.Context) error {
 	env := ScenarioEnv{Tandem: r.systems[0], Region: r.cfg.Size, Progress: r.step}
+	if r.cfg.TandemBinary != "" {
+		clusters := 0
+		env.StartCluster = func(ctx context.Context, name string) (*Cluster, error) {
+			clusters++
+			id := fmt.Sprintf("%s-%d", name, clusters)
+			c, err := startCluster(ctx, r.cfg.TandemBinary, filepath.Join(r.workDir, id), r.cfg.Size, r.agentLogs(id), r.sup)
+			if err != nil {
+				return nil, fmt.Errorf("%w (logs: %s)", err, filepath.Join(r.rep.OutDir, "logs", id+"-n*.log"))
+			}
+			return c, nil
+		}
+	}
+	rounds := max(r.cfg.ScenarioRounds, 1)
 	for _, name := range r.cfg.Scenarios {
 		sc, err := scenarioByName(name)
 		if err != nil {
 			return err
 		}
-		r.step("scenario %s: %s", sc.Name(), sc.Description())
-		res, err := sc.Run(ctx, env)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		for round := 1; round <= rounds; round++ {
+			label := name
+			if rounds > 1 {
+				label = fmt.Sprintf("%s (round %d/%d)", name, round, rounds)
 			}
-			return fmt.Errorf("scenario %s: %w", name, err)
+			r.step("scenario %s: %s", label, sc.Description())
+			res, err := sc.Run(ctx, env)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("scenario %s: %w", label, err)
+			}
+			res.Round = round
+			if res.Skipped {
+				r.step("scenario %s skipped: %s", label, res.SkipReason)
+			} else {
+				r.step("scenario %s: %s", label, res.summary())
+				for _, c := range res.Unmet() {
+					r.step("scenario %s: NOT AS DESIGNED: %s (%s)", label, c.What, c.Detail)
+				}
+			}
+			r.rep.Scenarios = append(r.rep.Scenarios, res)
 		}
-		if res.Skipped {
-			r.step("scenario %s skipped: %s", name, res.SkipReason)
-		} else {
-			r.step("scenario %s: I/O gap at the fault %s (longest in the run %s), %d failed requests, %d reconnects, %d mismatches", name,
-				fmtLat(res.FaultGap), fmtLat(res.MaxGap), res.Errors, res.Reconnects, res.Mismatches)
-		}
-		r.rep.Scenarios = append(r.rep.Scenarios, res)
 	}
 	return nil
 }
@@ -342,6 +383,7 @@ func (r *runner) finish() {
 			wr.computeRatios(r.systems, r.cfg.Repeat)
 		}
 	}
+	r.rep.ScenarioSummaries = r.rep.summarizeScenarios()
 	if r.rep.Systems == nil {
 		r.rep.Systems = r.systems
 	}

@@ -30,6 +30,11 @@ type ScenarioEnv struct {
 	Region int64
 	// Progress reports a step on the progress stream.
 	Progress func(format string, args ...any)
+	// StartCluster starts a fresh three-agent cluster (see Cluster) for a
+	// scenario that kills one agent; name labels its logs. The scenario
+	// stops it when done (the harness also stops it when the run ends).
+	// Nil when the harness cannot start Tandem (it was given by URI).
+	StartCluster func(ctx context.Context, name string) (*Cluster, error)
 }
 
 // ScenarioResult is what a scenario measured, from the client's side.
@@ -38,7 +43,9 @@ type ScenarioResult struct {
 	Description string `json:"description"`
 	System      string `json:"system"`
 	// Skipped says the scenario did not run, and SkipReason why.
-	Skipped    bool   `json:"skipped"`
+	Skipped bool `json:"skipped"`
+	// Round is the 1-based repetition of the scenario (Config.ScenarioRounds).
+	Round      int    `json:"round"`
 	SkipReason string `json:"skip_reason,omitempty"`
 	// Workload is the load the client kept up during the scenario.
 	Workload Workload `json:"workload"`
@@ -69,8 +76,77 @@ type ScenarioResult struct {
 	// Verified and Mismatches count 4 KiB units checked on reads.
 	Verified   int64 `json:"verified_units"`
 	Mismatches int64 `json:"mismatches"`
+	// Cluster scenarios (leader-kill, follower-kill): the agent that led
+	// the volume before the fault, the one killed, the one the client
+	// used, and the one that led after the fault.
+	OldLeader   string `json:"old_leader,omitempty"`
+	Killed      string `json:"killed,omitempty"`
+	ClientAgent string `json:"client_agent,omitempty"`
+	NewLeader   string `json:"new_leader,omitempty"`
+	// LeaderServes is the time from the kill until a surviving agent's
+	// admin API said it leads the volume and serves it (leader-kill).
+	LeaderServes time.Duration `json:"leader_serves_after_ns,omitempty"`
+	// DownGaps are the gaps of at least 100 ms while the killed agent was
+	// down (At relative to the load's start, like LoadResult.Gaps).
+	DownGaps []Gap `json:"down_gaps,omitempty"`
+	// Rejoined says the restarted agent caught up with the leader, and
+	// RejoinAfter how long after its restart.
+	Rejoined    bool          `json:"rejoined,omitempty"`
+	RejoinAfter time.Duration `json:"rejoin_after_ns,omitempty"`
+	// LeaderReturned says leadership moved back to the restarted agent
+	// when it is the volume's preferred leader.
+	LeaderReturned bool `json:"leader_returned,omitempty"`
+	// ReturnGap is the longest gap from the killed agent's restart to the
+	// end of the load: its catch-up and, for the preferred leader,
+	// leadership moving back to it.
+	ReturnGap time.Duration `json:"return_gap_ns,omitempty"`
+	// Checks are what the design promises for this scenario, and whether
+	// this run kept it.
+	Checks []Check `json:"checks,omitempty"`
 	// Notes say what the figures do and do not show.
 	Notes []string `json:"notes"`
+}
+
+// summary renders the result on one line, for the progress stream.
+func (s ScenarioResult) summary() string {
+	out := fmt.Sprintf("I/O gap at the fault %s (longest in the run %s), %d failed requests, %d reconnects, %d mismatches",
+		fmtGap(s.FaultGap), fmtLat(s.MaxGap), s.Errors, s.Reconnects, s.Mismatches)
+	if s.Killed != "" {
+		out = fmt.Sprintf("killed %s (client on %s): ", s.Killed, s.ClientAgent) + out
+	}
+	if s.LeaderServes > 0 {
+		out += fmt.Sprintf(", new leader %s served %s after the kill", s.NewLeader, fmtLat(s.LeaderServes))
+	}
+	if s.Rejoined {
+		out += fmt.Sprintf(", rejoined %s after its restart (gap then %s)", fmtLat(s.RejoinAfter), fmtGap(s.ReturnGap))
+	}
+	return out
+}
+
+// fmtGap renders an I/O gap; 0 means none of at least GapThreshold.
+func fmtGap(d time.Duration) string {
+	if d <= 0 {
+		return "< " + fmtLat(GapThreshold)
+	}
+	return fmtLat(d)
+}
+
+// Check is one expectation of a scenario and whether the run met it.
+type Check struct {
+	What   string `json:"what"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Unmet returns the checks the scenario did not meet.
+func (s ScenarioResult) Unmet() []Check {
+	var out []Check
+	for _, c := range s.Checks {
+		if !c.OK {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Phase is one timed step of a scenario's fault.
@@ -79,14 +155,12 @@ type Phase struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// Scenario names.
-const (
-	ScenarioAgentKill = "agent-kill"
-)
+// ScenarioAgentKill names the AgentKill scenario.
+const ScenarioAgentKill = "agent-kill"
 
 // Scenarios returns every scenario the harness knows.
 func Scenarios() []Scenario {
-	return []Scenario{AgentKill{}}
+	return []Scenario{AgentKill{}, LeaderKill{}, FollowerKill{}}
 }
 
 // ScenarioNames lists the names of Scenarios.
@@ -108,10 +182,12 @@ func scenarioByName(name string) (Scenario, error) {
 	return nil, fmt.Errorf("unknown scenario %q", name)
 }
 
-// AgentKill kills the Tandem process with SIGKILL while the client writes
-// and reads, restarts it on the same data and address at once, and
-// measures the client's I/O gap, its failed requests, and whether every
-// read (before and after the crash) returns the last acknowledged write.
+// AgentKill kills every Tandem process with SIGKILL while the client
+// writes and reads (the "tandem dev" process, or the three agents of a
+// cluster at once: a crash of the whole cluster), restarts them on the
+// same data and addresses at once, and measures the client's I/O gap, its
+// failed requests, and whether every read (before and after the crash)
+// returns the last acknowledged write.
 type AgentKill struct {
 	// Before is how long the load runs before the kill, After how long it
 	// runs once I/O has resumed (defaults 2 s each). Resume bounds the wait
@@ -124,7 +200,7 @@ func (AgentKill) Name() string { return ScenarioAgentKill }
 
 // Description implements Scenario.
 func (AgentKill) Description() string {
-	return "tandem agent killed with SIGKILL under load and restarted at once on the same data; the client reconnects"
+	return "every tandem process (the whole cluster) killed with SIGKILL under load and restarted at once on the same data; the client reconnects"
 }
 
 // agentKillRegion bounds the scenario's region so that most reads hit
@@ -239,8 +315,12 @@ func (a AgentKill) Run(ctx context.Context, env ScenarioEnv) (ScenarioResult, er
 	}
 	res.Errors, res.Reconnects = r.Errors, r.Reconnects
 	res.Verified, res.Mismatches = r.Verified, r.Mismatches
+	whole := "tandem dev runs its whole cluster in one process: killing it takes every host down at once"
+	if env.Tandem.Cluster() != nil {
+		whole = "the three agent processes are killed at once"
+	}
 	res.Notes = append(res.Notes,
-		"tandem dev runs its whole cluster in one process: killing it takes every host down at once, so the gap is the restart (and whatever the cluster needs before it serves again) plus the client's reconnect (it retries every 10 ms), not a failover to a replica. The volume-leader-kill scenario will measure failover.",
+		whole+", so the gap is the restart (a restarted agent waits one heartbeat timeout, 1 s, before its raft starts, then the cluster elects a leader) plus the client's reconnect (it retries every 10 ms), not a failover to a replica: leader-kill measures that.",
 		"requests in flight at the kill fail and are counted as errors; this client does not retry them (QEMU with werror=stop/rerror=stop would pause the guest and retry them on cont).",
 		"the data survives because the kill is of the process only: the page cache keeps its writes. A host crash (power loss) is not simulated here.",
 	)

@@ -49,8 +49,19 @@ type System struct {
 	// Description says what exactly runs (program, plugin, storage).
 	Description string `json:"description"`
 
-	ep     Endpoint
-	tandem *tandemProc // set when the harness runs Tandem
+	ep      Endpoint
+	proc    restarter // set when the harness runs Tandem
+	cluster *Cluster  // set when that Tandem is a 3-agent cluster
+}
+
+// restarter is a Tandem the harness runs and can crash and restart whole.
+type restarter interface {
+	// crash kills every process of it with SIGKILL and waits until they
+	// are gone.
+	crash()
+	// restart starts it again on the same data and addresses and waits
+	// until it serves.
+	restart(ctx context.Context) error
 }
 
 // Endpoint returns where the system serves its export.
@@ -58,25 +69,32 @@ func (s *System) Endpoint() Endpoint { return s.ep }
 
 // CanRestart reports whether the harness runs this system's process and
 // can kill and restart it (see Kill and Restart).
-func (s *System) CanRestart() bool { return s.tandem != nil }
+func (s *System) CanRestart() bool { return s.proc != nil }
 
-// Kill kills the system's process with SIGKILL, as a crash would, and
-// waits until it is gone.
+// Cluster returns the three-agent cluster the system runs on, or nil when
+// it is "tandem dev" or was given by URI.
+func (s *System) Cluster() *Cluster { return s.cluster }
+
+// Kill kills every process of the system with SIGKILL, as a crash would,
+// and waits until they are gone.
 func (s *System) Kill() error {
-	if s.tandem == nil {
+	if s.proc == nil {
 		return fmt.Errorf("%s was not started by the harness: cannot kill it", s.Name)
 	}
-	s.tandem.kill()
+	s.proc.crash()
 	return nil
 }
 
-// Restart starts the system's process again on the same data and address
-// and waits until it serves NBD.
+// Restart starts the system's processes again on the same data and
+// addresses and waits until it serves NBD.
 func (s *System) Restart(ctx context.Context) error {
-	if s.tandem == nil {
+	if s.proc == nil {
 		return fmt.Errorf("%s was not started by the harness: cannot restart it", s.Name)
 	}
-	return s.tandem.start(ctx)
+	if err := s.proc.restart(ctx); err != nil {
+		return fmt.Errorf("restarting %s: %w", s.Name, err)
+	}
+	return nil
 }
 
 // servingRE matches the agent's log line announcing an NBD listener.
@@ -165,7 +183,7 @@ func (t *tandemProc) start(ctx context.Context) error {
 	}
 }
 
-func (t *tandemProc) kill() {
+func (t *tandemProc) crash() {
 	t.mu.Lock()
 	p := t.proc
 	t.mu.Unlock()
@@ -173,6 +191,8 @@ func (t *tandemProc) kill() {
 		p.kill()
 	}
 }
+
+func (t *tandemProc) restart(ctx context.Context) error { return t.start(ctx) }
 
 // startTandem starts "tandem dev" on dataDir with one volume of size
 // bytes.
@@ -196,9 +216,28 @@ func startTandem(ctx context.Context, bin, dataDir string, size int64, log io.Wr
 		return nil, fmt.Errorf("starting tandem: %w", err)
 	}
 	return &System{
-		Name: "tandem", Role: RoleTandem, URI: ep.URI(), Started: true, ep: ep, tandem: t,
+		Name: "tandem", Role: RoleTandem, URI: ep.URI(), Started: true, ep: ep, proc: t,
 		Version:     toolVersion(ctx, bin, "version"),
 		Description: "tandem dev (the whole dev cluster in one child process), volume vol0, data in " + dataDir,
+	}, nil
+}
+
+// startTandemCluster starts a three-agent cluster (see Cluster) with one
+// volume of size bytes, waits until the preferred leader n1 leads it, and
+// returns it as the system under test, served by n1.
+func startTandemCluster(ctx context.Context, bin, dir string, size int64, logs func(string) (io.Writer, error), sup *supervisor) (*System, error) {
+	c, err := startCluster(ctx, bin, dir, size, logs, sup)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := c.Endpoint(PreferredLeader)
+	if err != nil {
+		return nil, err
+	}
+	return &System{
+		Name: "tandem", Role: RoleTandem, URI: ep.URI(), Started: true, ep: ep, proc: c, cluster: c,
+		Version:     toolVersion(ctx, bin, "version"),
+		Description: c.Describe() + "; the client uses the leader n1",
 	}, nil
 }
 

@@ -62,6 +62,9 @@ func (w Workload) Validate() error {
 	return nil
 }
 
+// NoWorkloads, as the only workload name, selects no workload.
+const NoWorkloads = "none"
+
 const (
 	kib = 1 << 10
 	mib = 1 << 20
@@ -85,11 +88,15 @@ func StandardWorkloads() []Workload {
 }
 
 // SelectWorkloads returns the workloads of the standard suite with the
-// given names, in suite order; no names selects the whole suite.
+// given names, in suite order; no names selects the whole suite, and the
+// single name "none" none of it (a run of the scenarios alone).
 func SelectWorkloads(names []string) ([]Workload, error) {
 	all := StandardWorkloads()
 	if len(names) == 0 {
 		return all, nil
+	}
+	if len(names) == 1 && names[0] == NoWorkloads {
+		return []Workload{}, nil
 	}
 	want := map[string]bool{}
 	for _, n := range names {

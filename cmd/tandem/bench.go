@@ -25,7 +25,8 @@ func newBenchCmd(g *globalFlags) *cobra.Command {
 		Long: `Benchmark Tandem the way a user would, against the NBD servers they would
 use instead, in the same run.
 
-The harness starts "tandem dev" (or uses --tandem-uri) and the baselines
+The harness starts Tandem ("tandem dev", or with --tandem-mode cluster
+three "tandem agent" processes; or uses --tandem-uri) and the baselines
 (nbdkit's file plugin, and nbd-server when installed) on files in one
 filesystem, fills every export with the same data, then runs each workload
 on every system with the same client (fio's nbd engine when installed,
@@ -33,17 +34,20 @@ else the built-in Go load generator), interleaved A, B, A, B and repeated
 --repeat times. It prints a Markdown table of medians, min–max and Tandem's
 ratio to each baseline, and writes results.json, results.md, results.svg
 and the servers' logs under --out. Then it runs the fault scenarios with
-the Go load generator and reports what the client saw.
+the Go load generator and reports what the client saw: leader-kill and
+follower-kill start a cluster of three "tandem agent" processes on
+127.0.0.1-3 and kill one agent with SIGKILL.
 
 Exports given with --tandem-uri or --baseline-uri are overwritten.
 
-Workloads (--workloads selects some):
+Workloads (--workloads selects some, "none" for none):
   ` + strings.Join(bench.WorkloadNames(), "\n  ") + `
 Scenarios (--scenarios, "none" for none):
-  ` + strings.Join(bench.ScenarioNames(), "\n  "),
+` + scenarioHelp(),
 		Example: `  make bench
   tandem bench --workloads randread-4k-qd32,randwrite-4k-qd1-durable --repeat 5
   tandem bench --client go --verify --runtime 2s
+  tandem bench --workloads none --scenarios leader-kill --scenario-rounds 5
   tandem bench --baseline-uri qemu-nbd=nbd://127.0.0.1:10810/`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -98,14 +102,25 @@ Scenarios (--scenarios, "none" for none):
 	f.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "unmeasured warm-up before each run")
 	f.StringVar(&cfg.Client, "client", cfg.Client, "client driving every system: auto (fio if installed), fio or go")
 	f.StringVar(&size, "size", size, "size of the exports and of the region the workloads use")
-	f.StringVar(&cfg.TandemURI, "tandem-uri", "", "benchmark a running Tandem export instead of starting tandem dev")
+	f.StringVar(&cfg.TandemURI, "tandem-uri", "", "benchmark a running Tandem export instead of starting one")
+	f.StringVar(&cfg.TandemMode, "tandem-mode", cfg.TandemMode, `how the harness runs Tandem for the workloads and agent-kill: "dev" (tandem dev, one process) or "cluster" (3 tandem agent processes)`)
 	f.StringVar(&cfg.TandemBinary, "tandem-bin", "", "tandem binary to start (default: this one)")
 	f.StringSliceVar(&baselines, "baselines", cfg.Baselines, `baselines to start: nbdkit, nbd-server ("none" for none)`)
 	f.StringArrayVar(&uris, "baseline-uri", nil, "add a running baseline, NAME=URI (repeatable)")
 	f.StringSliceVar(&scenarios, "scenarios", cfg.Scenarios, `fault scenarios to run after the workloads ("none" for none)`)
+	f.IntVar(&cfg.ScenarioRounds, "scenario-rounds", cfg.ScenarioRounds, "times each scenario runs (the report adds medians over the rounds)")
 	f.BoolVar(&cfg.Verify, "verify", false, "check every read's data (Go client)")
 	f.StringVar(&cfg.OutDir, "out", "", "results directory (default bench-results/<timestamp>)")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "where Tandem's data and the baselines' files go (default: a temporary directory)")
 	f.BoolVar(&cfg.KeepWorkDir, "keep-work-dir", false, "keep the data files after the run")
 	return cmd
+}
+
+// scenarioHelp lists the scenarios with their descriptions.
+func scenarioHelp() string {
+	var b strings.Builder
+	for _, sc := range bench.Scenarios() {
+		fmt.Fprintf(&b, "  %-14s %s\n", sc.Name(), sc.Description())
+	}
+	return strings.TrimRight(b.String(), "\n")
 }
