@@ -1,0 +1,573 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/volume"
+)
+
+const testToken = "s3cret"
+
+// seen is a request the fake API received; Body is decoded JSON (nil for
+// none).
+type seen struct {
+	Method, Path, Query, Auth string
+	Body                      any
+}
+
+// fakeAPI is an in-memory admin API that follows the contract of
+// docs/admin-api.yaml closely enough for the CLI.
+type fakeAPI struct {
+	mu         sync.Mutex
+	vols       []admin.Volume
+	reqs       []seen
+	leaderless bool   // every /v1/ request answers 503
+	slow       bool   // every request waits for the client to give up
+	authHint   string // appended to the 401 message
+}
+
+func newFakeAPI(t *testing.T) (*fakeAPI, *httptest.Server) {
+	f := &fakeAPI{vols: []admin.Volume{testVolume, testDegraded}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, testCluster) })
+	mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, testHosts) })
+	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, f.vols) })
+	mux.HandleFunc("GET /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if i := f.find(r.PathValue("name")); i >= 0 {
+			reply(w, 200, f.vols[i])
+			return
+		}
+		replyError(w, 404, fmt.Sprintf("no volume named %q", r.PathValue("name")))
+	})
+	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		var req admin.CreateVolume
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			replyError(w, 400, err.Error())
+			return
+		}
+		if err := volume.ValidateName(req.Name); err != nil {
+			replyError(w, 400, err.Error())
+			return
+		}
+		if f.find(req.Name) >= 0 {
+			replyError(w, 409, fmt.Sprintf("volume %q already exists", req.Name))
+			return
+		}
+		if req.Replicas == 0 {
+			req.Replicas = 3
+		}
+		if req.Replicas > 3 {
+			replyError(w, 409, fmt.Sprintf("%d replicas wanted, only 3 hosts alive", req.Replicas))
+			return
+		}
+		v := admin.Volume{Name: req.Name, Size: int64(req.Size), Hosts: []string{"n1", "n2", "n3"}[:req.Replicas],
+			PreferredLeader: "n1", Leader: "n1", State: admin.VolumeReady, URI: "nbd://10.0.0.1:10809/" + req.Name, Created: testCreated}
+		f.vols = append(f.vols, v)
+		reply(w, 201, v)
+	})
+	mux.HandleFunc("PATCH /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		i := f.find(r.PathValue("name"))
+		if i < 0 {
+			replyError(w, 404, fmt.Sprintf("no volume named %q", r.PathValue("name")))
+			return
+		}
+		var req admin.ResizeVolume
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			replyError(w, 400, err.Error())
+			return
+		}
+		if int64(req.Size) < f.vols[i].Size {
+			replyError(w, 400, "volumes only grow")
+			return
+		}
+		f.vols[i].Size = int64(req.Size)
+		reply(w, 200, f.vols[i])
+	})
+	mux.HandleFunc("DELETE /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		i := f.find(name)
+		if i < 0 {
+			replyError(w, 404, fmt.Sprintf("no volume named %q", name))
+			return
+		}
+		if f.vols[i].Attached > 0 && r.URL.Query().Get("force") != "true" {
+			replyError(w, 409, fmt.Sprintf("volume %q has %d NBD clients attached", name, f.vols[i].Attached))
+			return
+		}
+		f.vols = append(f.vols[:i], f.vols[i+1:]...)
+		reply(w, 200, map[string]string{"deleted": name})
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		s := seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Auth: r.Header.Get(admin.TokenHeader)}
+		if len(b) > 0 {
+			if err := json.Unmarshal(b, &s.Body); err != nil {
+				s.Body = "not JSON: " + string(b)
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.reqs = append(f.reqs, s)
+		switch {
+		case f.slow:
+			f.mu.Unlock()
+			<-r.Context().Done()
+			f.mu.Lock()
+			return
+		case f.leaderless:
+			replyError(w, 503, "the cluster has no control leader")
+			return
+		case r.Method != http.MethodGet && s.Auth != "Bearer "+testToken:
+			replyError(w, 401, "missing or wrong admin token"+f.authHint)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return f, srv
+}
+
+func (f *fakeAPI) find(name string) int {
+	for i, v := range f.vols {
+		if v.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (f *fakeAPI) requests() []seen {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]seen(nil), f.reqs...)
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func replyError(w http.ResponseWriter, code int, msg string) {
+	reply(w, code, map[string]string{"error": msg})
+}
+
+// runCLI runs the tandem command line with args and returns its standard
+// output and error.
+func runCLI(args ...string) (string, error) {
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestCLI(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "admin-token")
+	if err := os.WriteFile(tokenFile, []byte(testToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	emptyFile := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(emptyFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dead := deadAddr(t)
+	auth := "Bearer " + testToken
+
+	tests := []struct {
+		name string
+		args []string // ADMIN is replaced by the fake's URL, HOSTPORT by its host:port
+		env  map[string]string
+		fake func(*fakeAPI)
+		// wantOut are substrings of the standard output; wantErr of the
+		// error ("" for none), NUL marking its end.
+		wantOut []string
+		wantErr string
+		// wantReqs are the requests the fake must have received, exactly.
+		wantReqs []seen
+	}{
+		{
+			name:     "volume list",
+			args:     []string{"volume", "list", "--admin", "ADMIN"},
+			wantOut:  []string{"NAME       SIZE    REPLICAS", "vm1        20GiB   n1,n2,n3"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes"}},
+		},
+		{
+			name:     "admin from env",
+			args:     []string{"volume", "ls"},
+			env:      map[string]string{envAdmin: "HOSTPORT"},
+			wantOut:  []string{"db.data_2"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes"}},
+		},
+		{
+			name:     "admin flag beats env, flag before the subcommand",
+			args:     []string{"volume", "--admin", "ADMIN", "list"},
+			env:      map[string]string{envAdmin: dead},
+			wantOut:  []string{"vm1"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes"}},
+		},
+		{
+			name:     "reads send the token when there is one",
+			args:     []string{"volume", "list", "--admin", "ADMIN"},
+			env:      map[string]string{envToken: testToken},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes", Auth: auth}},
+		},
+		{
+			name:     "volume show",
+			args:     []string{"volume", "show", "vm1", "--admin", "ADMIN"},
+			wantOut:  []string{"Name:              vm1\n", "URI:               nbd://10.0.0.1:10809/vm1\n", "n2    Follower  3     48213   48211    2    12ms"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes/vm1"}},
+		},
+		{
+			name:     "volume show json",
+			args:     []string{"volume", "show", "vm1", "--admin", "ADMIN", "-o", "json"},
+			wantOut:  []string{"{\n  \"name\": \"vm1\",\n", `"last_contact_ns": 12345678`},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes/vm1"}},
+		},
+		{
+			name:     "volume show unknown",
+			args:     []string{"volume", "show", "nope", "--admin", "ADMIN"},
+			wantErr:  `volume "nope": 404 Not Found: no volume named "nope"`,
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes/nope"}},
+		},
+		{
+			name:    "volume show without a name",
+			args:    []string{"volume", "show", "--admin", "ADMIN"},
+			wantErr: "tandem volume show: want one volume NAME, got 0 arguments",
+		},
+		{
+			name:    "volume show bad name",
+			args:    []string{"volume", "show", "VM1", "--admin", "ADMIN"},
+			wantErr: `invalid volume name "VM1"`,
+		},
+		{
+			name:    "volume create",
+			args:    []string{"volume", "create", "vm2", "--size", "2G", "--replicas", "2", "--admin", "ADMIN", "--token", testToken},
+			wantOut: []string{"Created volume vm2 (2GiB on n1 and n2).\n\nName:              vm2\n"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: auth,
+				Body: map[string]any{"name": "vm2", "size": float64(2 << 30), "replicas": float64(2)}}},
+		},
+		{
+			name:    "volume create default replicas, token from env",
+			args:    []string{"volume", "create", "vm2", "--size", "512MiB", "--admin", "ADMIN", "-o", "json"},
+			env:     map[string]string{envToken: testToken},
+			wantOut: []string{`"hosts": [`, `"size": 536870912,`},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: auth,
+				Body: map[string]any{"name": "vm2", "size": float64(512 << 20)}}},
+		},
+		{
+			name:    "volume create, token from file",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--admin", "ADMIN", "--token-file", tokenFile},
+			env:     map[string]string{envToken: "wrong"},
+			wantOut: []string{"Created volume vm2"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: auth,
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume create without token",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--admin", "ADMIN"},
+			wantErr: `create volume "vm2": 401 Unauthorized: missing or wrong admin token (no admin token given: use --token, --token-file or $TANDEM_ADMIN_TOKEN)`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes",
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume create wrong token",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--admin", "ADMIN", "--token", "nope"},
+			wantErr: `401 Unauthorized: missing or wrong admin token (check --token, --token-file or $TANDEM_ADMIN_TOKEN)`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: "Bearer nope",
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "server's token hint not repeated",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--admin", "ADMIN", "--token", "nope"},
+			fake:    func(f *fakeAPI) { f.authHint = " (tandem CLI: --token, --token-file or TANDEM_ADMIN_TOKEN)" },
+			wantErr: `401 Unauthorized: missing or wrong admin token (tandem CLI: --token, --token-file or TANDEM_ADMIN_TOKEN)` + "\x00",
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: "Bearer nope",
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "server's token hint, no token",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--admin", "ADMIN"},
+			fake:    func(f *fakeAPI) { f.authHint = " (tandem CLI: --token, --token-file or TANDEM_ADMIN_TOKEN)" },
+			wantErr: `401 Unauthorized: missing or wrong admin token (tandem CLI: --token, --token-file or TANDEM_ADMIN_TOKEN) (no admin token was given)` + "\x00",
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes",
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume create exists",
+			args:    []string{"volume", "create", "vm1", "--size", "1G", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `create volume "vm1": 409 Conflict: volume "vm1" already exists`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: auth,
+				Body: map[string]any{"name": "vm1", "size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume create too many replicas for the cluster",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--replicas", "5", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `409 Conflict: 5 replicas wanted, only 3 hosts alive`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/volumes", Auth: auth,
+				Body: map[string]any{"name": "vm2", "size": float64(1 << 30), "replicas": float64(5)}}},
+		},
+		{
+			name:    "volume create bad name",
+			args:    []string{"volume", "create", "My_VM", "--size", "1G", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `invalid volume name "My_VM"`,
+		},
+		{
+			name:    "volume create bad size",
+			args:    []string{"volume", "create", "vm2", "--size", "12X", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--size: invalid size "12X"`,
+		},
+		{
+			name:    "volume create zero size",
+			args:    []string{"volume", "create", "vm2", "--size", "0", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--size "0": want a positive size`,
+		},
+		{
+			name:    "volume create without size",
+			args:    []string{"volume", "create", "vm2", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--size is required",
+		},
+		{
+			name:    "volume create replicas out of range",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--replicas", "6", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--replicas 6: want 1 to 5",
+		},
+		{
+			name:    "volume create zero replicas",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "--replicas", "0", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--replicas 0: want 1 to 5",
+		},
+		{
+			name:    "bad output format",
+			args:    []string{"volume", "create", "vm2", "--size", "1G", "-o", "yaml", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--output "yaml": want table or json`,
+		},
+		{
+			name:    "bad output format on a read",
+			args:    []string{"host", "list", "-o", "yaml", "--admin", "ADMIN"},
+			wantErr: `--output "yaml": want table or json`,
+		},
+		{
+			name:    "token and token file",
+			args:    []string{"volume", "delete", "vm1", "--admin", "ADMIN", "--token", testToken, "--token-file", tokenFile},
+			wantErr: "give --token or --token-file, not both",
+		},
+		{
+			name:    "missing token file",
+			args:    []string{"volume", "delete", "vm1", "--admin", "ADMIN", "--token-file", filepath.Join(t.TempDir(), "none")},
+			wantErr: "--token-file: open ",
+		},
+		{
+			name:    "empty token file",
+			args:    []string{"volume", "delete", "vm1", "--admin", "ADMIN", "--token-file", emptyFile},
+			wantErr: "the file is empty",
+		},
+		{
+			name:    "bad admin address",
+			args:    []string{"volume", "list", "--admin", "ftp://x:1"},
+			wantErr: `--admin: admin API address "ftp://x:1"`,
+		},
+		{
+			name:    "bad timeout",
+			args:    []string{"volume", "list", "--admin", "ADMIN", "--timeout", "0s"},
+			wantErr: "--timeout 0s: want a positive duration",
+		},
+		{
+			name:    "volume resize",
+			args:    []string{"volume", "resize", "vm1", "--size", "40G", "--admin", "ADMIN", "--token", testToken},
+			wantOut: []string{"Resized volume vm1 to 40GiB.\n\nName:              vm1\n"},
+			wantReqs: []seen{{Method: "PATCH", Path: "/v1/volumes/vm1", Auth: auth,
+				Body: map[string]any{"size": float64(40 << 30)}}},
+		},
+		{
+			name:    "volume resize shrink",
+			args:    []string{"volume", "resize", "vm1", "--size", "1G", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `resize volume "vm1": 400 Bad Request: volumes only grow`,
+			wantReqs: []seen{{Method: "PATCH", Path: "/v1/volumes/vm1", Auth: auth,
+				Body: map[string]any{"size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume resize unknown",
+			args:    []string{"volume", "resize", "nope", "--size", "1G", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `resize volume "nope": 404 Not Found`,
+			wantReqs: []seen{{Method: "PATCH", Path: "/v1/volumes/nope", Auth: auth,
+				Body: map[string]any{"size": float64(1 << 30)}}},
+		},
+		{
+			name:    "volume resize without size",
+			args:    []string{"volume", "resize", "vm1", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--size is required",
+		},
+		{
+			name:     "volume delete",
+			args:     []string{"volume", "rm", "db.data_2", "--admin", "ADMIN", "--token", testToken},
+			wantOut:  []string{"Deleted volume db.data_2.\n"},
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/db.data_2", Auth: auth}},
+		},
+		{
+			name:     "volume delete attached",
+			args:     []string{"volume", "delete", "vm1", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `delete volume "vm1": 409 Conflict: volume "vm1" has 1 NBD clients attached (--force deletes it anyway)`,
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/vm1", Auth: auth}},
+		},
+		{
+			name:     "volume delete forced",
+			args:     []string{"volume", "delete", "vm1", "--force", "--admin", "ADMIN", "--token-file", tokenFile, "-o", "json"},
+			wantOut:  []string{"{\n  \"deleted\": \"vm1\"\n}\n"},
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/vm1", Query: "force=true", Auth: auth}},
+		},
+		{
+			name:     "volume delete unknown",
+			args:     []string{"volume", "delete", "nope", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `delete volume "nope": 404 Not Found: no volume named "nope"`,
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/nope", Auth: auth}},
+		},
+		{
+			name:     "cluster status",
+			args:     []string{"cluster", "status", "--admin", "ADMIN"},
+			wantOut:  []string{"Control leader:  n1\n", "Hosts:           4 (3 alive)\n"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/cluster"}},
+		},
+		{
+			name:     "cluster status json",
+			args:     []string{"cluster", "status", "--admin", "ADMIN", "-o", "json"},
+			wantOut:  []string{`"control_voters": [`, `"hosts_alive": 3,`},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/cluster"}},
+		},
+		{
+			name:     "cluster without leader",
+			args:     []string{"cluster", "status", "--admin", "ADMIN"},
+			fake:     func(f *fakeAPI) { f.leaderless = true },
+			wantErr:  "cluster status: 503 Service Unavailable: the cluster has no control leader",
+			wantReqs: []seen{{Method: "GET", Path: "/v1/cluster"}},
+		},
+		{
+			name:     "host list",
+			args:     []string{"host", "list", "--admin", "ADMIN"},
+			wantOut:  []string{"NAME                 STATE    CONTROL", "n3                   suspect  voter"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/hosts"}},
+		},
+		{
+			name:     "host list json",
+			args:     []string{"host", "list", "--admin", "ADMIN", "-o", "json"},
+			wantOut:  []string{`"disk_free": 812345678901,`},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/hosts"}},
+		},
+		{
+			name:    "unreachable",
+			args:    []string{"host", "list"},
+			env:     map[string]string{envAdmin: dead},
+			wantErr: "list hosts: cannot reach the admin API at " + dead + ": ",
+		},
+		{
+			name:     "timeout",
+			args:     []string{"volume", "list", "--admin", "ADMIN", "--timeout", "100ms"},
+			fake:     func(f *fakeAPI) { f.slow = true },
+			wantErr:  "list volumes: no answer in time from the admin API at http://",
+			wantReqs: []seen{{Method: "GET", Path: "/v1/volumes"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, srv := newFakeAPI(t)
+			if tt.fake != nil {
+				tt.fake(f)
+			}
+			hostport := strings.TrimPrefix(srv.URL, "http://")
+			t.Setenv(envAdmin, "")
+			t.Setenv(envToken, "")
+			for k, v := range tt.env {
+				t.Setenv(k, strings.ReplaceAll(v, "HOSTPORT", hostport))
+			}
+			args := make([]string, len(tt.args))
+			for i, a := range tt.args {
+				args[i] = strings.ReplaceAll(strings.ReplaceAll(a, "ADMIN", srv.URL), "HOSTPORT", hostport)
+			}
+			out, err := runCLI(args...)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("error: %v", err)
+			case tt.wantErr != "" && err == nil:
+				t.Errorf("no error, want %q", tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error()+"\x00", tt.wantErr):
+				t.Errorf("error:\n got %v\nwant %s", err, tt.wantErr)
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("output does not contain %q:\n%s", w, out)
+				}
+			}
+			if got := f.requests(); !reflect.DeepEqual(got, tt.wantReqs) && len(got)+len(tt.wantReqs) > 0 {
+				t.Errorf("requests:\n got %+v\nwant %+v", got, tt.wantReqs)
+			}
+		})
+	}
+}
+
+// TestCLIJSONRoundTrip checks that -o json prints what the API sent.
+func TestCLIJSONRoundTrip(t *testing.T) {
+	_, srv := newFakeAPI(t)
+	t.Setenv(envAdmin, "")
+	t.Setenv(envToken, "")
+	out, err := runCLI("volume", "list", "-o", "json", "--admin", srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []admin.Volume
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := []admin.Volume{testVolume, testDegraded}; !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestCLIHelp checks that every operator command has its help texts.
+func TestCLIHelp(t *testing.T) {
+	for _, group := range newRootCmd().Commands() {
+		switch group.Name() {
+		case "cluster", "host", "volume":
+		default:
+			continue
+		}
+		cmds := append(group.Commands(), group)
+		for _, c := range cmds {
+			if c.Short == "" || c.Long == "" || c.Example == "" {
+				t.Errorf("%s: want Short, Long and Example", c.CommandPath())
+			}
+			for _, name := range []string{"admin", "token", "token-file", "output", "timeout"} {
+				if c.Flag(name) == nil {
+					t.Errorf("%s: no --%s", c.CommandPath(), name)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/admin"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the golden files under testdata/render/")
+
+// Fixtures of the admin API's bodies, shared with the CLI tests.
+var (
+	testCreated = time.Date(2025, 3, 1, 12, 30, 0, 0, time.UTC)
+
+	testCluster = admin.ClusterStatus{
+		Host: "n1", Version: "tandem v0.3.0 (go1.26.8, linux/amd64)",
+		ControlLeader: "n1", ControlVoters: []string{"n1", "n2", "n3"}, ControlTerm: 4, ControlIndex: 1207,
+		Hosts: 4, HostsAlive: 3, Volumes: 2,
+	}
+
+	testHosts = []admin.Host{
+		{Name: "n1", State: admin.HostAlive, RaftAddr: "10.0.0.1:10810", NBDAddr: "10.0.0.1:10809", AdminAddr: "10.0.0.1:7480",
+			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 812345678901, Replicas: 2, Leads: 1, Control: "leader", Joined: testCreated},
+		{Name: "n2", State: admin.HostAlive, RaftAddr: "10.0.0.2:10810", NBDAddr: "10.0.0.2:10809", AdminAddr: "10.0.0.2:7480",
+			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 1536 << 20, Replicas: 2, Leads: 1, Control: "voter", Joined: testCreated},
+		{Name: "n3", State: admin.HostSuspect, RaftAddr: "10.0.0.3:10810", NBDAddr: "10.0.0.3:10809", AdminAddr: "10.0.0.3:7480",
+			Capacity: 2 << 40, Allocated: 0, DiskFree: 2199023255552 - 1, Replicas: 0, Control: "voter", Joined: testCreated},
+		{Name: "n4-with-a-long-name", State: admin.HostFailed, NBDAddr: "10.0.0.4:10809", Capacity: 1000, DiskFree: -1},
+	}
+
+	testVolume = admin.Volume{
+		Name: "vm1", Size: 20 << 30, Hosts: []string{"n1", "n2", "n3"}, PreferredLeader: "n1", Leader: "n1",
+		State: admin.VolumeReady, Attached: 1, URI: "nbd://10.0.0.1:10809/vm1", Created: testCreated,
+		Replicas: []admin.Replica{
+			{Host: "n1", State: "Leader", Term: 3, LastIndex: 48213, CommitIndex: 48213, AppliedIndex: 48213},
+			{Host: "n2", State: "Follower", Term: 3, LastIndex: 48213, CommitIndex: 48213, AppliedIndex: 48211, Lag: 2, LastContact: 12345678 * time.Nanosecond},
+			{Host: "n3", State: "Follower", Term: 3, LastIndex: 48213, CommitIndex: 48212, AppliedIndex: 48212, Lag: 1, LastContact: 500 * time.Microsecond},
+		},
+	}
+
+	testDegraded = admin.Volume{
+		Name: "db.data_2", Size: 1536 << 20, Hosts: []string{"n2", "n3", "n4-with-a-long-name"}, PreferredLeader: "n2", Leader: "n3",
+		State: admin.VolumeDegraded, URI: "nbd://10.0.0.3:10809/db.data_2", Created: testCreated.Add(-48 * time.Hour),
+		Replicas: []admin.Replica{
+			{Host: "n2", State: "Failed", Error: "open replica:\tdisk\nfull"},
+			{Host: "n3", State: "Leader", Term: 7, LastIndex: 90, CommitIndex: 90, AppliedIndex: 90},
+			{Host: "n4-with-a-long-name", State: "Unreachable", Error: "dial tcp 10.0.0.4:7480: connect: no route to host"},
+		},
+	}
+
+	testVolumes = []admin.Volume{testVolume, testDegraded,
+		{Name: "new", Size: 4097, State: admin.VolumeUnavailable}}
+)
+
+func TestRenderGolden(t *testing.T) {
+	tests := []struct {
+		name   string
+		render func(io.Writer) error
+	}{
+		{"cluster", func(w io.Writer) error { return renderCluster(w, testCluster) }},
+		{"cluster-via", func(w io.Writer) error {
+			st := testCluster
+			st.Host, st.Via, st.ControlLeader = "n2", "n1", "n2"
+			return renderCluster(w, st)
+		}},
+		{"cluster-no-leader", func(w io.Writer) error {
+			return renderCluster(w, admin.ClusterStatus{Host: "n1", Version: "devel", Hosts: 3, HostsAlive: 1})
+		}},
+		{"hosts", func(w io.Writer) error { return renderHosts(w, testHosts) }},
+		{"hosts-empty", func(w io.Writer) error { return renderHosts(w, nil) }},
+		{"volumes", func(w io.Writer) error { return renderVolumes(w, testVolumes) }},
+		{"volumes-empty", func(w io.Writer) error { return renderVolumes(w, []admin.Volume{}) }},
+		{"volume", func(w io.Writer) error { return renderVolume(w, testVolume) }},
+		{"volume-degraded", func(w io.Writer) error { return renderVolume(w, testDegraded) }},
+		{"volume-no-replicas", func(w io.Writer) error { return renderVolume(w, testVolumes[2]) }},
+		{"volume-json", func(w io.Writer) error { return printJSON(w, testVolume) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := tt.render(&buf); err != nil {
+				t.Fatal(err)
+			}
+			checkGolden(t, filepath.Join("testdata", "render", tt.name+".golden"), buf.Bytes())
+		})
+	}
+}
+
+// checkGolden compares got with the golden file, or rewrites it with
+// -update.
+func checkGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *updateGolden {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func TestHumanSize(t *testing.T) {
+	tests := []struct {
+		n    int64
+		want string
+	}{
+		{-1, "-"},
+		{0, "0B"},
+		{1, "1B"},
+		{1023, "1023B"},
+		{1024, "1KiB"},
+		{1536, "1.5KiB"},
+		{4097, "4.0KiB"},
+		{20 << 30, "20GiB"},
+		{1536 << 20, "1.5GiB"},
+		{1<<30 - 1, "1.0GiB"},
+		{1<<20 - 1, "1.0MiB"},
+		{2 << 40, "2TiB"},
+		{812345678901, "756.6GiB"},
+		{1 << 62, "4EiB"},
+		{1<<63 - 1, "8.0EiB"},
+	}
+	for _, tt := range tests {
+		if got := humanSize(tt.n); got != tt.want {
+			t.Errorf("humanSize(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
