@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -93,8 +94,8 @@ type Server struct {
 	closing atomic.Bool
 	mu      sync.Mutex
 	lns     map[net.Listener]struct{}
-	conns   map[net.Conn]struct{}
-	active  sync.WaitGroup // connections being served
+	conns   map[net.Conn]string // the export each connection uses ("" while negotiating)
+	active  sync.WaitGroup      // connections being served
 
 	inflightCount atomic.Int64 // requests being served, all connections
 }
@@ -117,7 +118,7 @@ func NewServer(exports Exports, cfg Config) *Server {
 		ctx:     ctx,
 		cancel:  cancel,
 		lns:     make(map[net.Listener]struct{}),
-		conns:   make(map[net.Conn]struct{}),
+		conns:   make(map[net.Conn]string),
 	}
 }
 
@@ -183,7 +184,7 @@ func (s *Server) track(nc net.Conn) bool {
 	if s.closing.Load() {
 		return false
 	}
-	s.conns[nc] = struct{}{}
+	s.conns[nc] = ""
 	s.active.Add(1)
 	return true
 }
@@ -229,6 +230,11 @@ func (s *Server) serveConn(nc net.Conn) error {
 		return err
 	}
 	_ = sess.conn.SetDeadline(time.Time{})
+	s.mu.Lock()
+	if _, ok := s.conns[nc]; ok {
+		s.conns[nc] = sess.export.Name
+	}
+	s.mu.Unlock()
 	cctx, ccancel := context.WithCancel(s.ctx)
 	defer ccancel()
 	c := &conn{
@@ -300,6 +306,36 @@ func (s *Server) waitQuiet(ctx context.Context) {
 
 func (s *Server) inflight() int {
 	return int(s.inflightCount.Load())
+}
+
+// Attached returns how many connections use each export (exports without
+// connections are absent).
+func (s *Server) Attached() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, name := range s.conns {
+		if name != "" {
+			out[name]++
+		}
+	}
+	return out
+}
+
+// Disconnect closes every connection that uses one of the named exports
+// (for a volume being deleted) and returns how many it closed. Requests in
+// flight on them are abandoned; the clients see the connection drop.
+func (s *Server) Disconnect(exports ...string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for nc, name := range s.conns {
+		if name != "" && slices.Contains(exports, name) {
+			nc.Close()
+			n++
+		}
+	}
+	return n
 }
 
 // Close closes all listeners and connections at once, cancels backend calls
