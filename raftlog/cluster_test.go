@@ -3,13 +3,17 @@ package raftlog
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/nbd"
 )
@@ -329,5 +333,72 @@ func waitFile(t *testing.T, v *Volume, k int, val byte) {
 			t.Fatalf("replica block %d = %d, want %d", k, got[0], val)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGrowAndRemove grows a replicated volume through its log (every
+// replica grows, a write past the old end replicates), then closes and
+// removes it on every host and creates it again under the same name: the
+// new volume starts empty with a fresh raft group.
+func TestGrowAndRemove(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	spec := VolumeSpec{Name: "g", Size: 1 << 20, Peers: c.peers}
+	c.open(spec)
+	l := c.leader("g")
+	ctx := context.Background()
+	if err := c.hosts[(l+1)%3].vol["g"].Grow(ctx, 4<<20); !errors.Is(err, raft.ErrNotLeader) {
+		t.Fatalf("Grow on a follower: %v, want ErrNotLeader", err)
+	}
+	if err := c.hosts[l].vol["g"].Grow(ctx, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Followers grow when they apply the grow entry; an agent checks
+	// requests against its own replica's size.
+	waitSize := func(i int) {
+		deadline := time.Now().Add(10 * time.Second)
+		for c.hosts[i].vol["g"].Size() != 4<<20 {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d: size %d after the grow", i, c.hosts[i].vol["g"].Size())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitSize((l + 1) % 3)
+	p := bytes.Repeat([]byte{7}, 4096)
+	if err := c.hosts[(l+1)%3].vol["g"].WriteAt(ctx, p, 3<<20, 0); err != nil {
+		t.Fatalf("write past the old end through a follower: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < 3; i++ {
+		waitSize(i)
+		v := c.hosts[i].vol["g"]
+		for v.Status().AppliedIndex < c.hosts[l].vol["g"].Status().CommitIndex {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d: status %+v", i, v.Status())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := make([]byte, 4096)
+		if err := v.g.file.ReadAt(ctx, got, 3<<20); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("replica %d file at 3 MiB: %v, byte %d", i, err, got[0])
+		}
+	}
+	for i, th := range c.hosts {
+		if err := th.h.CloseVolume("g", true); err != nil {
+			t.Fatalf("host %d: %v", i, err)
+		}
+		delete(th.vol, "g")
+		if _, err := os.Stat(filepath.Join(c.dirs[i], "groups", "g")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("host %d: replica directory left behind: %v", i, err)
+		}
+	}
+	c.open(spec)
+	l = c.leader("g")
+	got := make([]byte, 4096)
+	if err := c.hosts[l].vol["g"].ReadAt(ctx, got, 0); err != nil || got[0] != 0 {
+		t.Fatalf("recreated volume: %v, byte %d", err, got[0])
+	}
+	if s := c.hosts[l].vol["g"].Size(); s != 1<<20 {
+		t.Fatalf("recreated volume size %d, want %d", s, 1<<20)
 	}
 }

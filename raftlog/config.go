@@ -170,4 +170,8 @@ type VolumeSpec struct {
 	PreferredLeader string
 	// ReadOnly refuses writes.
 	ReadOnly bool
+	// Peers, when set, are the replicas' hosts with their addresses (from
+	// the cluster catalog); Replicas and the host's configured Peers are
+	// then not consulted.
+	Peers []Peer
 }

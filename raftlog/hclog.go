@@ -38,3 +38,7 @@ func (w slogWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// HCLogger returns an hclog.Logger for hashicorp libraries (raft) that
+// forwards every line to log at the line's level.
+func HCLogger(log *slog.Logger, name string) hclog.Logger { return hclogger(log, name) }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -121,6 +122,9 @@ func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {
 
 // replicaPeers resolves spec.Replicas to peers.
 func (h *Host) replicaPeers(spec VolumeSpec) ([]Peer, error) {
+	if len(spec.Peers) > 0 {
+		return h.checkPeers(spec, spec.Peers)
+	}
 	if len(h.cfg.Peers) == 0 {
 		if len(spec.Replicas) > 1 || (len(spec.Replicas) == 1 && spec.Replicas[0] != h.cfg.ID) {
 			return nil, fmt.Errorf("raftlog: volume %s: replicas %v on a single host %q", spec.Name, spec.Replicas, h.cfg.ID)
@@ -147,6 +151,25 @@ func (h *Host) replicaPeers(spec VolumeSpec) ([]Peer, error) {
 		}
 		out = append(out, h.cfg.Peers[i])
 	}
+	return h.checkPeers(spec, out)
+}
+
+// checkPeers checks the replicas' hosts of a volume.
+func (h *Host) checkPeers(spec VolumeSpec, out []Peer) ([]Peer, error) {
+	if len(out) > 5 {
+		return nil, fmt.Errorf("raftlog: volume %s: %d replicas, want 1 to 5", spec.Name, len(out))
+	}
+	for i, p := range out {
+		if p.ID == "" || (len(out) > 1 && p.Raft == "") {
+			return nil, fmt.Errorf("raftlog: volume %s: replica %d has no host name or replication address", spec.Name, i)
+		}
+		if slices.ContainsFunc(out[:i], func(q Peer) bool { return q.ID == p.ID }) {
+			return nil, fmt.Errorf("raftlog: volume %s: host %q holds two replicas", spec.Name, p.ID)
+		}
+	}
+	if len(out) > 1 && h.mux == nil {
+		return nil, fmt.Errorf("raftlog: volume %s: %d replicas on a host without a replication address", spec.Name, len(out))
+	}
 	if !slices.ContainsFunc(out, func(p Peer) bool { return p.ID == h.cfg.ID }) {
 		return nil, fmt.Errorf("raftlog: volume %s has no replica on this host %q", spec.Name, h.cfg.ID)
 	}
@@ -155,6 +178,47 @@ func (h *Host) replicaPeers(spec VolumeSpec) ([]Peer, error) {
 	}
 	return out, nil
 }
+
+// CloseVolume stops this host's replica of a volume. With remove, it also
+// deletes the replica's files and raft state (the volume was deleted or
+// moved away); a later OpenVolume of the same name starts afresh.
+func (h *Host) CloseVolume(name string, remove bool) error {
+	h.mu.Lock()
+	g, ok := h.groups[name]
+	delete(h.groups, name)
+	h.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("raftlog: volume %s is not open", name)
+	}
+	err := g.close()
+	if !remove {
+		return err
+	}
+	if rerr := os.RemoveAll(g.cfg.Dir); rerr != nil {
+		return fmt.Errorf("raftlog: volume %s: removing %s: %w", name, g.cfg.Dir, rerr)
+	}
+	if derr := h.meta.Stable(name).Drop(); derr != nil {
+		return fmt.Errorf("raftlog: volume %s: %w", name, derr)
+	}
+	if derr := h.meta.Delete([]byte(restoreKeyPrefix + name)); derr != nil {
+		return fmt.Errorf("raftlog: volume %s: %w", name, derr)
+	}
+	return nil
+}
+
+// RaftLayer returns the stream layer of a group other than a volume's on
+// the host's mux port (the control plane's, named "_control"), or nil on
+// a host without a replication address.
+func (h *Host) RaftLayer(group string) (*mux.Layer, error) {
+	if h.mux == nil {
+		return nil, nil
+	}
+	return h.mux.Layer(group)
+}
+
+// Stable returns the raft stable store of a group in the host's metadata
+// database.
+func (h *Host) Stable(group string) *meta.Stable { return h.meta.Stable(group) }
 
 // serveStream answers a catch-up stream request for a volume.
 func (h *Host) serveStream(name string, c net.Conn) {

@@ -37,7 +37,7 @@ func (v *Volume) Status() VolumeStatus {
 	g := v.g
 	s := VolumeStatus{
 		Name:         g.spec.Name,
-		Size:         g.spec.Size,
+		Size:         g.file.Size(),
 		ReadOnly:     g.spec.ReadOnly,
 		State:        g.raft.State().String(),
 		Serving:      g.servesLocally(),

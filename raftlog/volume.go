@@ -38,8 +38,30 @@ func (v *Volume) Direct() *Volume { return &Volume{g: v.g, direct: true} }
 // Name returns the volume's name.
 func (v *Volume) Name() string { return v.g.spec.Name }
 
-// Size implements volume.Backend.
-func (v *Volume) Size() int64 { return v.g.spec.Size }
+// Size implements volume.Backend: the size of this replica's file, which
+// grows when the replica applies a grow entry (see Grow).
+func (v *Volume) Size() int64 { return v.g.file.Size() }
+
+// Grow grows the volume to size bytes through its log, so that every
+// replica grows before it applies any write past the old end. It returns
+// once the grow is committed and applied here; only the leader's host may
+// call it (elsewhere it fails with raft.ErrNotLeader). Growing to a size
+// the volume already has is a no-op.
+func (v *Volume) Grow(ctx context.Context, size int64) error {
+	if size <= v.Size() {
+		return nil
+	}
+	if v.g.spec.ReadOnly {
+		return volume.ErrReadOnly
+	}
+	if !v.g.ready.Load() {
+		return fmt.Errorf("raftlog: volume %s: grow: %w", v.g.spec.Name, raft.ErrNotLeader)
+	}
+	if err := v.g.batch.submit(&op{kind: opGrow, off: size, id: v.g.h.newOpID()}); err != nil {
+		return fmt.Errorf("raftlog: volume %s: grow to %d: %w", v.g.spec.Name, size, err)
+	}
+	return nil
+}
 
 // Caps implements volume.Backend.
 func (v *Volume) Caps() volume.Caps {
@@ -66,6 +88,11 @@ func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remot
 		deadline = time.Now().Add(v.g.h.cfg.HeartbeatTimeout)
 	}
 	for {
+		select {
+		case <-v.g.stop:
+			return fmt.Errorf("%w: volume %s is closed on this host", volume.ErrUnavailable, v.g.spec.Name)
+		default:
+		}
 		changed := v.g.changes()
 		var err error
 		switch {

@@ -87,6 +87,14 @@ func (d *DB) Delete(key []byte) error {
 	return nil
 }
 
+// DeletePrefix removes every key that starts with prefix, durably.
+func (d *DB) DeletePrefix(prefix string) error {
+	if err := d.db.DropPrefix([]byte(prefix)); err != nil {
+		return fmt.Errorf("meta: delete prefix %q: %w", prefix, err)
+	}
+	return nil
+}
+
 // PutJSON stores v encoded as JSON.
 func (d *DB) PutJSON(key string, v any) error {
 	b, err := json.Marshal(v)
@@ -113,6 +121,9 @@ func (d *DB) GetJSON(key string, v any) error {
 func (d *DB) Stable(group string) *Stable {
 	return &Stable{db: d, prefix: "raft/" + group + "/"}
 }
+
+// Drop removes the group's keys (when its replica is deleted).
+func (s *Stable) Drop() error { return s.db.DeletePrefix(s.prefix) }
 
 // Stable implements hashicorp/raft's StableStore on a DB.
 type Stable struct {
