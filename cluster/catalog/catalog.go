@@ -1,0 +1,327 @@
+// Package catalog is the cluster's catalog: hosts and volumes (and later
+// VMs and migrations), changed only by commands applied in the order of the
+// control-plane Raft log, so that every agent holds the same catalog.
+//
+// Commands are deterministic: whatever needs a choice (placement of a new
+// volume's replicas, timestamps) is decided by the proposer and carried in
+// the command. Apply validates again and refuses a command that no longer
+// fits (a name taken meanwhile), returning the error to the proposer.
+package catalog
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/tandem-project/tandem/volume"
+)
+
+// Host is one agent of the cluster as recorded in the catalog.
+type Host struct {
+	Name string `json:"name"`
+	// Addresses the host serves on.
+	RaftAddr  string `json:"raft_addr"`
+	NBDAddr   string `json:"nbd_addr"`
+	AdminAddr string `json:"admin_addr,omitempty"`
+	// Capacity is the host's storage for volumes, in bytes; DiskFree the
+	// free bytes of its data filesystem when it last reported.
+	Capacity int64 `json:"capacity"`
+	DiskFree int64 `json:"disk_free"`
+	// State is the host's membership state as the control leader last
+	// recorded it: alive, suspect, failed or left.
+	State string `json:"state"`
+	// Joined is when the host first registered.
+	Joined time.Time `json:"joined"`
+}
+
+// Volume states.
+const (
+	VolumeReady    = "ready"
+	VolumeDeleting = "deleting"
+)
+
+// Volume is one replicated volume.
+type Volume struct {
+	// ID is the catalog index of the command that created the volume:
+	// unique over the cluster's life, so that a replica left over from a
+	// deleted volume is never mistaken for one of a new volume of the same
+	// name.
+	ID   uint64 `json:"id"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Replicas are the hosts holding a replica, distinct, in placement
+	// order.
+	Replicas []string `json:"replicas"`
+	// PreferredLeader is the replica host that should lead the volume.
+	PreferredLeader string    `json:"preferred_leader"`
+	ReadOnly        bool      `json:"read_only,omitempty"`
+	State           string    `json:"state"`
+	Created         time.Time `json:"created"`
+	// Changed is the catalog index of the command that last changed it.
+	Changed uint64 `json:"changed"`
+}
+
+// State is the whole catalog.
+type State struct {
+	Hosts   map[string]*Host   `json:"hosts"`
+	Volumes map[string]*Volume `json:"volumes"`
+	// Removed lists the IDs of deleted volumes (the newest 10000), so that
+	// an agent removes a replica only on proof that its volume is gone,
+	// never because its own catalog is behind.
+	Removed []uint64 `json:"removed,omitempty"`
+	// Index is the log index of the last command applied.
+	Index uint64 `json:"index"`
+}
+
+// maxRemoved bounds State.Removed.
+const maxRemoved = 10000
+
+// IsRemoved reports whether the volume with this ID was deleted.
+func (s *State) IsRemoved(id uint64) bool { return slices.Contains(s.Removed, id) }
+
+// New returns an empty catalog.
+func New() *State {
+	return &State{Hosts: map[string]*Host{}, Volumes: map[string]*Volume{}}
+}
+
+// Clone returns a deep copy of s.
+func (s *State) Clone() *State {
+	c := &State{Hosts: make(map[string]*Host, len(s.Hosts)), Volumes: make(map[string]*Volume, len(s.Volumes)), Index: s.Index, Removed: slices.Clone(s.Removed)}
+	for k, h := range s.Hosts {
+		hc := *h
+		c.Hosts[k] = &hc
+	}
+	for k, v := range s.Volumes {
+		vc := *v
+		vc.Replicas = slices.Clone(v.Replicas)
+		c.Volumes[k] = &vc
+	}
+	return c
+}
+
+// HostNames returns the hosts' names, sorted.
+func (s *State) HostNames() []string {
+	return slices.Sorted(maps.Keys(s.Hosts))
+}
+
+// VolumeNames returns the volumes' names, sorted.
+func (s *State) VolumeNames() []string {
+	return slices.Sorted(maps.Keys(s.Volumes))
+}
+
+// Allocated returns the bytes of volume replicas placed on host.
+func (s *State) Allocated(host string) int64 {
+	var n int64
+	for _, v := range s.Volumes {
+		if slices.Contains(v.Replicas, host) {
+			n += v.Size
+		}
+	}
+	return n
+}
+
+// Command kinds.
+const (
+	CmdPutHost      = "put_host"
+	CmdCreateVolume = "create_volume"
+	CmdResizeVolume = "resize_volume"
+	CmdDeleteVolume = "delete_volume"
+	CmdRemoveVolume = "remove_volume"
+)
+
+// Command is one change to the catalog, as stored in the control log.
+type Command struct {
+	Kind   string  `json:"kind"`
+	Host   *Host   `json:"host,omitempty"`
+	Volume *Volume `json:"volume,omitempty"`
+	// Name and Size address an existing volume (resize, delete, remove).
+	Name string `json:"name,omitempty"`
+	Size int64  `json:"size,omitempty"`
+	// At is when the proposer issued the command.
+	At time.Time `json:"at"`
+}
+
+// Encode returns the command's log entry data.
+func (c Command) Encode() []byte {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("catalog: encoding command: %v", err)) // only plain data inside
+	}
+	return b
+}
+
+// Errors returned by Apply (and by the proposer's own checks).
+var (
+	ErrExists    = errors.New("already exists")
+	ErrNotFound  = errors.New("not found")
+	ErrInvalid   = errors.New("invalid")
+	ErrNoPlace   = errors.New("not enough hosts")
+	ErrShrinking = errors.New("volumes never shrink")
+)
+
+// Apply applies the command encoded in data at log index. It returns the
+// command's error, if it was refused; a refused command changes nothing.
+func (s *State) Apply(index uint64, data []byte) error {
+	var c Command
+	if err := json.Unmarshal(data, &c); err != nil {
+		return fmt.Errorf("catalog: %w: undecodable command: %v", ErrInvalid, err)
+	}
+	err := s.apply(index, c)
+	s.Index = index
+	return err
+}
+
+func (s *State) apply(index uint64, c Command) error {
+	switch c.Kind {
+	case CmdPutHost:
+		if c.Host == nil || c.Host.Name == "" {
+			return fmt.Errorf("catalog: %w: host without a name", ErrInvalid)
+		}
+		h := *c.Host
+		if old, ok := s.Hosts[h.Name]; ok {
+			h.Joined = old.Joined
+		}
+		s.Hosts[h.Name] = &h
+		return nil
+	case CmdCreateVolume:
+		v := c.Volume
+		if v == nil {
+			return fmt.Errorf("catalog: %w: create without a volume", ErrInvalid)
+		}
+		if err := s.CheckNewVolume(*v); err != nil {
+			return err
+		}
+		nv := *v
+		nv.Replicas = slices.Clone(v.Replicas)
+		nv.ID, nv.State, nv.Created, nv.Changed = index, VolumeReady, c.At, index
+		s.Volumes[nv.Name] = &nv
+		return nil
+	case CmdResizeVolume:
+		v, ok := s.Volumes[c.Name]
+		if !ok {
+			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
+		}
+		if c.Size < v.Size {
+			return fmt.Errorf("catalog: volume %q: %w (%s to %s)", c.Name, ErrShrinking, volume.FormatSize(v.Size), volume.FormatSize(c.Size))
+		}
+		v.Size, v.Changed = c.Size, index
+		return nil
+	case CmdDeleteVolume:
+		v, ok := s.Volumes[c.Name]
+		if !ok {
+			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
+		}
+		v.State, v.Changed = VolumeDeleting, index
+		return nil
+	case CmdRemoveVolume:
+		v, ok := s.Volumes[c.Name]
+		if !ok {
+			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
+		}
+		delete(s.Volumes, c.Name)
+		s.Removed = append(s.Removed, v.ID)
+		if len(s.Removed) > maxRemoved {
+			s.Removed = slices.Clone(s.Removed[len(s.Removed)-maxRemoved:])
+		}
+		return nil
+	}
+	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
+}
+
+// CheckNewVolume reports why v cannot be created now, if it cannot.
+func (s *State) CheckNewVolume(v Volume) error {
+	if err := volume.ValidateName(v.Name); err != nil {
+		return fmt.Errorf("catalog: %w: %v", ErrInvalid, err)
+	}
+	if _, ok := s.Volumes[v.Name]; ok {
+		return fmt.Errorf("catalog: volume %q: %w", v.Name, ErrExists)
+	}
+	if v.Size <= 0 {
+		return fmt.Errorf("catalog: volume %q: %w: size must be positive", v.Name, ErrInvalid)
+	}
+	if len(v.Replicas) < 1 || len(v.Replicas) > 5 {
+		return fmt.Errorf("catalog: volume %q: %w: %d replicas, want 1 to 5", v.Name, ErrInvalid, len(v.Replicas))
+	}
+	seen := map[string]bool{}
+	for _, h := range v.Replicas {
+		if _, ok := s.Hosts[h]; !ok {
+			return fmt.Errorf("catalog: volume %q: replica host %q: %w", v.Name, h, ErrNotFound)
+		}
+		if seen[h] {
+			return fmt.Errorf("catalog: volume %q: %w: host %q holds two replicas", v.Name, ErrInvalid, h)
+		}
+		seen[h] = true
+	}
+	if v.PreferredLeader != "" && !seen[v.PreferredLeader] {
+		return fmt.Errorf("catalog: volume %q: %w: preferred leader %q holds no replica", v.Name, ErrInvalid, v.PreferredLeader)
+	}
+	return nil
+}
+
+// Candidate is a host placement may choose, with what it knows about it.
+type Candidate struct {
+	Name string
+	// Free is the host's free bytes for volumes (capacity minus what is
+	// placed on it).
+	Free int64
+	// Alive is false for hosts that membership declared failed.
+	Alive bool
+}
+
+// Place chooses replicas distinct hosts for a volume of size bytes: alive
+// hosts with the most free space first (ties by name), and as preferred
+// leader the chosen host that leads the fewest volumes, so that leaders
+// spread over the cluster.
+func (s *State) Place(size int64, replicas int, candidates []Candidate) (hosts []string, leader string, err error) {
+	var ok []Candidate
+	for _, c := range candidates {
+		if c.Alive && c.Free >= size {
+			ok = append(ok, c)
+		}
+	}
+	if len(ok) < replicas {
+		return nil, "", fmt.Errorf("catalog: %w: %d replicas of %s need %d alive hosts with room, %d have it", ErrNoPlace, replicas, volume.FormatSize(size), replicas, len(ok))
+	}
+	sort.SliceStable(ok, func(i, j int) bool {
+		if ok[i].Free != ok[j].Free {
+			return ok[i].Free > ok[j].Free
+		}
+		return ok[i].Name < ok[j].Name
+	})
+	for _, c := range ok[:replicas] {
+		hosts = append(hosts, c.Name)
+	}
+	leads := map[string]int{}
+	for _, v := range s.Volumes {
+		leads[v.PreferredLeader]++
+	}
+	leader = hosts[0]
+	for _, h := range hosts[1:] {
+		if leads[h] < leads[leader] {
+			leader = h
+		}
+	}
+	return hosts, leader, nil
+}
+
+// Snapshot returns the catalog encoded for a raft snapshot.
+func (s *State) Snapshot() ([]byte, error) { return json.Marshal(s) }
+
+// Restore returns the catalog encoded by Snapshot.
+func Restore(b []byte) (*State, error) {
+	s := New()
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("catalog: restoring: %w", err)
+	}
+	if s.Hosts == nil {
+		s.Hosts = map[string]*Host{}
+	}
+	if s.Volumes == nil {
+		s.Volumes = map[string]*Volume{}
+	}
+	return s, nil
+}

@@ -1,0 +1,419 @@
+// Package control is the cluster's control plane: one hashicorp/raft group,
+// "_control", whose log orders every change to the catalog (hosts,
+// volumes). Its voters are a fixed set of 1, 3 or 5 agents named in the
+// configuration; every other agent is a non-voter the leader adds when
+// membership reports it, so that every agent holds a replica of the catalog
+// and can act on it (open the replicas placed on it) without asking.
+//
+// The group shares the host's replication port (raftlog's mux) and
+// metadata database; its log is a raftlog/wal log and its snapshots are the
+// whole catalog as JSON (small).
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/raftlog/transport"
+	"github.com/tandem-project/tandem/raftlog/wal"
+)
+
+// GroupName is the control group's name on the mux port (volume names
+// cannot start with '_').
+const GroupName = "_control"
+
+// Config configures the control-plane group of one agent.
+type Config struct {
+	// Name is this agent's name (its raft server ID).
+	Name string
+	// Dir holds the group's log and snapshots.
+	Dir string
+	// Host is the agent's replication layer (mux port, metadata).
+	Host *raftlog.Host
+	// Voters names the voting members (1, 3 or 5 agents). The group is
+	// bootstrapped, once, by the voters when every one of them can be
+	// resolved.
+	Voters []string
+	// Resolve returns the replication address of an agent, if known
+	// (membership's view).
+	Resolve func(name string) (addr string, ok bool)
+	// HeartbeatTimeout and ElectionTimeout tune raft (0: 650 ms).
+	HeartbeatTimeout time.Duration
+	// Logger receives the group's logs.
+	Logger *slog.Logger
+}
+
+// ValidateVoters checks a voter list: 1, 3 or 5 distinct names.
+func ValidateVoters(voters []string) error {
+	switch len(voters) {
+	case 1, 3, 5:
+	default:
+		return fmt.Errorf("control: %d control voters %v: want 1, 3 or 5 (an odd number keeps a majority after a failure)", len(voters), voters)
+	}
+	for i, v := range voters {
+		if v == "" {
+			return errors.New("control: empty control voter name")
+		}
+		if slices.Contains(voters[:i], v) {
+			return fmt.Errorf("control: control voter %q listed twice", v)
+		}
+	}
+	return nil
+}
+
+// Control is this agent's member of the control-plane group.
+type Control struct {
+	cfg   Config
+	log   *slog.Logger
+	raft  *raft.Raft
+	fsm   *fsm
+	logs  *wal.Log
+	trans *transport.Transport
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// ErrNotLeader is returned by Propose on an agent that does not lead the
+// control group.
+var ErrNotLeader = errors.New("control: this agent does not lead the control plane")
+
+// Open starts this agent's member of the control group. A voter whose
+// group was never bootstrapped bootstraps it in the background once
+// Resolve knows every voter's address.
+func Open(cfg Config) (_ *Control, err error) {
+	if cfg.Name == "" || cfg.Dir == "" || cfg.Host == nil || cfg.Resolve == nil {
+		return nil, errors.New("control: Name, Dir, Host and Resolve are required")
+	}
+	if err := ValidateVoters(cfg.Voters); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("group", GroupName)
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 650 * time.Millisecond
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	c := &Control{cfg: cfg, log: log, fsm: newFSM(), stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			c.closeStores()
+		}
+	}()
+	if c.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wal.DefaultConfig()); err != nil {
+		return nil, fmt.Errorf("control: log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, raftlog.HCLogger(log, "control"))
+	if err != nil {
+		return nil, fmt.Errorf("control: snapshots: %w", err)
+	}
+	layer, err := cfg.Host.RaftLayer(GroupName)
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	if layer == nil {
+		return nil, errors.New("control: the host has no replication address")
+	}
+	c.trans = transport.New(transport.Config{Stream: layer, Logger: log})
+	stable := cfg.Host.Stable(GroupName)
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.HeartbeatTimeout
+	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 1024
+	rc.Logger = raftlog.HCLogger(log, "control")
+	exists, err := raft.HasExistingState(c.logs, stable, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	if c.raft, err = raft.NewRaft(rc, c.fsm, c.logs, stable, snaps, c.trans); err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	if !exists && slices.Contains(cfg.Voters, cfg.Name) {
+		c.wg.Add(1)
+		go c.bootstrap()
+	}
+	return c, nil
+}
+
+// bootstrap waits until every voter's address is known, then bootstraps
+// the group with the same configuration as every other voter (raft
+// accepts identical bootstraps; a voter that already joined refuses).
+func (c *Control) bootstrap() {
+	defer c.wg.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	waiting := time.Now()
+	for {
+		var conf raft.Configuration
+		var missing []string
+		for _, v := range c.cfg.Voters {
+			addr, ok := c.cfg.Resolve(v)
+			if !ok {
+				missing = append(missing, v)
+				continue
+			}
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(v), Address: raft.ServerAddress(addr)})
+		}
+		if len(missing) == 0 {
+			err := c.raft.BootstrapCluster(conf).Error()
+			if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				c.log.Error("bootstrapping the control plane failed", "err", err)
+			} else {
+				c.log.Info("control plane bootstrapped", "voters", c.cfg.Voters)
+			}
+			return
+		}
+		if time.Since(waiting) > 10*time.Second {
+			c.log.Info("waiting for the control voters to join before bootstrapping", "missing", missing)
+			waiting = time.Now()
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// State returns a copy of this agent's catalog (as of the last entry it
+// applied; followers may lag the leader by a few milliseconds).
+func (c *Control) State() *catalog.State { return c.fsm.state() }
+
+// Changes returns a channel closed at the next change of the catalog.
+func (c *Control) Changes() <-chan struct{} { return c.fsm.changes() }
+
+// Leader returns the name of the control leader, if one is known.
+func (c *Control) Leader() (string, bool) {
+	_, id := c.raft.LeaderWithID()
+	return string(id), id != ""
+}
+
+// IsLeader reports whether this agent leads the control group.
+func (c *Control) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// LeaderCh reports changes of this agent's leadership (see raft.LeaderCh).
+func (c *Control) LeaderCh() <-chan bool { return c.raft.LeaderCh() }
+
+// Status is the control group as this agent sees it.
+type Status struct {
+	Leader  string
+	Term    uint64
+	Applied uint64
+	Voters  []string
+	// Members maps every member to its role: voter or nonvoter.
+	Members map[string]string
+}
+
+// Status returns the control group's status.
+func (c *Control) Status() Status {
+	s := Status{Term: c.raft.CurrentTerm(), Applied: c.raft.AppliedIndex(), Members: map[string]string{}}
+	s.Leader, _ = c.Leader()
+	if f := c.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			role := "nonvoter"
+			if srv.Suffrage == raft.Voter {
+				role = "voter"
+				s.Voters = append(s.Voters, string(srv.ID))
+			}
+			s.Members[string(srv.ID)] = role
+		}
+	}
+	slices.Sort(s.Voters)
+	return s
+}
+
+// Propose commits a catalog command and returns the catalog's verdict (a
+// refused command changes nothing). Only the leader may propose.
+func (c *Control) Propose(ctx context.Context, cmd catalog.Command) error {
+	if !c.IsLeader() {
+		return ErrNotLeader
+	}
+	if cmd.At.IsZero() {
+		cmd.At = time.Now().UTC()
+	}
+	timeout := 10 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	f := c.raft.Apply(cmd.Encode(), timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return fmt.Errorf("control: committing %s: %w", cmd.Kind, err)
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		return err
+	}
+	return nil
+}
+
+// Barrier waits until this (leading) agent has applied every committed
+// entry, so its catalog is current.
+func (c *Control) Barrier(ctx context.Context) error {
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	return c.raft.Barrier(timeout).Error()
+}
+
+// EnsureMember adds an agent to the group as a non-voter if it is not a
+// member yet (leader only). Voters named in the configuration are added as
+// voters (after a voter's data was lost, for instance).
+func (c *Control) EnsureMember(name, addr string) error {
+	if !c.IsLeader() {
+		return ErrNotLeader
+	}
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == name {
+			if string(srv.Address) == addr {
+				return nil
+			}
+			break // re-added below with its new address
+		}
+	}
+	var fut raft.IndexFuture
+	if slices.Contains(c.cfg.Voters, name) {
+		fut = c.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
+	} else {
+		fut = c.raft.AddNonvoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
+	}
+	if err := fut.Error(); err != nil {
+		return fmt.Errorf("control: adding %s (%s): %w", name, addr, err)
+	}
+	c.log.Info("control plane member added", "name", name, "addr", addr, "voter", slices.Contains(c.cfg.Voters, name))
+	return nil
+}
+
+// TransferLeadership asks raft to hand leadership to another voter (used
+// when this agent leaves).
+func (c *Control) TransferLeadership() error { return c.raft.LeadershipTransfer().Error() }
+
+// Close stops this agent's member of the group.
+func (c *Control) Close() error {
+	close(c.stop)
+	err := c.raft.Shutdown().Error()
+	c.wg.Wait()
+	if cerr := c.closeStores(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (c *Control) closeStores() error {
+	if c.trans != nil {
+		c.trans.Close()
+	}
+	if c.logs != nil {
+		return c.logs.Close()
+	}
+	return nil
+}
+
+// fsm applies catalog commands.
+type fsm struct {
+	mu      sync.RWMutex
+	st      *catalog.State
+	changed chan struct{}
+}
+
+func newFSM() *fsm { return &fsm{st: catalog.New(), changed: make(chan struct{})} }
+
+func (f *fsm) state() *catalog.State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.Clone()
+}
+
+func (f *fsm) changes() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// notifyLocked wakes the watchers of changes; f.mu is held for writing.
+func (f *fsm) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Apply implements raft.FSM: it returns the command's error (nil if it
+// was applied).
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	err := f.st.Apply(l.Index, l.Data)
+	f.notifyLocked()
+	return err
+}
+
+// Snapshot implements raft.FSM.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	b, err := f.st.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(b), nil
+}
+
+// Restore implements raft.FSM.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	var raw json.RawMessage
+	if err := json.NewDecoder(rc).Decode(&raw); err != nil {
+		return fmt.Errorf("control: reading snapshot: %w", err)
+	}
+	st, err := catalog.Restore(raw)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.st = st
+	f.notifyLocked()
+	f.mu.Unlock()
+	return nil
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (snapshot) Release() {}

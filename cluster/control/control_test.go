@@ -1,0 +1,187 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+type member struct {
+	name string
+	dir  string
+	addr string
+	host *raftlog.Host
+	ctl  *Control
+}
+
+type testGroup struct {
+	t       *testing.T
+	voters  []string
+	mu      sync.Mutex
+	addrs   map[string]string
+	members map[string]*member
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func (g *testGroup) resolve(name string) (string, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	a, ok := g.addrs[name]
+	return a, ok
+}
+
+func (g *testGroup) start(name string) *member {
+	t := g.t
+	m := g.members[name]
+	if m == nil {
+		m = &member{name: name, dir: t.TempDir(), addr: freeAddr(t)}
+		g.members[name] = m
+	}
+	cfg := raftlog.DefaultConfig()
+	cfg.ID, cfg.DataDir, cfg.RaftAddr = name, m.dir, m.addr
+	h, err := raftlog.OpenHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(Config{Name: name, Dir: filepath.Join(m.dir, "control"), Host: h, Voters: g.voters, Resolve: g.resolve, HeartbeatTimeout: 300 * time.Millisecond})
+	if err != nil {
+		h.Close()
+		t.Fatal(err)
+	}
+	m.host, m.ctl = h, c
+	g.mu.Lock()
+	g.addrs[name] = m.addr
+	g.mu.Unlock()
+	return m
+}
+
+func (g *testGroup) stop(name string) {
+	m := g.members[name]
+	if m.ctl != nil {
+		m.ctl.Close()
+		m.host.Close()
+		m.ctl, m.host = nil, nil
+	}
+}
+
+func (g *testGroup) leader() *member {
+	g.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range g.members {
+			if m.ctl != nil && m.ctl.IsLeader() {
+				return m
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.t.Fatal("no control leader")
+	return nil
+}
+
+func waitCatalog(t *testing.T, m *member, what string, ok func(*catalog.State) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(m.ctl.State()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never saw %s: %+v", m.name, what, m.ctl.State())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestControlGroup bootstraps three voters once they can all be resolved,
+// commits catalog commands on the leader, adds a non-voter that then holds
+// the catalog, refuses proposals on followers, and restarts a voter that
+// comes back with the catalog.
+func TestControlGroup(t *testing.T) {
+	g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}}
+	defer func() {
+		for n := range g.members {
+			g.stop(n)
+		}
+	}()
+	for _, n := range g.voters {
+		g.start(n)
+	}
+	l := g.leader()
+	ctx := context.Background()
+	for _, n := range []string{"a", "b", "c", "d"} {
+		if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: &catalog.Host{Name: n, RaftAddr: "x", Capacity: 1 << 40}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "zz"}}})
+	if !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("a refused command: %v, want ErrNotFound", err)
+	}
+	if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "c"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range g.voters {
+		waitCatalog(t, g.members[n], "volume v", func(s *catalog.State) bool { return s.Volumes["v"] != nil })
+		if m := g.members[n]; m != l {
+			if err := m.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdRemoveVolume, Name: "v"}); !errors.Is(err, ErrNotLeader) {
+				t.Fatalf("proposal on follower %s: %v", n, err)
+			}
+		}
+	}
+	d := g.start("d")
+	if err := l.ctl.EnsureMember("d", d.addr); err != nil {
+		t.Fatal(err)
+	}
+	waitCatalog(t, d, "volume v", func(s *catalog.State) bool { return s.Volumes["v"] != nil })
+	if st := l.ctl.Status(); st.Members["d"] != "nonvoter" || fmt.Sprint(st.Voters) != "[a b c]" {
+		t.Fatalf("status %+v", st)
+	}
+	// A restarted follower keeps its catalog (log and snapshots on disk).
+	var f string
+	for _, n := range g.voters {
+		if g.members[n] != l {
+			f = n
+		}
+	}
+	g.stop(f)
+	if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdResizeVolume, Name: "v", Size: 2 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	m := g.start(f)
+	waitCatalog(t, m, "the resize made while it was down", func(s *catalog.State) bool {
+		return s.Volumes["v"] != nil && s.Volumes["v"].Size == 2<<20
+	})
+}
+
+func TestValidateVoters(t *testing.T) {
+	for _, tc := range []struct {
+		voters []string
+		ok     bool
+	}{
+		{[]string{"a"}, true},
+		{[]string{"a", "b", "c"}, true},
+		{[]string{"a", "b", "c", "d", "e"}, true},
+		{nil, false},
+		{[]string{"a", "b"}, false},
+		{[]string{"a", "b", "a"}, false},
+		{[]string{"a", "", "c"}, false},
+	} {
+		if err := ValidateVoters(tc.voters); (err == nil) != tc.ok {
+			t.Errorf("ValidateVoters(%q) = %v", tc.voters, err)
+		}
+	}
+}
