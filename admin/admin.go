@@ -23,11 +23,19 @@ type Config struct {
 	Version string
 	// Logger receives request errors.
 	Logger *slog.Logger
+	// Cluster, in cluster mode, serves the cluster API (catalog reads and
+	// changes on the control leader); without it the /v1/ endpoints
+	// describe this host's fixed configuration, read-only.
+	Cluster Cluster
+	// Token is the admin token required by state-changing requests.
+	Token string
+	// Self is this agent's name (marks forwarded requests).
+	Self string
 }
 
 // Handler returns the admin HTTP handler.
 func Handler(cfg Config) http.Handler {
-	s := &server{cfg: cfg, log: cfg.Logger}
+	s := &server{cfg: cfg, log: cfg.Logger, client: newClient()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -37,10 +45,14 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", cfg.Metrics)
 	}
-	mux.HandleFunc("GET /v1/cluster", s.cluster)
-	mux.HandleFunc("GET /v1/hosts", s.hosts)
-	mux.HandleFunc("GET /v1/volumes", s.volumes)
-	mux.HandleFunc("GET /v1/volumes/{name}", s.volume)
+	if cfg.Cluster != nil {
+		s.routeCluster(mux)
+	} else {
+		mux.HandleFunc("GET /v1/cluster", s.cluster)
+		mux.HandleFunc("GET /v1/hosts", s.hosts)
+		mux.HandleFunc("GET /v1/volumes", s.volumes)
+		mux.HandleFunc("GET /v1/volumes/{name}", s.volume)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -48,8 +60,9 @@ func Handler(cfg Config) http.Handler {
 }
 
 type server struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	client *http.Client
 }
 
 // Error is the body of every error response.

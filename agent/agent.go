@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +68,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready, if set, is called once every listener accepts connections.
 	Ready func(Listening)
+	// Cluster, if set, runs the agent as a member of a catalog-managed
+	// cluster (see ClusterConfig); Peers and Volumes must then be empty.
+	Cluster *ClusterConfig
 }
 
 // Listening reports where a running agent accepts connections.
@@ -99,7 +101,19 @@ func (c Config) Validate() error {
 	if c.NBDAddr == "" && c.NBDSocket == "" {
 		return errors.New("agent: no NBD listener: set a TCP address or a unix socket")
 	}
-	if len(c.Volumes) == 0 {
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			return err
+		}
+		switch {
+		case len(c.Volumes) > 0 || len(c.Peers) > 0:
+			return errors.New("agent: in cluster mode the catalog holds the volumes and membership finds the peers: drop --volume and --peer")
+		case c.RaftAddr == "":
+			return errors.New("agent: cluster mode needs a replication address (--raft-listen)")
+		case c.AdminAddr == "":
+			return errors.New("agent: cluster mode needs the admin endpoint (--admin-listen)")
+		}
+	} else if len(c.Volumes) == 0 {
 		return errors.New("agent: no volumes to serve")
 	}
 	if len(c.Peers) > 0 && c.RaftAddr == "" {
@@ -118,7 +132,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("agent: volume %q: size must be positive, got %d", v.Name, v.Size)
 		}
 	}
-	if c.DefaultExport != "" && !seen[c.DefaultExport] {
+	if c.DefaultExport != "" && !seen[c.DefaultExport] && c.Cluster == nil {
 		return fmt.Errorf("agent: default export %q is not a declared volume", c.DefaultExport)
 	}
 	if c.ShutdownTimeout <= 0 {
@@ -157,27 +171,6 @@ func lockDataDir(dir string) (unlock func(), err error) {
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return func() { f.Close() }, nil
 }
-
-// exports serves each volume under its name, and its leader-only view
-// under raftlog.ForwardPrefix (not listed).
-type exports struct {
-	byName map[string]nbd.Export
-	names  []string
-	def    string
-}
-
-func (e *exports) Lookup(name string) (nbd.Export, error) {
-	if name == "" {
-		name = e.def
-	}
-	x, ok := e.byName[name]
-	if !ok || name == "" {
-		return nbd.Export{}, nbd.ErrUnknownExport
-	}
-	return x, nil
-}
-
-func (e *exports) List() []string { return slices.Clone(e.names) }
 
 // Run serves the configured volumes until ctx ends, then stops accepting,
 // lets requests in flight finish (up to ShutdownTimeout) and closes the
@@ -219,17 +212,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			err = fmt.Errorf("agent: closing replicas: %w", cerr)
 		}
 	}()
-	exps := &exports{byName: map[string]nbd.Export{}, def: cfg.DefaultExport}
+	exps := newExportSet(cfg.DefaultExport)
 	for _, spec := range cfg.Volumes {
 		v, err := host.OpenVolume(spec)
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		desc := "tandem volume " + spec.Name
-		exps.byName[spec.Name] = nbd.Export{Name: spec.Name, Description: desc, Backend: v}
-		// Forwarded requests carry their op id in the NBD handle.
-		exps.byName[raftlog.ForwardPrefix+spec.Name] = nbd.Export{Name: raftlog.ForwardPrefix + spec.Name, Description: desc, Backend: v.Direct(), PassHandle: true}
-		exps.names = append(exps.names, spec.Name)
+		exps.add(v)
 		log.Info("volume ready", "name", spec.Name, "size", volume.FormatSize(spec.Size), "read_only", spec.ReadOnly)
 	}
 
@@ -276,8 +265,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("agent: admin listener: %w", err)
 		}
 		where.AdminAddr = al.Addr()
+		acfg := admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log, Self: cfg.Name}
+		if cfg.Cluster != nil {
+			nbdAddr := ""
+			if where.NBDAddr != nil {
+				nbdAddr = where.NBDAddr.String()
+			}
+			ca, err := startCluster(cfg, host, srv, exps, nbdAddr, al.Addr().String())
+			if err != nil {
+				al.Close()
+				closeAll()
+				return err
+			}
+			defer ca.close()
+			acfg.Cluster, acfg.Token = ca, cfg.Cluster.AdminToken
+		}
 		hs := &http.Server{
-			Handler:           admin.Handler(admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log}),
+			Handler:           admin.Handler(acfg),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		log.Info("serving admin API", "addr", al.Addr().String())

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var vols, peers []string
 	var tlsFlags tlsOptions
+	var cl clusterFlags
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Tandem agent of this host",
@@ -28,9 +30,17 @@ replicas. Every agent serves every volume over NBD; an agent that does not
 lead a volume forwards its I/O to the one that does, and re-sends requests
 in flight when the leader changes.
 
-Without --peer the agent is a single host: each volume has one replica.
-For a cluster, start one agent per host with the same --peer list (every
-host, this one included) and the same --volume list:
+Cluster mode (--control-voters): the agents find each other by gossip
+(--join), keep a replicated catalog of hosts and volumes, and open the
+replicas the catalog places on them; volumes are created, grown and deleted
+with "tandem volume ..." through the admin API (--admin-listen, token from
+--admin-token-file). Gossip is encrypted with the key in --gossip-key-file
+(base64 of 16, 24 or 32 bytes: head -c 32 /dev/urandom | base64).
+
+Fixed mode (no --control-voters): without --peer the agent is a single
+host and each volume has one replica. For a fixed cluster, start one agent
+per host with the same --peer list (every host, this one included) and the
+same --volume list:
 
   --peer NAME,raft=HOST:PORT,nbd=HOST:PORT
 
@@ -42,7 +52,14 @@ already exist. One agent at a time may use a data directory.
 
 SIGINT or SIGTERM stop the agent: requests in flight finish, replicas are
 closed cleanly.`,
-		Example: `  # a single host
+		Example: `  # host n1 of a cluster (same on n2, n3 with their own --name and addresses)
+  tandem agent --name n1 --data /var/lib/tandem --raft-listen 10.0.0.1:10810 \
+    --nbd-listen 10.0.0.1:10809 --admin-listen 10.0.0.1:7480 \
+    --gossip-listen 10.0.0.1:7946 --join 10.0.0.2:7946,10.0.0.3:7946 \
+    --gossip-key-file /etc/tandem/gossip.key --admin-token-file /etc/tandem/admin-token \
+    --control-voters n1,n2,n3
+
+  # a single host
   tandem agent --data /var/lib/tandem --volume vm1=20G
 
   # host n1 of three (run the same on n2 and n3 with their --name and --raft-listen)
@@ -76,6 +93,9 @@ closed cleanly.`,
 				return err
 			}
 			cfg.NBD.TLSRequired = tlsFlags.required
+			if cfg.Cluster, err = cl.config(); err != nil {
+				return err
+			}
 			// The election and leader-lease timeouts follow the heartbeat.
 			r := &cfg.Replication
 			r.ElectionTimeout, r.LeaderLeaseTimeout = r.HeartbeatTimeout, r.HeartbeatTimeout/2
@@ -96,6 +116,7 @@ closed cleanly.`,
 	f.StringVar(&cfg.DefaultExport, "default-export", "", "volume served to clients asking for the empty export name")
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
+	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
 	f.DurationVar(&cfg.Replication.StallTimeout, "stall-timeout", cfg.Replication.StallTimeout, "how long I/O waits for a leader before failing with EIO")
@@ -198,4 +219,77 @@ func (o *tlsOptions) config() (*tls.Config, error) {
 		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
 	return c, nil
+}
+
+// clusterFlags are the flags of cluster mode.
+type clusterFlags struct {
+	voters, join             []string
+	gossip, keyFile          string
+	insecure, fast           bool
+	capacity                 string
+	token, tokenFile, volume string
+}
+
+func (c *clusterFlags) register(f *pflag.FlagSet) {
+	f.StringSliceVar(&c.voters, "control-voters", nil, "cluster mode: names of the 1, 3 or 5 agents that vote in the control plane (the same list on every agent)")
+	f.StringSliceVar(&c.join, "join", nil, "cluster mode: gossip addresses of other agents to join (retried until one answers)")
+	f.StringVar(&c.gossip, "gossip-listen", "", "cluster mode: gossip address (TCP and UDP), e.g. 10.0.0.1:7946")
+	f.StringVar(&c.keyFile, "gossip-key-file", "", "cluster mode: file holding the gossip encryption key (base64 of 16, 24 or 32 bytes)")
+	f.BoolVar(&c.insecure, "insecure-gossip", false, "cluster mode: gossip unencrypted (loopback tests only)")
+	f.BoolVar(&c.fast, "fast-gossip", false, "cluster mode: detect failures within about a second (loopback clusters)")
+	f.StringVar(&c.capacity, "capacity", "", "cluster mode: bytes offered for volume replicas, e.g. 500G (default: the data filesystem's size)")
+	f.StringVar(&c.token, "admin-token", "", "cluster mode: token required by state-changing admin requests (prefer --admin-token-file)")
+	f.StringVar(&c.tokenFile, "admin-token-file", "", "cluster mode: file holding the admin token")
+	f.StringVar(&c.volume, "initial-volume", "", "cluster mode: volume NAME=SIZE the control leader creates if it does not exist")
+	_ = f.MarkHidden("fast-gossip")
+}
+
+// config returns the cluster configuration, or nil without --control-voters.
+func (c *clusterFlags) config() (*agent.ClusterConfig, error) {
+	if len(c.voters) == 0 {
+		if len(c.join) > 0 || c.gossip != "" || c.keyFile != "" || c.tokenFile != "" || c.token != "" {
+			return nil, errors.New("--join, --gossip-listen, --gossip-key-file and --admin-token[-file] belong to cluster mode: add --control-voters")
+		}
+		return nil, nil
+	}
+	cc := &agent.ClusterConfig{GossipAddr: c.gossip, Join: c.join, InsecureGossip: c.insecure, FastGossip: c.fast, ControlVoters: c.voters}
+	if c.capacity != "" {
+		n, err := volume.ParseSize(c.capacity)
+		if err != nil {
+			return nil, fmt.Errorf("--capacity: %w", err)
+		}
+		cc.Capacity = n
+	}
+	if c.keyFile != "" {
+		b, err := os.ReadFile(c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-key-file: %w", err)
+		}
+		if cc.GossipKey, err = base64.StdEncoding.DecodeString(strings.TrimSpace(string(b))); err != nil {
+			return nil, fmt.Errorf("--gossip-key-file %s: not base64: %w", c.keyFile, err)
+		}
+	}
+	switch {
+	case c.token != "" && c.tokenFile != "":
+		return nil, errors.New("--admin-token and --admin-token-file: give one")
+	case c.tokenFile != "":
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-token-file: %w", err)
+		}
+		cc.AdminToken = strings.TrimSpace(string(b))
+		if cc.AdminToken == "" {
+			return nil, fmt.Errorf("--admin-token-file %s is empty", c.tokenFile)
+		}
+	default:
+		cc.AdminToken = c.token
+	}
+	if c.volume != "" {
+		spec, err := parseVolumeFlag(c.volume)
+		if err != nil {
+			return nil, fmt.Errorf("--initial-volume: %w", err)
+		}
+		cc.InitialVolumes = []agent.InitialVolume{{Name: spec.Name, Size: spec.Size, PreferredLeader: spec.PreferredLeader, Replicas: len(spec.Replicas)}}
+	}
+	return cc, nil
 }

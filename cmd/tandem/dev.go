@@ -2,15 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/agent"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -28,15 +36,21 @@ func newDevCmd(g *globalFlags) *cobra.Command {
 		listen    string
 		rPort     int
 		adminPort int
+		gPort     int
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local 3-host Tandem cluster with volume vol0 for trying it out",
 		Long: `Run three Tandem agents in this process, on 127.0.0.1, 127.0.0.2 and
-127.0.0.3, holding one volume, vol0, replicated on all three. n1 leads it
-and serves it at nbd://127.0.0.1:10809/vol0; the other two serve it too
-(forwarding to the leader). Data lives under --data (one directory per host)
-and survives restarts. Ctrl-C stops it cleanly.`,
+127.0.0.3, built like a real cluster: they find each other by gossip, keep
+the catalog in the control plane (all three vote), and the control leader
+creates volume vol0 on the first start, replicated on all three. n1 leads
+it and serves it at nbd://127.0.0.1:10809/vol0; the other two serve it too
+(forwarding to the leader). The admin API is at http://127.0.0.1:7480;
+the admin token is generated on the first start and kept in
+<data>/admin-token (the gossip key in <data>/gossip-key). Data lives under
+--data (one directory per host) and survives restarts. Ctrl-C stops it
+cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := stderrLogger(g)
@@ -58,7 +72,20 @@ and survives restarts. Ctrl-C stops it cleanly.`,
 			if err != nil {
 				return fmt.Errorf("--nbd-listen %q: %w", listen, err)
 			}
+			token, err := devSecret(filepath.Join(dataDir, "admin-token"), 16, hex.EncodeToString)
+			if err != nil {
+				return err
+			}
+			gkey, err := devSecret(filepath.Join(dataDir, "gossip-key"), 32, base64.StdEncoding.EncodeToString)
+			if err != nil {
+				return err
+			}
+			key, err := base64.StdEncoding.DecodeString(gkey)
+			if err != nil {
+				return fmt.Errorf("%s: %w", filepath.Join(dataDir, "gossip-key"), err)
+			}
 			var peers []agent.Peer
+			var gossip, admins []string
 			for i, h := range devHosts {
 				ip := h.ip
 				if i == 0 {
@@ -73,6 +100,15 @@ and survives restarts. Ctrl-C stops it cleanly.`,
 					return fmt.Errorf("--raft-port: %w", err)
 				}
 				peers = append(peers, agent.Peer{ID: h.name, Raft: raftAddr, NBD: nbdAddr})
+				ga, err := devAddr(h.ip, fmt.Sprint(gPort))
+				if err != nil {
+					return fmt.Errorf("--gossip-port: %w", err)
+				}
+				aa, err := devAddr(h.ip, fmt.Sprint(adminPort))
+				if err != nil {
+					return fmt.Errorf("--admin-port: %w", err)
+				}
+				gossip, admins = append(gossip, ga), append(admins, aa)
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -89,13 +125,18 @@ and survives restarts. Ctrl-C stops it cleanly.`,
 				cfg.Name = h.name
 				cfg.DataDir = filepath.Join(dataDir, h.name)
 				cfg.RaftAddr = peers[i].Raft
-				cfg.Peers = peers
 				cfg.NBDAddr = peers[i].NBD
 				cfg.Version = versionString()
-				if adminPort != 0 {
-					cfg.AdminAddr = net.JoinHostPort(h.ip, fmt.Sprint(adminPort))
+				cfg.AdminAddr = admins[i]
+				cfg.Cluster = &agent.ClusterConfig{
+					GossipAddr:     gossip[i],
+					Join:           gossip,
+					GossipKey:      key,
+					FastGossip:     true,
+					ControlVoters:  []string{"n1", "n2", "n3"},
+					AdminToken:     token,
+					InitialVolumes: []agent.InitialVolume{{Name: "vol0", Size: n, Replicas: 3, PreferredLeader: "n1"}},
 				}
-				cfg.Volumes = []agent.VolumeSpec{{Name: "vol0", Size: n, PreferredLeader: "n1"}}
 				cfg.DefaultExport = "vol0"
 				cfg.Logger = log.With("host", h.name)
 				cfg.Ready = func(l agent.Listening) {
@@ -115,6 +156,12 @@ and survives restarts. Ctrl-C stops it cleanly.`,
 			}
 			go func() {
 				ready.Wait()
+				if err := waitDevVolume(ctx, admins, "vol0"); err != nil {
+					if ctx.Err() == nil {
+						log.Error("vol0 is not served yet; see the log above", "err", err)
+					}
+					return
+				}
 				uri := fmt.Sprintf("nbd://%s/vol0", listen[0].NBDAddr)
 				fmt.Fprintf(cmd.OutOrStdout(), `
 Tandem dev is running: 3 hosts on loopback (data in %s).
@@ -129,8 +176,13 @@ Try it:
     qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s
     qemu-system-x86_64 -m 512 -drive file=%s,format=raw,if=virtio,cache=none,aio=threads,werror=stop,rerror=stop ...
 
+The admin token is in %s:
+    export TANDEM_ADMIN=%s TANDEM_ADMIN_TOKEN=%s
+    tandem cluster status; tandem volume create vol1 --size 10G; tandem volume list
+
 Press Ctrl-C to stop.
-`, dataDir, volume.FormatSize(n), uri, listen[1].NBDAddr, listen[2].NBDAddr, adminLine(listen[0]), uri, uri)
+`, dataDir, volume.FormatSize(n), uri, listen[1].NBDAddr, listen[2].NBDAddr, adminLine(listen[0]), uri, uri,
+					filepath.Join(dataDir, "admin-token"), listen[0].AdminAddr, token)
 			}()
 			wg.Wait()
 			return errors.Join(errs...)
@@ -140,8 +192,9 @@ Press Ctrl-C to stop.
 	f.StringVar(&dataDir, "data", "", "data directory (default: tandem/dev under the user cache directory)")
 	f.StringVar(&size, "size", "1GiB", "size of vol0")
 	f.StringVar(&listen, "nbd-listen", "127.0.0.1:10809", "NBD address of n1; n2 and n3 use the same port on 127.0.0.2 and 127.0.0.3 (port 0: free ports)")
-	f.IntVar(&rPort, "raft-port", 10810, "replication port of each host (0: free ports)")
-	f.IntVar(&adminPort, "admin-port", 7480, "admin HTTP port of each host (0: no admin endpoint)")
+	f.IntVar(&rPort, "raft-port", 10810, "replication port of each host (0: free ports, which a restart cannot reuse: raft groups record their members' addresses)")
+	f.IntVar(&adminPort, "admin-port", 7480, "admin HTTP port of each host (0: free ports)")
+	f.IntVar(&gPort, "gossip-port", 7946, "gossip port of each host (0: free ports)")
 	return cmd
 }
 
@@ -157,6 +210,66 @@ func devAddr(ip, port string) (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// devSecret returns the secret kept in path, creating it (n random bytes,
+// encoded) on the first start.
+func devSecret(path string, n int, encode func([]byte) string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, n)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	s := encode(raw)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+// waitDevVolume waits until every agent reports a leader for the volume.
+func waitDevVolume(ctx context.Context, admins []string, name string) error {
+	c := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ok := 0
+		for _, a := range admins {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a+"/v1/local/volumes", nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				continue
+			}
+			var lv []admin.LocalVolume
+			if json.NewDecoder(resp.Body).Decode(&lv) == nil {
+				for _, v := range lv {
+					if v.Name == name && v.Leader != "" {
+						ok++
+					}
+				}
+			}
+			resp.Body.Close()
+		}
+		if ok == len(admins) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("volume %s has no leader on every host after 2 minutes", name)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // adminLine tells where n1's admin API is, if it has one.

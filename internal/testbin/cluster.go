@@ -2,6 +2,9 @@ package testbin
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -45,6 +48,17 @@ type ClusterConfig struct {
 	// Dial, if set, opens a TCP connection to addr as a client on host i
 	// (for hosts in network namespaces). Default: net.Dialer.
 	Dial func(ctx context.Context, i int, addr string) (net.Conn, error)
+	// Managed runs the agents in cluster mode (tandem agent
+	// --control-voters ...): gossip, the control plane and the admin API
+	// on every host, volumes created through the API. Volumes must then
+	// be empty.
+	Managed bool
+	// Voters is the number of control voters in managed mode (default 3,
+	// or 1 with a single host): n1, n2...
+	Voters int
+	// AdminPort and GossipPort are the hosts' ports in managed mode (0:
+	// free ports).
+	AdminPort, GossipPort int
 }
 
 // Cluster is a set of agents started by StartCluster. Its methods must be
@@ -53,6 +67,9 @@ type Cluster struct {
 	t     testing.TB
 	cfg   ClusterConfig
 	Nodes []*Node
+	// Token is the admin token (managed mode); TokenFile and KeyFile hold
+	// the token and the gossip key.
+	Token, TokenFile, KeyFile string
 }
 
 // Node is one host of a Cluster. Its addresses and data directory stay the
@@ -63,6 +80,9 @@ type Node struct {
 	DataDir  string
 	RaftAddr string
 	NBDAddr  string
+	// AdminAddr and GossipAddr are set in managed mode.
+	AdminAddr  string
+	GossipAddr string
 
 	c *Cluster
 
@@ -100,7 +120,35 @@ func StartCluster(t testing.TB, cfg ClusterConfig) *Cluster {
 		n := &Node{Index: i, Name: fmt.Sprintf("n%d", i+1), DataDir: t.TempDir(), c: c, changed: make(chan struct{})}
 		n.RaftAddr = net.JoinHostPort(cfg.IPs[i], strconv.Itoa(c.port(t, cfg.IPs[i], cfg.RaftPort)))
 		n.NBDAddr = net.JoinHostPort(cfg.IPs[i], strconv.Itoa(c.port(t, cfg.IPs[i], cfg.NBDPort)))
+		if cfg.Managed {
+			n.AdminAddr = net.JoinHostPort(cfg.IPs[i], strconv.Itoa(c.port(t, cfg.IPs[i], cfg.AdminPort)))
+			n.GossipAddr = net.JoinHostPort(cfg.IPs[i], strconv.Itoa(c.port(t, cfg.IPs[i], cfg.GossipPort)))
+		}
 		c.Nodes = append(c.Nodes, n)
+	}
+	if cfg.Managed {
+		if len(cfg.Volumes) > 0 {
+			t.Fatal("testbin: a managed cluster's volumes are created through the API")
+		}
+		if c.cfg.Voters == 0 {
+			c.cfg.Voters = min(3, cfg.Hosts)
+		}
+		dir := t.TempDir()
+		key := make([]byte, 32)
+		tok := make([]byte, 16)
+		for _, b := range [][]byte{key, tok} {
+			if _, err := crand.Read(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Token = hex.EncodeToString(tok)
+		c.TokenFile, c.KeyFile = filepath.Join(dir, "admin-token"), filepath.Join(dir, "gossip-key")
+		if err := os.WriteFile(c.TokenFile, []byte(c.Token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.KeyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(c.cleanup)
 	for _, n := range c.Nodes {
@@ -186,6 +234,19 @@ func (n *Node) args() []string {
 	c := n.c
 	args := []string{"agent", "--name", n.Name, "--data", n.DataDir,
 		"--raft-listen", n.RaftAddr, "--nbd-listen", n.NBDAddr}
+	if c.cfg.Managed {
+		var voters, join []string
+		for i, p := range c.Nodes {
+			if i < c.cfg.Voters {
+				voters = append(voters, p.Name)
+			}
+			join = append(join, p.GossipAddr)
+		}
+		args = append(args, "--admin-listen", n.AdminAddr, "--gossip-listen", n.GossipAddr,
+			"--join", strings.Join(join, ","), "--control-voters", strings.Join(voters, ","),
+			"--gossip-key-file", c.KeyFile, "--admin-token-file", c.TokenFile, "--fast-gossip")
+		return append(args, c.cfg.Args...)
+	}
 	for _, p := range c.Nodes {
 		args = append(args, "--peer", fmt.Sprintf("%s,raft=%s,nbd=%s", p.Name, p.RaftAddr, p.NBDAddr))
 	}

@@ -1,0 +1,234 @@
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+// Cluster is what the cluster API needs from an agent in cluster mode.
+// Methods that read or change the catalog run on the control leader: the
+// handler forwards requests there first (see Leader).
+type Cluster interface {
+	// Leader returns the admin address of the control leader, and whether
+	// this agent is the leader. ok is false when no leader is known.
+	Leader() (addr string, self bool, ok bool)
+	Status(ctx context.Context) (ClusterStatus, error)
+	Hosts(ctx context.Context) ([]Host, error)
+	Volumes(ctx context.Context) ([]Volume, error)
+	Volume(ctx context.Context, name string) (Volume, error)
+	CreateVolume(ctx context.Context, req CreateVolume) (Volume, error)
+	ResizeVolume(ctx context.Context, name string, size int64) (Volume, error)
+	DeleteVolume(ctx context.Context, name string, force bool) error
+	// Local returns this agent's replicas and attachments (any agent).
+	Local() []LocalVolume
+}
+
+// LocalVolume is one replica held by the answering agent, with the NBD
+// connections attached to the volume there: the body of
+// GET /v1/local/volumes, which the control leader gathers from the
+// replicas' agents.
+type LocalVolume struct {
+	raftlog.VolumeStatus
+	Attached int `json:"attached"`
+}
+
+// StatusError is an error with an HTTP status: Cluster methods return it
+// for answers such as "not found" (404) or "exists" (409). Other errors
+// are 500s.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Errorf returns a StatusError.
+func Errorf(code int, format string, args ...any) error {
+	return &StatusError{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// forwardedHeader marks a request forwarded to the control leader, so a
+// second hop (stale leader knowledge) answers 503 instead of bouncing.
+const forwardedHeader = "X-Tandem-Forwarded-By"
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// routeCluster adds the cluster API to mux.
+func (s *server) routeCluster(mux *http.ServeMux) {
+	c := s.cfg.Cluster
+	mux.HandleFunc("GET /v1/local/volumes", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, c.Local())
+	})
+	mux.HandleFunc("GET /v1/cluster", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		st, err := c.Status(r.Context())
+		s.reply(w, http.StatusOK, st, err)
+	}))
+	mux.HandleFunc("GET /v1/hosts", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		hs, err := c.Hosts(r.Context())
+		s.reply(w, http.StatusOK, hs, err)
+	}))
+	mux.HandleFunc("GET /v1/volumes", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		vs, err := c.Volumes(r.Context())
+		s.reply(w, http.StatusOK, vs, err)
+	}))
+	mux.HandleFunc("GET /v1/volumes/{name}", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		v, err := c.Volume(r.Context(), r.PathValue("name"))
+		s.reply(w, http.StatusOK, v, err)
+	}))
+	mux.HandleFunc("POST /v1/volumes", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req CreateVolume
+		if !decode(w, r, &req) {
+			return
+		}
+		v, err := c.CreateVolume(r.Context(), req)
+		s.reply(w, http.StatusCreated, v, err)
+	}))
+	mux.HandleFunc("PATCH /v1/volumes/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req ResizeVolume
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Size <= 0 {
+			writeError(w, http.StatusBadRequest, "size: a positive size is required, e.g. {\"size\": \"2G\"}")
+			return
+		}
+		v, err := c.ResizeVolume(r.Context(), r.PathValue("name"), int64(req.Size))
+		s.reply(w, http.StatusOK, v, err)
+	}))
+	mux.HandleFunc("DELETE /v1/volumes/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		force := false
+		switch f := r.URL.Query().Get("force"); f {
+		case "", "false", "0":
+		case "true", "1":
+			force = true
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("force=%q: want true or false", f))
+			return
+		}
+		name := r.PathValue("name")
+		err := c.DeleteVolume(r.Context(), name, force)
+		s.reply(w, http.StatusOK, map[string]string{"deleted": name}, err)
+	}))
+}
+
+// onLeader wraps a cluster API handler: state-changing requests need the
+// admin token; every request runs on the control leader (forwarded there
+// when this agent does not lead).
+func (s *server) onLeader(changes bool, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if changes && !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tandem"`)
+			writeError(w, http.StatusUnauthorized, "this request changes the cluster: send the admin token as \"Authorization: Bearer TOKEN\" (tandem CLI: --token, --token-file or TANDEM_ADMIN_TOKEN)")
+			return
+		}
+		addr, self, ok := s.waitLeader(r.Context())
+		switch {
+		case !ok:
+			writeError(w, http.StatusServiceUnavailable, "the control plane has no leader right now (a majority of the control voters must be up); retry in a few seconds")
+		case self:
+			h(w, r)
+		case r.Header.Get(forwardedHeader) != "":
+			writeError(w, http.StatusServiceUnavailable, "the control leader moved while forwarding the request; retry")
+		default:
+			s.forward(w, r, addr)
+		}
+	}
+}
+
+// leaderWait bounds how long a request waits for a control leader to be
+// known (an election, or an agent that just started learning the leader).
+const leaderWait = 5 * time.Second
+
+// waitLeader returns the control leader, waiting up to leaderWait for one.
+func (s *server) waitLeader(ctx context.Context) (addr string, self, ok bool) {
+	deadline := time.Now().Add(leaderWait)
+	for {
+		if addr, self, ok = s.cfg.Cluster.Leader(); ok || time.Now().After(deadline) {
+			return addr, self, ok
+		}
+		select {
+		case <-ctx.Done():
+			return "", false, false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// authorized checks the bearer token in constant time.
+func (s *server) authorized(r *http.Request) bool {
+	if s.cfg.Token == "" {
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get(TokenHeader), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.cfg.Token)) == 1
+}
+
+// forward proxies r to the control leader's admin endpoint.
+func (s *server) forward(w http.ResponseWriter, r *http.Request, addr string) {
+	target := &url.URL{Scheme: "http", Host: addr}
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header.Set(forwardedHeader, s.cfg.Self)
+		},
+		Transport: s.client.Transport,
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the control leader at %s: %v; retry", addr, err))
+		},
+	}
+	p.ServeHTTP(w, r)
+}
+
+// decode reads a JSON body into v, answering 400 with what is wrong.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		msg := err.Error()
+		if errors.Is(err, io.EOF) {
+			msg = "empty body"
+		}
+		writeError(w, http.StatusBadRequest, "request body: "+msg)
+		return false
+	}
+	return true
+}
+
+// reply writes v with code, or the error with its status.
+func (s *server) reply(w http.ResponseWriter, code int, v any, err error) {
+	if err == nil {
+		writeJSON(w, code, v)
+		return
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		writeError(w, se.Code, se.Msg)
+		return
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		writeError(w, http.StatusGatewayTimeout, err.Error())
+		return
+	}
+	s.log.Warn("admin request failed", "err", err)
+	writeError(w, http.StatusInternalServerError, err.Error())
+}
+
+// newClient returns the HTTP client used to forward requests.
+func newClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}}
+}

@@ -1,0 +1,853 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/cluster/control"
+	"github.com/tandem-project/tandem/cluster/membership"
+	"github.com/tandem-project/tandem/nbd"
+	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/volume"
+)
+
+// ClusterConfig turns an agent into a member of a cluster managed through
+// the catalog: it gossips with the other agents (memberlist), holds a
+// replica of the control-plane group, and serves the volumes the catalog
+// places on it. Volumes are created, grown and deleted through the admin
+// API; Config.Volumes and Config.Peers must be empty.
+type ClusterConfig struct {
+	// GossipAddr is the memberlist address (TCP and UDP), host:port.
+	GossipAddr string
+	// Join lists gossip addresses of other agents; the agent keeps trying
+	// until one answers.
+	Join []string
+	// GossipKey encrypts gossip (16, 24 or 32 bytes). Required unless
+	// InsecureGossip.
+	GossipKey      []byte
+	InsecureGossip bool
+	// FastGossip shortens failure detection (loopback clusters, tests).
+	FastGossip bool
+	// ControlVoters names the control plane's voting agents (1, 3 or 5).
+	ControlVoters []string
+	// Capacity is the bytes this host offers for replicas (0: the size of
+	// the data directory's filesystem).
+	Capacity int64
+	// AdminToken is required by state-changing admin requests.
+	AdminToken string
+	// InitialVolumes are created by the control leader when they do not
+	// exist yet (the dev cluster's vol0).
+	InitialVolumes []InitialVolume
+}
+
+// InitialVolume is a volume created at the cluster's first start.
+type InitialVolume struct {
+	Name            string
+	Size            int64
+	Replicas        int
+	PreferredLeader string
+}
+
+// Validate reports the first problem with c.
+func (c *ClusterConfig) Validate() error {
+	if c.GossipAddr == "" {
+		return errors.New("agent: cluster mode needs a gossip address")
+	}
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		return fmt.Errorf("agent: gossip address %q: %w", c.GossipAddr, err)
+	}
+	if len(c.GossipKey) == 0 && !c.InsecureGossip {
+		return errors.New("agent: a gossip key is required (gossip is encrypted): set --gossip-key-file")
+	}
+	if l := len(c.GossipKey); l != 0 && l != 16 && l != 24 && l != 32 {
+		return fmt.Errorf("agent: the gossip key has %d bytes, want 16, 24 or 32", l)
+	}
+	if err := control.ValidateVoters(c.ControlVoters); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if c.AdminToken == "" {
+		return errors.New("agent: cluster mode needs an admin token (--admin-token-file)")
+	}
+	if c.Capacity < 0 {
+		return fmt.Errorf("agent: capacity %d is negative", c.Capacity)
+	}
+	for _, v := range c.InitialVolumes {
+		if err := volume.ValidateName(v.Name); err != nil {
+			return fmt.Errorf("agent: initial volume: %w", err)
+		}
+		if v.Size <= 0 {
+			return fmt.Errorf("agent: initial volume %s: size must be positive", v.Name)
+		}
+	}
+	return nil
+}
+
+// exportSet is the agent's NBD exports, which change as the catalog does.
+type exportSet struct {
+	mu     sync.RWMutex
+	byName map[string]nbd.Export
+	def    string
+}
+
+func newExportSet(def string) *exportSet {
+	return &exportSet{byName: map[string]nbd.Export{}, def: def}
+}
+
+// Lookup implements nbd.Exports.
+func (e *exportSet) Lookup(name string) (nbd.Export, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if name == "" {
+		name = e.def
+	}
+	x, ok := e.byName[name]
+	if !ok || name == "" {
+		return nbd.Export{}, nbd.ErrUnknownExport
+	}
+	return x, nil
+}
+
+// List implements nbd.Exports: the volumes, not their forwarding views.
+func (e *exportSet) List() []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	for n := range e.byName {
+		if !strings.HasPrefix(n, raftlog.ForwardPrefix) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// add exports a volume and its forwarding view.
+func (e *exportSet) add(v *raftlog.Volume) {
+	desc := "tandem volume " + v.Name()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.byName[v.Name()] = nbd.Export{Name: v.Name(), Description: desc, Backend: v}
+	// Forwarded requests carry their op id in the NBD handle.
+	e.byName[raftlog.ForwardPrefix+v.Name()] = nbd.Export{Name: raftlog.ForwardPrefix + v.Name(), Description: desc, Backend: v.Direct(), PassHandle: true}
+}
+
+// remove withdraws a volume's exports.
+func (e *exportSet) remove(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.byName, name)
+	delete(e.byName, raftlog.ForwardPrefix+name)
+}
+
+// clusterAgent is the cluster-mode part of a running agent.
+type clusterAgent struct {
+	cfg     Config
+	cc      *ClusterConfig
+	log     *slog.Logger
+	host    *raftlog.Host
+	srv     *nbd.Server
+	exps    *exportSet
+	members *membership.Membership
+	ctl     *control.Control
+	http    *http.Client
+
+	nbdAddr, adminAddr string
+
+	mu   sync.Mutex
+	vols map[string]*raftlog.Volume // open replicas by name
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// catalogIDFile records, in a replica's directory, the catalog ID of the
+// volume it belongs to.
+const catalogIDFile = "catalog-id"
+
+// startCluster joins the gossip, opens the control group and starts the
+// loops that keep this agent's replicas and exports in line with the
+// catalog.
+func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportSet, nbdAddr, adminAddr string) (*clusterAgent, error) {
+	a := &clusterAgent{
+		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, exps: exps,
+		nbdAddr: nbdAddr, adminAddr: adminAddr,
+		http: &http.Client{Timeout: 3 * time.Second},
+		vols: map[string]*raftlog.Volume{},
+		stop: make(chan struct{}),
+	}
+	var err error
+	a.members, err = membership.Start(membership.Config{
+		Name:     cfg.Name,
+		Bind:     a.cc.GossipAddr,
+		Key:      a.cc.GossipKey,
+		Insecure: a.cc.InsecureGossip,
+		Meta:     a.meta,
+		Fast:     a.cc.FastGossip,
+		Logger:   a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.ctl, err = control.Open(control.Config{
+		Name:             cfg.Name,
+		Dir:              filepath.Join(cfg.DataDir, "control"),
+		Host:             host,
+		Voters:           a.cc.ControlVoters,
+		Resolve:          a.resolve,
+		HeartbeatTimeout: cfg.Replication.HeartbeatTimeout,
+		Logger:           a.log,
+	})
+	if err != nil {
+		a.members.Shutdown()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.wg.Add(3)
+	go a.joinLoop()
+	go a.leaderLoop()
+	go a.reconcileLoop()
+	return a, nil
+}
+
+// close leaves the gossip and stops the control group; the replicas are
+// closed with the host.
+func (a *clusterAgent) close() {
+	close(a.stop)
+	a.wg.Wait()
+	if err := a.members.Leave(2 * time.Second); err != nil {
+		a.log.Debug("leaving the gossip", "err", err)
+	}
+	if err := a.ctl.Close(); err != nil {
+		a.log.Warn("closing the control plane", "err", err)
+	}
+}
+
+// meta is what this agent gossips about itself.
+func (a *clusterAgent) meta() membership.Meta {
+	capacity, free := a.space()
+	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version}
+}
+
+// space returns the capacity offered and the free bytes of the data
+// directory's filesystem.
+func (a *clusterAgent) space() (capacity, free int64) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(a.cfg.DataDir, &st); err == nil {
+		capacity = int64(st.Blocks) * st.Bsize
+		free = int64(st.Bavail) * st.Bsize
+	}
+	if a.cc.Capacity > 0 {
+		capacity = a.cc.Capacity
+	}
+	return capacity, free
+}
+
+// resolve returns an alive agent's replication address.
+func (a *clusterAgent) resolve(name string) (string, bool) {
+	m, ok := a.members.Member(name)
+	if !ok || m.State == membership.Failed || m.State == membership.Left || m.Meta.Raft == "" {
+		return "", false
+	}
+	return m.Meta.Raft, true
+}
+
+// joinLoop joins the configured agents, retrying until one answers, and
+// refreshes this agent's gossiped free space every 10 s.
+func (a *clusterAgent) joinLoop() {
+	defer a.wg.Done()
+	joined := len(a.cc.Join) == 0
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	var lastMeta time.Time
+	for {
+		if !joined {
+			if err := a.members.Join(a.cc.Join); err == nil {
+				joined = true
+				a.log.Info("joined the cluster", "via", a.cc.Join)
+			} else {
+				a.log.Debug("joining the cluster", "err", err)
+			}
+		}
+		if time.Since(lastMeta) > 10*time.Second {
+			lastMeta = time.Now()
+			_ = a.members.UpdateMeta()
+		}
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leaderLoop does the control leader's work: it adds agents to the
+// control group, records hosts (addresses, space, membership state) in
+// the catalog, and creates the initial volumes. It runs on membership
+// events, leadership changes, and every 2 s.
+func (a *clusterAgent) leaderLoop() {
+	defer a.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		if a.ctl.IsLeader() {
+			a.leaderPass()
+		}
+		select {
+		case <-a.stop:
+			return
+		case ev := <-a.members.Events():
+			a.log.Info("member changed", "name", ev.Member.Name, "state", ev.Member.State)
+		case <-a.ctl.LeaderCh():
+		case <-t.C:
+		}
+	}
+}
+
+func (a *clusterAgent) leaderPass() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.ctl.Barrier(ctx); err != nil {
+		return
+	}
+	st := a.ctl.State()
+	for _, m := range a.members.Members() {
+		if m.State == membership.Alive && m.Meta.Raft != "" {
+			if err := a.ctl.EnsureMember(m.Name, m.Meta.Raft); err != nil {
+				a.log.Warn("adding an agent to the control plane", "name", m.Name, "err", err)
+			}
+		}
+		h := &catalog.Host{Name: m.Name, RaftAddr: m.Meta.Raft, NBDAddr: m.Meta.NBD, AdminAddr: m.Meta.Admin,
+			Capacity: m.Meta.Capacity, DiskFree: m.Meta.Free, State: string(m.State)}
+		if old, ok := st.Hosts[m.Name]; ok {
+			h.Joined = old.Joined
+			if m.Meta.Raft == "" { // no meta from a failed agent: keep what we know
+				h.RaftAddr, h.NBDAddr, h.AdminAddr, h.Capacity, h.DiskFree = old.RaftAddr, old.NBDAddr, old.AdminAddr, old.Capacity, old.DiskFree
+			}
+			if hostEqual(old, h) {
+				continue
+			}
+		} else {
+			h.Joined = time.Now().UTC()
+		}
+		if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: h}); err != nil {
+			a.log.Warn("recording a host", "name", m.Name, "err", err)
+			return
+		}
+	}
+	for _, iv := range a.cc.InitialVolumes {
+		if _, ok := a.ctl.State().Volumes[iv.Name]; ok {
+			continue
+		}
+		if _, err := a.createVolume(ctx, iv.Name, iv.Size, iv.Replicas, iv.PreferredLeader); err != nil {
+			a.log.Info("initial volume not created yet", "name", iv.Name, "err", err)
+		} else {
+			a.log.Info("initial volume created", "name", iv.Name, "size", volume.FormatSize(iv.Size))
+		}
+	}
+}
+
+// hostEqual reports whether two host records differ only in ways not
+// worth a log entry (free space moving by less than 1 GiB).
+func hostEqual(a, b *catalog.Host) bool {
+	d := a.DiskFree - b.DiskFree
+	return a.RaftAddr == b.RaftAddr && a.NBDAddr == b.NBDAddr && a.AdminAddr == b.AdminAddr &&
+		a.Capacity == b.Capacity && a.State == b.State && d < 1<<30 && d > -(1<<30)
+}
+
+// reconcileLoop keeps this agent's replicas and exports in line with its
+// catalog: it opens the replicas placed here, grows volumes it leads to
+// their catalog size, and removes replicas of deleted volumes.
+func (a *clusterAgent) reconcileLoop() {
+	defer a.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		changed := a.ctl.Changes()
+		a.reconcile()
+		select {
+		case <-a.stop:
+			return
+		case <-changed:
+		case <-t.C:
+		}
+	}
+}
+
+func (a *clusterAgent) reconcile() {
+	st := a.ctl.State()
+	me := a.cfg.Name
+	// Replicas to open.
+	for _, name := range st.VolumeNames() {
+		cv := st.Volumes[name]
+		if !slices.Contains(cv.Replicas, me) {
+			continue
+		}
+		a.mu.Lock()
+		v := a.vols[name]
+		a.mu.Unlock()
+		if v == nil {
+			if err := a.openReplica(st, cv); err != nil {
+				a.log.Warn("opening a replica", "volume", name, "err", err)
+			}
+			continue
+		}
+		if cv.Size > v.Size() && v.Status().State == "Leader" {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := v.Grow(ctx, cv.Size); err != nil {
+				a.log.Warn("growing a volume", "volume", name, "err", err)
+			} else {
+				a.log.Info("volume grown", "volume", name, "size", volume.FormatSize(cv.Size))
+			}
+			cancel()
+		}
+	}
+	// Replicas to remove: only on proof that their volume is gone.
+	a.mu.Lock()
+	open := make(map[string]*raftlog.Volume, len(a.vols))
+	for k, v := range a.vols {
+		open[k] = v
+	}
+	a.mu.Unlock()
+	for name := range open {
+		id := a.replicaID(name)
+		cv := st.Volumes[name]
+		gone := st.IsRemoved(id) || (cv != nil && cv.ID != id) || (cv != nil && !slices.Contains(cv.Replicas, me))
+		if !gone {
+			continue
+		}
+		a.exps.remove(name)
+		n := a.srv.Disconnect(name, raftlog.ForwardPrefix+name)
+		a.mu.Lock()
+		delete(a.vols, name)
+		a.mu.Unlock()
+		if err := a.host.CloseVolume(name, true); err != nil {
+			a.log.Warn("removing a replica", "volume", name, "err", err)
+		} else {
+			a.log.Info("replica removed: the volume was deleted", "volume", name, "disconnected", n)
+		}
+	}
+}
+
+// replicaID returns the catalog ID recorded with this agent's replica of
+// a volume (0 if none).
+func (a *clusterAgent) replicaID(name string) uint64 {
+	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, "groups", name, catalogIDFile))
+	if err != nil {
+		return 0
+	}
+	id, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return id
+}
+
+// openReplica opens this agent's replica of a catalog volume and exports
+// it. A directory left by a deleted volume of the same name is removed
+// first; one of unknown origin is left alone (and the volume not opened).
+func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume) error {
+	var peers []raftlog.Peer
+	for _, h := range cv.Replicas {
+		ch, ok := st.Hosts[h]
+		if !ok || ch.RaftAddr == "" {
+			return fmt.Errorf("replica host %s has no known address yet", h)
+		}
+		peers = append(peers, raftlog.Peer{ID: h, Raft: ch.RaftAddr, NBD: ch.NBDAddr})
+	}
+	dir := filepath.Join(a.cfg.DataDir, "groups", cv.Name)
+	if _, err := os.Stat(dir); err == nil {
+		switch id := a.replicaID(cv.Name); {
+		case id == cv.ID:
+		case id != 0 && (st.IsRemoved(id) || id < cv.ID):
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
+			if err := a.host.Stable(cv.Name).Drop(); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%s holds a replica of unknown origin (catalog id %d, the volume's is %d): move it away to let the agent create the replica", dir, id, cv.ID)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(dir, catalogIDFile), []byte(strconv.FormatUint(cv.ID, 10)+"\n")); err != nil {
+		return err
+	}
+	v, err := a.host.OpenVolume(raftlog.VolumeSpec{Name: cv.Name, Size: cv.Size, PreferredLeader: cv.PreferredLeader, ReadOnly: cv.ReadOnly, Peers: peers})
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.vols[cv.Name] = v
+	a.mu.Unlock()
+	a.exps.add(v)
+	a.log.Info("volume ready", "name", cv.Name, "size", volume.FormatSize(v.Size()), "replicas", cv.Replicas)
+	return nil
+}
+
+// writeFileSync writes a small file durably.
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ---- the admin API (admin.Cluster) ----
+
+// Leader implements admin.Cluster.
+func (a *clusterAgent) Leader() (string, bool, bool) {
+	name, ok := a.ctl.Leader()
+	if !ok {
+		return "", false, false
+	}
+	if name == a.cfg.Name {
+		return a.adminAddr, true, true
+	}
+	m, ok := a.members.Member(name)
+	if !ok || m.Meta.Admin == "" {
+		if h, found := a.ctl.State().Hosts[name]; found && h.AdminAddr != "" {
+			return h.AdminAddr, false, true
+		}
+		return "", false, false
+	}
+	return m.Meta.Admin, false, true
+}
+
+// Status implements admin.Cluster.
+func (a *clusterAgent) Status(ctx context.Context) (admin.ClusterStatus, error) {
+	st := a.ctl.State()
+	cs := a.ctl.Status()
+	out := admin.ClusterStatus{Host: a.cfg.Name, Version: a.cfg.Version, ControlLeader: cs.Leader, ControlVoters: cs.Voters,
+		ControlTerm: cs.Term, ControlIndex: cs.Applied, Hosts: len(st.Hosts), Volumes: len(st.Volumes)}
+	for _, h := range st.Hosts {
+		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive {
+			out.HostsAlive++
+		}
+	}
+	return out, nil
+}
+
+// Hosts implements admin.Cluster.
+func (a *clusterAgent) Hosts(ctx context.Context) ([]admin.Host, error) {
+	st := a.ctl.State()
+	cs := a.ctl.Status()
+	out := []admin.Host{}
+	for _, name := range st.HostNames() {
+		h := st.Hosts[name]
+		ah := admin.Host{Name: name, State: h.State, RaftAddr: h.RaftAddr, NBDAddr: h.NBDAddr, AdminAddr: h.AdminAddr,
+			Capacity: h.Capacity, Allocated: st.Allocated(name), DiskFree: h.DiskFree, Control: cs.Members[name], Joined: h.Joined}
+		if m, ok := a.members.Member(name); ok {
+			ah.State = string(m.State)
+		}
+		if name == cs.Leader {
+			ah.Control = "leader"
+		}
+		for _, v := range st.Volumes {
+			if slices.Contains(v.Replicas, name) {
+				ah.Replicas++
+			}
+			if v.PreferredLeader == name {
+				ah.Leads++
+			}
+		}
+		out = append(out, ah)
+	}
+	return out, nil
+}
+
+// Volumes implements admin.Cluster.
+func (a *clusterAgent) Volumes(ctx context.Context) ([]admin.Volume, error) {
+	st := a.ctl.State()
+	local := a.gatherLocal(ctx, st)
+	out := []admin.Volume{}
+	for _, name := range st.VolumeNames() {
+		out = append(out, a.describe(st, st.Volumes[name], local))
+	}
+	return out, nil
+}
+
+// Volume implements admin.Cluster.
+func (a *clusterAgent) Volume(ctx context.Context, name string) (admin.Volume, error) {
+	st := a.ctl.State()
+	cv, ok := st.Volumes[name]
+	if !ok {
+		return admin.Volume{}, admin.Errorf(http.StatusNotFound, "no volume named %q", name)
+	}
+	return a.describe(st, cv, a.gatherLocal(ctx, st)), nil
+}
+
+// gatherLocal asks every alive host's agent for its replicas' status and
+// attachments, in parallel, each bounded by 2 s.
+func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[string][]admin.LocalVolume {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	out := map[string][]admin.LocalVolume{}
+	var wg sync.WaitGroup
+	for _, h := range st.Hosts {
+		if h.Name == a.cfg.Name {
+			out[h.Name] = a.Local()
+			continue
+		}
+		if h.AdminAddr == "" || h.State == string(membership.Failed) || h.State == string(membership.Left) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.AdminAddr+"/v1/local/volumes", nil)
+			resp, err := a.http.Do(req)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			var lv []admin.LocalVolume
+			if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&lv) == nil {
+				mu.Lock()
+				out[h.Name] = lv
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// describe builds a volume's API view from the catalog and the replicas'
+// reports.
+func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map[string][]admin.LocalVolume) admin.Volume {
+	v := admin.Volume{Name: cv.Name, Size: cv.Size, Hosts: slices.Clone(cv.Replicas), PreferredLeader: cv.PreferredLeader,
+		State: cv.State, Created: cv.Created, Replicas: []admin.Replica{}}
+	var commit uint64
+	healthy := 0
+	for host, lvs := range local {
+		for _, lv := range lvs {
+			if lv.Name != cv.Name {
+				continue
+			}
+			v.Attached += lv.Attached
+			if lv.State == "Leader" && slices.Contains(cv.Replicas, host) {
+				v.Leader, commit = host, lv.CommitIndex
+			}
+		}
+	}
+	for _, h := range cv.Replicas {
+		r := admin.Replica{Host: h, State: "Unreachable"}
+		for _, lv := range local[h] {
+			if lv.Name == cv.Name {
+				r = admin.Replica{Host: h, State: lv.State, Term: lv.Term, LastIndex: lv.LastIndex, CommitIndex: lv.CommitIndex,
+					AppliedIndex: lv.AppliedIndex, LastContact: lv.LastContact, Error: lv.Error}
+				if commit > lv.AppliedIndex {
+					r.Lag = commit - lv.AppliedIndex
+				}
+				if lv.Error == "" && (lv.State == "Leader" || lv.State == "Follower") {
+					healthy++
+				}
+			}
+		}
+		v.Replicas = append(v.Replicas, r)
+	}
+	switch {
+	case cv.State != catalog.VolumeReady:
+	case v.Leader == "":
+		v.State = admin.VolumeUnavailable
+	case healthy < len(cv.Replicas):
+		v.State = admin.VolumeDegraded
+	}
+	uriHost := v.Leader
+	if uriHost == "" {
+		uriHost = cv.PreferredLeader
+	}
+	if h, ok := st.Hosts[uriHost]; ok && h.NBDAddr != "" {
+		v.URI = "nbd://" + h.NBDAddr + "/" + cv.Name
+	}
+	return v
+}
+
+// Local implements admin.Cluster.
+func (a *clusterAgent) Local() []admin.LocalVolume {
+	att := a.srv.Attached()
+	out := []admin.LocalVolume{}
+	for _, v := range a.host.Volumes() {
+		out = append(out, admin.LocalVolume{VolumeStatus: v.Status(), Attached: att[v.Name()]})
+	}
+	return out
+}
+
+// defaultReplicas is the replica count of a volume created without one.
+const defaultReplicas = 3
+
+// CreateVolume implements admin.Cluster.
+func (a *clusterAgent) CreateVolume(ctx context.Context, req admin.CreateVolume) (admin.Volume, error) {
+	if err := volume.ValidateName(req.Name); err != nil {
+		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	if req.Size <= 0 {
+		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "size: a positive size is required, e.g. \"10G\"")
+	}
+	if req.Replicas < 0 || req.Replicas > 5 {
+		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "replicas: %d, want 1 to 5", req.Replicas)
+	}
+	cv, err := a.createVolume(ctx, req.Name, int64(req.Size), req.Replicas, "")
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	// Wait (briefly) for the new volume's group to elect a leader, so the
+	// answer carries it and the volume is usable at once.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, err := a.Volume(ctx, cv.Name)
+		if err != nil || v.Leader != "" || time.Now().After(deadline) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// createVolume places and records a volume (leader only).
+func (a *clusterAgent) createVolume(ctx context.Context, name string, size int64, replicas int, leader string) (*catalog.Volume, error) {
+	st := a.ctl.State()
+	if _, ok := st.Volumes[name]; ok {
+		return nil, admin.Errorf(http.StatusConflict, "volume %q already exists", name)
+	}
+	var cands []catalog.Candidate
+	for _, h := range st.Hosts {
+		alive := false
+		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive {
+			alive = true
+		}
+		cands = append(cands, catalog.Candidate{Name: h.Name, Free: h.Capacity - st.Allocated(h.Name), Alive: alive})
+	}
+	if replicas == 0 {
+		replicas = min(defaultReplicas, len(cands))
+	}
+	hosts, pl, err := st.Place(size, replicas, cands)
+	if err != nil {
+		return nil, admin.Errorf(http.StatusConflict, "%v", err)
+	}
+	if leader != "" && slices.Contains(hosts, leader) {
+		pl = leader
+	}
+	cv := &catalog.Volume{Name: name, Size: size, Replicas: hosts, PreferredLeader: pl}
+	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: cv}); err != nil {
+		return nil, catalogError(err)
+	}
+	return a.ctl.State().Volumes[name], nil
+}
+
+// catalogError maps a refused catalog command to an API error.
+func catalogError(err error) error {
+	switch {
+	case errors.Is(err, catalog.ErrExists), errors.Is(err, catalog.ErrNoPlace):
+		return admin.Errorf(http.StatusConflict, "%s", strings.TrimPrefix(err.Error(), "catalog: "))
+	case errors.Is(err, catalog.ErrNotFound):
+		return admin.Errorf(http.StatusNotFound, "%s", strings.TrimPrefix(err.Error(), "catalog: "))
+	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrShrinking):
+		return admin.Errorf(http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), "catalog: "))
+	case errors.Is(err, control.ErrNotLeader):
+		return admin.Errorf(http.StatusServiceUnavailable, "the control leader changed during the request; retry")
+	}
+	return err
+}
+
+// ResizeVolume implements admin.Cluster: it records the new size, then
+// waits until every reachable replica has grown (the volume leader's
+// agent grows the volume through its log), so that new NBD connections
+// anywhere see the new size.
+func (a *clusterAgent) ResizeVolume(ctx context.Context, name string, size int64) (admin.Volume, error) {
+	st := a.ctl.State()
+	cv, ok := st.Volumes[name]
+	if !ok {
+		return admin.Volume{}, admin.Errorf(http.StatusNotFound, "no volume named %q", name)
+	}
+	if size < cv.Size {
+		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "volume %q is %s: volumes only grow (asked for %s)", name, volume.FormatSize(cv.Size), volume.FormatSize(size))
+	}
+	if size > cv.Size {
+		for _, h := range cv.Replicas {
+			if ch, ok := st.Hosts[h]; ok && ch.Capacity-st.Allocated(h) < size-cv.Size {
+				return admin.Volume{}, admin.Errorf(http.StatusConflict, "host %s has no room to grow its replica of %q by %s", h, name, volume.FormatSize(size-cv.Size))
+			}
+		}
+		if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdResizeVolume, Name: name, Size: size}); err != nil {
+			return admin.Volume{}, catalogError(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := a.ctl.State()
+		local := a.gatherLocal(ctx, st)
+		grown := true
+		for _, h := range st.Volumes[name].Replicas {
+			for _, lv := range local[h] {
+				if lv.Name == name && lv.Size < size {
+					grown = false
+				}
+			}
+		}
+		if grown {
+			return a.describe(st, st.Volumes[name], local), nil
+		}
+		if time.Now().After(deadline) {
+			return admin.Volume{}, admin.Errorf(http.StatusGatewayTimeout, "volume %q: the new size is recorded but not every replica has grown within 20 s; it will", name)
+		}
+		select {
+		case <-ctx.Done():
+			return admin.Volume{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteVolume implements admin.Cluster.
+func (a *clusterAgent) DeleteVolume(ctx context.Context, name string, force bool) error {
+	st := a.ctl.State()
+	if _, ok := st.Volumes[name]; !ok {
+		return admin.Errorf(http.StatusNotFound, "no volume named %q", name)
+	}
+	if !force {
+		attached := 0
+		for _, lvs := range a.gatherLocal(ctx, st) {
+			for _, lv := range lvs {
+				if lv.Name == name {
+					attached += lv.Attached
+				}
+			}
+		}
+		if attached > 0 {
+			return admin.Errorf(http.StatusConflict, "volume %q has %d NBD connection(s) attached: detach it first, or delete with force (the clients are disconnected)", name, attached)
+		}
+	}
+	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdRemoveVolume, Name: name}); err != nil {
+		return catalogError(err)
+	}
+	return nil
+}
