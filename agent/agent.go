@@ -278,6 +278,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return err
 			}
 			defer ca.close()
+			mets.WatchCluster(ca.view)
 			acfg.Cluster, acfg.Token = ca, cfg.Cluster.AdminToken
 		}
 		hs := &http.Server{

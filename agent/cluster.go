@@ -22,6 +22,7 @@ import (
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/cluster/control"
 	"github.com/tandem-project/tandem/cluster/membership"
+	"github.com/tandem-project/tandem/metrics"
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/volume"
@@ -147,6 +148,13 @@ func (e *exportSet) add(v *raftlog.Volume) {
 	e.byName[raftlog.ForwardPrefix+v.Name()] = nbd.Export{Name: raftlog.ForwardPrefix + v.Name(), Description: desc, Backend: v.Direct(), PassHandle: true}
 }
 
+// addProxy exports a volume this host holds no replica of.
+func (e *exportSet) addProxy(p *raftlog.Proxy) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.byName[p.Name()] = nbd.Export{Name: p.Name(), Description: "tandem volume " + p.Name() + " (no replica on this host)", Backend: p}
+}
+
 // remove withdraws a volume's exports.
 func (e *exportSet) remove(name string) {
 	e.mu.Lock()
@@ -169,8 +177,9 @@ type clusterAgent struct {
 
 	nbdAddr, adminAddr string
 
-	mu   sync.Mutex
-	vols map[string]*raftlog.Volume // open replicas by name
+	mu      sync.Mutex
+	vols    map[string]*raftlog.Volume // open replicas by name
+	proxies map[string]*raftlog.Proxy  // volumes served without a replica
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -188,8 +197,9 @@ func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportS
 		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, exps: exps,
 		nbdAddr: nbdAddr, adminAddr: adminAddr,
 		http: &http.Client{Timeout: 3 * time.Second},
-		vols: map[string]*raftlog.Volume{},
-		stop: make(chan struct{}),
+		vols:    map[string]*raftlog.Volume{},
+		proxies: map[string]*raftlog.Proxy{},
+		stop:    make(chan struct{}),
 	}
 	var err error
 	a.members, err = membership.Start(membership.Config{
@@ -235,6 +245,17 @@ func (a *clusterAgent) close() {
 	if err := a.ctl.Close(); err != nil {
 		a.log.Warn("closing the control plane", "err", err)
 	}
+	a.closeProxies()
+}
+
+// view is the cluster as this agent reports it in its metrics.
+func (a *clusterAgent) view() metrics.ClusterView {
+	v := metrics.ClusterView{Members: map[string]string{}, ControlLeader: a.ctl.IsLeader(), ControlApplied: a.ctl.Status().Applied,
+		Volumes: len(a.ctl.State().Volumes)}
+	for _, m := range a.members.Members() {
+		v.Members[m.Name] = string(m.State)
+	}
+	return v
 }
 
 // meta is what this agent gossips about itself.
@@ -391,6 +412,7 @@ func (a *clusterAgent) reconcileLoop() {
 func (a *clusterAgent) reconcile() {
 	st := a.ctl.State()
 	me := a.cfg.Name
+	a.reconcileProxies(st)
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
@@ -440,6 +462,70 @@ func (a *clusterAgent) reconcile() {
 		} else {
 			a.log.Info("replica removed: the volume was deleted", "volume", name, "disconnected", n)
 		}
+	}
+}
+
+// reconcileProxies serves every volume this host holds no replica of
+// through a proxy to its replicas' agents, so that any agent serves any
+// volume.
+func (a *clusterAgent) reconcileProxies(st *catalog.State) {
+	me := a.cfg.Name
+	for _, name := range st.VolumeNames() {
+		cv := st.Volumes[name]
+		if slices.Contains(cv.Replicas, me) {
+			continue
+		}
+		a.mu.Lock()
+		p := a.proxies[name]
+		a.mu.Unlock()
+		if p != nil {
+			if cv.Size > p.Size() {
+				p.SetSize(cv.Size)
+			}
+			continue
+		}
+		var peers []raftlog.Peer
+		for _, h := range cv.Replicas {
+			if ch, ok := st.Hosts[h]; ok && ch.NBDAddr != "" {
+				peers = append(peers, raftlog.Peer{ID: h, Raft: ch.RaftAddr, NBD: ch.NBDAddr})
+			}
+		}
+		if len(peers) != len(cv.Replicas) {
+			continue // addresses not known yet
+		}
+		p, err := a.host.OpenProxy(raftlog.VolumeSpec{Name: name, Size: cv.Size, ReadOnly: cv.ReadOnly, PreferredLeader: cv.PreferredLeader, Peers: peers})
+		if err != nil {
+			a.log.Warn("serving a volume without a replica", "volume", name, "err", err)
+			continue
+		}
+		a.mu.Lock()
+		a.proxies[name] = p
+		a.mu.Unlock()
+		a.exps.addProxy(p)
+		a.log.Info("volume served through its replicas' agents", "name", name, "replicas", cv.Replicas)
+	}
+	a.mu.Lock()
+	var gone []*raftlog.Proxy
+	for name, p := range a.proxies {
+		if cv, ok := st.Volumes[name]; !ok || slices.Contains(cv.Replicas, me) {
+			gone = append(gone, p)
+			delete(a.proxies, name)
+		}
+	}
+	a.mu.Unlock()
+	for _, p := range gone {
+		a.exps.remove(p.Name())
+		a.srv.Disconnect(p.Name())
+		p.Close()
+	}
+}
+
+// closeProxies closes the proxies when the agent stops.
+func (a *clusterAgent) closeProxies() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.proxies {
+		p.Close()
 	}
 }
 

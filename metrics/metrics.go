@@ -151,3 +151,59 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descContact, s.LastContact.Seconds())
 	}
 }
+
+// ClusterView is what a cluster-mode agent reports about the cluster at
+// every scrape.
+type ClusterView struct {
+	// Members maps every agent this one knows to its membership state
+	// (alive, failed, left).
+	Members map[string]string
+	// ControlLeader is 1 if this agent leads the control plane;
+	// ControlApplied its applied index; Volumes the catalog's volumes.
+	ControlLeader  bool
+	ControlApplied uint64
+	Volumes        int
+}
+
+// memberStates are the states reported by tandem_member_state.
+var memberStates = []string{"alive", "failed", "left"}
+
+var (
+	descMember   = prometheus.NewDesc("tandem_member_state", "1 for the membership state this agent sees each agent in.", []string{"member", "state"}, nil)
+	descCtlLead  = prometheus.NewDesc("tandem_control_leader", "1 if this agent leads the control plane.", nil, nil)
+	descCtlIndex = prometheus.NewDesc("tandem_control_applied_index", "Control-plane log index applied to this agent's catalog.", nil, nil)
+	descVolumes  = prometheus.NewDesc("tandem_catalog_volumes", "Volumes in this agent's catalog.", nil, nil)
+)
+
+// WatchCluster exports view() at every scrape.
+func (m *Metrics) WatchCluster(view func() ClusterView) {
+	m.reg.MustRegister(clusterCollector(view))
+}
+
+type clusterCollector func() ClusterView
+
+func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMember, descCtlLead, descCtlIndex, descVolumes} {
+		ch <- d
+	}
+}
+
+func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	v := c()
+	for name, st := range v.Members {
+		for _, s := range memberStates {
+			val := 0.0
+			if s == st {
+				val = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descMember, prometheus.GaugeValue, val, name, s)
+		}
+	}
+	lead := 0.0
+	if v.ControlLeader {
+		lead = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCtlLead, prometheus.GaugeValue, lead)
+	ch <- prometheus.MustNewConstMetric(descCtlIndex, prometheus.GaugeValue, float64(v.ControlApplied))
+	ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(v.Volumes))
+}

@@ -167,6 +167,19 @@ func TestVolumeLifecycle(t *testing.T) {
 	}
 	testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0x22 100M 1M", c.URI(1, "disk1"))
 	testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "read -P 0x22 100M 1M", "-c", "read -P 0x5a 0 1M", c.URI(2, "disk1"))
+	// Prometheus metrics: members, I/O, commits and replica lag.
+	resp, err := http.Get("http://" + c.Nodes[0].AdminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`tandem_member_state{member="n2",state="alive"} 1`, `tandem_control_applied_index`,
+		`tandem_nbd_requests_total{`, `tandem_raft_commit_seconds_bucket{volume="disk1"`, `tandem_raft_apply_lag_entries{volume="disk1"}`} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	if _, err := cli(t, c, 0, "volume", "resize", "disk1", "--size", "64M"); err == nil {
 		t.Fatal("shrinking a volume succeeded")
 	}
@@ -292,6 +305,7 @@ func TestAPIValidationAndToken(t *testing.T) {
 // answering from every agent after the control leader is killed, and a
 // killed host is marked failed and comes back.
 func TestFiveAgents(t *testing.T) {
+	testbin.Require(t, "qemu-io")
 	c := startManaged(t, 5)
 	var st admin.ClusterStatus
 	if err := getJSON(c.Nodes[4].AdminAddr, "/v1/cluster", &st); err != nil {
@@ -314,6 +328,22 @@ func TestFiveAgents(t *testing.T) {
 	if len(leaders) < 3 {
 		t.Errorf("preferred leaders of 5 volumes on %d hosts only: %v", len(leaders), leaders)
 	}
+	// Every agent serves every volume: the two without a replica of p0
+	// proxy to its replicas' agents.
+	v0 := showVolume(t, c, 0, "p0")
+	var outside []int
+	for i, n := range c.Nodes {
+		if !slices.Contains(v0.Hosts, n.Name) {
+			outside = append(outside, i)
+		}
+	}
+	if len(outside) != 2 {
+		t.Fatalf("p0 on %v", v0.Hosts)
+	}
+	testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 1M 1M", c.URI(outside[0], "p0"))
+	testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 1M 1M", c.URI(outside[1], "p0"))
+	inside := slices.IndexFunc(c.Nodes, func(n *testbin.Node) bool { return n.Name == v0.Hosts[1] })
+	testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 1M 1M", c.URI(inside, "p0"))
 	var hs []admin.Host
 	if err := getJSON(c.Nodes[3].AdminAddr, "/v1/hosts", &hs); err != nil {
 		t.Fatal(err)

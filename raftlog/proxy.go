@@ -1,0 +1,224 @@
+package raftlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/volume"
+)
+
+// Proxy serves a volume on a host that holds no replica of it: every
+// request goes over NBD to the leader-only export (ForwardPrefix) of the
+// replicas' agents, trying them in turn until the one that leads answers.
+// Like a replica's forwarding, a request is sent again (with the same op
+// id, so a mutation applies once) after a leader change, until
+// StallTimeout. Only the volume's size is known locally.
+type Proxy struct {
+	h     *Host
+	name  string
+	peers []Peer
+	size  atomic.Int64
+	ro    bool
+
+	mu     sync.Mutex
+	next   int // index in peers of the next host to try
+	to     int // index of the host conn goes to
+	conn   *nbdclient.Conn
+	closed bool
+}
+
+var _ volume.Backend = (*Proxy)(nil)
+
+// OpenProxy returns a proxy for a volume whose replicas are on spec.Peers
+// (none of them this host).
+func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
+	if err := volume.ValidateName(spec.Name); err != nil {
+		return nil, err
+	}
+	if len(spec.Peers) == 0 {
+		return nil, fmt.Errorf("raftlog: proxy of volume %s: no replica hosts", spec.Name)
+	}
+	for _, p := range spec.Peers {
+		if p.ID == h.cfg.ID {
+			return nil, fmt.Errorf("raftlog: proxy of volume %s: this host %s holds a replica", spec.Name, p.ID)
+		}
+		if p.NBD == "" {
+			return nil, fmt.Errorf("raftlog: proxy of volume %s: replica host %s has no NBD address", spec.Name, p.ID)
+		}
+	}
+	p := &Proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly}
+	for i, pe := range p.peers {
+		if pe.ID == spec.PreferredLeader {
+			p.next = i
+		}
+	}
+	p.size.Store(spec.Size)
+	return p, nil
+}
+
+// Name returns the volume's name.
+func (p *Proxy) Name() string { return p.name }
+
+// Size implements volume.Backend.
+func (p *Proxy) Size() int64 { return p.size.Load() }
+
+// SetSize records a new size (after the volume grew).
+func (p *Proxy) SetSize(n int64) { p.size.Store(n) }
+
+// Caps implements volume.Backend.
+func (p *Proxy) Caps() volume.Caps {
+	return volume.Caps{ReadOnly: p.ro, Trim: true, Extents: true, MultiConn: true}
+}
+
+// get returns a connection to the replica host tried last, or dials the
+// next one.
+func (p *Proxy) get(ctx context.Context) (*nbdclient.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, fmt.Errorf("%w: volume %s is closed on this host", volume.ErrUnavailable, p.name)
+	}
+	if p.conn != nil && p.conn.Err() == nil {
+		return p.conn, nil
+	}
+	i := p.next
+	p.next = (p.next + 1) % len(p.peers)
+	pe := p.peers[i]
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := nbdclient.Dial(dctx, "tcp", pe.NBD, nbdclient.Options{Export: ForwardPrefix + p.name, MetaContexts: []string{nbdclient.MetaContextBase}})
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: proxy of volume %s to %s (%s): %w", p.name, pe.ID, pe.NBD, err)
+	}
+	p.conn, p.to = c, i
+	return c, nil
+}
+
+// drop forgets c after it failed, so the next attempt tries another host.
+func (p *Proxy) drop(c *nbdclient.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn == c {
+		p.conn = nil
+		c.Abort()
+	}
+}
+
+// run sends a request until a replica's agent answers it, or StallTimeout.
+func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error {
+	deadline := time.Now().Add(p.h.cfg.StallTimeout)
+	for attempt := 0; ; attempt++ {
+		c, err := p.get(ctx)
+		if errors.Is(err, volume.ErrUnavailable) {
+			return err
+		}
+		if err == nil {
+			if err = f(c); err == nil || permanent(err) {
+				return err
+			}
+			p.drop(c)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: volume %s: %v", errStalled, p.name, err)
+		}
+		// A full round of the replicas without an answer: wait a little
+		// (an election is under way).
+		if (attempt+1)%len(p.peers) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// mutate sends a mutation with one op id for every attempt.
+func (p *Proxy) mutate(ctx context.Context, off, n int64, f func(ctx context.Context, c *nbdclient.Conn) error) error {
+	if p.ro {
+		return volume.ErrReadOnly
+	}
+	if err := volume.CheckRange(off, n, p.Size()); err != nil {
+		return err
+	}
+	hctx := nbdclient.WithHandle(ctx, p.h.newOpID())
+	return p.run(ctx, func(c *nbdclient.Conn) error { return f(hctx, c) })
+}
+
+// ReadAt implements volume.Backend.
+func (p *Proxy) ReadAt(ctx context.Context, b []byte, off int64) error {
+	if err := volume.CheckRange(off, int64(len(b)), p.Size()); err != nil {
+		return err
+	}
+	return p.run(ctx, func(c *nbdclient.Conn) error { return c.ReadAt(ctx, b, off, 0) })
+}
+
+// WriteAt implements volume.Backend.
+func (p *Proxy) WriteAt(ctx context.Context, b []byte, off int64, _ volume.Flags) error {
+	return p.mutate(ctx, off, int64(len(b)), func(ctx context.Context, c *nbdclient.Conn) error { return c.WriteAt(ctx, b, off, 0) })
+}
+
+// Zero implements volume.Backend.
+func (p *Proxy) Zero(ctx context.Context, off, n int64, flags volume.Flags) error {
+	var cf uint16
+	if flags.Has(volume.NoHole) {
+		cf |= nbdclient.CmdFlagNoHole
+	}
+	return p.mutate(ctx, off, n, func(ctx context.Context, c *nbdclient.Conn) error { return c.Zero(ctx, off, uint32(n), cf) })
+}
+
+// Trim implements volume.Backend.
+func (p *Proxy) Trim(ctx context.Context, off, n int64, _ volume.Flags) error {
+	return p.mutate(ctx, off, n, func(ctx context.Context, c *nbdclient.Conn) error { return c.Trim(ctx, off, uint32(n), 0) })
+}
+
+// Flush implements volume.Backend: acknowledged writes are durable already.
+func (p *Proxy) Flush(context.Context) error { return nil }
+
+// Cache implements volume.Backend (nothing to prefetch here).
+func (p *Proxy) Cache(context.Context, int64, int64) error { return nil }
+
+// Extents implements volume.Backend.
+func (p *Proxy) Extents(ctx context.Context, off, n int64, max int) ([]volume.Extent, error) {
+	if err := volume.CheckRange(off, n, p.Size()); err != nil {
+		return nil, err
+	}
+	var out []volume.Extent
+	err := p.run(ctx, func(c *nbdclient.Conn) error {
+		flags := uint16(0)
+		if max == 1 {
+			flags = nbdclient.CmdFlagReqOne
+		}
+		ext, err := c.BlockStatus(ctx, off, uint32(n), flags)
+		out = out[:0]
+		for _, e := range ext {
+			if len(out) == max {
+				break
+			}
+			out = append(out, volume.Extent{Length: int64(e.Length), Flags: volume.ExtentFlags(e.Flags)})
+		}
+		if err == nil && len(out) == 0 {
+			err = errors.New("raftlog: leader returned no extents")
+		}
+		return err
+	})
+	return out, err
+}
+
+// Close implements volume.Backend: it closes the proxy's connection; later
+// requests fail at once.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
+	return nil
+}
