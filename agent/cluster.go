@@ -196,7 +196,7 @@ func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportS
 	a := &clusterAgent{
 		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, exps: exps,
 		nbdAddr: nbdAddr, adminAddr: adminAddr,
-		http: &http.Client{Timeout: 3 * time.Second},
+		http:    &http.Client{Timeout: 3 * time.Second},
 		vols:    map[string]*raftlog.Volume{},
 		proxies: map[string]*raftlog.Proxy{},
 		stop:    make(chan struct{}),
