@@ -598,14 +598,3 @@ func (ws *writers) waitAckedErr(n int, timeout time.Duration) error {
 	}
 	return nil
 }
-
-// otherThan returns the hosts of c other than the given ones.
-func otherThan(c *testbin.Cluster, not ...int) []int {
-	var out []int
-	for i := range c.Nodes {
-		if !slices.Contains(not, i) {
-			out = append(out, i)
-		}
-	}
-	return out
-}
