@@ -86,7 +86,8 @@ func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz is ready when every volume of this host has a leader.
+// readyz is ready when every volume of this host has a leader (and, in
+// cluster mode, the control plane has one).
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	var waiting []string
 	for _, v := range s.cfg.Host.Volumes() {
@@ -97,6 +98,12 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	if len(waiting) > 0 {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "volumes_without_leader": waiting})
 		return
+	}
+	if s.cfg.Cluster != nil {
+		if _, _, ok := s.cfg.Cluster.Leader(); !ok {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "control_leader": "none known"})
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
