@@ -21,6 +21,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	var vols, peers []string
 	var tlsFlags tlsOptions
 	var cl clusterFlags
+	var configPath string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Tandem agent of this host",
@@ -50,9 +51,20 @@ should lead it while healthy. A volume's replica files live under
 --data/groups/NAME and are created on first use; a read-only volume must
 already exist. One agent at a time may use a data directory.
 
+--config FILE reads the flags from a YAML file, one key per flag named
+like the flag ("raft-listen: 10.0.0.1:10810"), lists for the repeatable
+ones ("join: [10.0.0.2:7946]"); flags given on the command line override
+the file. deploy/config/ has the files of a 3-host cluster.
+
 SIGINT or SIGTERM stop the agent: requests in flight finish, replicas are
 closed cleanly.`,
-		Example: `  # host n1 of a cluster (same on n2, n3 with their own --name and addresses)
+		Example: `  # host n1 of a cluster, every flag in a file (deploy/config/n1.yaml)
+  tandem agent --config /etc/tandem/agent.yaml
+
+  # the same with more logging: the command line overrides the file
+  tandem agent --config /etc/tandem/agent.yaml --log-level debug
+
+  # host n1 of a cluster (same on n2, n3 with their own --name and addresses)
   tandem agent --name n1 --data /var/lib/tandem --raft-listen 10.0.0.1:10810 \
     --nbd-listen 10.0.0.1:10809 --admin-listen 10.0.0.1:7480 \
     --gossip-listen 10.0.0.1:7946 --join 10.0.0.2:7946,10.0.0.3:7946 \
@@ -71,6 +83,9 @@ closed cleanly.`,
     --volume vm1=20G,leader=n1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := loadAgentConfig(cmd, configPath, g); err != nil {
+				return err
+			}
 			log, err := stderrLogger(g)
 			if err != nil {
 				return err
@@ -105,6 +120,7 @@ closed cleanly.`,
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&configPath, configFlag, "", "YAML file of agent flags, keys named like the flags (the command line overrides it)")
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in the cluster")
 	f.StringVar(&cfg.DataDir, "data", "", "data directory (required)")
 	f.StringVar(&cfg.RaftAddr, "raft-listen", "", "replication address of this host (required with --peer)")
