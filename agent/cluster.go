@@ -103,6 +103,7 @@ func (c *ClusterConfig) Validate() error {
 type exportSet struct {
 	mu     sync.RWMutex
 	byName map[string]nbd.Export
+	order  []string // volume names in the order they were added
 	def    string
 }
 
@@ -124,18 +125,19 @@ func (e *exportSet) Lookup(name string) (nbd.Export, error) {
 	return x, nil
 }
 
-// List implements nbd.Exports: the volumes, not their forwarding views.
+// List implements nbd.Exports: the volumes (not their forwarding views),
+// in the order they were added.
 func (e *exportSet) List() []string {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	var out []string
-	for n := range e.byName {
-		if !strings.HasPrefix(n, raftlog.ForwardPrefix) {
-			out = append(out, n)
-		}
+	return slices.Clone(e.order)
+}
+
+// listed records a new volume name in the list order; e.mu is held.
+func (e *exportSet) listed(name string) {
+	if !slices.Contains(e.order, name) {
+		e.order = append(e.order, name)
 	}
-	slices.Sort(out)
-	return out
 }
 
 // add exports a volume and its forwarding view.
@@ -144,6 +146,7 @@ func (e *exportSet) add(v *raftlog.Volume) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.byName[v.Name()] = nbd.Export{Name: v.Name(), Description: desc, Backend: v}
+	e.listed(v.Name())
 	// Forwarded requests carry their op id in the NBD handle.
 	e.byName[raftlog.ForwardPrefix+v.Name()] = nbd.Export{Name: raftlog.ForwardPrefix + v.Name(), Description: desc, Backend: v.Direct(), PassHandle: true}
 }
@@ -153,6 +156,7 @@ func (e *exportSet) addProxy(p *raftlog.Proxy) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.byName[p.Name()] = nbd.Export{Name: p.Name(), Description: "tandem volume " + p.Name() + " (no replica on this host)", Backend: p}
+	e.listed(p.Name())
 }
 
 // remove withdraws a volume's exports.
@@ -161,6 +165,7 @@ func (e *exportSet) remove(name string) {
 	defer e.mu.Unlock()
 	delete(e.byName, name)
 	delete(e.byName, raftlog.ForwardPrefix+name)
+	e.order = slices.DeleteFunc(e.order, func(n string) bool { return n == name })
 }
 
 // clusterAgent is the cluster-mode part of a running agent.
@@ -297,10 +302,18 @@ func (a *clusterAgent) joinLoop() {
 	var lastMeta time.Time
 	for {
 		if !joined {
-			if err := a.members.Join(a.cc.Join); err == nil {
-				joined = true
+			// Joined means another agent is alive in our view: a join
+			// list that includes this agent's own address "succeeds" by
+			// contacting itself, which proves nothing.
+			err := a.members.Join(a.cc.Join)
+			for _, m := range a.members.Members() {
+				if m.Name != a.cfg.Name && m.State == membership.Alive {
+					joined = true
+				}
+			}
+			if joined {
 				a.log.Info("joined the cluster", "via", a.cc.Join)
-			} else {
+			} else if err != nil {
 				a.log.Debug("joining the cluster", "err", err)
 			}
 		}
