@@ -17,9 +17,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-mkdir -p "$work/tandem/volumes"
+mkdir -p "$work/tandem/groups/vol0"
 head -c 1G /dev/urandom > "$work/nbdkit.img"
-cp "$work/nbdkit.img" "$work/tandem/volumes/vol0.img"
+cp "$work/nbdkit.img" "$work/tandem/groups/vol0/volume.img"   # the replica's volume file
 nbdkit -f -p 10899 --exit-with-parent file "$work/nbdkit.img" & pids+=($!)
 "$tandem" agent --data "$work/tandem" --volume vol0=1G --nbd-listen 127.0.0.1:10898 2>"$work/tandem.log" & pids+=($!)
 sleep 1
