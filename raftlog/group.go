@@ -29,12 +29,15 @@ type Group struct {
 	cfg  groupConfig
 	log  *slog.Logger
 
-	file  *blockfile.File
-	fsm   *fsm
-	raft  *raft.Raft
-	logs  raft.LogStore
-	trans raft.Transport
-	layer *mux.Layer
+	file *blockfile.File
+	fsm  *fsm
+	raft *raft.Raft
+	// started holds raft once NewRaft returned: the FSM's goroutine (a
+	// restore at start) may run before g.raft is assigned.
+	started atomic.Pointer[raft.Raft]
+	logs    raft.LogStore
+	trans   raft.Transport
+	layer   *mux.Layer
 
 	batch *batcher
 	lease *lease
@@ -166,6 +169,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
+	g.started.Store(g.raft)
 	if !exists {
 		var conf raft.Configuration
 		for _, p := range gc.Peers {
@@ -417,9 +421,12 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 	key := restoreKeyPrefix + g.spec.Name
 	for attempt := 0; ; attempt++ {
 		var sources []Peer
-		if g.raft != nil {
-			if p, ok := g.leader(); ok && p.ID != g.cfg.Local {
-				sources = append(sources, p)
+		if r := g.started.Load(); r != nil {
+			_, id := r.LeaderWithID()
+			for _, p := range g.cfg.Peers {
+				if raft.ServerID(p.ID) == id && p.ID != g.cfg.Local {
+					sources = append(sources, p)
+				}
 			}
 		}
 		for _, p := range g.cfg.Peers {
