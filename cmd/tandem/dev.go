@@ -72,6 +72,14 @@ cleanly.`,
 			if err != nil {
 				return fmt.Errorf("--nbd-listen %q: %w", listen, err)
 			}
+			for _, h := range devHosts {
+				hd := filepath.Join(dataDir, h.name)
+				if _, err := os.Stat(filepath.Join(hd, "groups")); err == nil {
+					if _, err := os.Stat(filepath.Join(hd, "control")); errors.Is(err, os.ErrNotExist) {
+						return fmt.Errorf("%s holds data of an older tandem dev (a fixed configuration, no cluster catalog): remove %s or use another --data", hd, dataDir)
+					}
+				}
+			}
 			token, err := devSecret(filepath.Join(dataDir, "admin-token"), 16, hex.EncodeToString)
 			if err != nil {
 				return err
