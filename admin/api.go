@@ -38,16 +38,15 @@ type ClusterStatus struct {
 
 // Host states, as membership reports them.
 const (
-	HostAlive   = "alive"
-	HostSuspect = "suspect"
-	HostFailed  = "failed"
-	HostLeft    = "left"
+	HostAlive  = "alive"
+	HostFailed = "failed"
+	HostLeft   = "left"
 )
 
 // Host is one element of GET /v1/hosts.
 type Host struct {
 	Name string `json:"name"`
-	// State is alive, suspect, failed or left.
+	// State is alive, failed or left.
 	State     string `json:"state"`
 	RaftAddr  string `json:"raft_addr"`
 	NBDAddr   string `json:"nbd_addr"`
@@ -70,8 +69,7 @@ type Host struct {
 
 // Volume states.
 const (
-	VolumeReady    = "ready"
-	VolumeDeleting = "deleting"
+	VolumeReady = "ready"
 	// VolumeDegraded: a replica is unreachable or failed, the volume still
 	// has a quorum.
 	VolumeDegraded = "degraded"
@@ -90,7 +88,7 @@ type Volume struct {
 	// Leader is the replica host that leads the volume now ("" if none
 	// is known).
 	Leader string `json:"leader"`
-	// State is ready, deleting, degraded or unavailable.
+	// State is ready, degraded or unavailable.
 	State string `json:"state"`
 	// Attached counts the NBD connections to the volume on every agent.
 	Attached int `json:"attached"`

@@ -740,7 +740,7 @@ func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[s
 // reports.
 func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map[string][]admin.LocalVolume) admin.Volume {
 	v := admin.Volume{Name: cv.Name, Size: cv.Size, Hosts: slices.Clone(cv.Replicas), PreferredLeader: cv.PreferredLeader,
-		State: cv.State, Created: cv.Created, Replicas: []admin.Replica{}}
+		State: admin.VolumeReady, Created: cv.Created, Replicas: []admin.Replica{}}
 	var commit uint64
 	healthy := 0
 	for host, lvs := range local {
@@ -771,7 +771,6 @@ func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map
 		v.Replicas = append(v.Replicas, r)
 	}
 	switch {
-	case cv.State != catalog.VolumeReady:
 	case v.Leader == "":
 		v.State = admin.VolumeUnavailable
 	case healthy < len(cv.Replicas):

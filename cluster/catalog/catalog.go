@@ -38,12 +38,6 @@ type Host struct {
 	Joined time.Time `json:"joined"`
 }
 
-// Volume states.
-const (
-	VolumeReady    = "ready"
-	VolumeDeleting = "deleting"
-)
-
 // Volume is one replicated volume.
 type Volume struct {
 	// ID is the catalog index of the command that created the volume:
@@ -59,7 +53,6 @@ type Volume struct {
 	// PreferredLeader is the replica host that should lead the volume.
 	PreferredLeader string    `json:"preferred_leader"`
 	ReadOnly        bool      `json:"read_only,omitempty"`
-	State           string    `json:"state"`
 	Created         time.Time `json:"created"`
 	// Changed is the catalog index of the command that last changed it.
 	Changed uint64 `json:"changed"`
@@ -129,7 +122,6 @@ const (
 	CmdPutHost      = "put_host"
 	CmdCreateVolume = "create_volume"
 	CmdResizeVolume = "resize_volume"
-	CmdDeleteVolume = "delete_volume"
 	CmdRemoveVolume = "remove_volume"
 )
 
@@ -138,7 +130,7 @@ type Command struct {
 	Kind   string  `json:"kind"`
 	Host   *Host   `json:"host,omitempty"`
 	Volume *Volume `json:"volume,omitempty"`
-	// Name and Size address an existing volume (resize, delete, remove).
+	// Name and Size address an existing volume (resize, remove).
 	Name string `json:"name,omitempty"`
 	Size int64  `json:"size,omitempty"`
 	// At is when the proposer issued the command.
@@ -197,7 +189,7 @@ func (s *State) apply(index uint64, c Command) error {
 		}
 		nv := *v
 		nv.Replicas = slices.Clone(v.Replicas)
-		nv.ID, nv.State, nv.Created, nv.Changed = index, VolumeReady, c.At, index
+		nv.ID, nv.Created, nv.Changed = index, c.At, index
 		s.Volumes[nv.Name] = &nv
 		return nil
 	case CmdResizeVolume:
@@ -209,13 +201,6 @@ func (s *State) apply(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w (%s to %s)", c.Name, ErrShrinking, volume.FormatSize(v.Size), volume.FormatSize(c.Size))
 		}
 		v.Size, v.Changed = c.Size, index
-		return nil
-	case CmdDeleteVolume:
-		v, ok := s.Volumes[c.Name]
-		if !ok {
-			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
-		}
-		v.State, v.Changed = VolumeDeleting, index
 		return nil
 	case CmdRemoveVolume:
 		v, ok := s.Volumes[c.Name]

@@ -312,10 +312,6 @@ func (c *Control) EnsureMember(name, addr string) error {
 	return nil
 }
 
-// TransferLeadership asks raft to hand leadership to another voter (used
-// when this agent leaves).
-func (c *Control) TransferLeadership() error { return c.raft.LeadershipTransfer().Error() }
-
 // Close stops this agent's member of the group.
 func (c *Control) Close() error {
 	close(c.stop)

@@ -44,11 +44,10 @@ const (
 
 // Member is one agent as this agent sees it.
 type Member struct {
-	Name   string    `json:"name"`
-	Gossip string    `json:"gossip_addr"`
-	State  State     `json:"state"`
-	Meta   Meta      `json:"meta"`
-	Since  time.Time `json:"since"` // when State last changed
+	Name   string `json:"name"`
+	Gossip string `json:"gossip_addr"`
+	State  State  `json:"state"`
+	Meta   Meta   `json:"meta"`
 }
 
 // Event reports a change of one member.
@@ -239,11 +238,7 @@ func (m *Membership) record(n *memberlist.Node, gone bool) {
 		}
 	}
 	m.mu.Lock()
-	old, ok := m.members[n.Name]
-	mb := Member{Name: n.Name, Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: st, Meta: meta, Since: time.Now()}
-	if ok && old.State == st {
-		mb.Since = old.Since
-	}
+	mb := Member{Name: n.Name, Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: st, Meta: meta}
 	m.members[n.Name] = &mb
 	m.mu.Unlock()
 	select {

@@ -472,7 +472,7 @@ func TestCLI(t *testing.T) {
 		{
 			name:     "host list",
 			args:     []string{"host", "list", "--admin", "ADMIN"},
-			wantOut:  []string{"NAME                 STATE    CONTROL", "n3                   suspect  voter"},
+			wantOut:  []string{"NAME                 STATE   CONTROL", "n3                   failed  voter"},
 			wantReqs: []seen{{Method: "GET", Path: "/v1/hosts"}},
 		},
 		{

@@ -33,7 +33,7 @@ func newHostListCmd(a *adminFlags) *cobra.Command {
 		Short:   "List the cluster's hosts, their state and capacity",
 		Long: `List the hosts of the cluster's catalog:
 
-  STATE      alive, suspect, failed or left, as membership sees the host
+  STATE      alive, failed or left, as membership sees the host
   CONTROL    its role in the control plane: leader, voter or nonvoter
   NBD        its NBD address
   CAPACITY   the bytes it offers for volume replicas

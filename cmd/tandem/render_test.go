@@ -29,7 +29,7 @@ var (
 			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 812345678901, Replicas: 2, Leads: 1, Control: "leader", Joined: testCreated},
 		{Name: "n2", State: admin.HostAlive, RaftAddr: "10.0.0.2:10810", NBDAddr: "10.0.0.2:10809", AdminAddr: "10.0.0.2:7480",
 			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 1536 << 20, Replicas: 2, Leads: 1, Control: "voter", Joined: testCreated},
-		{Name: "n3", State: admin.HostSuspect, RaftAddr: "10.0.0.3:10810", NBDAddr: "10.0.0.3:10809", AdminAddr: "10.0.0.3:7480",
+		{Name: "n3", State: admin.HostFailed, RaftAddr: "10.0.0.3:10810", NBDAddr: "10.0.0.3:10809", AdminAddr: "10.0.0.3:7480",
 			Capacity: 2 << 40, Allocated: 0, DiskFree: 2199023255552 - 1, Replicas: 0, Control: "voter", Joined: testCreated},
 		{Name: "n4-with-a-long-name", State: admin.HostFailed, NBDAddr: "10.0.0.4:10809", Capacity: 1000, DiskFree: -1},
 	}

@@ -107,8 +107,7 @@ func newVolumeListCmd(a *adminFlags) *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List the volumes",
 		Long: `List the cluster's volumes: size, replica hosts (in placement order),
-the replica leading each now, state (ready, degraded, unavailable or
-deleting) and how many NBD connections are attached to it.
+the replica leading each now, state (ready, degraded or unavailable) and how many NBD connections are attached to it.
 ` + adminHelp,
 		Example: `  tandem volume list
   tandem volume list -o json | jq -r '.[] | select(.state != "ready") | .name'`,
