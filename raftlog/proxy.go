@@ -190,21 +190,8 @@ func (p *Proxy) Extents(ctx context.Context, off, n int64, max int) ([]volume.Ex
 	}
 	var out []volume.Extent
 	err := p.run(ctx, func(c *nbdclient.Conn) error {
-		flags := uint16(0)
-		if max == 1 {
-			flags = nbdclient.CmdFlagReqOne
-		}
-		ext, err := c.BlockStatus(ctx, off, uint32(n), flags)
-		out = out[:0]
-		for _, e := range ext {
-			if len(out) == max {
-				break
-			}
-			out = append(out, volume.Extent{Length: int64(e.Length), Flags: volume.ExtentFlags(e.Flags)})
-		}
-		if err == nil && len(out) == 0 {
-			err = errors.New("raftlog: leader returned no extents")
-		}
+		var err error
+		out, err = remoteExtents(ctx, c, off, n, max)
 		return err
 	})
 	return out, err

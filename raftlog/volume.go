@@ -153,9 +153,8 @@ func (v *Volume) mutate(ctx context.Context, o *op, remote func(ctx context.Cont
 			o.id = h
 		}
 	}
-	rctx := nbdclient.WithHandle(ctx, o.id)
 	return v.run(ctx, false, func() error { return v.g.batch.submit(o) }, func(c *nbdclient.Conn) error {
-		return remote(rctx, c)
+		return remote(nbdclient.WithHandle(ctx, o.id), c)
 	})
 }
 
@@ -233,23 +232,31 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, max int) ([]volume.E
 		out, err = v.g.file.Extents(ctx, off, n, max)
 		return err
 	}, func(c *nbdclient.Conn) error {
-		flags := uint16(0)
-		if max == 1 {
-			flags = nbdclient.CmdFlagReqOne
-		}
-		ext, err := c.BlockStatus(ctx, off, uint32(n), flags)
-		out = out[:0]
-		for _, e := range ext {
-			if len(out) == max {
-				break
-			}
-			out = append(out, volume.Extent{Length: int64(e.Length), Flags: volume.ExtentFlags(e.Flags)})
-		}
-		if err == nil && len(out) == 0 {
-			err = fmt.Errorf("raftlog: leader returned no extents")
-		}
+		var err error
+		out, err = remoteExtents(ctx, c, off, n, max)
 		return err
 	})
+	return out, err
+}
+
+// remoteExtents asks the leader's agent on c for at most max extents of
+// [off, off+n) (NBD_CMD_BLOCK_STATUS).
+func remoteExtents(ctx context.Context, c *nbdclient.Conn, off, n int64, max int) ([]volume.Extent, error) {
+	flags := uint16(0)
+	if max == 1 {
+		flags = nbdclient.CmdFlagReqOne
+	}
+	ext, err := c.BlockStatus(ctx, off, uint32(n), flags)
+	var out []volume.Extent
+	for _, e := range ext {
+		if len(out) == max {
+			break
+		}
+		out = append(out, volume.Extent{Length: int64(e.Length), Flags: volume.ExtentFlags(e.Flags)})
+	}
+	if err == nil && len(out) == 0 {
+		err = errors.New("raftlog: leader returned no extents")
+	}
 	return out, err
 }
 
