@@ -119,12 +119,26 @@ func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
 
 func showVolume(t *testing.T, c *testbin.Cluster, i int, name string) admin.Volume {
 	t.Helper()
-	var v admin.Volume
-	out := mustCLI(t, c, i, "volume", "show", name, "-o", "json")
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("volume show -o json: %v\n%s", err, out)
+	v, err := tryShowVolume(t, c, i, name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return v
+}
+
+// tryShowVolume is showVolume for use inside waitFor: an error (an agent
+// that just restarted, a control leader that just moved) is retried.
+func tryShowVolume(t *testing.T, c *testbin.Cluster, i int, name string) (admin.Volume, error) {
+	t.Helper()
+	var v admin.Volume
+	out, err := cli(t, c, i, "volume", "show", name, "-o", "json")
+	if err != nil {
+		return v, fmt.Errorf("tandem volume show %s: %v\n%s", name, err, out)
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return v, fmt.Errorf("volume show -o json: %v\n%s", err, out)
+	}
+	return v, nil
 }
 
 func nbdSize(t *testing.T, uri string) string {
@@ -193,10 +207,11 @@ func TestVolumeLifecycle(t *testing.T) {
 	}
 	defer conn.Close()
 	waitFor(t, 10*time.Second, "the attachment to show", func() error {
-		if v := showVolume(t, c, 0, "disk1"); v.Attached != 1 {
-			return fmt.Errorf("attached %d", v.Attached)
+		v, err := tryShowVolume(t, c, 0, "disk1")
+		if err == nil && v.Attached != 1 {
+			err = fmt.Errorf("attached %d", v.Attached)
 		}
-		return nil
+		return err
 	})
 	if out, err := cli(t, c, 0, "volume", "delete", "disk1"); err == nil || !strings.Contains(out, "attached") {
 		t.Fatalf("delete of an attached volume: %v\n%s", err, out)
@@ -411,12 +426,15 @@ func TestFiveAgents(t *testing.T) {
 	})
 	// Its replicas are served again, with their data.
 	for i := range 5 {
-		v := showVolume(t, c, lead, fmt.Sprintf("p%d", i))
+		v := showVolume(t, c, (lead+1)%5, fmt.Sprintf("p%d", i))
 		if !slices.Contains(v.Hosts, c.Nodes[lead].Name) {
 			continue
 		}
 		waitFor(t, 20*time.Second, "the restarted replica to catch up", func() error {
-			v := showVolume(t, c, lead, fmt.Sprintf("p%d", i))
+			v, err := tryShowVolume(t, c, lead, fmt.Sprintf("p%d", i))
+			if err != nil {
+				return err
+			}
 			for _, r := range v.Replicas {
 				if r.Host == c.Nodes[lead].Name && (r.State != "Follower" && r.State != "Leader" || r.Lag > 0) {
 					return fmt.Errorf("replica on %s: %+v", r.Host, r)
