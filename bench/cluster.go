@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -60,24 +61,9 @@ type clusterAgent struct {
 	starts int
 }
 
-// VolumeStatus is an agent's view of the cluster's volume, as its admin
-// API reports it (GET /v1/volumes/NAME).
-type VolumeStatus struct {
-	Name string `json:"name"`
-	// Leader is the host that leads the volume, as far as this agent
-	// knows ("" if it knows none).
-	Leader string `json:"leader"`
-	// State is this agent's raft state: Leader, Follower, Candidate,
-	// Shutdown, or Failed.
-	State string `json:"state"`
-	// Serving says the agent leads the volume and holds its read lease.
-	Serving      bool   `json:"serving"`
-	Term         uint64 `json:"term"`
-	LastIndex    uint64 `json:"last_index"`
-	CommitIndex  uint64 `json:"commit_index"`
-	AppliedIndex uint64 `json:"applied_index"`
-	Error        string `json:"error,omitempty"`
-}
+// VolumeStatus is an agent's view of the volume, as its admin API reports
+// it (GET /v1/volumes/NAME of an agent in the fixed configuration).
+type VolumeStatus = raftlog.VolumeStatus
 
 // startCluster starts a three-host cluster under dir with a volume of
 // size bytes, waits until every agent serves NBD and the preferred leader

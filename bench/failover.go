@@ -278,22 +278,10 @@ func runFailover(ctx context.Context, env ScenarioEnv, name, desc string, killLe
 		return res, fmt.Errorf("%s: %w", name, err)
 	}
 	r := o.r
-	res.Load = r
-	res.FaultAt = faultAt.Sub(r.Started)
-	if d := r.Started.Sub(loadStart); d > time.Second {
-		res.Notes = append(res.Notes, fmt.Sprintf("the load took %v to connect", d))
-	}
-	res.MaxGap, res.MaxGapAt = r.MaxGap, r.MaxGapAt-res.FaultAt
+	res.setLoad(r, loadStart, faultAt)
 	downEnd := restartAt.Sub(r.Started)
 	res.FaultGap = longestGapIn(r.Gaps, res.FaultAt, downEnd)
 	res.ReturnGap = longestGapIn(r.Gaps, downEnd, r.Stopped)
-	for _, g := range r.Gaps {
-		if g.At+g.Length < res.FaultAt {
-			res.NoiseGap = max(res.NoiseGap, g.Length)
-		}
-	}
-	res.Errors, res.Reconnects = r.Errors, r.Reconnects
-	res.Verified, res.Mismatches = r.Verified, r.Mismatches
 	res.DownGaps = gapsIn(r.Gaps, res.FaultAt, downEnd, 100*time.Millisecond)
 
 	// What the design promises, and whether this run kept it.

@@ -173,6 +173,25 @@ func ScenarioNames() []string {
 }
 
 // scenarioByName returns the scenario called name.
+// setLoad records what the client saw in a scenario's load: when the
+// fault came relative to the load's start, the longest gaps (in the whole
+// run and before the fault), the failures, reconnects and verified data.
+func (res *ScenarioResult) setLoad(r *LoadResult, loadStart, faultAt time.Time) {
+	res.Load = r
+	res.FaultAt = faultAt.Sub(r.Started)
+	if d := r.Started.Sub(loadStart); d > time.Second {
+		res.Notes = append(res.Notes, fmt.Sprintf("the load took %v to connect", d))
+	}
+	res.MaxGap, res.MaxGapAt = r.MaxGap, r.MaxGapAt-res.FaultAt
+	for _, g := range r.Gaps {
+		if g.At+g.Length < res.FaultAt {
+			res.NoiseGap = max(res.NoiseGap, g.Length)
+		}
+	}
+	res.Errors, res.Reconnects = r.Errors, r.Reconnects
+	res.Verified, res.Mismatches = r.Verified, r.Mismatches
+}
+
 func scenarioByName(name string) (Scenario, error) {
 	for _, s := range Scenarios() {
 		if s.Name() == name {
@@ -301,20 +320,8 @@ func (a AgentKill) Run(ctx context.Context, env ScenarioEnv) (ScenarioResult, er
 		return res, fmt.Errorf("%s: %w", a.Name(), err)
 	}
 	r := o.r
-	res.Load = r
-	res.FaultAt = faultAt.Sub(r.Started)
-	if d := r.Started.Sub(loadStart); d > time.Second {
-		res.Notes = append(res.Notes, fmt.Sprintf("the load took %v to connect", d))
-	}
-	res.MaxGap, res.MaxGapAt = r.MaxGap, r.MaxGapAt-res.FaultAt
+	res.setLoad(r, loadStart, faultAt)
 	res.FaultGap = longestGapIn(r.Gaps, res.FaultAt, resumed.Sub(r.Started))
-	for _, g := range r.Gaps {
-		if g.At+g.Length < res.FaultAt {
-			res.NoiseGap = max(res.NoiseGap, g.Length)
-		}
-	}
-	res.Errors, res.Reconnects = r.Errors, r.Reconnects
-	res.Verified, res.Mismatches = r.Verified, r.Mismatches
 	whole := "tandem dev runs its whole cluster in one process: killing it takes every host down at once"
 	if env.Tandem.Cluster() != nil {
 		whole = "the three agent processes are killed at once"
