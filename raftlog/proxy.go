@@ -25,11 +25,9 @@ type Proxy struct {
 	size  atomic.Int64
 	ro    bool
 
-	mu     sync.Mutex
-	next   int // index in peers of the next host to try
-	to     int // index of the host conn goes to
-	conn   *nbdclient.Conn
-	closed bool
+	mu   sync.Mutex
+	next int // index in peers of the next host to try
+	lc   leaderConn
 }
 
 var _ volume.Backend = (*Proxy)(nil)
@@ -51,7 +49,7 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 			return nil, fmt.Errorf("raftlog: proxy of volume %s: replica host %s has no NBD address", spec.Name, p.ID)
 		}
 	}
-	p := &Proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly}
+	p := &Proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, lc: leaderConn{volume: spec.Name}}
 	for i, pe := range p.peers {
 		if pe.ID == spec.PreferredLeader {
 			p.next = i
@@ -75,38 +73,17 @@ func (p *Proxy) Caps() volume.Caps {
 	return volume.Caps{ReadOnly: p.ro, Trim: true, Extents: true, MultiConn: true}
 }
 
-// get returns a connection to the replica host tried last, or dials the
-// next one.
+// get returns the connection to the replica host that answered last, or
+// dials the next one.
 func (p *Proxy) get(ctx context.Context) (*nbdclient.Conn, error) {
+	if c := p.lc.healthy(); c != nil {
+		return c, nil
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, fmt.Errorf("%w: volume %s is closed on this host", volume.ErrUnavailable, p.name)
-	}
-	if p.conn != nil && p.conn.Err() == nil {
-		return p.conn, nil
-	}
-	i := p.next
+	pe := p.peers[p.next]
 	p.next = (p.next + 1) % len(p.peers)
-	pe := p.peers[i]
-	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	c, err := nbdclient.Dial(dctx, "tcp", pe.NBD, nbdclient.Options{Export: ForwardPrefix + p.name, MetaContexts: []string{nbdclient.MetaContextBase}})
-	if err != nil {
-		return nil, fmt.Errorf("raftlog: proxy of volume %s to %s (%s): %w", p.name, pe.ID, pe.NBD, err)
-	}
-	p.conn, p.to = c, i
-	return c, nil
-}
-
-// drop forgets c after it failed, so the next attempt tries another host.
-func (p *Proxy) drop(c *nbdclient.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conn == c {
-		p.conn = nil
-		c.Abort()
-	}
+	p.mu.Unlock()
+	return p.lc.get(ctx, pe, 3*time.Second)
 }
 
 // run sends a request until a replica's agent answers it, or StallTimeout.
@@ -121,7 +98,7 @@ func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error 
 			if err = f(c); err == nil || permanent(err) {
 				return err
 			}
-			p.drop(c)
+			p.lc.drop(c)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: volume %s: %v", errStalled, p.name, err)
@@ -200,12 +177,6 @@ func (p *Proxy) Extents(ctx context.Context, off, n int64, max int) ([]volume.Ex
 // Close implements volume.Backend: it closes the proxy's connection; later
 // requests fail at once.
 func (p *Proxy) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	if p.conn != nil {
-		p.conn.Close()
-		p.conn = nil
-	}
+	p.lc.close()
 	return nil
 }
