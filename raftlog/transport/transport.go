@@ -567,21 +567,7 @@ func (p *pipeline) decodeResponses() {
 				p.fail()
 			}
 			f.respond(err)
-			select {
-			case p.done <- f:
-			case <-p.shutdown:
-				return
-			case <-p.broken:
-				if err == nil {
-					// Delivered nothing: raft gave up on this pipeline.
-					return
-				}
-				// Still offer the failed future, but never block on it.
-				select {
-				case p.done <- f:
-				case <-p.shutdown:
-				default:
-				}
+			if !p.deliver(f, err) {
 				return
 			}
 		case <-p.shutdown:
@@ -589,6 +575,39 @@ func (p *pipeline) decodeResponses() {
 		case <-p.broken:
 			return
 		}
+	}
+}
+
+// deliver hands a completed future to raft's consumer. It reports false
+// when the pipeline is done. A consumer that takes nothing for Timeout has
+// stopped (raft's decoder quits when its leader steps down, while its
+// sender may be blocked in AppendEntries behind this goroutine): the
+// pipeline fails, so that AppendEntries returns and raft closes it.
+func (p *pipeline) deliver(f *future, err error) bool {
+	select {
+	case p.done <- f:
+		return true
+	default:
+	}
+	timer := time.NewTimer(p.t.cfg.Timeout)
+	defer timer.Stop()
+	select {
+	case p.done <- f:
+		return true
+	case <-p.shutdown:
+		return false
+	case <-timer.C:
+		p.fail()
+		return false
+	case <-p.broken:
+		if err != nil {
+			// Still offer the failed future, but never block on it.
+			select {
+			case p.done <- f:
+			default:
+			}
+		}
+		return false
 	}
 }
 

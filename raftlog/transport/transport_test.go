@@ -138,3 +138,53 @@ func TestPipelineFailureDoesNotBlock(t *testing.T) {
 		t.Fatal("Close blocked")
 	}
 }
+
+// A pipeline whose peer answers every request but whose consumer stopped
+// reading (raft's decoder quits when the leader steps down, while its
+// sender may still call AppendEntries) must fail within Timeout rather
+// than block the sender, and with it raft's Shutdown, forever.
+func TestPipelineWithoutConsumerFails(t *testing.T) {
+	a := New(Config{Stream: newLayer(t), Timeout: time.Second})
+	defer a.Close()
+	peer := newLayer(t)
+	defer peer.Close()
+	go func() {
+		c, err := peer.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		pc := newConn("", c)
+		for {
+			typ, err := pc.r.ReadByte()
+			var req raft.AppendEntriesRequest
+			if err != nil || typ != rpcAppendEntries || pc.dec.Decode(&req) != nil || readEntriesData(pc.r, &req) != nil {
+				return
+			}
+			pc.enc.Encode("")
+			pc.enc.Encode(&raft.AppendEntriesResponse{Term: 3, Success: true})
+			pc.w.Flush()
+		}
+	}()
+	p, err := a.AppendEntriesPipeline("peer", raft.ServerAddress(peer.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < 1000 && err == nil; i++ {
+			_, err = p.AppendEntries(appendReq([]byte("x")), &raft.AppendEntriesResponse{})
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("1000 sends succeeded with nobody reading the responses")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("AppendEntries blocked on a pipeline nobody consumes")
+	}
+}
