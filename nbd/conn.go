@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/tandem-project/tandem/nbd/wire"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -59,9 +60,9 @@ func (c *conn) serve() (err error) {
 			c.cancel()
 		}
 	}()
-	var hdr [requestHeaderLen]byte
+	var hdr [wire.RequestHeaderLen]byte
 	for {
-		c.flushIfIdle(requestHeaderLen)
+		c.flushIfIdle(wire.RequestHeaderLen)
 		if _, err := io.ReadFull(c.s.r, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				c.hardClose = true
@@ -76,7 +77,7 @@ func (c *conn) serve() (err error) {
 		if c.obs != nil {
 			r.start = time.Now()
 		}
-		if r.typ == cmdDisc {
+		if r.typ == wire.CmdDisc {
 			return nil
 		}
 		if err := c.dispatch(r); err != nil {
@@ -90,12 +91,12 @@ func (c *conn) serve() (err error) {
 func (c *conn) dispatch(r request) error {
 	rej := c.s.check(r, c.b.Size())
 	if rej == nil && c.srv.shuttingDown() {
-		rej = &rejection{errno: errShutdown, msg: "server is shutting down"}
+		rej = &rejection{errno: wire.ErrShutdown, msg: "server is shutting down"}
 	}
 
 	var payload []byte
 	var weight int64
-	if r.typ == cmdRead || r.typ == cmdWrite {
+	if r.typ == wire.CmdRead || r.typ == wire.CmdWrite {
 		weight = int64(r.length)
 	}
 	if r.hasPayload() {
@@ -126,7 +127,7 @@ func (c *conn) dispatch(r request) error {
 		c.replyError(r, rej.errno, rej.msg)
 		return nil
 	}
-	if r.typ == cmdRead {
+	if r.typ == wire.CmdRead {
 		if err := c.budget.Acquire(c.ctx, weight); err != nil {
 			return err
 		}
@@ -184,7 +185,7 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 	off := int64(r.off)
 	n := int64(r.length)
 	flags := volume.Flags(0)
-	if r.flags&cfFUA != 0 {
+	if r.flags&wire.CfFUA != 0 {
 		flags |= volume.FUA
 	}
 	ctx := c.ctx
@@ -193,7 +194,7 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 	}
 	var err error
 	switch r.typ {
-	case cmdRead:
+	case wire.CmdRead:
 		buf := c.srv.bufs.get(int(n))
 		if err = c.b.ReadAt(ctx, buf, off); err == nil {
 			c.replyRead(r, buf, weight, c.out.send)
@@ -201,27 +202,27 @@ func (c *conn) handle(r request, payload []byte, weight int64) {
 		}
 		c.srv.bufs.put(buf)
 		c.budget.Release(weight)
-	case cmdWrite:
+	case wire.CmdWrite:
 		err = c.b.WriteAt(ctx, payload, off, flags)
 		c.srv.bufs.put(payload)
 		c.budget.Release(weight)
-	case cmdFlush:
+	case wire.CmdFlush:
 		err = c.b.Flush(ctx)
-	case cmdTrim:
+	case wire.CmdTrim:
 		err = c.b.Trim(ctx, off, n, flags)
-	case cmdCache:
+	case wire.CmdCache:
 		err = c.b.Cache(ctx, off, n)
-	case cmdWriteZeroes:
-		if r.flags&cfNoHole != 0 {
+	case wire.CmdWriteZeroes:
+		if r.flags&wire.CfNoHole != 0 {
 			flags |= volume.NoHole
 		}
-		if r.flags&cfFastZero != 0 {
+		if r.flags&wire.CfFastZero != 0 {
 			flags |= volume.FastZero
 		}
 		err = c.b.Zero(ctx, off, n, flags)
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		max := maxExtents
-		if r.flags&cfReqOne != 0 {
+		if r.flags&wire.CfReqOne != 0 {
 			max = 1
 		}
 		var ext []volume.Extent
@@ -248,7 +249,7 @@ func (c *conn) observe(r request, errno uint32) {
 // backendError replies to r with the NBD error for a backend failure.
 func (c *conn) backendError(r request, err error) {
 	errno := errnoOf(err)
-	if errno == errIO {
+	if errno == wire.ErrIO {
 		c.log.Warn("backend I/O error", "command", commandName(r.typ), "offset", r.off, "length", r.length, "err", err)
 	}
 	c.replyError(r, errno, err.Error())
@@ -263,7 +264,7 @@ func (c *conn) replyRead(r request, buf []byte, weight int64, send func(hdr, pay
 	}
 	if c.s.structured {
 		if len(buf) == 0 {
-			send(chunkHeader(nil, replyFlagDone, chunkNone, r.handle, 0), nil, release)
+			send(chunkHeader(nil, wire.ReplyFlagDone, wire.ChunkNone, r.handle, 0), nil, release)
 			return
 		}
 		send(readDataHeader(r.handle, r.off, len(buf)), buf, release)
@@ -274,7 +275,7 @@ func (c *conn) replyRead(r request, buf []byte, weight int64, send func(hdr, pay
 
 func (c *conn) replyExtents(r request, ext []volume.Extent) {
 	c.observe(r, 0)
-	b := chunkHeader(make([]byte, 0, chunkHeaderLen+4+8*len(ext)), replyFlagDone, chunkBlockStatus, r.handle, uint32(4+8*len(ext)))
+	b := chunkHeader(make([]byte, 0, wire.ChunkHeaderLen+4+8*len(ext)), wire.ReplyFlagDone, wire.ChunkBlockStatus, r.handle, uint32(4+8*len(ext)))
 	b = binary.BigEndian.AppendUint32(b, metaContextID)
 	for _, e := range ext {
 		b = binary.BigEndian.AppendUint32(b, uint32(e.Length))
@@ -299,16 +300,16 @@ func (c *conn) replyError(r request, errno uint32, msg string) {
 func errnoOf(err error) uint32 {
 	switch {
 	case errors.Is(err, volume.ErrReadOnly):
-		return errPerm
+		return wire.ErrPerm
 	case errors.Is(err, volume.ErrNotFast):
-		return errNotSup
+		return wire.ErrNotSup
 	case errors.Is(err, volume.ErrNoSpace):
-		return errNoSpc
+		return wire.ErrNoSpc
 	case errors.Is(err, volume.ErrOutOfRange):
-		return errInval
+		return wire.ErrInval
 	case errors.Is(err, context.Canceled), errors.Is(err, volume.ErrClosed), errors.Is(err, volume.ErrUnavailable):
-		return errShutdown
+		return wire.ErrShutdown
 	default:
-		return errIO
+		return wire.ErrIO
 	}
 }

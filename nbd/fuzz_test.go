@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // fuzzConn is a net.Conn whose input is a fixed byte string and whose
@@ -28,18 +30,18 @@ func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
 // "a": structured replies, base:allocation, NBD_OPT_GO.
 func handshakePrefix(structured bool) []byte {
 	var b []byte
-	b = binary.BigEndian.AppendUint32(b, clientFixedNew|clientNoZeroes)
+	b = binary.BigEndian.AppendUint32(b, wire.ClientFixedNew|wire.ClientNoZeroes)
 	opt := func(o uint32, data []byte) {
-		b = binary.BigEndian.AppendUint64(b, magicOption)
+		b = binary.BigEndian.AppendUint64(b, wire.MagicOption)
 		b = binary.BigEndian.AppendUint32(b, o)
 		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 		b = append(b, data...)
 	}
 	if structured {
-		opt(optStructuredReply, nil)
-		opt(optSetMetaContext, metaData("a", metaContextBase))
+		opt(wire.OptStructuredReply, nil)
+		opt(wire.OptSetMetaContext, metaData("a", wire.MetaContextBase))
 	}
-	opt(optGo, goData("a", infoBlockSize))
+	opt(wire.OptGo, goData("a", wire.InfoBlockSize))
 	return b
 }
 
@@ -48,17 +50,17 @@ func fuzzSeeds() [][]byte {
 	var seeds [][]byte
 	seeds = append(seeds, hp, handshakePrefix(false))
 	reqs := [][]byte{
-		append(reqBytes(cmdWrite, cfFUA, 1, 0, 8), "abcdefgh"...),
-		reqBytes(cmdRead, cfDF, 2, 0, 4096),
-		reqBytes(cmdFlush, 0, 3, 0, 0),
-		reqBytes(cmdTrim, 0, 4, 4096, 8192),
-		reqBytes(cmdWriteZeroes, cfNoHole|cfFastZero, 5, 0, 65536),
-		reqBytes(cmdCache, 0, 6, 0, 65536),
-		reqBytes(cmdBlockStatus, cfReqOne, 7, 0, 1<<20),
-		reqBytes(cmdRead, 0, 8, 1<<20-1, 2),
-		reqBytes(cmdWrite, 0, 9, 1<<63, 1),
+		append(reqBytes(wire.CmdWrite, wire.CfFUA, 1, 0, 8), "abcdefgh"...),
+		reqBytes(wire.CmdRead, wire.CfDF, 2, 0, 4096),
+		reqBytes(wire.CmdFlush, 0, 3, 0, 0),
+		reqBytes(wire.CmdTrim, 0, 4, 4096, 8192),
+		reqBytes(wire.CmdWriteZeroes, wire.CfNoHole|wire.CfFastZero, 5, 0, 65536),
+		reqBytes(wire.CmdCache, 0, 6, 0, 65536),
+		reqBytes(wire.CmdBlockStatus, wire.CfReqOne, 7, 0, 1<<20),
+		reqBytes(wire.CmdRead, 0, 8, 1<<20-1, 2),
+		reqBytes(wire.CmdWrite, 0, 9, 1<<63, 1),
 		reqBytes(99, 0xffff, 10, 0, 0),
-		reqBytes(cmdDisc, 0, 11, 0, 0),
+		reqBytes(wire.CmdDisc, 0, 11, 0, 0),
 	}
 	all := append([]byte(nil), hp...)
 	for _, r := range reqs {
@@ -68,18 +70,18 @@ func fuzzSeeds() [][]byte {
 	seeds = append(seeds, all)
 	// Handshake-only inputs.
 	var list []byte
-	list = binary.BigEndian.AppendUint32(list, clientFixedNew)
-	list = binary.BigEndian.AppendUint64(list, magicOption)
-	list = binary.BigEndian.AppendUint32(list, optList)
+	list = binary.BigEndian.AppendUint32(list, wire.ClientFixedNew)
+	list = binary.BigEndian.AppendUint64(list, wire.MagicOption)
+	list = binary.BigEndian.AppendUint32(list, wire.OptList)
 	list = binary.BigEndian.AppendUint32(list, 0)
 	seeds = append(seeds, list)
 	var en []byte
-	en = binary.BigEndian.AppendUint32(en, clientFixedNew)
-	en = binary.BigEndian.AppendUint64(en, magicOption)
-	en = binary.BigEndian.AppendUint32(en, optExportName)
+	en = binary.BigEndian.AppendUint32(en, wire.ClientFixedNew)
+	en = binary.BigEndian.AppendUint64(en, wire.MagicOption)
+	en = binary.BigEndian.AppendUint32(en, wire.OptExportName)
 	en = binary.BigEndian.AppendUint32(en, 1)
 	en = append(en, 'a')
-	en = append(en, reqBytes(cmdRead, 0, 1, 0, 512)...)
+	en = append(en, reqBytes(wire.CmdRead, 0, 1, 0, 512)...)
 	seeds = append(seeds, en)
 	return seeds
 }
@@ -116,11 +118,11 @@ func FuzzServe(f *testing.F) {
 // request they accept must address a valid range of the export.
 func FuzzRequest(f *testing.F) {
 	for _, s := range fuzzSeeds() {
-		if len(s) >= requestHeaderLen {
-			f.Add(s[len(s)-requestHeaderLen:], uint16(0xffff), true, true)
+		if len(s) >= wire.RequestHeaderLen {
+			f.Add(s[len(s)-wire.RequestHeaderLen:], uint16(0xffff), true, true)
 		}
 	}
-	f.Add(reqBytes(cmdRead, 0, 1, 0, 0), uint16(tfHasFlags|tfReadOnly), false, false)
+	f.Add(reqBytes(wire.CmdRead, 0, 1, 0, 0), uint16(wire.TfHasFlags|wire.TfReadOnly), false, false)
 	f.Fuzz(func(t *testing.T, hdr []byte, flags uint16, structured, meta bool) {
 		r, err := decodeRequest(hdr)
 		if err != nil {
@@ -135,18 +137,18 @@ func FuzzRequest(f *testing.F) {
 			return
 		}
 		switch r.typ {
-		case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes, cmdCache, cmdBlockStatus:
+		case wire.CmdRead, wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes, wire.CmdCache, wire.CmdBlockStatus:
 			if r.off > size || uint64(r.length) > size-r.off {
 				t.Fatalf("accepted %s at %d+%d on a %d-byte export", commandName(r.typ), r.off, r.length, size)
 			}
-			if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > MaxPayload {
+			if (r.typ == wire.CmdRead || r.typ == wire.CmdWrite) && r.length > MaxPayload {
 				t.Fatalf("accepted a %d-byte payload", r.length)
 			}
-		case cmdFlush, cmdDisc:
+		case wire.CmdFlush, wire.CmdDisc:
 		default:
 			t.Fatalf("accepted unknown command %d", r.typ)
 		}
-		if flags&tfReadOnly != 0 && (r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes) {
+		if flags&wire.TfReadOnly != 0 && (r.typ == wire.CmdWrite || r.typ == wire.CmdTrim || r.typ == wire.CmdWriteZeroes) {
 			t.Fatalf("accepted %s on a read-only export", commandName(r.typ))
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"slices"
+
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // maxOptionLen bounds the data of one option. Longer options are discarded
@@ -64,9 +66,9 @@ func protoErrorf(format string, args ...any) error {
 
 func (h *handshake) run(ctx context.Context) (*session, error) {
 	var greet [18]byte
-	binary.BigEndian.PutUint64(greet[0:], magicNBD)
-	binary.BigEndian.PutUint64(greet[8:], magicOption)
-	binary.BigEndian.PutUint16(greet[16:], flagFixedNew|flagNoZeroes)
+	binary.BigEndian.PutUint64(greet[0:], wire.MagicNBD)
+	binary.BigEndian.PutUint64(greet[8:], wire.MagicOption)
+	binary.BigEndian.PutUint16(greet[16:], wire.FlagFixedNew|wire.FlagNoZeroes)
 	if _, err := h.w.Write(greet[:]); err != nil {
 		return nil, err
 	}
@@ -78,30 +80,30 @@ func (h *handshake) run(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("nbd: reading client flags: %w", err)
 	}
 	clientFlags := binary.BigEndian.Uint32(cf[:])
-	if clientFlags&^knownClientFlag != 0 {
+	if clientFlags&^wire.KnownClientFlag != 0 {
 		return nil, protoErrorf("unknown client flags %#x", clientFlags)
 	}
-	h.noZeroes = clientFlags&clientNoZeroes != 0
+	h.noZeroes = clientFlags&wire.ClientNoZeroes != 0
 
 	for {
 		var hdr [16]byte
 		if _, err := io.ReadFull(h.r, hdr[:]); err != nil {
 			return nil, fmt.Errorf("nbd: reading option header: %w", err)
 		}
-		if m := binary.BigEndian.Uint64(hdr[0:]); m != magicOption {
+		if m := binary.BigEndian.Uint64(hdr[0:]); m != wire.MagicOption {
 			return nil, protoErrorf("bad option magic %#x", m)
 		}
 		opt := binary.BigEndian.Uint32(hdr[8:])
 		length := binary.BigEndian.Uint32(hdr[12:])
 
 		if length > maxOptionLen {
-			if opt == optExportName {
+			if opt == wire.OptExportName {
 				return nil, protoErrorf("NBD_OPT_EXPORT_NAME of %d bytes", length)
 			}
 			if _, err := io.CopyN(io.Discard, h.r, int64(length)); err != nil {
 				return nil, fmt.Errorf("nbd: discarding option data: %w", err)
 			}
-			if err := h.reply(opt, repErrTooBig, fmt.Appendf(nil, "option data of %d bytes is too large", length)); err != nil {
+			if err := h.reply(opt, wire.RepErrTooBig, fmt.Appendf(nil, "option data of %d bytes is too large", length)); err != nil {
 				return nil, err
 			}
 			continue
@@ -111,20 +113,20 @@ func (h *handshake) run(ctx context.Context) (*session, error) {
 			return nil, fmt.Errorf("nbd: reading option data: %w", err)
 		}
 
-		if h.srv.cfg.TLS != nil && h.srv.cfg.TLSRequired && !h.tlsDone && opt != optStartTLS && opt != optAbort {
-			if opt == optExportName {
+		if h.srv.cfg.TLS != nil && h.srv.cfg.TLSRequired && !h.tlsDone && opt != wire.OptStartTLS && opt != wire.OptAbort {
+			if opt == wire.OptExportName {
 				return nil, protoErrorf("NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS")
 			}
-			if err := h.reply(opt, repErrTLSReqd, []byte("TLS is required: send NBD_OPT_STARTTLS first")); err != nil {
+			if err := h.reply(opt, wire.RepErrTLSReqd, []byte("TLS is required: send NBD_OPT_STARTTLS first")); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		if h.srv.shuttingDown() && opt != optAbort {
-			if opt == optExportName {
+		if h.srv.shuttingDown() && opt != wire.OptAbort {
+			if opt == wire.OptExportName {
 				return nil, errors.New("nbd: server shutting down")
 			}
-			if err := h.reply(opt, repErrShutdown, []byte("server is shutting down")); err != nil {
+			if err := h.reply(opt, wire.RepErrShutdown, []byte("server is shutting down")); err != nil {
 				return nil, err
 			}
 			continue
@@ -142,15 +144,15 @@ func (h *handshake) run(ctx context.Context) (*session, error) {
 // (nil, nil) when haggling goes on.
 func (h *handshake) option(ctx context.Context, opt uint32, data []byte) (*session, error) {
 	switch opt {
-	case optExportName:
+	case wire.OptExportName:
 		return h.exportName(string(data))
-	case optAbort:
+	case wire.OptAbort:
 		// The client may already have closed; a failed ack is fine.
-		_ = h.reply(opt, repAck, nil)
+		_ = h.reply(opt, wire.RepAck, nil)
 		return nil, errAborted
-	case optList:
+	case wire.OptList:
 		if len(data) != 0 {
-			return nil, h.reply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
+			return nil, h.reply(opt, wire.RepErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
 		for _, name := range h.srv.exports.List() {
 			// The name, then a description for humans.
@@ -159,25 +161,25 @@ func (h *handshake) option(ctx context.Context, opt uint32, data []byte) (*sessi
 			if exp, err := h.srv.exports.Lookup(name); err == nil {
 				p = append(p, exp.Description...)
 			}
-			if err := h.reply(opt, repServer, p); err != nil {
+			if err := h.reply(opt, wire.RepServer, p); err != nil {
 				return nil, err
 			}
 		}
-		return nil, h.reply(opt, repAck, nil)
-	case optStartTLS:
+		return nil, h.reply(opt, wire.RepAck, nil)
+	case wire.OptStartTLS:
 		return nil, h.startTLS(ctx, data)
-	case optInfo, optGo:
+	case wire.OptInfo, wire.OptGo:
 		return h.infoGo(opt, data)
-	case optStructuredReply:
+	case wire.OptStructuredReply:
 		if len(data) != 0 {
-			return nil, h.reply(opt, repErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
+			return nil, h.reply(opt, wire.RepErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
 		}
 		h.structured = true
-		return nil, h.reply(opt, repAck, nil)
-	case optListMetaContext, optSetMetaContext:
+		return nil, h.reply(opt, wire.RepAck, nil)
+	case wire.OptListMetaContext, wire.OptSetMetaContext:
 		return nil, h.metaContext(opt, data)
 	default:
-		return nil, h.reply(opt, repErrUnsup, fmt.Appendf(nil, "option %d is not supported", opt))
+		return nil, h.reply(opt, wire.RepErrUnsup, fmt.Appendf(nil, "option %d is not supported", opt))
 	}
 }
 
@@ -216,48 +218,48 @@ func (h *handshake) session(name string, exp Export, flags uint16) *session {
 // capabilities and what has been negotiated so far.
 func (h *handshake) transmissionFlags(exp Export) uint16 {
 	caps := exp.Backend.Caps()
-	f := tfHasFlags | tfSendFlush | tfSendCache
+	f := wire.TfHasFlags | wire.TfSendFlush | wire.TfSendCache
 	if caps.ReadOnly {
-		f |= tfReadOnly
+		f |= wire.TfReadOnly
 	} else {
-		f |= tfSendFUA | tfSendZeroes | tfSendFastZero
+		f |= wire.TfSendFUA | wire.TfSendZeroes | wire.TfSendFastZero
 		if caps.Trim {
-			f |= tfSendTrim
+			f |= wire.TfSendTrim
 		}
 	}
 	if caps.MultiConn {
-		f |= tfCanMultiConn
+		f |= wire.TfCanMultiConn
 	}
 	if h.structured {
-		f |= tfSendDF
+		f |= wire.TfSendDF
 	}
 	return f
 }
 
 func (h *handshake) infoGo(opt uint32, data []byte) (*session, error) {
 	if len(data) < 6 {
-		return nil, h.reply(opt, repErrInvalid, []byte("option data too short"))
+		return nil, h.reply(opt, wire.RepErrInvalid, []byte("option data too short"))
 	}
 	nameLen := binary.BigEndian.Uint32(data)
 	if uint64(nameLen) > uint64(len(data)-6) {
-		return nil, h.reply(opt, repErrInvalid, []byte("export name length exceeds option data"))
+		return nil, h.reply(opt, wire.RepErrInvalid, []byte("export name length exceeds option data"))
 	}
 	name := string(data[4 : 4+nameLen])
 	rest := data[4+nameLen:]
 	n := int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
 	if len(rest) != 2*n {
-		return nil, h.reply(opt, repErrInvalid, fmt.Appendf(nil, "%d information requests do not match %d bytes", n, len(rest)))
+		return nil, h.reply(opt, wire.RepErrInvalid, fmt.Appendf(nil, "%d information requests do not match %d bytes", n, len(rest)))
 	}
 	exp, err := h.srv.exports.Lookup(name)
 	if err != nil {
-		return nil, h.reply(opt, repErrUnknown, fmt.Appendf(nil, "export %q not found", name))
+		return nil, h.reply(opt, wire.RepErrUnknown, fmt.Appendf(nil, "export %q not found", name))
 	}
 	flags := h.transmissionFlags(exp)
-	info := binary.BigEndian.AppendUint16(nil, infoExport)
+	info := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
 	info = binary.BigEndian.AppendUint64(info, uint64(exp.Backend.Size()))
 	info = binary.BigEndian.AppendUint16(info, flags)
-	if err := h.reply(opt, repInfo, info); err != nil {
+	if err := h.reply(opt, wire.RepInfo, info); err != nil {
 		return nil, err
 	}
 	var sent []uint16
@@ -269,29 +271,29 @@ func (h *handshake) infoGo(opt uint32, data []byte) (*session, error) {
 		sent = append(sent, typ)
 		var p []byte
 		switch typ {
-		case infoName:
-			p = append(binary.BigEndian.AppendUint16(nil, infoName), exp.Name...)
-		case infoDescription:
+		case wire.InfoName:
+			p = append(binary.BigEndian.AppendUint16(nil, wire.InfoName), exp.Name...)
+		case wire.InfoDescription:
 			if exp.Description == "" {
 				continue
 			}
-			p = append(binary.BigEndian.AppendUint16(nil, infoDescription), exp.Description...)
-		case infoBlockSize:
-			p = binary.BigEndian.AppendUint16(nil, infoBlockSize)
+			p = append(binary.BigEndian.AppendUint16(nil, wire.InfoDescription), exp.Description...)
+		case wire.InfoBlockSize:
+			p = binary.BigEndian.AppendUint16(nil, wire.InfoBlockSize)
 			p = binary.BigEndian.AppendUint32(p, minBlockSize)
 			p = binary.BigEndian.AppendUint32(p, preferredBlockSize)
 			p = binary.BigEndian.AppendUint32(p, MaxPayload)
 		default:
 			continue // unknown requests are ignored, as the spec says
 		}
-		if err := h.reply(opt, repInfo, p); err != nil {
+		if err := h.reply(opt, wire.RepInfo, p); err != nil {
 			return nil, err
 		}
 	}
-	if err := h.reply(opt, repAck, nil); err != nil {
+	if err := h.reply(opt, wire.RepAck, nil); err != nil {
 		return nil, err
 	}
-	if opt == optInfo {
+	if opt == wire.OptInfo {
 		return nil, nil
 	}
 	return h.session(name, exp, flags), nil
@@ -301,40 +303,40 @@ func (h *handshake) infoGo(opt uint32, data []byte) (*session, error) {
 // The only context is base:allocation.
 func (h *handshake) metaContext(opt uint32, data []byte) error {
 	if !h.structured {
-		return h.reply(opt, repErrInvalid, []byte("structured replies must be negotiated first"))
+		return h.reply(opt, wire.RepErrInvalid, []byte("structured replies must be negotiated first"))
 	}
 	name, queries, ok := parseMetaContext(data)
 	if !ok {
-		return h.reply(opt, repErrInvalid, []byte("malformed metadata context request"))
+		return h.reply(opt, wire.RepErrInvalid, []byte("malformed metadata context request"))
 	}
 	if _, err := h.srv.exports.Lookup(name); err != nil {
-		return h.reply(opt, repErrUnknown, fmt.Appendf(nil, "export %q not found", name))
+		return h.reply(opt, wire.RepErrUnknown, fmt.Appendf(nil, "export %q not found", name))
 	}
 	base := false
 	switch {
-	case opt == optListMetaContext && len(queries) == 0:
+	case opt == wire.OptListMetaContext && len(queries) == 0:
 		base = true
 	default:
 		for _, q := range queries {
-			if q == metaContextBase || (opt == optListMetaContext && q == "base:") {
+			if q == wire.MetaContextBase || (opt == wire.OptListMetaContext && q == "base:") {
 				base = true
 			}
 		}
 	}
-	if opt == optSetMetaContext {
+	if opt == wire.OptSetMetaContext {
 		h.metaSet, h.metaExport, h.metaBase = true, name, base
 	}
 	if base {
 		id := uint32(0) // reserved for LIST replies
-		if opt == optSetMetaContext {
+		if opt == wire.OptSetMetaContext {
 			id = metaContextID
 		}
 		p := binary.BigEndian.AppendUint32(nil, id)
-		if err := h.reply(opt, repMetaContext, append(p, metaContextBase...)); err != nil {
+		if err := h.reply(opt, wire.RepMetaContext, append(p, wire.MetaContextBase...)); err != nil {
 			return err
 		}
 	}
-	return h.reply(opt, repAck, nil)
+	return h.reply(opt, wire.RepAck, nil)
 }
 
 // parseMetaContext splits the data of a metadata context option into the
@@ -379,13 +381,13 @@ func parseMetaContext(data []byte) (name string, queries []string, ok bool) {
 func (h *handshake) startTLS(ctx context.Context, data []byte) error {
 	switch {
 	case len(data) != 0:
-		return h.reply(optStartTLS, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+		return h.reply(wire.OptStartTLS, wire.RepErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
 	case h.srv.cfg.TLS == nil:
-		return h.reply(optStartTLS, repErrUnsup, []byte("TLS is not configured on this server"))
+		return h.reply(wire.OptStartTLS, wire.RepErrUnsup, []byte("TLS is not configured on this server"))
 	case h.tlsDone:
-		return h.reply(optStartTLS, repErrInvalid, []byte("TLS is already active"))
+		return h.reply(wire.OptStartTLS, wire.RepErrInvalid, []byte("TLS is already active"))
 	}
-	if err := h.reply(optStartTLS, repAck, nil); err != nil {
+	if err := h.reply(wire.OptStartTLS, wire.RepAck, nil); err != nil {
 		return err
 	}
 	if h.r.Buffered() != 0 {
@@ -407,7 +409,7 @@ func (h *handshake) startTLS(ctx context.Context, data []byte) error {
 // reply sends one option reply and flushes it.
 func (h *handshake) reply(opt, typ uint32, data []byte) error {
 	var hdr [20]byte
-	binary.BigEndian.PutUint64(hdr[0:], magicOptReply)
+	binary.BigEndian.PutUint64(hdr[0:], wire.MagicOptReply)
 	binary.BigEndian.PutUint32(hdr[8:], opt)
 	binary.BigEndian.PutUint32(hdr[12:], typ)
 	binary.BigEndian.PutUint32(hdr[16:], uint32(len(data)))

@@ -17,14 +17,15 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/nbd/wire"
 	"github.com/tandem-project/tandem/volume"
 )
 
 func TestGreeting(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew | clientNoZeroes)
-	if r.sf != flagFixedNew|flagNoZeroes {
+	r.greet(wire.ClientFixedNew | wire.ClientNoZeroes)
+	if r.sf != wire.FlagFixedNew|wire.FlagNoZeroes {
 		t.Fatalf("handshake flags %#x, want FIXED_NEWSTYLE|NO_ZEROES", r.sf)
 	}
 }
@@ -32,14 +33,14 @@ func TestGreeting(t *testing.T) {
 func TestUnknownClientFlagsClose(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew | 1<<7)
+	r.greet(wire.ClientFixedNew | 1<<7)
 	r.expectClosed()
 }
 
 func TestBadOptionMagicCloses(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew)
+	r.greet(wire.ClientFixedNew)
 	r.write(make([]byte, 16)) // zero magic
 	r.expectClosed()
 }
@@ -56,41 +57,41 @@ func TestOptionReplies(t *testing.T) {
 		data  []byte
 		want  []uint32 // reply types in order
 	}{
-		{"list", nil, optList, nil, []uint32{repServer, repServer, repAck}},
-		{"list with data", nil, optList, []byte{1}, []uint32{repErrInvalid}},
-		{"unknown option", nil, 99, []byte("xyz"), []uint32{repErrUnsup}},
-		{"withdrawn peek export", nil, 4, nil, []uint32{repErrUnsup}},
-		{"starttls without tls", nil, optStartTLS, nil, []uint32{repErrUnsup}},
-		{"structured reply", nil, optStructuredReply, nil, []uint32{repAck}},
-		{"structured reply with data", nil, optStructuredReply, []byte{0}, []uint32{repErrInvalid}},
-		{"info", nil, optInfo, goData("a"), []uint32{repInfo, repAck}},
-		{"info all", nil, optInfo, goData("a", infoName, infoDescription, infoBlockSize, 77), []uint32{repInfo, repInfo, repInfo, repInfo, repAck}},
-		{"info no description", nil, optInfo, goData("b", infoDescription), []uint32{repInfo, repAck}},
-		{"info duplicate requests", nil, optInfo, goData("a", infoName, infoName), []uint32{repInfo, repInfo, repAck}},
-		{"info unknown export", nil, optInfo, goData("zz"), []uint32{repErrUnknown}},
-		{"info default export without default", nil, optInfo, goData(""), []uint32{repErrUnknown}},
-		{"info short", nil, optInfo, []byte{0, 0, 0}, []uint32{repErrInvalid}},
-		{"info name too long", nil, optInfo, []byte{0, 0, 1, 0, 0, 0}, []uint32{repErrInvalid}},
-		{"info trailing bytes", nil, optInfo, append(goData("a", infoName), 0), []uint32{repErrInvalid}},
-		{"list meta before structured", nil, optListMetaContext, metaData("a"), []uint32{repErrInvalid}},
-		{"list meta all", []uint32{optStructuredReply}, optListMetaContext, metaData("a"), []uint32{repMetaContext, repAck}},
-		{"list meta namespace", []uint32{optStructuredReply}, optListMetaContext, metaData("a", "base:"), []uint32{repMetaContext, repAck}},
-		{"list meta other namespace", []uint32{optStructuredReply}, optListMetaContext, metaData("a", "x-other:thing"), []uint32{repAck}},
-		{"list meta unknown export", []uint32{optStructuredReply}, optListMetaContext, metaData("zz"), []uint32{repErrUnknown}},
-		{"list meta malformed", []uint32{optStructuredReply}, optListMetaContext, []byte{0, 0, 0, 1, 'a', 0, 0, 0, 2, 0, 0, 0, 9}, []uint32{repErrInvalid}},
-		{"set meta base", []uint32{optStructuredReply}, optSetMetaContext, metaData("a", "base:allocation"), []uint32{repMetaContext, repAck}},
-		{"set meta none", []uint32{optStructuredReply}, optSetMetaContext, metaData("a"), []uint32{repAck}},
-		{"set meta namespace only", []uint32{optStructuredReply}, optSetMetaContext, metaData("a", "base:"), []uint32{repAck}},
-		{"oversized option", nil, 99, make([]byte, maxOptionLen+1), []uint32{repErrTooBig}},
+		{"list", nil, wire.OptList, nil, []uint32{wire.RepServer, wire.RepServer, wire.RepAck}},
+		{"list with data", nil, wire.OptList, []byte{1}, []uint32{wire.RepErrInvalid}},
+		{"unknown option", nil, 99, []byte("xyz"), []uint32{wire.RepErrUnsup}},
+		{"withdrawn peek export", nil, 4, nil, []uint32{wire.RepErrUnsup}},
+		{"starttls without tls", nil, wire.OptStartTLS, nil, []uint32{wire.RepErrUnsup}},
+		{"structured reply", nil, wire.OptStructuredReply, nil, []uint32{wire.RepAck}},
+		{"structured reply with data", nil, wire.OptStructuredReply, []byte{0}, []uint32{wire.RepErrInvalid}},
+		{"info", nil, wire.OptInfo, goData("a"), []uint32{wire.RepInfo, wire.RepAck}},
+		{"info all", nil, wire.OptInfo, goData("a", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 77), []uint32{wire.RepInfo, wire.RepInfo, wire.RepInfo, wire.RepInfo, wire.RepAck}},
+		{"info no description", nil, wire.OptInfo, goData("b", wire.InfoDescription), []uint32{wire.RepInfo, wire.RepAck}},
+		{"info duplicate requests", nil, wire.OptInfo, goData("a", wire.InfoName, wire.InfoName), []uint32{wire.RepInfo, wire.RepInfo, wire.RepAck}},
+		{"info unknown export", nil, wire.OptInfo, goData("zz"), []uint32{wire.RepErrUnknown}},
+		{"info default export without default", nil, wire.OptInfo, goData(""), []uint32{wire.RepErrUnknown}},
+		{"info short", nil, wire.OptInfo, []byte{0, 0, 0}, []uint32{wire.RepErrInvalid}},
+		{"info name too long", nil, wire.OptInfo, []byte{0, 0, 1, 0, 0, 0}, []uint32{wire.RepErrInvalid}},
+		{"info trailing bytes", nil, wire.OptInfo, append(goData("a", wire.InfoName), 0), []uint32{wire.RepErrInvalid}},
+		{"list meta before structured", nil, wire.OptListMetaContext, metaData("a"), []uint32{wire.RepErrInvalid}},
+		{"list meta all", []uint32{wire.OptStructuredReply}, wire.OptListMetaContext, metaData("a"), []uint32{wire.RepMetaContext, wire.RepAck}},
+		{"list meta namespace", []uint32{wire.OptStructuredReply}, wire.OptListMetaContext, metaData("a", "base:"), []uint32{wire.RepMetaContext, wire.RepAck}},
+		{"list meta other namespace", []uint32{wire.OptStructuredReply}, wire.OptListMetaContext, metaData("a", "x-other:thing"), []uint32{wire.RepAck}},
+		{"list meta unknown export", []uint32{wire.OptStructuredReply}, wire.OptListMetaContext, metaData("zz"), []uint32{wire.RepErrUnknown}},
+		{"list meta malformed", []uint32{wire.OptStructuredReply}, wire.OptListMetaContext, []byte{0, 0, 0, 1, 'a', 0, 0, 0, 2, 0, 0, 0, 9}, []uint32{wire.RepErrInvalid}},
+		{"set meta base", []uint32{wire.OptStructuredReply}, wire.OptSetMetaContext, metaData("a", "base:allocation"), []uint32{wire.RepMetaContext, wire.RepAck}},
+		{"set meta none", []uint32{wire.OptStructuredReply}, wire.OptSetMetaContext, metaData("a"), []uint32{wire.RepAck}},
+		{"set meta namespace only", []uint32{wire.OptStructuredReply}, wire.OptSetMetaContext, metaData("a", "base:"), []uint32{wire.RepAck}},
+		{"oversized option", nil, 99, make([]byte, maxOptionLen+1), []uint32{wire.RepErrTooBig}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := testServer(t, nil, exps...)
 			r := newRaw(t, srv)
-			r.greet(clientFixedNew | clientNoZeroes)
+			r.greet(wire.ClientFixedNew | wire.ClientNoZeroes)
 			for _, o := range tc.setup {
 				r.opt(o, nil)
-				if typ, _ := r.reply(o); typ != repAck {
+				if typ, _ := r.reply(o); typ != wire.RepAck {
 					t.Fatalf("setup option %d: reply %#x", o, typ)
 				}
 			}
@@ -100,15 +101,15 @@ func TestOptionReplies(t *testing.T) {
 				if typ != want {
 					t.Fatalf("reply %d: type %#x (%q), want %#x", i, typ, data, want)
 				}
-				if typ&repErrBit != 0 && len(data) == 0 {
+				if typ&wire.RepErrBit != 0 && len(data) == 0 {
 					t.Errorf("error reply %#x without a message", typ)
 				}
 			}
 			// Haggling goes on after every one of these.
-			r.opt(optList, nil)
+			r.opt(wire.OptList, nil)
 			for {
-				typ, _ := r.reply(optList)
-				if typ == repAck {
+				typ, _ := r.reply(wire.OptList)
+				if typ == wire.RepAck {
 					break
 				}
 			}
@@ -119,28 +120,28 @@ func TestOptionReplies(t *testing.T) {
 func TestInfoContents(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Description: "the first", Backend: newMem(1 << 20)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew | clientNoZeroes)
-	r.opt(optInfo, goData("a", infoBlockSize, infoName, infoDescription))
+	r.greet(wire.ClientFixedNew | wire.ClientNoZeroes)
+	r.opt(wire.OptInfo, goData("a", wire.InfoBlockSize, wire.InfoName, wire.InfoDescription))
 	got := map[uint16][]byte{}
 	for {
-		typ, data := r.reply(optInfo)
-		if typ == repAck {
+		typ, data := r.reply(wire.OptInfo)
+		if typ == wire.RepAck {
 			break
 		}
 		got[binary.BigEndian.Uint16(data)] = data[2:]
 	}
-	exp := got[infoExport]
+	exp := got[wire.InfoExport]
 	if len(exp) != 10 || binary.BigEndian.Uint64(exp) != 1<<20 {
 		t.Fatalf("NBD_INFO_EXPORT %x", exp)
 	}
-	wantFlags := tfHasFlags | tfSendFlush | tfSendFUA | tfSendTrim | tfSendZeroes | tfSendFastZero | tfSendCache | tfCanMultiConn
+	wantFlags := wire.TfHasFlags | wire.TfSendFlush | wire.TfSendFUA | wire.TfSendTrim | wire.TfSendZeroes | wire.TfSendFastZero | wire.TfSendCache | wire.TfCanMultiConn
 	if f := binary.BigEndian.Uint16(exp[8:]); f != wantFlags {
 		t.Errorf("flags %#x, want %#x (no DF before structured replies)", f, wantFlags)
 	}
-	if string(got[infoName]) != "a" || string(got[infoDescription]) != "the first" {
-		t.Errorf("name %q description %q", got[infoName], got[infoDescription])
+	if string(got[wire.InfoName]) != "a" || string(got[wire.InfoDescription]) != "the first" {
+		t.Errorf("name %q description %q", got[wire.InfoName], got[wire.InfoDescription])
 	}
-	bs := got[infoBlockSize]
+	bs := got[wire.InfoBlockSize]
 	if len(bs) != 12 || binary.BigEndian.Uint32(bs) != 1 || binary.BigEndian.Uint32(bs[4:]) != 4096 || binary.BigEndian.Uint32(bs[8:]) != MaxPayload {
 		t.Errorf("block size %x", bs)
 	}
@@ -157,9 +158,9 @@ func TestTransmissionFlags(t *testing.T) {
 		structured bool
 		want       uint16
 	}{
-		{"writable structured", newMem(4096), true, tfHasFlags | tfSendFlush | tfSendFUA | tfSendTrim | tfSendZeroes | tfSendFastZero | tfSendCache | tfCanMultiConn | tfSendDF},
-		{"read-only", ro, true, tfHasFlags | tfReadOnly | tfSendFlush | tfSendCache | tfCanMultiConn | tfSendDF},
-		{"no trim no multi-conn simple", noTrim, false, tfHasFlags | tfSendFlush | tfSendFUA | tfSendZeroes | tfSendFastZero | tfSendCache},
+		{"writable structured", newMem(4096), true, wire.TfHasFlags | wire.TfSendFlush | wire.TfSendFUA | wire.TfSendTrim | wire.TfSendZeroes | wire.TfSendFastZero | wire.TfSendCache | wire.TfCanMultiConn | wire.TfSendDF},
+		{"read-only", ro, true, wire.TfHasFlags | wire.TfReadOnly | wire.TfSendFlush | wire.TfSendCache | wire.TfCanMultiConn | wire.TfSendDF},
+		{"no trim no multi-conn simple", noTrim, false, wire.TfHasFlags | wire.TfSendFlush | wire.TfSendFUA | wire.TfSendZeroes | wire.TfSendFastZero | wire.TfSendCache},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,12 +177,12 @@ func TestExportName(t *testing.T) {
 	for _, noZeroes := range []bool{false, true} {
 		srv := testServer(t, nil, Export{Name: "a", Backend: newMem(12345)})
 		r := newRaw(t, srv)
-		cf := clientFixedNew
+		cf := wire.ClientFixedNew
 		if noZeroes {
-			cf |= clientNoZeroes
+			cf |= wire.ClientNoZeroes
 		}
 		r.greet(cf)
-		r.opt(optExportName, []byte("a"))
+		r.opt(wire.OptExportName, []byte("a"))
 		n := 10
 		if !noZeroes {
 			n += 124
@@ -195,7 +196,7 @@ func TestExportName(t *testing.T) {
 			t.Fatalf("padding not zero")
 		}
 		// Transmission works right away.
-		r.write(reqBytes(cmdFlush, 0, 7, 0, 0))
+		r.write(reqBytes(wire.CmdFlush, 0, 7, 0, 0))
 		if errno, h := r.simple(); errno != 0 || h != 7 {
 			t.Fatalf("flush reply errno %d handle %d", errno, h)
 		}
@@ -205,8 +206,8 @@ func TestExportName(t *testing.T) {
 func TestExportNameUnknownCloses(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew)
-	r.opt(optExportName, []byte("nope"))
+	r.greet(wire.ClientFixedNew)
+	r.opt(wire.OptExportName, []byte("nope"))
 	r.expectClosed()
 }
 
@@ -223,9 +224,9 @@ func TestDefaultExport(t *testing.T) {
 func TestAbort(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew)
-	r.opt(optAbort, nil)
-	if typ, _ := r.reply(optAbort); typ != repAck {
+	r.greet(wire.ClientFixedNew)
+	r.opt(wire.OptAbort, nil)
+	if typ, _ := r.reply(wire.OptAbort); typ != wire.RepAck {
 		t.Fatalf("abort reply %#x", typ)
 	}
 	r.expectClosed()
@@ -246,17 +247,17 @@ func TestMetaContextFollowsExport(t *testing.T) {
 
 	// Selected for another export: no context in transmission.
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew | clientNoZeroes)
-	r.opt(optStructuredReply, nil)
-	r.reply(optStructuredReply)
-	r.opt(optSetMetaContext, metaData("b", metaContextBase))
-	r.reply(optSetMetaContext)
-	r.reply(optSetMetaContext)
-	r.opt(optGo, goData("a"))
-	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
+	r.greet(wire.ClientFixedNew | wire.ClientNoZeroes)
+	r.opt(wire.OptStructuredReply, nil)
+	r.reply(wire.OptStructuredReply)
+	r.opt(wire.OptSetMetaContext, metaData("b", wire.MetaContextBase))
+	r.reply(wire.OptSetMetaContext)
+	r.reply(wire.OptSetMetaContext)
+	r.opt(wire.OptGo, goData("a"))
+	for typ, _ := r.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r.reply(wire.OptGo) {
 	}
-	r.write(reqBytes(cmdBlockStatus, 0, 1, 0, 4096))
-	if errno, _ := r.structuredError(); errno != errInval {
+	r.write(reqBytes(wire.CmdBlockStatus, 0, 1, 0, 4096))
+	if errno, _ := r.structuredError(); errno != wire.ErrInval {
 		t.Fatalf("BLOCK_STATUS after meta context for another export: errno %d, want EINVAL", errno)
 	}
 }
@@ -267,7 +268,7 @@ func (r *raw) structuredError() (uint32, uint64) {
 	r.t.Helper()
 	var h [20]byte
 	r.read(h[:])
-	if m := binary.BigEndian.Uint32(h[0:]); m != magicStructured {
+	if m := binary.BigEndian.Uint32(h[0:]); m != wire.MagicStructured {
 		r.t.Fatalf("chunk magic %#x", m)
 	}
 	typ := binary.BigEndian.Uint16(h[6:])
@@ -297,10 +298,10 @@ func TestHandshakeTimeout(t *testing.T) {
 func TestShutdownDuringHandshake(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew)
+	r.greet(wire.ClientFixedNew)
 	srv.closing.Store(true)
-	r.opt(optList, nil)
-	if typ, _ := r.reply(optList); typ != repErrShutdown {
+	r.opt(wire.OptList, nil)
+	if typ, _ := r.reply(wire.OptList); typ != wire.RepErrShutdown {
 		t.Fatalf("reply %#x, want ERR_SHUTDOWN", typ)
 	}
 }
@@ -342,12 +343,12 @@ func TestTLS(t *testing.T) {
 
 	// Before STARTTLS every option but ABORT is refused.
 	r := newRaw(t, srv)
-	r.greet(clientFixedNew)
-	r.opt(optList, nil)
-	if typ, _ := r.reply(optList); typ != repErrTLSReqd {
+	r.greet(wire.ClientFixedNew)
+	r.opt(wire.OptList, nil)
+	if typ, _ := r.reply(wire.OptList); typ != wire.RepErrTLSReqd {
 		t.Fatalf("LIST before TLS: %#x, want ERR_TLS_REQD", typ)
 	}
-	r.opt(optExportName, []byte("a"))
+	r.opt(wire.OptExportName, []byte("a"))
 	r.expectClosed()
 
 	// With TLS the whole session works.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // testServer starts a server over exports with cfg (DefaultConfig if nil)
@@ -81,7 +82,7 @@ func (r *raw) greet(clientFlags uint32) {
 	r.t.Helper()
 	var g [18]byte
 	r.read(g[:])
-	if binary.BigEndian.Uint64(g[0:]) != magicNBD || binary.BigEndian.Uint64(g[8:]) != magicOption {
+	if binary.BigEndian.Uint64(g[0:]) != wire.MagicNBD || binary.BigEndian.Uint64(g[8:]) != wire.MagicOption {
 		r.t.Fatalf("bad greeting % x", g)
 	}
 	r.sf = binary.BigEndian.Uint16(g[16:])
@@ -104,7 +105,7 @@ func (r *raw) write(b []byte) {
 
 func (r *raw) opt(opt uint32, data []byte) {
 	r.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, magicOption)
+	b := binary.BigEndian.AppendUint64(nil, wire.MagicOption)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	r.write(append(b, data...))
@@ -115,7 +116,7 @@ func (r *raw) reply(opt uint32) (typ uint32, data []byte) {
 	r.t.Helper()
 	var h [20]byte
 	r.read(h[:])
-	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
+	if m := binary.BigEndian.Uint64(h[0:]); m != wire.MagicOptReply {
 		r.t.Fatalf("reply magic %#x", m)
 	}
 	if got := binary.BigEndian.Uint32(h[8:]); got != opt {
@@ -163,7 +164,7 @@ func metaData(name string, queries ...string) []byte {
 
 // reqBytes encodes a transmission request header.
 func reqBytes(typ, flags uint16, handle, off uint64, length uint32) []byte {
-	b := binary.BigEndian.AppendUint32(nil, magicRequest)
+	b := binary.BigEndian.AppendUint32(nil, wire.MagicRequest)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, handle)
@@ -176,7 +177,7 @@ func (r *raw) simple() (errno uint32, handle uint64) {
 	r.t.Helper()
 	var h [16]byte
 	r.read(h[:])
-	if m := binary.BigEndian.Uint32(h[0:]); m != magicSimple {
+	if m := binary.BigEndian.Uint32(h[0:]); m != wire.MagicSimple {
 		r.t.Fatalf("simple reply magic %#x", m)
 	}
 	return binary.BigEndian.Uint32(h[4:]), binary.BigEndian.Uint64(h[8:])
@@ -185,15 +186,15 @@ func (r *raw) simple() (errno uint32, handle uint64) {
 // goSimple completes a handshake with NBD_OPT_GO and no structured replies.
 func (r *raw) goSimple(name string) (size uint64, flags uint16) {
 	r.t.Helper()
-	r.greet(clientFixedNew | clientNoZeroes)
-	r.opt(optGo, goData(name))
+	r.greet(wire.ClientFixedNew | wire.ClientNoZeroes)
+	r.opt(wire.OptGo, goData(name))
 	for {
-		typ, data := r.reply(optGo)
+		typ, data := r.reply(wire.OptGo)
 		switch typ {
-		case repAck:
+		case wire.RepAck:
 			return size, flags
-		case repInfo:
-			if binary.BigEndian.Uint16(data) == infoExport {
+		case wire.RepInfo:
+			if binary.BigEndian.Uint16(data) == wire.InfoExport {
 				size, flags = binary.BigEndian.Uint64(data[2:]), binary.BigEndian.Uint16(data[10:])
 			}
 		default:

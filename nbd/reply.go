@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // smallPayload is the largest payload copied into the batch buffer; larger
@@ -144,15 +146,15 @@ func (w *replyWriter) failed() error {
 // separately so that large reads are never copied.
 
 func simpleReply(handle uint64, errno uint32) []byte {
-	b := make([]byte, simpleHeaderLen)
-	binary.BigEndian.PutUint32(b[0:], magicSimple)
+	b := make([]byte, wire.SimpleHeaderLen)
+	binary.BigEndian.PutUint32(b[0:], wire.MagicSimple)
 	binary.BigEndian.PutUint32(b[4:], errno)
 	binary.BigEndian.PutUint64(b[8:], handle)
 	return b
 }
 
 func chunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) []byte {
-	b = binary.BigEndian.AppendUint32(b, magicStructured)
+	b = binary.BigEndian.AppendUint32(b, wire.MagicStructured)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, handle)
@@ -162,7 +164,7 @@ func chunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) []by
 // readDataHeader is the header of a one-chunk structured READ reply carrying
 // n bytes from off.
 func readDataHeader(handle, off uint64, n int) []byte {
-	b := chunkHeader(make([]byte, 0, chunkHeaderLen+8), replyFlagDone, chunkOffsetData, handle, uint32(8+n))
+	b := chunkHeader(make([]byte, 0, wire.ChunkHeaderLen+8), wire.ReplyFlagDone, wire.ChunkOffsetData, handle, uint32(8+n))
 	return binary.BigEndian.AppendUint64(b, off)
 }
 
@@ -171,7 +173,7 @@ func errorChunk(handle uint64, errno uint32, msg string) []byte {
 	if len(msg) > 4096 {
 		msg = msg[:4096]
 	}
-	b := chunkHeader(make([]byte, 0, chunkHeaderLen+6+len(msg)), replyFlagDone, chunkError, handle, uint32(6+len(msg)))
+	b := chunkHeader(make([]byte, 0, wire.ChunkHeaderLen+6+len(msg)), wire.ReplyFlagDone, wire.ChunkError, handle, uint32(6+len(msg)))
 	b = binary.BigEndian.AppendUint32(b, errno)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
 	return append(b, msg...)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // request is one decoded transmission-phase request header.
@@ -20,10 +22,10 @@ type request struct {
 // decodeRequest decodes a 28-byte request header. A bad magic means the
 // stream cannot be framed any more: the caller closes the connection.
 func decodeRequest(b []byte) (request, error) {
-	if len(b) < requestHeaderLen {
+	if len(b) < wire.RequestHeaderLen {
 		return request{}, protoErrorf("short request header (%d bytes)", len(b))
 	}
-	if m := binary.BigEndian.Uint32(b[0:]); m != magicRequest {
+	if m := binary.BigEndian.Uint32(b[0:]); m != wire.MagicRequest {
 		return request{}, protoErrorf("bad request magic %#x", m)
 	}
 	return request{
@@ -37,7 +39,7 @@ func decodeRequest(b []byte) (request, error) {
 
 // hasPayload reports whether a WRITE payload follows the header on the wire.
 // The payload must be consumed even when the request is refused.
-func (r request) hasPayload() bool { return r.typ == cmdWrite }
+func (r request) hasPayload() bool { return r.typ == wire.CmdWrite }
 
 // rejection is why a request is refused before it reaches the backend.
 type rejection struct {
@@ -54,73 +56,73 @@ func (s *session) check(r request, size int64) *rejection {
 		return &rejection{errno: errno, msg: fmt.Sprintf(format, args...)}
 	}
 	allowed := uint16(0)
-	if s.flags&tfSendFUA != 0 {
-		allowed |= cfFUA // valid on every command once negotiated
+	if s.flags&wire.TfSendFUA != 0 {
+		allowed |= wire.CfFUA // valid on every command once negotiated
 	}
-	readOnly := s.flags&tfReadOnly != 0
+	readOnly := s.flags&wire.TfReadOnly != 0
 	switch r.typ {
-	case cmdRead:
+	case wire.CmdRead:
 		if s.structured {
-			allowed |= cfDF
+			allowed |= wire.CfDF
 		}
-	case cmdWrite:
+	case wire.CmdWrite:
 		if readOnly {
-			return reject(errPerm, "export is read-only")
+			return reject(wire.ErrPerm, "export is read-only")
 		}
-	case cmdFlush, cmdDisc:
-	case cmdTrim:
+	case wire.CmdFlush, wire.CmdDisc:
+	case wire.CmdTrim:
 		if readOnly {
-			return reject(errPerm, "export is read-only")
+			return reject(wire.ErrPerm, "export is read-only")
 		}
-		if s.flags&tfSendTrim == 0 {
-			return reject(errInval, "TRIM was not negotiated")
+		if s.flags&wire.TfSendTrim == 0 {
+			return reject(wire.ErrInval, "TRIM was not negotiated")
 		}
-	case cmdCache:
-	case cmdWriteZeroes:
+	case wire.CmdCache:
+	case wire.CmdWriteZeroes:
 		if readOnly {
-			return reject(errPerm, "export is read-only")
+			return reject(wire.ErrPerm, "export is read-only")
 		}
-		allowed |= cfNoHole
-		if s.flags&tfSendFastZero != 0 {
-			allowed |= cfFastZero
+		allowed |= wire.CfNoHole
+		if s.flags&wire.TfSendFastZero != 0 {
+			allowed |= wire.CfFastZero
 		}
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		if !s.metaBase {
-			return reject(errInval, "BLOCK_STATUS without a negotiated metadata context")
+			return reject(wire.ErrInval, "BLOCK_STATUS without a negotiated metadata context")
 		}
-		allowed |= cfReqOne
+		allowed |= wire.CfReqOne
 	default:
-		return reject(errInval, "unknown command %d", r.typ)
+		return reject(wire.ErrInval, "unknown command %d", r.typ)
 	}
 	if bad := r.flags &^ allowed; bad != 0 {
-		return reject(errInval, "flags %#x not valid for %s", bad, commandName(r.typ))
+		return reject(wire.ErrInval, "flags %#x not valid for %s", bad, commandName(r.typ))
 	}
 
 	switch r.typ {
-	case cmdFlush:
+	case wire.CmdFlush:
 		if r.off != 0 || r.length != 0 {
-			return reject(errInval, "FLUSH with nonzero offset or length")
+			return reject(wire.ErrInval, "FLUSH with nonzero offset or length")
 		}
 		return nil
-	case cmdDisc:
+	case wire.CmdDisc:
 		return nil
-	case cmdRead, cmdWrite:
+	case wire.CmdRead, wire.CmdWrite:
 		if r.length > MaxPayload {
-			return reject(errInval, "%s of %d bytes exceeds the maximum of %d", commandName(r.typ), r.length, MaxPayload)
+			return reject(wire.ErrInval, "%s of %d bytes exceeds the maximum of %d", commandName(r.typ), r.length, MaxPayload)
 		}
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		if r.length == 0 {
-			return reject(errInval, "BLOCK_STATUS of zero length")
+			return reject(wire.ErrInval, "BLOCK_STATUS of zero length")
 		}
 	}
 	if size < 0 || r.off > math.MaxInt64 || int64(r.off) > size || int64(r.length) > size-int64(r.off) {
 		// The spec: ENOSPC for writes past the end, EINVAL for reads and
 		// trims.
 		switch r.typ {
-		case cmdWrite, cmdWriteZeroes:
-			return reject(errNoSpc, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)
+		case wire.CmdWrite, wire.CmdWriteZeroes:
+			return reject(wire.ErrNoSpc, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)
 		default:
-			return reject(errInval, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)
+			return reject(wire.ErrInval, "%s at %d+%d past the end of the export (%d bytes)", commandName(r.typ), r.off, r.length, size)
 		}
 	}
 	return nil

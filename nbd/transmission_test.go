@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/nbd/wire"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -87,7 +88,7 @@ func TestInlineReads(t *testing.T) {
 		// Errors on the inline path are reported like any other.
 		mem.setFail(errDisk)
 		for range 2 {
-			if err := c.ReadAt(ctx, make([]byte, 100), 0, 0); errnoOfClient(err) != errIO {
+			if err := c.ReadAt(ctx, make([]byte, 100), 0, 0); errnoOfClient(err) != wire.ErrIO {
 				t.Fatalf("inline read error: %v, want EIO", err)
 			}
 		}
@@ -130,7 +131,7 @@ func TestFastZeroNotSupported(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
 	c := dial(t, srv, nbdclient.Options{Export: "a"})
 	err := c.Zero(context.Background(), 0, 4096, nbdclient.CmdFlagFastZero)
-	if errnoOfClient(err) != errNotSup {
+	if errnoOfClient(err) != wire.ErrNotSup {
 		t.Fatalf("fast zero: %v, want ENOTSUP", err)
 	}
 	if err := c.Zero(context.Background(), 0, 4096, 0); err != nil {
@@ -155,33 +156,33 @@ func TestRequestErrors(t *testing.T) {
 		r          req
 		want       uint32
 	}{
-		{"write past end", false, true, false, req{cmdWrite, 0, size - 1, 2}, errNoSpc},
-		{"write at huge offset", false, true, false, req{cmdWrite, 0, math.MaxUint64, 1}, errNoSpc},
-		{"write offset past int64", false, false, false, req{cmdWrite, 0, 1 << 63, 1}, errNoSpc},
-		{"trim past end", false, true, false, req{cmdTrim, 0, size, 1}, errInval},
-		{"zero past end", false, true, false, req{cmdWriteZeroes, 0, 0, size + 1}, errNoSpc},
-		{"read past end", false, true, false, req{cmdRead, 0, size, 1}, errInval},
-		{"read past end simple", false, false, false, req{cmdRead, 0, size - 4, 8}, errInval},
-		{"read wraps around", false, true, false, req{cmdRead, 0, math.MaxUint64 - 1, 4}, errInval},
-		{"cache past end", false, true, false, req{cmdCache, 0, size, 4096}, errInval},
-		{"block status past end", false, true, true, req{cmdBlockStatus, 0, size - 1, 2}, errInval},
-		{"block status zero length", false, true, true, req{cmdBlockStatus, 0, 0, 0}, errInval},
-		{"block status without context", false, true, false, req{cmdBlockStatus, 0, 0, 4096}, errInval},
-		{"read too large", false, true, false, req{cmdRead, 0, 0, MaxPayload + 1}, errInval},
-		{"unknown command", false, true, false, req{42, 0, 0, 0}, errInval},
-		{"resize not supported", false, true, false, req{8, 0, 0, 0}, errInval},
-		{"unknown flag", false, true, false, req{cmdRead, 1 << 9, 0, 512}, errInval},
-		{"DF without structured", false, false, false, req{cmdRead, cfDF, 0, 512}, errInval},
-		{"DF on write", false, true, false, req{cmdWrite, cfDF, 0, 1}, errInval},
-		{"REQ_ONE on read", false, true, false, req{cmdRead, cfReqOne, 0, 512}, errInval},
-		{"NO_HOLE on trim", false, true, false, req{cmdTrim, cfNoHole, 0, 512}, errInval},
-		{"FAST_ZERO on write", false, true, false, req{cmdWrite, cfFastZero, 0, 1}, errInval},
-		{"flush with offset", false, true, false, req{cmdFlush, 0, 1, 0}, errInval},
-		{"flush with length", false, false, false, req{cmdFlush, 0, 0, 1}, errInval},
-		{"write read-only", true, true, false, req{cmdWrite, 0, 0, 4}, errPerm},
-		{"trim read-only", true, false, false, req{cmdTrim, 0, 0, 4}, errPerm},
-		{"zero read-only", true, true, false, req{cmdWriteZeroes, 0, 0, 4}, errPerm},
-		{"FUA on read-only", true, true, false, req{cmdRead, cfFUA, 0, 4}, errInval},
+		{"write past end", false, true, false, req{wire.CmdWrite, 0, size - 1, 2}, wire.ErrNoSpc},
+		{"write at huge offset", false, true, false, req{wire.CmdWrite, 0, math.MaxUint64, 1}, wire.ErrNoSpc},
+		{"write offset past int64", false, false, false, req{wire.CmdWrite, 0, 1 << 63, 1}, wire.ErrNoSpc},
+		{"trim past end", false, true, false, req{wire.CmdTrim, 0, size, 1}, wire.ErrInval},
+		{"zero past end", false, true, false, req{wire.CmdWriteZeroes, 0, 0, size + 1}, wire.ErrNoSpc},
+		{"read past end", false, true, false, req{wire.CmdRead, 0, size, 1}, wire.ErrInval},
+		{"read past end simple", false, false, false, req{wire.CmdRead, 0, size - 4, 8}, wire.ErrInval},
+		{"read wraps around", false, true, false, req{wire.CmdRead, 0, math.MaxUint64 - 1, 4}, wire.ErrInval},
+		{"cache past end", false, true, false, req{wire.CmdCache, 0, size, 4096}, wire.ErrInval},
+		{"block status past end", false, true, true, req{wire.CmdBlockStatus, 0, size - 1, 2}, wire.ErrInval},
+		{"block status zero length", false, true, true, req{wire.CmdBlockStatus, 0, 0, 0}, wire.ErrInval},
+		{"block status without context", false, true, false, req{wire.CmdBlockStatus, 0, 0, 4096}, wire.ErrInval},
+		{"read too large", false, true, false, req{wire.CmdRead, 0, 0, MaxPayload + 1}, wire.ErrInval},
+		{"unknown command", false, true, false, req{42, 0, 0, 0}, wire.ErrInval},
+		{"resize not supported", false, true, false, req{8, 0, 0, 0}, wire.ErrInval},
+		{"unknown flag", false, true, false, req{wire.CmdRead, 1 << 9, 0, 512}, wire.ErrInval},
+		{"DF without structured", false, false, false, req{wire.CmdRead, wire.CfDF, 0, 512}, wire.ErrInval},
+		{"DF on write", false, true, false, req{wire.CmdWrite, wire.CfDF, 0, 1}, wire.ErrInval},
+		{"REQ_ONE on read", false, true, false, req{wire.CmdRead, wire.CfReqOne, 0, 512}, wire.ErrInval},
+		{"NO_HOLE on trim", false, true, false, req{wire.CmdTrim, wire.CfNoHole, 0, 512}, wire.ErrInval},
+		{"FAST_ZERO on write", false, true, false, req{wire.CmdWrite, wire.CfFastZero, 0, 1}, wire.ErrInval},
+		{"flush with offset", false, true, false, req{wire.CmdFlush, 0, 1, 0}, wire.ErrInval},
+		{"flush with length", false, false, false, req{wire.CmdFlush, 0, 0, 1}, wire.ErrInval},
+		{"write read-only", true, true, false, req{wire.CmdWrite, 0, 0, 4}, wire.ErrPerm},
+		{"trim read-only", true, false, false, req{wire.CmdTrim, 0, 0, 4}, wire.ErrPerm},
+		{"zero read-only", true, true, false, req{wire.CmdWriteZeroes, 0, 0, 4}, wire.ErrPerm},
+		{"FUA on read-only", true, true, false, req{wire.CmdRead, wire.CfFUA, 0, 4}, wire.ErrInval},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -197,7 +198,7 @@ func TestRequestErrors(t *testing.T) {
 			c := dial(t, srv, opts)
 			ctx := context.Background()
 			var payload, readBuf []byte
-			if tc.r.typ == cmdWrite {
+			if tc.r.typ == wire.CmdWrite {
 				payload = make([]byte, tc.r.length)
 			}
 			err := c.Raw(ctx, tc.r.typ, tc.r.flags, tc.r.off, tc.r.length, payload, readBuf)
@@ -221,10 +222,10 @@ func TestOversizedWriteIsSkipped(t *testing.T) {
 	go func() {
 		// Write concurrently: the server consumes the payload while we
 		// would otherwise block.
-		r.c.Write(append(reqBytes(cmdWrite, 0, 1, 0, uint32(n)), make([]byte, n)...))
-		r.c.Write(reqBytes(cmdFlush, 0, 2, 0, 0))
+		r.c.Write(append(reqBytes(wire.CmdWrite, 0, 1, 0, uint32(n)), make([]byte, n)...))
+		r.c.Write(reqBytes(wire.CmdFlush, 0, 2, 0, 0))
 	}()
-	if errno, h := r.simple(); errno != errInval || h != 1 {
+	if errno, h := r.simple(); errno != wire.ErrInval || h != 1 {
 		t.Fatalf("oversized write: errno %d handle %d, want EINVAL for 1", errno, h)
 	}
 	if errno, h := r.simple(); errno != 0 || h != 2 {
@@ -245,10 +246,10 @@ func TestRejectedWritePayloadConsumed(t *testing.T) {
 	r.goSimple("a")
 	// A refused write's payload must be skipped, not parsed as requests:
 	// make the payload look like a request with handle 99.
-	payload := reqBytes(cmdFlush, 0, 99, 0, 0)
-	r.write(append(reqBytes(cmdWrite, 0, 1, 0, uint32(len(payload))), payload...))
-	r.write(reqBytes(cmdFlush, 0, 2, 0, 0))
-	if errno, h := r.simple(); errno != errPerm || h != 1 {
+	payload := reqBytes(wire.CmdFlush, 0, 99, 0, 0)
+	r.write(append(reqBytes(wire.CmdWrite, 0, 1, 0, uint32(len(payload))), payload...))
+	r.write(reqBytes(wire.CmdFlush, 0, 2, 0, 0))
+	if errno, h := r.simple(); errno != wire.ErrPerm || h != 1 {
 		t.Fatalf("write on read-only: errno %d handle %d", errno, h)
 	}
 	if errno, h := r.simple(); errno != 0 || h != 2 {
@@ -261,11 +262,11 @@ func TestBackendErrors(t *testing.T) {
 		err  error
 		want uint32
 	}{
-		{errDisk, errIO},
-		{fmt.Errorf("wrapped: %w", volume.ErrNoSpace), errNoSpc},
-		{volume.ErrReadOnly, errPerm},
-		{volume.ErrClosed, errShutdown},
-		{context.Canceled, errShutdown},
+		{errDisk, wire.ErrIO},
+		{fmt.Errorf("wrapped: %w", volume.ErrNoSpace), wire.ErrNoSpc},
+		{volume.ErrReadOnly, wire.ErrPerm},
+		{volume.ErrClosed, wire.ErrShutdown},
+		{context.Canceled, wire.ErrShutdown},
 	}
 	for _, tc := range tests {
 		for _, structured := range []bool{true, false} {
@@ -399,7 +400,7 @@ func TestBadMagicCloses(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: newMem(4096)})
 	r := newRaw(t, srv)
 	r.goSimple("a")
-	b := reqBytes(cmdFlush, 0, 1, 0, 0)
+	b := reqBytes(wire.CmdFlush, 0, 1, 0, 0)
 	binary.BigEndian.PutUint32(b, 0xdeadbeef)
 	r.write(b)
 	r.expectClosed()
@@ -410,13 +411,13 @@ func TestTruncatedRequestCloses(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
 	r := newRaw(t, srv)
 	r.goSimple("a")
-	r.write(reqBytes(cmdWrite, 0, 1, 0, 100)[:20]) // half a header
+	r.write(reqBytes(wire.CmdWrite, 0, 1, 0, 100)[:20]) // half a header
 	r.c.Close()
 	waitIdle(t, srv)
 	r2 := newRaw(t, srv)
 	r2.goSimple("a")
 	// A write whose payload is cut short never reaches the backend.
-	r2.write(append(reqBytes(cmdWrite, 0, 1, 0, 100), make([]byte, 50)...))
+	r2.write(append(reqBytes(wire.CmdWrite, 0, 1, 0, 100), make([]byte, 50)...))
 	r2.c.Close()
 	waitIdle(t, srv)
 	for _, c := range mem.callLog() {
@@ -452,8 +453,8 @@ func TestDiscWaitsForInFlight(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
 	r := newRaw(t, srv)
 	r.goSimple("a")
-	r.write(append(reqBytes(cmdWrite, 0, 1, 0, 4), "data"...))
-	r.write(reqBytes(cmdDisc, 0, 2, 0, 0))
+	r.write(append(reqBytes(wire.CmdWrite, 0, 1, 0, 4), "data"...))
+	r.write(reqBytes(wire.CmdDisc, 0, 2, 0, 0))
 	if errno, h := r.simple(); errno != 0 || h != 1 {
 		t.Fatalf("write reply after DISC: errno %d handle %d", errno, h)
 	}
@@ -475,7 +476,7 @@ func TestShutdown(t *testing.T) {
 	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
 	r := newRaw(t, srv)
 	r.goSimple("a")
-	r.write(append(reqBytes(cmdWrite, 0, 1, 0, 4), "data"...))
+	r.write(append(reqBytes(wire.CmdWrite, 0, 1, 0, 4), "data"...))
 	<-started
 	done := make(chan error, 1)
 	go func() {
@@ -484,13 +485,13 @@ func TestShutdown(t *testing.T) {
 		done <- srv.Shutdown(ctx)
 	}()
 	time.Sleep(20 * time.Millisecond)
-	r.write(reqBytes(cmdFlush, 0, 2, 0, 0))
+	r.write(reqBytes(wire.CmdFlush, 0, 2, 0, 0))
 	got := map[uint64]uint32{}
 	for range 2 {
 		errno, h := r.simple()
 		got[h] = errno
 	}
-	if got[1] != 0 || got[2] != errShutdown {
+	if got[1] != 0 || got[2] != wire.ErrShutdown {
 		t.Fatalf("replies %v: want the write to succeed and the flush to get ESHUTDOWN", got)
 	}
 	if err := <-done; err != nil {
@@ -513,7 +514,7 @@ func TestClientNotReadingBoundsMemory(t *testing.T) {
 	const n = 20000
 	var reqs []byte
 	for i := range n {
-		reqs = append(reqs, reqBytes(cmdRead, 0, uint64(i), 0, 64<<10)...)
+		reqs = append(reqs, reqBytes(wire.CmdRead, 0, uint64(i), 0, 64<<10)...)
 	}
 	go r.c.Write(reqs) //nolint:errcheck // checked through the replies
 	time.Sleep(500 * time.Millisecond)

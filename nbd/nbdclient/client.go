@@ -18,77 +18,35 @@ import (
 	"net"
 	"sync"
 	"time"
-)
 
-// Wire constants (see the NBD protocol, doc/proto.md).
-const (
-	magicNBD        = uint64(0x4e42444d41474943)
-	magicOption     = uint64(0x49484156454F5054)
-	magicOptReply   = uint64(0x3e889045565a9)
-	magicRequest    = uint32(0x25609513)
-	magicSimple     = uint32(0x67446698)
-	magicStructured = uint32(0x668e33ef)
-
-	flagFixedNew = uint16(1 << 0)
-	flagNoZeroes = uint16(1 << 1)
-
-	optStartTLS        = uint32(5)
-	optGo              = uint32(7)
-	optStructuredReply = uint32(8)
-	optSetMetaContext  = uint32(10)
-
-	repAck         = uint32(1)
-	repInfo        = uint32(3)
-	repMetaContext = uint32(4)
-	repErrBit      = uint32(1 << 31)
-
-	infoExport      = uint16(0)
-	infoName        = uint16(1)
-	infoDescription = uint16(2)
-	infoBlockSize   = uint16(3)
-
-	cmdRead        = uint16(0)
-	cmdWrite       = uint16(1)
-	cmdDisc        = uint16(2)
-	cmdFlush       = uint16(3)
-	cmdTrim        = uint16(4)
-	cmdCache       = uint16(5)
-	cmdWriteZeroes = uint16(6)
-	cmdBlockStatus = uint16(7)
-
-	replyFlagDone    = uint16(1)
-	chunkNone        = uint16(0)
-	chunkOffsetData  = uint16(1)
-	chunkOffsetHole  = uint16(2)
-	chunkBlockStatus = uint16(5)
-	chunkErrorBit    = uint16(1 << 15)
+	"github.com/tandem-project/tandem/nbd/wire"
 )
 
 // Transmission flags reported by Conn.Flags.
 const (
-	FlagHasFlags     = uint16(1 << 0)
-	FlagReadOnly     = uint16(1 << 1)
-	FlagSendFlush    = uint16(1 << 2)
-	FlagSendFUA      = uint16(1 << 3)
-	FlagSendTrim     = uint16(1 << 5)
-	FlagSendZeroes   = uint16(1 << 6)
-	FlagSendDF       = uint16(1 << 7)
-	FlagCanMultiConn = uint16(1 << 8)
-	FlagSendCache    = uint16(1 << 10)
-	FlagSendFastZero = uint16(1 << 11)
+	FlagHasFlags     = wire.TfHasFlags
+	FlagReadOnly     = wire.TfReadOnly
+	FlagSendFlush    = wire.TfSendFlush
+	FlagSendFUA      = wire.TfSendFUA
+	FlagSendTrim     = wire.TfSendTrim
+	FlagSendZeroes   = wire.TfSendZeroes
+	FlagSendDF       = wire.TfSendDF
+	FlagCanMultiConn = wire.TfCanMultiConn
+	FlagSendCache    = wire.TfSendCache
+	FlagSendFastZero = wire.TfSendFastZero
 )
 
 // Command flags accepted by the request methods.
 const (
-	CmdFlagFUA      = uint16(1 << 0)
-	CmdFlagNoHole   = uint16(1 << 1)
-	CmdFlagDF       = uint16(1 << 2)
-	CmdFlagReqOne   = uint16(1 << 3)
-	CmdFlagFastZero = uint16(1 << 4)
+	CmdFlagFUA      = wire.CfFUA
+	CmdFlagNoHole   = wire.CfNoHole
+	CmdFlagDF       = wire.CfDF
+	CmdFlagReqOne   = wire.CfReqOne
+	CmdFlagFastZero = wire.CfFastZero
 )
 
 // MetaContextBase is the base:allocation metadata context.
-const MetaContextBase = "base:allocation"
+const MetaContextBase = wire.MetaContextBase
 
 // Options configure Dial and Handshake.
 type Options struct {
@@ -234,38 +192,38 @@ func (c *Conn) BlockSizes() (min, preferred, max uint32) {
 
 // ReadAt reads len(p) bytes at off.
 func (c *Conn) ReadAt(ctx context.Context, p []byte, off int64, flags uint16) error {
-	return c.do(ctx, cmdRead, flags, uint64(off), uint32(len(p)), nil, p, nil)
+	return c.do(ctx, wire.CmdRead, flags, uint64(off), uint32(len(p)), nil, p, nil)
 }
 
 // WriteAt writes p at off.
 func (c *Conn) WriteAt(ctx context.Context, p []byte, off int64, flags uint16) error {
-	return c.do(ctx, cmdWrite, flags, uint64(off), uint32(len(p)), p, nil, nil)
+	return c.do(ctx, wire.CmdWrite, flags, uint64(off), uint32(len(p)), p, nil, nil)
 }
 
 // Flush asks the server to persist every completed write.
 func (c *Conn) Flush(ctx context.Context) error {
-	return c.do(ctx, cmdFlush, 0, 0, 0, nil, nil, nil)
+	return c.do(ctx, wire.CmdFlush, 0, 0, 0, nil, nil, nil)
 }
 
 // Trim discards [off, off+n).
 func (c *Conn) Trim(ctx context.Context, off int64, n uint32, flags uint16) error {
-	return c.do(ctx, cmdTrim, flags, uint64(off), n, nil, nil, nil)
+	return c.do(ctx, wire.CmdTrim, flags, uint64(off), n, nil, nil, nil)
 }
 
 // Zero writes zeroes over [off, off+n).
 func (c *Conn) Zero(ctx context.Context, off int64, n uint32, flags uint16) error {
-	return c.do(ctx, cmdWriteZeroes, flags, uint64(off), n, nil, nil, nil)
+	return c.do(ctx, wire.CmdWriteZeroes, flags, uint64(off), n, nil, nil, nil)
 }
 
 // Cache asks the server to prefetch [off, off+n).
 func (c *Conn) Cache(ctx context.Context, off int64, n uint32) error {
-	return c.do(ctx, cmdCache, 0, uint64(off), n, nil, nil, nil)
+	return c.do(ctx, wire.CmdCache, 0, uint64(off), n, nil, nil, nil)
 }
 
 // BlockStatus returns the base:allocation extents of [off, off+n).
 func (c *Conn) BlockStatus(ctx context.Context, off int64, n uint32, flags uint16) ([]Extent, error) {
 	var ext []Extent
-	err := c.do(ctx, cmdBlockStatus, flags, uint64(off), n, nil, nil, &ext)
+	err := c.do(ctx, wire.CmdBlockStatus, flags, uint64(off), n, nil, nil, &ext)
 	return ext, err
 }
 
@@ -284,7 +242,7 @@ func WithHandle(ctx context.Context, handle uint64) context.Context {
 }
 
 // Raw sends an arbitrary request, for tests of server error handling. For
-// cmdRead-like requests, readLen bytes of simple-reply payload are expected
+// wire.CmdRead-like requests, readLen bytes of simple-reply payload are expected
 // on success.
 func (c *Conn) Raw(ctx context.Context, typ, flags uint16, off uint64, length uint32, payload []byte, readBuf []byte) error {
 	return c.do(ctx, typ, flags, off, length, payload, readBuf, nil)
@@ -313,7 +271,7 @@ func (c *Conn) do(ctx context.Context, typ, flags uint16, off uint64, length uin
 	c.mu.Unlock()
 
 	var hdr [28]byte
-	binary.BigEndian.PutUint32(hdr[0:], magicRequest)
+	binary.BigEndian.PutUint32(hdr[0:], wire.MagicRequest)
 	binary.BigEndian.PutUint16(hdr[4:], flags)
 	binary.BigEndian.PutUint16(hdr[6:], typ)
 	binary.BigEndian.PutUint64(hdr[8:], handle)
@@ -377,7 +335,7 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 		return err
 	}
 	switch binary.BigEndian.Uint32(m[:]) {
-	case magicSimple:
+	case wire.MagicSimple:
 		var h [12]byte
 		if _, err := io.ReadFull(r, h[:]); err != nil {
 			return err
@@ -389,14 +347,14 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 		}
 		if errno != 0 {
 			cl.err = &Error{Errno: errno}
-		} else if cl.typ == cmdRead && len(cl.buf) > 0 {
+		} else if cl.typ == wire.CmdRead && len(cl.buf) > 0 {
 			if err := cl.fill(r, 0, len(cl.buf)); err != nil {
 				return err
 			}
 		}
 		close(cl.done)
 		return nil
-	case magicStructured:
+	case wire.MagicStructured:
 		var h [16]byte
 		if _, err := io.ReadFull(r, h[:]); err != nil {
 			return err
@@ -405,7 +363,7 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 		typ := binary.BigEndian.Uint16(h[2:])
 		handle := binary.BigEndian.Uint64(h[4:])
 		length := binary.BigEndian.Uint32(h[12:])
-		final := flags&replyFlagDone != 0
+		final := flags&wire.ReplyFlagDone != 0
 		cl, err := c.take(handle, final)
 		if err != nil {
 			return err
@@ -425,11 +383,11 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 // chunk consumes one structured reply chunk of length bytes for cl.
 func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error {
 	switch {
-	case typ == chunkNone:
+	case typ == wire.ChunkNone:
 		if length != 0 {
 			return fmt.Errorf("nbd: NONE chunk with %d bytes", length)
 		}
-	case typ == chunkOffsetData:
+	case typ == wire.ChunkOffsetData:
 		if length < 8 {
 			return fmt.Errorf("nbd: short OFFSET_DATA chunk")
 		}
@@ -443,7 +401,7 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 			return fmt.Errorf("nbd: OFFSET_DATA chunk %d+%d outside the request", off, n)
 		}
 		return cl.fill(r, int(off-cl.off), n)
-	case typ == chunkOffsetHole:
+	case typ == wire.ChunkOffsetHole:
 		var b [12]byte
 		if length != 12 {
 			return fmt.Errorf("nbd: OFFSET_HOLE chunk of %d bytes", length)
@@ -461,7 +419,7 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 			clear(cl.buf[off-cl.off : off-cl.off+n])
 		}
 		cl.mu.Unlock()
-	case typ == chunkBlockStatus:
+	case typ == wire.ChunkBlockStatus:
 		if length < 12 || (length-4)%8 != 0 {
 			return fmt.Errorf("nbd: BLOCK_STATUS chunk of %d bytes", length)
 		}
@@ -472,7 +430,7 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 		for i := 4; i < len(b); i += 8 {
 			cl.ext = append(cl.ext, Extent{Length: binary.BigEndian.Uint32(b[i:]), Flags: binary.BigEndian.Uint32(b[i+4:])})
 		}
-	case typ&chunkErrorBit != 0:
+	case typ&wire.ChunkErrorBit != 0:
 		if length < 6 {
 			return fmt.Errorf("nbd: error chunk of %d bytes", length)
 		}
@@ -526,8 +484,8 @@ func (c *Conn) fail(err error) {
 // connection.
 func (c *Conn) Close() error {
 	var hdr [28]byte
-	binary.BigEndian.PutUint32(hdr[0:], magicRequest)
-	binary.BigEndian.PutUint16(hdr[6:], cmdDisc)
+	binary.BigEndian.PutUint32(hdr[0:], wire.MagicRequest)
+	binary.BigEndian.PutUint16(hdr[6:], wire.CmdDisc)
 	c.wmu.Lock()
 	_, _ = c.w.Write(hdr[:])
 	_ = c.w.Flush()
@@ -568,25 +526,25 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 	if _, err := io.ReadFull(h.r, greet[:]); err != nil {
 		return nil, fmt.Errorf("nbd: reading greeting: %w", err)
 	}
-	if binary.BigEndian.Uint64(greet[0:]) != magicNBD || binary.BigEndian.Uint64(greet[8:]) != magicOption {
+	if binary.BigEndian.Uint64(greet[0:]) != wire.MagicNBD || binary.BigEndian.Uint64(greet[8:]) != wire.MagicOption {
 		return nil, errors.New("nbd: server is not a newstyle NBD server")
 	}
 	sflags := binary.BigEndian.Uint16(greet[16:])
-	if sflags&flagFixedNew == 0 {
+	if sflags&wire.FlagFixedNew == 0 {
 		return nil, errors.New("nbd: server does not support fixed newstyle")
 	}
 	cflags := uint32(1) // C_FIXED_NEWSTYLE
-	if sflags&flagNoZeroes != 0 {
+	if sflags&wire.FlagNoZeroes != 0 {
 		cflags |= 2
 	}
 	if err := binary.Write(h.w, binary.BigEndian, cflags); err != nil {
 		return nil, err
 	}
 	if opts.TLS != nil {
-		if err := h.option(optStartTLS, nil); err != nil {
+		if err := h.option(wire.OptStartTLS, nil); err != nil {
 			return nil, err
 		}
-		if _, _, err := h.expectAck(optStartTLS); err != nil {
+		if _, _, err := h.expectAck(wire.OptStartTLS); err != nil {
 			return nil, err
 		}
 		tc := tls.Client(h.nc, opts.TLS)
@@ -597,14 +555,14 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 	}
 	c := &Conn{pending: map[uint64]*call{}, done: make(chan struct{}), contexts: map[string]uint32{}}
 	if !opts.NoStructured {
-		if err := h.option(optStructuredReply, nil); err != nil {
+		if err := h.option(wire.OptStructuredReply, nil); err != nil {
 			return nil, err
 		}
-		typ, _, err := h.readOptReply(optStructuredReply)
+		typ, _, err := h.readOptReply(wire.OptStructuredReply)
 		if err != nil {
 			return nil, err
 		}
-		c.structured = typ == repAck
+		c.structured = typ == wire.RepAck
 	}
 	if len(opts.MetaContexts) > 0 {
 		if !c.structured {
@@ -617,18 +575,18 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 			d = binary.BigEndian.AppendUint32(d, uint32(len(q)))
 			d = append(d, q...)
 		}
-		if err := h.option(optSetMetaContext, d); err != nil {
+		if err := h.option(wire.OptSetMetaContext, d); err != nil {
 			return nil, err
 		}
 		for {
-			typ, data, err := h.readOptReply(optSetMetaContext)
+			typ, data, err := h.readOptReply(wire.OptSetMetaContext)
 			if err != nil {
 				return nil, err
 			}
-			if typ == repAck {
+			if typ == wire.RepAck {
 				break
 			}
-			if typ == repMetaContext && len(data) >= 4 {
+			if typ == wire.RepMetaContext && len(data) >= 4 {
 				c.contexts[string(data[4:])] = binary.BigEndian.Uint32(data)
 			}
 		}
@@ -636,37 +594,37 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 	d := binary.BigEndian.AppendUint32(nil, uint32(len(opts.Export)))
 	d = append(d, opts.Export...)
 	d = binary.BigEndian.AppendUint16(d, 3)
-	d = binary.BigEndian.AppendUint16(d, infoBlockSize)
-	d = binary.BigEndian.AppendUint16(d, infoName)
-	d = binary.BigEndian.AppendUint16(d, infoDescription)
-	if err := h.option(optGo, d); err != nil {
+	d = binary.BigEndian.AppendUint16(d, wire.InfoBlockSize)
+	d = binary.BigEndian.AppendUint16(d, wire.InfoName)
+	d = binary.BigEndian.AppendUint16(d, wire.InfoDescription)
+	if err := h.option(wire.OptGo, d); err != nil {
 		return nil, err
 	}
 	gotExport := false
 	for {
-		typ, data, err := h.readOptReply(optGo)
+		typ, data, err := h.readOptReply(wire.OptGo)
 		if err != nil {
 			return nil, err
 		}
-		if typ == repAck {
+		if typ == wire.RepAck {
 			break
 		}
-		if typ != repInfo || len(data) < 2 {
+		if typ != wire.RepInfo || len(data) < 2 {
 			continue
 		}
 		switch binary.BigEndian.Uint16(data) {
-		case infoExport:
+		case wire.InfoExport:
 			if len(data) != 12 {
 				return nil, fmt.Errorf("nbd: NBD_INFO_EXPORT of %d bytes", len(data))
 			}
 			c.size = int64(binary.BigEndian.Uint64(data[2:]))
 			c.flags = binary.BigEndian.Uint16(data[10:])
 			gotExport = true
-		case infoName:
+		case wire.InfoName:
 			c.name = string(data[2:])
-		case infoDescription:
+		case wire.InfoDescription:
 			c.description = string(data[2:])
-		case infoBlockSize:
+		case wire.InfoBlockSize:
 			if len(data) == 14 {
 				c.minBlock = binary.BigEndian.Uint32(data[2:])
 				c.prefBlock = binary.BigEndian.Uint32(data[6:])
@@ -682,7 +640,7 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 }
 
 func (h *handshake) option(opt uint32, data []byte) error {
-	b := binary.BigEndian.AppendUint64(nil, magicOption)
+	b := binary.BigEndian.AppendUint64(nil, wire.MagicOption)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	b = append(b, data...)
@@ -698,7 +656,7 @@ func (h *handshake) readOptReply(opt uint32) (uint32, []byte, error) {
 	if _, err := io.ReadFull(h.r, hdr[:]); err != nil {
 		return 0, nil, fmt.Errorf("nbd: reading option reply: %w", err)
 	}
-	if binary.BigEndian.Uint64(hdr[0:]) != magicOptReply {
+	if binary.BigEndian.Uint64(hdr[0:]) != wire.MagicOptReply {
 		return 0, nil, errors.New("nbd: bad option reply magic")
 	}
 	if got := binary.BigEndian.Uint32(hdr[8:]); got != opt {
@@ -713,8 +671,8 @@ func (h *handshake) readOptReply(opt uint32) (uint32, []byte, error) {
 	if _, err := io.ReadFull(h.r, data); err != nil {
 		return 0, nil, err
 	}
-	if typ&repErrBit != 0 {
-		if opt == optStructuredReply {
+	if typ&wire.RepErrBit != 0 {
+		if opt == wire.OptStructuredReply {
 			return typ, data, nil // not supported: carry on without
 		}
 		return 0, nil, &OptionError{Option: opt, Reply: typ, Message: string(data)}
@@ -724,7 +682,7 @@ func (h *handshake) readOptReply(opt uint32) (uint32, []byte, error) {
 
 func (h *handshake) expectAck(opt uint32) (uint32, []byte, error) {
 	typ, data, err := h.readOptReply(opt)
-	if err == nil && typ != repAck {
+	if err == nil && typ != wire.RepAck {
 		err = fmt.Errorf("nbd: option %d: reply %d, want ACK", opt, typ)
 	}
 	return typ, data, err
