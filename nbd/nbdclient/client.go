@@ -3,8 +3,9 @@
 // phase that lets many goroutines issue requests on one connection at once,
 // with replies matched by handle.
 //
-// Tandem uses it where it talks NBD to another server: the benchmark's load
-// generator and tests. It needs no kernel NBD device.
+// Tandem uses it where it talks NBD to another server: an agent forwarding
+// a volume's I/O to the leader's agent, the benchmark's load generator, and
+// tests. It needs no kernel NBD device.
 package nbdclient
 
 import (
