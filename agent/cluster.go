@@ -186,6 +186,10 @@ type clusterAgent struct {
 	vols    map[string]*raftlog.Volume // open replicas by name
 	proxies map[string]*raftlog.Proxy  // volumes served without a replica
 
+	// barrierTerm is the control term whose barrier this agent applied as
+	// leader (leaderLoop's goroutine only).
+	barrierTerm uint64
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -355,8 +359,13 @@ func (a *clusterAgent) leaderLoop() {
 func (a *clusterAgent) leaderPass() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.ctl.Barrier(ctx); err != nil {
-		return
+	// A new leader's catalog is current once it applied a barrier of its
+	// own; one per term is enough (a barrier is a synced log entry).
+	if term := a.ctl.Status().Term; term != a.barrierTerm {
+		if err := a.ctl.Barrier(ctx); err != nil {
+			return
+		}
+		a.barrierTerm = term
 	}
 	st := a.ctl.State()
 	for _, m := range a.members.Members() {
