@@ -184,6 +184,7 @@ type clusterAgent struct {
 
 	mu      sync.Mutex
 	vols    map[string]*raftlog.Volume // open replicas by name
+	ids     map[string]uint64          // the catalog IDs of the open replicas
 	proxies map[string]*raftlog.Proxy  // volumes served without a replica
 
 	// barrierTerm is the control term whose barrier this agent applied as
@@ -207,6 +208,7 @@ func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportS
 		nbdAddr: nbdAddr, adminAddr: adminAddr,
 		http:    &http.Client{Timeout: 3 * time.Second},
 		vols:    map[string]*raftlog.Volume{},
+		ids:     map[string]uint64{},
 		proxies: map[string]*raftlog.Proxy{},
 		stop:    make(chan struct{}),
 	}
@@ -462,13 +464,12 @@ func (a *clusterAgent) reconcile() {
 	}
 	// Replicas to remove: only on proof that their volume is gone.
 	a.mu.Lock()
-	open := make(map[string]*raftlog.Volume, len(a.vols))
-	for k, v := range a.vols {
-		open[k] = v
+	open := make(map[string]uint64, len(a.ids))
+	for k, id := range a.ids {
+		open[k] = id
 	}
 	a.mu.Unlock()
-	for name := range open {
-		id := a.replicaID(name)
+	for name, id := range open {
 		cv := st.Volumes[name]
 		gone := st.IsRemoved(id) || (cv != nil && cv.ID != id) || (cv != nil && !slices.Contains(cv.Replicas, me))
 		if !gone {
@@ -478,6 +479,7 @@ func (a *clusterAgent) reconcile() {
 		n := a.srv.Disconnect(name, raftlog.ForwardPrefix+name)
 		a.mu.Lock()
 		delete(a.vols, name)
+		delete(a.ids, name)
 		a.mu.Unlock()
 		if err := a.host.CloseVolume(name, true); err != nil {
 			a.log.Warn("removing a replica", "volume", name, "err", err)
@@ -600,7 +602,7 @@ func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume) error 
 		return err
 	}
 	a.mu.Lock()
-	a.vols[cv.Name] = v
+	a.vols[cv.Name], a.ids[cv.Name] = v, cv.ID
 	a.mu.Unlock()
 	a.exps.add(v)
 	a.log.Info("volume ready", "name", cv.Name, "size", volume.FormatSize(v.Size()), "replicas", cv.Replicas)
