@@ -440,6 +440,20 @@ func startWriters(t *testing.T, c *testbin.Cluster, m *model, o writerOpts) *wri
 	return ws
 }
 
+// settle is m.settle for a model the writers are updating concurrently.
+func (ws *writers) settle(blk int64, tag uint64) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.m.settle(blk, tag)
+}
+
+// unknown is m.unknown for a model the writers are updating concurrently.
+func (ws *writers) unknown(blk int64, tag uint64) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.m.unknown(blk, tag)
+}
+
 func (ws *writers) stopped() bool {
 	select {
 	case <-ws.stop:
@@ -494,8 +508,7 @@ func (ws *writers) run(w int) {
 		now := time.Now()
 		ws.mu.Lock()
 		if err == nil {
-			ws.m.acked[blk] = tag
-			delete(ws.m.maybe, blk)
+			ws.m.settle(blk, tag)
 			ws.times = append(ws.times, now)
 		} else {
 			ws.m.unknown(blk, tag)

@@ -148,7 +148,7 @@ func TestLeaderPartition(t *testing.T) {
 		t.Fatalf("overwriting the probe block through n%d: %v", f+1, err)
 	}
 	ackAt := time.Now()
-	m.settle(probe, newTag)
+	ws.settle(probe, newTag)
 	if err := ws.waitAckedErr(100, 10*time.Second); err != nil {
 		t.Errorf("writers on majority-side n%d after the new leader took a write: %v", f+1, err)
 	}
@@ -202,9 +202,9 @@ func TestLeaderPartition(t *testing.T) {
 		}
 	}
 	if isoRes.err == nil {
-		m.settle(isoBlock, isoTag)
+		ws.settle(isoBlock, isoTag)
 	} else {
-		m.unknown(isoBlock, isoTag)
+		ws.unknown(isoBlock, isoTag)
 	}
 	if err := ws.waitAckedErr(100, 10*time.Second); err != nil {
 		t.Errorf("writers on n%d after the heal: %v", f+1, err)
