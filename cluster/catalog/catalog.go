@@ -1,5 +1,5 @@
-// Package catalog is the cluster's catalog: hosts and volumes (and later
-// VMs and migrations), changed only by commands applied in the order of the
+// Package catalog is the cluster's catalog: hosts, volumes and VMs (and
+// later migrations), changed only by commands applied in the order of the
 // control-plane Raft log, so that every agent holds the same catalog.
 //
 // Commands are deterministic: whatever needs a choice (placement of a new
@@ -56,12 +56,23 @@ type Volume struct {
 	Created         time.Time `json:"created"`
 	// Changed is the catalog index of the command that last changed it.
 	Changed uint64 `json:"changed"`
+	// Writer is the writer epoch allowed to write the volume: the Epoch
+	// of the VM run that uses it as a disk (see VM.Epoch); 0 lets anyone
+	// write. Storage fencing refuses writes from any other epoch, so that
+	// a VM's old run (a resumed migration source, a host thought dead)
+	// cannot write once a newer run owns the disk.
+	Writer uint64 `json:"writer,omitempty"`
+	// WriterGen is the catalog index of the command that last set Writer
+	// (start_vm, stop_vm): it orders Writer changes, including those back
+	// to 0. 0 if Writer was never set.
+	WriterGen uint64 `json:"writer_gen,omitempty"`
 }
 
 // State is the whole catalog.
 type State struct {
 	Hosts   map[string]*Host   `json:"hosts"`
 	Volumes map[string]*Volume `json:"volumes"`
+	VMs     map[string]*VM     `json:"vms"`
 	// Removed lists the IDs of deleted volumes (the newest 10000), so that
 	// an agent removes a replica only on proof that its volume is gone,
 	// never because its own catalog is behind.
@@ -78,12 +89,13 @@ func (s *State) IsRemoved(id uint64) bool { return slices.Contains(s.Removed, id
 
 // New returns an empty catalog.
 func New() *State {
-	return &State{Hosts: map[string]*Host{}, Volumes: map[string]*Volume{}}
+	return &State{Hosts: map[string]*Host{}, Volumes: map[string]*Volume{}, VMs: map[string]*VM{}}
 }
 
 // Clone returns a deep copy of s.
 func (s *State) Clone() *State {
-	c := &State{Hosts: make(map[string]*Host, len(s.Hosts)), Volumes: make(map[string]*Volume, len(s.Volumes)), Index: s.Index, Removed: slices.Clone(s.Removed)}
+	c := &State{Hosts: make(map[string]*Host, len(s.Hosts)), Volumes: make(map[string]*Volume, len(s.Volumes)),
+		VMs: make(map[string]*VM, len(s.VMs)), Index: s.Index, Removed: slices.Clone(s.Removed)}
 	for k, h := range s.Hosts {
 		hc := *h
 		c.Hosts[k] = &hc
@@ -92,6 +104,9 @@ func (s *State) Clone() *State {
 		vc := *v
 		vc.Replicas = slices.Clone(v.Replicas)
 		c.Volumes[k] = &vc
+	}
+	for k, vm := range s.VMs {
+		c.VMs[k] = vm.clone()
 	}
 	return c
 }
@@ -123,6 +138,10 @@ const (
 	CmdCreateVolume = "create_volume"
 	CmdResizeVolume = "resize_volume"
 	CmdRemoveVolume = "remove_volume"
+	CmdCreateVM     = "create_vm"
+	CmdStartVM      = "start_vm"
+	CmdStopVM       = "stop_vm"
+	CmdDeleteVM     = "delete_vm"
 )
 
 // Command is one change to the catalog, as stored in the control log.
@@ -130,9 +149,17 @@ type Command struct {
 	Kind   string  `json:"kind"`
 	Host   *Host   `json:"host,omitempty"`
 	Volume *Volume `json:"volume,omitempty"`
-	// Name and Size address an existing volume (resize, remove).
+	// VM is the new VM of create_vm.
+	VM *VM `json:"vm,omitempty"`
+	// Name and Size address an existing volume (resize, remove) or VM
+	// (start, stop, delete).
 	Name string `json:"name,omitempty"`
 	Size int64  `json:"size,omitempty"`
+	// Target is the host a VM starts on (start_vm). A future migrate_vm
+	// will name its destination here and take a new writer epoch (its own
+	// index) the way start_vm does; fields it needs beyond these (the
+	// source's epoch to check, a phase) get their own names.
+	Target string `json:"target,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -153,6 +180,13 @@ var (
 	ErrInvalid   = errors.New("invalid")
 	ErrNoPlace   = errors.New("not enough hosts")
 	ErrShrinking = errors.New("volumes never shrink")
+	// ErrInUse: a volume is a disk of a VM (it cannot be removed, or be
+	// a disk of another VM).
+	ErrInUse = errors.New("in use")
+	// ErrRunning: the VM is running (start_vm, delete_vm).
+	ErrRunning = errors.New("running")
+	// ErrStopped: the VM is stopped (stop_vm).
+	ErrStopped = errors.New("stopped")
 )
 
 // Apply applies the command encoded in data at log index. It returns the
@@ -190,6 +224,7 @@ func (s *State) apply(index uint64, c Command) error {
 		nv := *v
 		nv.Replicas = slices.Clone(v.Replicas)
 		nv.ID, nv.Created, nv.Changed = index, c.At, index
+		nv.Writer, nv.WriterGen = 0, 0
 		s.Volumes[nv.Name] = &nv
 		return nil
 	case CmdResizeVolume:
@@ -207,12 +242,17 @@ func (s *State) apply(index uint64, c Command) error {
 		if !ok {
 			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
 		}
+		if vm := s.DiskOf(c.Name); vm != "" {
+			return fmt.Errorf("catalog: volume %q: %w as a disk of VM %q (delete the VM first)", c.Name, ErrInUse, vm)
+		}
 		delete(s.Volumes, c.Name)
 		s.Removed = append(s.Removed, v.ID)
 		if len(s.Removed) > maxRemoved {
 			s.Removed = slices.Clone(s.Removed[len(s.Removed)-maxRemoved:])
 		}
 		return nil
+	case CmdCreateVM, CmdStartVM, CmdStopVM, CmdDeleteVM:
+		return s.applyVM(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }
@@ -307,6 +347,9 @@ func Restore(b []byte) (*State, error) {
 	}
 	if s.Volumes == nil {
 		s.Volumes = map[string]*Volume{}
+	}
+	if s.VMs == nil {
+		s.VMs = map[string]*VM{}
 	}
 	return s, nil
 }
