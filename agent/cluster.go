@@ -111,16 +111,32 @@ func newExportSet(def string) *exportSet {
 	return &exportSet{byName: map[string]nbd.Export{}, def: def}
 }
 
-// Lookup implements nbd.Exports.
+// Lookup implements nbd.Exports. A name may carry a writer epoch
+// ("vm1@42", see volume.WriterExport): the export is then the volume's
+// view whose writes come under that epoch, under the volume's own name.
 func (e *exportSet) Lookup(name string) (nbd.Export, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	if name == "" {
 		name = e.def
 	}
+	name, epoch, err := volume.SplitExport(name)
+	if err != nil {
+		return nbd.Export{}, fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
+	}
 	x, ok := e.byName[name]
 	if !ok || name == "" {
 		return nbd.Export{}, nbd.ErrUnknownExport
+	}
+	if epoch != 0 {
+		switch b := x.Backend.(type) {
+		case *raftlog.Volume:
+			x.Backend = b.Writer(epoch)
+		case *raftlog.Proxy:
+			x.Backend = b.Writer(epoch)
+		default:
+			return nbd.Export{}, fmt.Errorf("%w: export %q takes no writer epoch", nbd.ErrUnknownExport, name)
+		}
 	}
 	return x, nil
 }

@@ -299,7 +299,7 @@ func (c *conn) replyError(r request, errno uint32, msg string) {
 // errnoOf maps a backend error to the NBD error sent to the client.
 func errnoOf(err error) uint32 {
 	switch {
-	case errors.Is(err, volume.ErrReadOnly):
+	case errors.Is(err, volume.ErrReadOnly), errors.Is(err, volume.ErrFenced):
 		return wire.ErrPerm
 	case errors.Is(err, volume.ErrNotFast):
 		return wire.ErrNotSup

@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"slices"
 	"sync"
 )
 
@@ -11,7 +12,9 @@ import (
 // Keeping several entries in flight lets the leader's and the followers'
 // syncs of successive entries overlap.
 type batcher struct {
-	apply       func(data []byte) error // commit one entry; returns after it is applied
+	// apply commits one entry and returns after it is applied, with the
+	// ids of the ops refused as fenced.
+	apply       func(data []byte) (fenced []uint64, err error)
 	maxInflight int
 	maxBytes    int
 
@@ -25,7 +28,8 @@ type pendingOp struct {
 	done chan error
 }
 
-// submit commits o (in some entry) and returns the result of that entry.
+// submit commits o (in some entry) and returns the result of that entry,
+// or ErrFenced if the FSM refused o.
 // o.data must stay valid until submit returns.
 func (b *batcher) submit(o *op) error {
 	p := &pendingOp{op: o, done: make(chan error, 1)}
@@ -74,8 +78,12 @@ func (b *batcher) run(batch []*pendingOp, size int) {
 		ops[i] = p.op
 	}
 	data := encodeEntry(make([]byte, 0, size), ops)
-	err := b.apply(data)
+	fenced, err := b.apply(data)
 	for _, p := range batch {
+		if err == nil && p.op.id != 0 && slices.Contains(fenced, p.op.id) {
+			p.done <- ErrFenced
+			continue
+		}
 		p.done <- err
 	}
 	b.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/nbd"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // testHost is one host of an in-process test cluster: replication plus an
@@ -119,7 +120,7 @@ func (c *testCluster) serve(i int) {
 	for name, v := range th.vol {
 		exps = append(exps, nbd.Export{Name: name, Backend: v}, nbd.Export{Name: ForwardPrefix + name, Backend: v.Direct(), PassHandle: true})
 	}
-	th.srv = nbd.NewServer(nbd.NewStaticExports("", exps...), nbd.DefaultConfig())
+	th.srv = nbd.NewServer(epochExports{nbd.NewStaticExports("", exps...)}, nbd.DefaultConfig())
 	var err error
 	for try := 0; try < 50; try++ {
 		if th.ln, err = net.Listen("tcp", c.peers[i].NBD); err == nil {
@@ -131,6 +132,22 @@ func (c *testCluster) serve(i int) {
 		c.t.Fatal(err)
 	}
 	go th.srv.Serve(th.ln)
+}
+
+// epochExports serves "NAME@EPOCH" as the writer view of NAME, as the
+// agent does.
+type epochExports struct{ nbd.Exports }
+
+func (e epochExports) Lookup(name string) (nbd.Export, error) {
+	name, epoch, err := volume.SplitExport(name)
+	if err != nil {
+		return nbd.Export{}, err
+	}
+	x, err := e.Exports.Lookup(name)
+	if err == nil && epoch != 0 {
+		x.Backend = x.Backend.(*Volume).Writer(epoch)
+	}
+	return x, err
 }
 
 func (c *testCluster) stop(i int) {

@@ -14,6 +14,12 @@ const (
 	opWrite uint8 = 1 // write data at off
 	opZero  uint8 = 2 // make [off, off+n) read as zeroes
 	opGrow  uint8 = 3 // grow the volume to off bytes
+	// opFence makes epoch the volume's writer from generation off on:
+	// later writes and zeroes of any other epoch are refused (epoch 0:
+	// every writer is accepted). A fence of a generation not above the
+	// current one changes nothing, so fences replayed or delayed never
+	// undo a newer one.
+	opFence uint8 = 4
 )
 
 // Op flags.
@@ -22,9 +28,11 @@ const (
 )
 
 const (
-	entryVersion = 2
-	entryHeader  = 5  // version u8, op count u32
-	opHeader     = 22 // kind u8, flags u8, off u64, len u32, id u64
+	entryVersion   = 3
+	entryVersionV2 = 2  // before writer epochs: ops decode with epoch 0
+	entryHeader    = 5  // version u8, op count u32
+	opHeader       = 30 // kind u8, flags u8, off u64, len u32, id u64, epoch u64
+	opHeaderV2     = 22 // the same without epoch
 )
 
 // errBadEntry reports a log entry that cannot be decoded: the log is
@@ -42,6 +50,9 @@ type op struct {
 	// sent again after a leader change keeps its id, and the FSM applies an
 	// id only once (see fsm.seen).
 	id uint64
+	// epoch is the writer epoch the request was sent under (0: none); for
+	// opFence, the epoch that becomes the volume's writer.
+	epoch uint64
 }
 
 // encodedLen is the number of bytes op takes in an entry.
@@ -56,24 +67,33 @@ func encodeEntry(dst []byte, ops []*op) []byte {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(o.off))
 		dst = binary.BigEndian.AppendUint32(dst, uint32(o.n))
 		dst = binary.BigEndian.AppendUint64(dst, o.id)
+		dst = binary.BigEndian.AppendUint64(dst, o.epoch)
 		dst = append(dst, o.data...)
 	}
 	return dst
 }
 
 // decodeEntry calls fn for each op in b, in order. The data slices alias b.
+// Entries of the previous version (no epochs) decode with epoch 0.
 func decodeEntry(b []byte, fn func(op) error) error {
-	if len(b) < entryHeader || b[0] != entryVersion {
+	if len(b) < entryHeader || (b[0] != entryVersion && b[0] != entryVersionV2) {
 		return fmt.Errorf("%w: header", errBadEntry)
+	}
+	hdr := opHeader
+	if b[0] == entryVersionV2 {
+		hdr = opHeaderV2
 	}
 	count := binary.BigEndian.Uint32(b[1:])
 	b = b[entryHeader:]
 	for i := uint32(0); i < count; i++ {
-		if len(b) < opHeader {
+		if len(b) < hdr {
 			return fmt.Errorf("%w: op %d truncated", errBadEntry, i)
 		}
 		o := op{kind: b[0], flags: b[1], off: int64(binary.BigEndian.Uint64(b[2:])), n: int64(binary.BigEndian.Uint32(b[10:])), id: binary.BigEndian.Uint64(b[14:])}
-		b = b[opHeader:]
+		if hdr == opHeader {
+			o.epoch = binary.BigEndian.Uint64(b[22:])
+		}
+		b = b[hdr:]
 		if o.off < 0 {
 			return fmt.Errorf("%w: op %d offset", errBadEntry, i)
 		}
@@ -83,7 +103,7 @@ func decodeEntry(b []byte, fn func(op) error) error {
 				return fmt.Errorf("%w: op %d data truncated", errBadEntry, i)
 			}
 			o.data, b = b[:o.n:o.n], b[o.n:]
-		case opZero, opGrow:
+		case opZero, opGrow, opFence:
 		default:
 			return fmt.Errorf("%w: op %d kind %d", errBadEntry, i, o.kind)
 		}

@@ -13,6 +13,8 @@ func TestEntryRoundTrip(t *testing.T) {
 		{kind: opZero, off: 8192, n: 512},
 		{kind: opGrow, off: 1 << 30},
 		{kind: opWrite, off: 1<<40 + 3, n: 0, data: []byte{}},
+		{kind: opWrite, off: 512, n: 2, data: []byte("ok"), id: 7, epoch: 1 << 60},
+		{kind: opFence, off: 1234, epoch: 99, id: 8},
 	}
 	b := encodeEntry(nil, ops)
 	var got []op
@@ -24,9 +26,23 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 	for i, o := range ops {
 		g := got[i]
-		if g.kind != o.kind || g.flags != o.flags || g.off != o.off || (o.kind != opGrow && g.n != o.n) || !bytes.Equal(g.data, o.data) {
+		if g.kind != o.kind || g.flags != o.flags || g.off != o.off || g.id != o.id || g.epoch != o.epoch || (o.kind != opGrow && g.n != o.n) || !bytes.Equal(g.data, o.data) {
 			t.Errorf("op %d: got %+v, want %+v", i, g, *o)
 		}
+	}
+}
+
+// TestEntryDecodesV2 checks that entries written before writer epochs
+// existed still decode, with epoch 0.
+func TestEntryDecodesV2(t *testing.T) {
+	// Version 2, one op: write "abc" at 1, id 5.
+	b := []byte{2, 0, 0, 0, 1, opWrite, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 5, 'a', 'b', 'c'}
+	var got []op
+	if err := decodeEntry(b, func(o op) error { got = append(got, o); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].kind != opWrite || got[0].off != 1 || got[0].id != 5 || got[0].epoch != 0 || string(got[0].data) != "abc" {
+		t.Fatalf("got %+v", got)
 	}
 }
 

@@ -22,9 +22,13 @@ const ForwardPrefix = "_fwd/"
 // knows, and the proxy's, to the replica host that answered last.
 type leaderConn struct {
 	volume string
+	// epoch is the writer epoch the connection's requests come under: the
+	// export is ForwardPrefix + volume.WriterExport(volume, epoch).
+	epoch uint64
 
 	mu     sync.Mutex
-	to     string // peer ID the connection goes to
+	used   time.Time // last get
+	to     string    // peer ID the connection goes to
 	conn   *nbdclient.Conn
 	closed bool
 }
@@ -47,6 +51,7 @@ func (l *leaderConn) get(ctx context.Context, p Peer, timeout time.Duration) (*n
 	if l.closed {
 		return nil, fmt.Errorf("%w: volume %s is closed on this host", volume.ErrUnavailable, l.volume)
 	}
+	l.used = time.Now()
 	if l.conn != nil && l.to == p.ID && l.conn.Err() == nil {
 		return l.conn, nil
 	}
@@ -57,7 +62,7 @@ func (l *leaderConn) get(ctx context.Context, p Peer, timeout time.Duration) (*n
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := nbdclient.Dial(dctx, "tcp", p.NBD, nbdclient.Options{
-		Export:       ForwardPrefix + l.volume,
+		Export:       ForwardPrefix + volume.WriterExport(l.volume, l.epoch),
 		MetaContexts: []string{nbdclient.MetaContextBase},
 	})
 	if err != nil {
@@ -100,28 +105,92 @@ func (l *leaderConn) close() {
 	}
 }
 
+// idleConn is how long a leader connection of a writer epoch nobody uses
+// any more (a VM that moved away) stays open.
+const idleConn = time.Minute
+
+// leaderConns holds a volume's leader connections, one per writer epoch:
+// the epoch is part of the export name, so requests of different writers
+// never share a connection.
+type leaderConns struct {
+	volume string
+
+	mu     sync.Mutex
+	byEp   map[uint64]*leaderConn
+	closed bool
+}
+
+// of returns the connection holder of epoch, and closes the holders of
+// other epochs that were not used for idleConn.
+func (ls *leaderConns) of(epoch uint64) *leaderConn {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.byEp == nil {
+		ls.byEp = map[uint64]*leaderConn{}
+	}
+	l, ok := ls.byEp[epoch]
+	if !ok {
+		l = &leaderConn{volume: ls.volume, epoch: epoch, closed: ls.closed, used: time.Now()}
+		ls.byEp[epoch] = l
+	}
+	for e, o := range ls.byEp {
+		if e == epoch || e == 0 {
+			continue
+		}
+		o.mu.Lock()
+		idle := time.Since(o.used) > idleConn
+		o.mu.Unlock()
+		if idle {
+			o.close()
+			delete(ls.byEp, e)
+		}
+	}
+	return l
+}
+
+// each calls fn for every holder.
+func (ls *leaderConns) each(fn func(*leaderConn)) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for _, l := range ls.byEp {
+		fn(l)
+	}
+}
+
+// close closes every connection; later gets fail.
+func (ls *leaderConns) close() {
+	ls.mu.Lock()
+	ls.closed = true
+	ls.mu.Unlock()
+	ls.each((*leaderConn).close)
+}
+
 // forwarder sends a volume's I/O to the agent of the host that leads it,
-// over NBD, keeping one connection to the current leader.
+// over NBD, keeping one connection per writer epoch to the current leader.
 type forwarder struct {
 	g *Group
-	leaderConn
+	leaderConns
 }
 
 func newForwarder(g *Group) *forwarder {
-	return &forwarder{g: g, leaderConn: leaderConn{volume: g.spec.Name}}
+	return &forwarder{g: g, leaderConns: leaderConns{volume: g.spec.Name}}
 }
 
 // errNoLeader means no leader is known right now; the caller waits.
 var errNoLeader = errors.New("raftlog: no leader known")
 
-// get returns a connection to the current leader's agent.
-func (f *forwarder) get(ctx context.Context) (*nbdclient.Conn, error) {
+// get returns a connection to the current leader's agent for requests of
+// writer epoch.
+func (f *forwarder) get(ctx context.Context, epoch uint64) (*nbdclient.Conn, error) {
 	p, ok := f.g.leader()
 	if !ok || p.ID == f.g.cfg.Local {
 		return nil, errNoLeader
 	}
-	return f.leaderConn.get(ctx, p, 5*time.Second)
+	return f.of(epoch).get(ctx, p, 5*time.Second)
 }
+
+// drop forgets c, a connection of epoch, after it failed.
+func (f *forwarder) drop(epoch uint64, c *nbdclient.Conn) { f.of(epoch).drop(c) }
 
 // retarget closes the connection if it goes to a host that no longer
 // leads: requests waiting on it (a partitioned or dead leader may never
@@ -131,7 +200,7 @@ func (f *forwarder) retarget() {
 	if !ok {
 		p.ID = ""
 	}
-	f.abortUnlessTo(p.ID)
+	f.each(func(l *leaderConn) { l.abortUnlessTo(p.ID) })
 }
 
 // permanent reports whether a forwarded request's error is the answer
@@ -147,4 +216,26 @@ func permanent(err error) bool {
 		return true
 	}
 	return false
+}
+
+// answer turns a permanent error from the leader's agent into the volume
+// error this host's NBD server sends for it, so that the client gets the
+// leader's verdict (EPERM for a fenced writer: read-only volumes are
+// refused before forwarding). Other errors are returned as they are.
+func answer(err error) error {
+	var e *nbdclient.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	switch syscall.Errno(e.Errno) {
+	case syscall.EPERM:
+		return fmt.Errorf("%w: %v", volume.ErrFenced, err)
+	case syscall.ENOSPC:
+		return fmt.Errorf("%w: %v", volume.ErrNoSpace, err)
+	case syscall.EINVAL:
+		return fmt.Errorf("%w: %v", volume.ErrOutOfRange, err)
+	case syscall.ENOTSUP:
+		return fmt.Errorf("%w: %v", volume.ErrNotFast, err)
+	}
+	return err
 }

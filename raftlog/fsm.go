@@ -61,7 +61,22 @@ type fsm struct {
 	// stripes serialize the application of an op with reads of the same
 	// range, so that a read never sees half of a write.
 	stripes [numStripes]sync.RWMutex
+
+	// writer is the epoch whose writes the volume accepts (0: any), set
+	// by the fence of generation writerGen. Only the FSM goroutine
+	// changes them (docs/fencing.md).
+	writer, writerGen atomic.Uint64
 }
+
+// applyResult is what Apply returns for an entry it applied: the ids of
+// the ops it refused because their writer epoch was fenced off.
+type applyResult struct {
+	fenced []uint64
+}
+
+// ErrFenced is the error of a write refused because another writer owns
+// the volume now.
+var ErrFenced = fmt.Errorf("%w: another writer owns the volume (fenced)", volume.ErrFenced)
 
 const (
 	// maxSeen is how many applied op ids the FSM remembers; retries happen
@@ -174,11 +189,21 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	ctx := context.Background()
 	var bytes int64
+	var res *applyResult
 	err := decodeEntry(l.Data, func(o op) error {
-		if o.id != 0 {
-			if f.seen.has(o.id) {
-				return nil // a retry of a request already applied
+		if o.id != 0 && f.seen.has(o.id) {
+			return nil // a retry of a request already applied
+		}
+		if w := f.writer.Load(); w != 0 && o.epoch != w && (o.kind == opWrite || o.kind == opZero) {
+			// Refused, and not recorded as seen: a retry is judged
+			// again against the fence of its time.
+			if res == nil {
+				res = &applyResult{}
 			}
+			res.fenced = append(res.fenced, o.id)
+			return nil
+		}
+		if o.id != 0 {
 			f.seen.add(o.id)
 		}
 		bytes += o.n
@@ -199,6 +224,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 			if o.off > f.file.Size() {
 				return f.file.Grow(o.off)
 			}
+		case opFence:
+			if gen := uint64(o.off); gen > f.writerGen.Load() {
+				f.writer.Store(o.epoch)
+				f.writerGen.Store(gen)
+				f.log.Info("volume writer fenced", "index", l.Index, "writer_epoch", o.epoch, "writer_gen", gen)
+			}
 		}
 		return nil
 	})
@@ -210,6 +241,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.sinceSnapshot.Add(bytes)
 	f.setApplied(l.Index)
+	if res != nil {
+		return res
+	}
 	return nil
 }
 
@@ -261,6 +295,9 @@ type snapshotInfo struct {
 	Volume string `json:"volume"`
 	Size   int64  `json:"size"`
 	Index  uint64 `json:"index"`
+	// Writer and WriterGen are the fence in force at Index.
+	Writer    uint64 `json:"writer,omitempty"`
+	WriterGen uint64 `json:"writer_gen,omitempty"`
 }
 
 const snapshotFormat = "tandem-volume-checkpoint-v1"
@@ -272,7 +309,8 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, err
 	}
 	f.sinceSnapshot.Store(0)
-	return &checkpoint{f: f, info: snapshotInfo{Format: snapshotFormat, Size: f.file.Size(), Index: f.applied.Load()}, seen: f.seen.list()}, nil
+	info := snapshotInfo{Format: snapshotFormat, Size: f.file.Size(), Index: f.applied.Load(), Writer: f.writer.Load(), WriterGen: f.writerGen.Load()}
+	return &checkpoint{f: f, info: info, seen: f.seen.list()}, nil
 }
 
 // Restore implements raft.FSM: the volume is pulled from a replica that has
@@ -292,8 +330,15 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.failed.Store(nil)
 	f.loadSeen(seen)
+	f.loadFence(s)
 	f.setApplied(s.Index)
 	return nil
+}
+
+// loadFence sets the fence a checkpoint recorded.
+func (f *fsm) loadFence(s snapshotInfo) {
+	f.writer.Store(s.Writer)
+	f.writerGen.Store(s.WriterGen)
 }
 
 // loadSeen replaces the seen ids (oldest first).

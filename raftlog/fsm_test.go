@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -130,3 +131,100 @@ type memSink struct{ bytes.Buffer }
 func (m *memSink) ID() string    { return "mem" }
 func (m *memSink) Cancel() error { return nil }
 func (m *memSink) Close() error  { return nil }
+
+// TestFSMFencing checks which writes the FSM accepts as fences come and
+// go: every replica applies the same log, so these verdicts are the
+// cluster's.
+func TestFSMFencing(t *testing.T) {
+	w := func(id, epoch uint64) *op {
+		return &op{kind: opWrite, off: 0, n: 512, data: bytes.Repeat([]byte{byte(id)}, 512), id: id, epoch: epoch}
+	}
+	z := func(id, epoch uint64) *op { return &op{kind: opZero, off: 0, n: 512, id: id, epoch: epoch} }
+	fence := func(gen, epoch uint64) *op { return &op{kind: opFence, off: int64(gen), epoch: epoch, id: 1000 + gen} }
+	type step struct {
+		ops    []*op
+		fenced []uint64 // ids refused
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		// block is the id of the last accepted write to block 0 (0: zero).
+		block byte
+		// writer and gen are the fence in force at the end.
+		writer, gen uint64
+	}{
+		{"no fence: every epoch writes", []step{{ops: []*op{w(1, 0), w(2, 5), w(3, 9)}}}, 3, 0, 0},
+		{"fence refuses other epochs", []step{
+			{ops: []*op{fence(10, 5)}},
+			{ops: []*op{w(1, 0), w(2, 5), w(3, 6), z(4, 4)}, fenced: []uint64{1, 3, 4}},
+		}, 2, 5, 10},
+		{"a fence and writes in one entry apply in order", []step{
+			{ops: []*op{w(1, 5), fence(10, 6), w(2, 5), w(3, 6)}, fenced: []uint64{2}},
+		}, 3, 6, 10},
+		{"an older generation changes nothing", []step{
+			{ops: []*op{fence(10, 5), fence(9, 7)}},
+			{ops: []*op{w(1, 7), w(2, 5)}, fenced: []uint64{1}},
+		}, 2, 5, 10},
+		{"the owner moves back (migration rolled back)", []step{
+			{ops: []*op{fence(10, 5), fence(11, 6), w(1, 5)}, fenced: []uint64{1}},
+			{ops: []*op{fence(12, 5), w(1, 5), w(2, 6)}, fenced: []uint64{2}},
+		}, 1, 5, 12},
+		{"opening the volume (writer 0) accepts everyone", []step{
+			{ops: []*op{fence(10, 5), fence(11, 0), w(1, 0), w(2, 9)}},
+		}, 2, 0, 11},
+		{"a retry of an op applied before the fence is not refused", []step{
+			{ops: []*op{w(1, 5), fence(10, 6), w(1, 5)}},
+		}, 1, 6, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := testFSM(t)
+			for i, st := range tt.steps {
+				res := f.Apply(entry(uint64(i+1), st.ops...))
+				var got []uint64
+				switch r := res.(type) {
+				case error:
+					t.Fatalf("entry %d: %v", i+1, r)
+				case *applyResult:
+					got = r.fenced
+				}
+				if !slices.Equal(got, st.fenced) {
+					t.Errorf("entry %d: refused %v, want %v", i+1, got, st.fenced)
+				}
+			}
+			b := make([]byte, 512)
+			f.readAt(context.Background(), b, 0)
+			if b[0] != tt.block {
+				t.Errorf("block 0 holds the write of id %d, want %d", b[0], tt.block)
+			}
+			if f.writer.Load() != tt.writer || f.writerGen.Load() != tt.gen {
+				t.Errorf("fence: writer %d gen %d, want %d gen %d", f.writer.Load(), f.writerGen.Load(), tt.writer, tt.gen)
+			}
+		})
+	}
+}
+
+// TestFenceSurvivesCheckpoint checks that a restart from a checkpoint
+// keeps the fence in force (the fence entry is no longer replayed).
+func TestFenceSurvivesCheckpoint(t *testing.T) {
+	f := testFSM(t)
+	f.Apply(entry(1, &op{kind: opFence, off: 40, epoch: 7, id: 1}))
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	info, _, err := readSnapshot(bytes.NewReader(sink.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := testFSM(t)
+	g.loadFence(info)
+	res := g.Apply(entry(2, &op{kind: opWrite, n: 512, data: make([]byte, 512), id: 2, epoch: 3}))
+	if r, ok := res.(*applyResult); !ok || !slices.Equal(r.fenced, []uint64{2}) {
+		t.Fatalf("after restart, a write of a fenced epoch got %v, want refused", res)
+	}
+}

@@ -117,6 +117,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		if info, seen, err := readSnapshotInfo(snaps, list[0].ID); err == nil {
 			g.fsm.applied.Store(info.Index)
 			g.fsm.loadSeen(seen)
+			g.fsm.loadFence(info)
 		} else {
 			return nil, fmt.Errorf("raftlog: volume %s: reading checkpoint %s: %w", spec.Name, list[0].ID, err)
 		}
@@ -206,23 +207,27 @@ func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, []uint
 	return readSnapshot(rc)
 }
 
-// applyEntry commits one entry and returns once the local FSM applied it.
-func (g *Group) applyEntry(data []byte) error {
+// applyEntry commits one entry and returns once the local FSM applied it,
+// with the ids of the ops the FSM refused as fenced.
+func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 	start := time.Now()
 	f := g.raft.Apply(data, applyTimeout)
 	if err := f.Error(); err != nil {
-		return err
+		return nil, err
 	}
-	if err, ok := f.Response().(error); ok && err != nil {
-		g.failed(err)
-		return err
+	switch r := f.Response().(type) {
+	case error:
+		g.failed(r)
+		return nil, r
+	case *applyResult:
+		fenced = r.fenced
 	}
 	// A majority stored the entry after start: the lease holds from there.
 	g.lease.renew(start)
 	if obs := g.h.cfg.ObserveCommit; obs != nil {
 		obs(g.spec.Name, time.Since(start))
 	}
-	return nil
+	return fenced, nil
 }
 
 // failed takes a replica whose volume file diverged out of service: it

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/volume"
 )
 
 func TestLease(t *testing.T) {
@@ -42,10 +44,10 @@ func TestLease(t *testing.T) {
 func TestBatcherCoalesces(t *testing.T) {
 	var entries, ops atomic.Int64
 	release := make(chan struct{})
-	b := &batcher{maxInflight: 2, maxBytes: 64 << 10, apply: func(data []byte) error {
+	b := &batcher{maxInflight: 2, maxBytes: 64 << 10, apply: func(data []byte) ([]uint64, error) {
 		<-release
 		entries.Add(1)
-		return decodeEntry(data, func(op) error { ops.Add(1); return nil })
+		return nil, decodeEntry(data, func(op) error { ops.Add(1); return nil })
 	}}
 	var wg sync.WaitGroup
 	for i := range 100 {
@@ -71,7 +73,7 @@ func TestBatcherCoalesces(t *testing.T) {
 
 func TestBatcherReportsErrorsToEveryOp(t *testing.T) {
 	boom := errors.New("boom")
-	b := &batcher{maxInflight: 1, maxBytes: 1 << 20, apply: func([]byte) error { return boom }}
+	b := &batcher{maxInflight: 1, maxBytes: 1 << 20, apply: func([]byte) ([]uint64, error) { return nil, boom }}
 	var wg sync.WaitGroup
 	for range 10 {
 		wg.Add(1)
@@ -84,8 +86,35 @@ func TestBatcherReportsErrorsToEveryOp(t *testing.T) {
 	}
 	wg.Wait()
 	// An op larger than maxBytes still goes, alone.
-	b.apply = func([]byte) error { return nil }
+	b.apply = func([]byte) ([]uint64, error) { return nil, nil }
 	if err := b.submit(&op{kind: opWrite, n: 2 << 20, data: make([]byte, 2<<20)}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBatcherReportsFencedOps checks that only the ops the FSM refused
+// get ErrFenced, and the others of the same entry succeed.
+func TestBatcherReportsFencedOps(t *testing.T) {
+	b := &batcher{maxInflight: 1, maxBytes: 1 << 20, apply: func(data []byte) ([]uint64, error) {
+		var fenced []uint64
+		err := decodeEntry(data, func(o op) error {
+			if o.epoch == 1 {
+				fenced = append(fenced, o.id)
+			}
+			return nil
+		})
+		return fenced, err
+	}}
+	for _, tt := range []struct {
+		epoch uint64
+		want  error
+	}{{1, ErrFenced}, {2, nil}} {
+		err := b.submit(&op{kind: opZero, n: 1, id: 10 + tt.epoch, epoch: tt.epoch})
+		if !errors.Is(err, tt.want) {
+			t.Errorf("epoch %d: %v, want %v", tt.epoch, err, tt.want)
+		}
+	}
+	if !errors.Is(ErrFenced, volume.ErrFenced) {
+		t.Error("ErrFenced does not match volume.ErrFenced")
 	}
 }

@@ -19,15 +19,23 @@ import (
 // id, so a mutation applies once) after a leader change, until
 // StallTimeout. Only the volume's size is known locally.
 type Proxy struct {
+	*proxy
+	// epoch is the writer epoch of the view's mutations (see
+	// Volume.Writer).
+	epoch uint64
+}
+
+// proxy is what the views of a Proxy share.
+type proxy struct {
 	h     *Host
 	name  string
 	peers []Peer
 	size  atomic.Int64
 	ro    bool
 
-	mu   sync.Mutex
-	next int // index in peers of the next host to try
-	lc   leaderConn
+	mu    sync.Mutex
+	next  int // index in peers of the next host to try
+	conns leaderConns
 }
 
 var _ volume.Backend = (*Proxy)(nil)
@@ -49,7 +57,7 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 			return nil, fmt.Errorf("raftlog: proxy of volume %s: replica host %s has no NBD address", spec.Name, p.ID)
 		}
 	}
-	p := &Proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, lc: leaderConn{volume: spec.Name}}
+	p := &Proxy{proxy: &proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, conns: leaderConns{volume: spec.Name}}}
 	for i, pe := range p.peers {
 		if pe.ID == spec.PreferredLeader {
 			p.next = i
@@ -58,6 +66,9 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 	p.size.Store(spec.Size)
 	return p, nil
 }
+
+// Writer returns the view of p whose mutations come under writer epoch.
+func (p *Proxy) Writer(epoch uint64) *Proxy { return &Proxy{proxy: p.proxy, epoch: epoch} }
 
 // Name returns the volume's name.
 func (p *Proxy) Name() string { return p.name }
@@ -75,30 +86,31 @@ func (p *Proxy) Caps() volume.Caps {
 
 // get returns the connection to the replica host that answered last, or
 // dials the next one.
-func (p *Proxy) get(ctx context.Context) (*nbdclient.Conn, error) {
-	if c := p.lc.healthy(); c != nil {
+func (p *Proxy) get(ctx context.Context, lc *leaderConn) (*nbdclient.Conn, error) {
+	if c := lc.healthy(); c != nil {
 		return c, nil
 	}
 	p.mu.Lock()
 	pe := p.peers[p.next]
 	p.next = (p.next + 1) % len(p.peers)
 	p.mu.Unlock()
-	return p.lc.get(ctx, pe, 3*time.Second)
+	return lc.get(ctx, pe, 3*time.Second)
 }
 
 // run sends a request until a replica's agent answers it, or StallTimeout.
 func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error {
 	deadline := time.Now().Add(p.h.cfg.StallTimeout)
+	lc := p.conns.of(p.epoch)
 	for attempt := 0; ; attempt++ {
-		c, err := p.get(ctx)
+		c, err := p.get(ctx, lc)
 		if errors.Is(err, volume.ErrUnavailable) {
 			return err
 		}
 		if err == nil {
 			if err = f(c); err == nil || permanent(err) {
-				return err
+				return answer(err)
 			}
-			p.lc.drop(c)
+			lc.drop(c)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: volume %s: %v", errStalled, p.name, err)
@@ -174,9 +186,9 @@ func (p *Proxy) Extents(ctx context.Context, off, n int64, max int) ([]volume.Ex
 	return out, err
 }
 
-// Close implements volume.Backend: it closes the proxy's connection; later
-// requests fail at once.
+// Close implements volume.Backend: it closes the proxy's connections (of
+// every view); later requests fail at once.
 func (p *Proxy) Close() error {
-	p.lc.close()
+	p.conns.close()
 	return nil
 }

@@ -28,6 +28,10 @@ type VolumeStatus struct {
 	// LastContact is how long ago a follower last heard from its leader
 	// (0 on the leader).
 	LastContact time.Duration `json:"last_contact_ns"`
+	// WriterEpoch is the writer epoch this replica accepts writes of (0:
+	// any), set by the fence of generation WriterGen (docs/fencing.md).
+	WriterEpoch uint64 `json:"writer_epoch"`
+	WriterGen   uint64 `json:"writer_gen"`
 	// Error is the replica's failure, if any.
 	Error string `json:"error,omitempty"`
 }
@@ -46,6 +50,7 @@ func (v *Volume) Status() VolumeStatus {
 		CommitIndex:  g.raft.CommitIndex(),
 		AppliedIndex: g.raft.AppliedIndex(),
 	}
+	s.WriterEpoch, s.WriterGen = v.Fenced()
 	for _, p := range g.cfg.Peers {
 		s.Replicas = append(s.Replicas, p.ID)
 	}

@@ -24,6 +24,10 @@ type Volume struct {
 	// direct is set on the view behind ForwardPrefix: it serves only if this
 	// host leads and never forwards.
 	direct bool
+	// epoch is the writer epoch the view's mutations come under (see
+	// volume.WriterExport): the log refuses them unless it is the
+	// volume's writer, or the volume has none.
+	epoch uint64
 }
 
 var (
@@ -33,7 +37,10 @@ var (
 
 // Direct returns the view of v that serves only while this host leads and
 // answers volume.ErrUnavailable otherwise (the target of forwarding).
-func (v *Volume) Direct() *Volume { return &Volume{g: v.g, direct: true} }
+func (v *Volume) Direct() *Volume { return &Volume{g: v.g, direct: true, epoch: v.epoch} }
+
+// Writer returns the view of v whose mutations come under writer epoch.
+func (v *Volume) Writer(epoch uint64) *Volume { return &Volume{g: v.g, direct: v.direct, epoch: epoch} }
 
 // Name returns the volume's name.
 func (v *Volume) Name() string { return v.g.spec.Name }
@@ -61,6 +68,40 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 		return fmt.Errorf("raftlog: volume %s: grow to %d: %w", v.g.spec.Name, size, err)
 	}
 	return nil
+}
+
+// Fence makes writer epoch the volume's writer as of generation gen
+// through the log: once it returns, every replica refuses writes of other
+// epochs (epoch 0: accepts every writer), and every write acknowledged
+// before it is in the log ahead of the fence. A gen not above the fence in
+// force changes nothing (see Fenced). Like Grow, only the leader's host may
+// call it.
+func (v *Volume) Fence(ctx context.Context, gen, epoch uint64) error {
+	if gen == 0 || gen > 1<<63-1 {
+		return fmt.Errorf("raftlog: volume %s: fence: generation %d out of range", v.g.spec.Name, gen)
+	}
+	if !v.g.ready.Load() {
+		return fmt.Errorf("raftlog: volume %s: fence: %w", v.g.spec.Name, raft.ErrNotLeader)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- v.g.batch.submit(&op{kind: opFence, off: int64(gen), epoch: epoch, id: v.g.h.newOpID()})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("raftlog: volume %s: fence at generation %d: %w", v.g.spec.Name, gen, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("raftlog: volume %s: fence at generation %d: %w", v.g.spec.Name, gen, ctx.Err())
+	}
+}
+
+// Fenced returns the fence this replica has applied: the writer epoch
+// (0: any) and the generation that set it.
+func (v *Volume) Fenced() (epoch, gen uint64) {
+	return v.g.fsm.writer.Load(), v.g.fsm.writerGen.Load()
 }
 
 // Caps implements volume.Backend.
@@ -114,11 +155,11 @@ func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remot
 			return fmt.Errorf("%w: this host does not lead volume %s", volume.ErrUnavailable, v.g.spec.Name)
 		default:
 			var c *nbdclient.Conn
-			if c, err = v.g.fwd.get(ctx); err == nil {
+			if c, err = v.g.fwd.get(ctx, v.epoch); err == nil {
 				if err = remote(c); err == nil || permanent(err) {
-					return err
+					return answer(err)
 				}
-				v.g.fwd.drop(c)
+				v.g.fwd.drop(v.epoch, c)
 			}
 		}
 		if time.Now().After(deadline) {
@@ -147,7 +188,7 @@ func (v *Volume) mutate(ctx context.Context, o *op, remote func(ctx context.Cont
 	if err := volume.CheckRange(o.off, o.n, v.Size()); err != nil && o.kind != opGrow {
 		return err
 	}
-	o.id = v.g.h.newOpID()
+	o.id, o.epoch = v.g.h.newOpID(), v.epoch
 	if v.direct {
 		if h, ok := nbd.RequestHandle(ctx); ok {
 			o.id = h

@@ -126,6 +126,10 @@ var (
 	ErrClosed = errors.New("volume closed")
 	// ErrNoSpace reports that the storage under the volume is full.
 	ErrNoSpace = errors.New("no space left for volume")
+	// ErrFenced is returned by write-like operations from a writer that
+	// no longer owns the volume: another writer (a VM's new host after a
+	// migration) has taken it over.
+	ErrFenced = errors.New("volume fenced")
 	// ErrUnavailable reports that this server cannot serve the volume right
 	// now (it is not the replica that leads it) and the caller should try
 	// another server.

@@ -94,3 +94,33 @@ func TestCheckRange(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitExport(t *testing.T) {
+	tests := []struct {
+		in      string
+		name    string
+		epoch   uint64
+		wantErr bool
+	}{
+		{"vm1", "vm1", 0, false},
+		{"vm1@42", "vm1", 42, false},
+		{"_fwd/vm1@18446744073709551615", "_fwd/vm1", 1<<64 - 1, false},
+		{"vm1@", "", 0, true},
+		{"vm1@0", "", 0, true},
+		{"vm1@007", "", 0, true},
+		{"vm1@+7", "", 0, true},
+		{"vm1@-7", "", 0, true},
+		{"vm1@7@8", "", 0, true},
+		{"vm1@x", "", 0, true},
+		{"vm1@18446744073709551616", "", 0, true},
+	}
+	for _, tt := range tests {
+		name, epoch, err := SplitExport(tt.in)
+		if (err != nil) != tt.wantErr || name != tt.name || epoch != tt.epoch {
+			t.Errorf("SplitExport(%q) = %q, %d, %v", tt.in, name, epoch, err)
+		}
+		if err == nil && WriterExport(name, epoch) != tt.in {
+			t.Errorf("WriterExport(%q, %d) = %q, want %q", name, epoch, WriterExport(name, epoch), tt.in)
+		}
+	}
+}
