@@ -98,6 +98,13 @@ type Volume struct {
 	Created time.Time `json:"created"`
 	// Replicas is each replica's status.
 	Replicas []Replica `json:"replicas"`
+	// VM is the VM that has the volume as a disk ("" if none).
+	VM string `json:"vm,omitempty"`
+	// WriterEpoch is the writer epoch allowed to write the volume (the
+	// epoch of its VM's current run; 0: any writer); WriterGen the catalog
+	// index of the command that last set it (0: never set).
+	WriterEpoch uint64 `json:"writer_epoch"`
+	WriterGen   uint64 `json:"writer_gen"`
 }
 
 // Replica is one replica's status, as its host reports it.
@@ -155,4 +162,134 @@ func (s *Size) UnmarshalJSON(b []byte) error {
 	}
 	*s = Size(n)
 	return nil
+}
+
+// VM states: the desired state the catalog records.
+const (
+	VMStopped = "stopped"
+	VMRunning = "running"
+)
+
+// VM runtime states besides QEMU's own run states (running, paused,
+// io-error, shutdown, inmigrate, postmigrate, ...; see QMP query-status).
+const (
+	// VMAbsent: the VM's host runs no QEMU process for it (or the VM has
+	// no host yet).
+	VMAbsent = "absent"
+	// VMUnknown: the VM's host did not answer (its Error says why).
+	VMUnknown = "unknown"
+)
+
+// Boot kinds.
+const (
+	// BootDisk boots from the VM's first disk.
+	BootDisk = "disk"
+	// BootKernel boots a kernel file of the VM's host, with an optional
+	// initrd and a kernel command line.
+	BootKernel = "kernel"
+)
+
+// Boot says how a VM boots.
+type Boot struct {
+	// Kind is disk or kernel.
+	Kind string `json:"kind"`
+	// Kernel and Initrd are absolute paths of files on the VM's host
+	// (kind kernel; Initrd optional); Cmdline is the kernel command line.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+}
+
+// VM is one element of GET /v1/vms and the body of GET /v1/vms/{name}
+// and of a successful create, start or stop: the catalog's record of the
+// VM and the runtime report of its host's agent.
+type VM struct {
+	Name string `json:"name"`
+	// ID is the catalog index of the command that created the VM.
+	ID        uint64 `json:"id"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	// Disks are the VM's volumes in the order the guest sees them, with
+	// their writer fencing fields.
+	Disks []VMDisk `json:"disks"`
+	Boot  Boot     `json:"boot"`
+	// State is the desired state: stopped or running.
+	State string `json:"state"`
+	// Host is the host the VM runs on or last ran on ("" before its first
+	// start).
+	Host string `json:"host"`
+	// Epoch is the writer epoch of the current run: the catalog index of
+	// the command that started it; 0 when stopped.
+	Epoch   uint64    `json:"epoch"`
+	Created time.Time `json:"created"`
+	// Changed is the catalog index of the command that last changed it.
+	Changed uint64 `json:"changed"`
+	// Runtime is what the agent of the VM's host reports about its QEMU
+	// process.
+	Runtime LocalVM `json:"runtime"`
+}
+
+// VMDisk is one disk of a VM.
+type VMDisk struct {
+	Volume string `json:"volume"`
+	// WriterEpoch and WriterGen are the volume's: see Volume.
+	WriterEpoch uint64 `json:"writer_epoch"`
+	WriterGen   uint64 `json:"writer_gen"`
+}
+
+// LocalVM is a VM as the agent of its host sees it: one element of
+// GET /v1/local/vms (the VMs that agent's runtime knows) and the runtime
+// object of a VM body.
+type LocalVM struct {
+	Name string `json:"name"`
+	// State is QEMU's run state (running, paused, io-error, ...), absent
+	// when no QEMU process runs the VM there, or unknown when its host did
+	// not answer.
+	State string `json:"state"`
+	// PID is the QEMU process's.
+	PID int `json:"pid,omitempty"`
+	// Epoch is the writer epoch the process writes the VM's disks under.
+	Epoch uint64 `json:"epoch,omitempty"`
+	// QMPSocket and SerialLog are paths on the host: QEMU's QMP socket
+	// and the file that receives the guest's serial console.
+	QMPSocket string `json:"qmp_socket,omitempty"`
+	SerialLog string `json:"serial_log,omitempty"`
+	// Started is when the process started.
+	Started time.Time `json:"started,omitzero"`
+	// Error is the last error starting, running or stopping the VM.
+	Error string `json:"error,omitempty"`
+}
+
+// CreateVM is the body of POST /v1/vms.
+type CreateVM struct {
+	Name string `json:"name"`
+	// VCPUs is 1 to 16 (0 or absent: 1).
+	VCPUs int `json:"vcpus,omitempty"`
+	// Memory is the guest's memory: a number of bytes or a size string
+	// such as "256M" or "1GiB", a whole number of MiB from 16M to 64G
+	// (0 or absent: 256M).
+	Memory Size `json:"memory,omitempty"`
+	// Disks are existing volumes, none of them a disk of another VM: 1
+	// to 16.
+	Disks []string `json:"disks"`
+	// Boot is how the VM boots (absent: from its first disk; a kind left
+	// empty is kernel when a kernel is given, else disk).
+	Boot Boot `json:"boot,omitzero"`
+}
+
+// StartVM is the optional body of POST /v1/vms/{name}/start.
+type StartVM struct {
+	// Host is the host to start the VM on. Default: the host it last ran
+	// on, else the preferred leader of its first disk, else the agent
+	// that answers (the control leader). It must be alive.
+	Host string `json:"host,omitempty"`
+}
+
+// VolumeWriter is what the catalog records about a volume's writer: the
+// VM that has it as a disk ("" if none) and its writer fields (see
+// Volume).
+type VolumeWriter struct {
+	VM          string
+	WriterEpoch uint64
+	WriterGen   uint64
 }

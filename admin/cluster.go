@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/raftlog"
 )
 
@@ -30,8 +32,29 @@ type Cluster interface {
 	CreateVolume(ctx context.Context, req CreateVolume) (Volume, error)
 	ResizeVolume(ctx context.Context, name string, size int64) (Volume, error)
 	DeleteVolume(ctx context.Context, name string, force bool) error
+	// VolumeWriters returns, by volume name, the VM that has each volume
+	// as a disk and its writer fields, which the handler adds to the
+	// volume bodies.
+	VolumeWriters(ctx context.Context) (map[string]VolumeWriter, error)
 	// Local returns this agent's replicas and attachments (any agent).
 	Local() []LocalVolume
+
+	// VMs lists the catalog's VMs, each with its host's runtime report.
+	VMs(ctx context.Context) ([]VM, error)
+	// VM returns one VM (a StatusError 404 if there is none).
+	VM(ctx context.Context, name string) (VM, error)
+	// CreateVM records a new, stopped VM.
+	CreateVM(ctx context.Context, req CreateVM) (VM, error)
+	// StartVM records the VM as running on a host under a new writer
+	// epoch (req.Host, or the default host StartVM documents).
+	StartVM(ctx context.Context, name string, req StartVM) (VM, error)
+	// StopVM records the VM as stopped; its disks' writer goes back to 0.
+	StopVM(ctx context.Context, name string) (VM, error)
+	// DeleteVM removes a stopped VM from the catalog (its disks stay).
+	DeleteVM(ctx context.Context, name string) error
+	// LocalVMs returns the VMs this agent's VM runtime knows (any agent;
+	// empty without a runtime).
+	LocalVMs() []LocalVM
 }
 
 // LocalVolume is one replica held by the answering agent, with the NBD
@@ -44,8 +67,9 @@ type LocalVolume struct {
 }
 
 // StatusError is an error with an HTTP status: Cluster methods return it
-// for answers such as "not found" (404) or "exists" (409). Other errors
-// are 500s.
+// for answers such as "not found" (404) or "exists" (409). A refused
+// catalog command (an error wrapping one of package catalog's Err*
+// sentinels) gets its status from the sentinel; other errors are 500s.
 type StatusError struct {
 	Code int
 	Msg  string
@@ -81,10 +105,16 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("GET /v1/volumes", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
 		vs, err := c.Volumes(r.Context())
+		if err == nil {
+			err = s.addWriters(r.Context(), vs)
+		}
 		s.reply(w, http.StatusOK, vs, err)
 	}))
 	mux.HandleFunc("GET /v1/volumes/{name}", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
 		v, err := c.Volume(r.Context(), r.PathValue("name"))
+		if err == nil {
+			v, err = s.addWriter(r.Context(), v)
+		}
 		s.reply(w, http.StatusOK, v, err)
 	}))
 	mux.HandleFunc("POST /v1/volumes", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +123,9 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 			return
 		}
 		v, err := c.CreateVolume(r.Context(), req)
+		if err == nil {
+			v, err = s.addWriter(r.Context(), v)
+		}
 		s.reply(w, http.StatusCreated, v, err)
 	}))
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
@@ -105,6 +138,9 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 			return
 		}
 		v, err := c.ResizeVolume(r.Context(), r.PathValue("name"), int64(req.Size))
+		if err == nil {
+			v, err = s.addWriter(r.Context(), v)
+		}
 		s.reply(w, http.StatusOK, v, err)
 	}))
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +157,75 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 		err := c.DeleteVolume(r.Context(), name, force)
 		s.reply(w, http.StatusOK, map[string]string{"deleted": name}, err)
 	}))
+	s.routeVMs(mux)
+}
+
+// routeVMs adds the VM API to mux.
+func (s *server) routeVMs(mux *http.ServeMux) {
+	c := s.cfg.Cluster
+	mux.HandleFunc("GET /v1/local/vms", func(w http.ResponseWriter, _ *http.Request) {
+		vms := c.LocalVMs()
+		if vms == nil {
+			vms = []LocalVM{}
+		}
+		writeJSON(w, http.StatusOK, vms)
+	})
+	mux.HandleFunc("GET /v1/vms", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		vms, err := c.VMs(r.Context())
+		if vms == nil {
+			vms = []VM{}
+		}
+		s.reply(w, http.StatusOK, vms, err)
+	}))
+	mux.HandleFunc("GET /v1/vms/{name}", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
+		vm, err := c.VM(r.Context(), r.PathValue("name"))
+		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req CreateVM
+		if !decode(w, r, &req) {
+			return
+		}
+		vm, err := c.CreateVM(r.Context(), req)
+		s.reply(w, http.StatusCreated, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/start", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req StartVM
+		if !decodeOptional(w, r, &req) {
+			return
+		}
+		vm, err := c.StartVM(r.Context(), r.PathValue("name"), req)
+		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/stop", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		vm, err := c.StopVM(r.Context(), r.PathValue("name"))
+		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("DELETE /v1/vms/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		err := c.DeleteVM(r.Context(), name)
+		s.reply(w, http.StatusOK, map[string]string{"deleted": name}, err)
+	}))
+}
+
+// addWriters fills the VM and writer fields of volume bodies.
+func (s *server) addWriters(ctx context.Context, vs []Volume) error {
+	ws, err := s.cfg.Cluster.VolumeWriters(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range vs {
+		w := ws[vs[i].Name]
+		vs[i].VM, vs[i].WriterEpoch, vs[i].WriterGen = w.VM, w.WriterEpoch, w.WriterGen
+	}
+	return nil
+}
+
+// addWriter is addWriters for one volume.
+func (s *server) addWriter(ctx context.Context, v Volume) (Volume, error) {
+	vs := []Volume{v}
+	err := s.addWriters(ctx, vs)
+	return vs[0], err
 }
 
 // onLeader wraps a cluster API handler: state-changing requests need the
@@ -206,6 +311,20 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// decodeOptional is decode for a body that may be absent (or empty).
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+		return false
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return true
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return decode(w, r, v)
+}
+
 // reply writes v with code, or the error with its status.
 func (s *server) reply(w http.ResponseWriter, code int, v any, err error) {
 	if err == nil {
@@ -217,12 +336,30 @@ func (s *server) reply(w http.ResponseWriter, code int, v any, err error) {
 		writeError(w, se.Code, se.Msg)
 		return
 	}
+	if code, ok := catalogStatus(err); ok {
+		writeError(w, code, strings.TrimPrefix(err.Error(), "catalog: "))
+		return
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		writeError(w, http.StatusGatewayTimeout, err.Error())
 		return
 	}
 	s.log.Warn("admin request failed", "err", err)
 	writeError(w, http.StatusInternalServerError, err.Error())
+}
+
+// catalogStatus returns the HTTP status of a refused catalog command.
+func catalogStatus(err error) (int, bool) {
+	switch {
+	case errors.Is(err, catalog.ErrNotFound):
+		return http.StatusNotFound, true
+	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrShrinking):
+		return http.StatusBadRequest, true
+	case errors.Is(err, catalog.ErrExists), errors.Is(err, catalog.ErrNoPlace), errors.Is(err, catalog.ErrInUse),
+		errors.Is(err, catalog.ErrRunning), errors.Is(err, catalog.ErrStopped):
+		return http.StatusConflict, true
+	}
+	return 0, false
 }
 
 // newClient returns the HTTP client used to forward requests.

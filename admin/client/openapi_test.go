@@ -125,6 +125,7 @@ var contract = []struct {
 	method, path string
 	secured      bool
 	request      string         // request body schema, "" for none
+	optional     bool           // the request body may be absent
 	ok           string         // success status
 	body         string         // success body schema
 	errors       []string       // error statuses, each with an Error body
@@ -137,6 +138,12 @@ var contract = []struct {
 	{method: "POST", path: "/v1/volumes", secured: true, request: "CreateVolume", ok: "201", body: "Volume", errors: []string{"400", "401", "409", "503"}},
 	{method: "PATCH", path: "/v1/volumes/{name}", secured: true, request: "ResizeVolume", ok: "200", body: "Volume", errors: []string{"400", "401", "404", "503"}},
 	{method: "DELETE", path: "/v1/volumes/{name}", secured: true, ok: "200", body: "Deleted", errors: []string{"400", "401", "404", "409", "503"}, query: map[string]int{"force": 1}},
+	{method: "GET", path: "/v1/vms", ok: "200", body: "[]VM", errors: []string{"503"}},
+	{method: "POST", path: "/v1/vms", secured: true, request: "CreateVM", ok: "201", body: "VM", errors: []string{"400", "401", "409", "503"}},
+	{method: "GET", path: "/v1/vms/{name}", ok: "200", body: "VM", errors: []string{"404", "503"}},
+	{method: "DELETE", path: "/v1/vms/{name}", secured: true, ok: "200", body: "Deleted", errors: []string{"401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/start", secured: true, request: "StartVM", optional: true, ok: "200", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/stop", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "GET", path: "/healthz", ok: "200"},
 	{method: "GET", path: "/readyz", ok: "200"},
 	{method: "GET", path: "/metrics", ok: "200"},
@@ -224,8 +231,8 @@ func TestOpenAPIOperations(t *testing.T) {
 		case c.request != "" && op.RequestBody == nil:
 			t.Errorf("%s: no request body", key)
 		case c.request != "":
-			if !op.RequestBody.Required {
-				t.Errorf("%s: request body not required", key)
+			if op.RequestBody.Required == c.optional {
+				t.Errorf("%s: request body required: %v, want %v", key, op.RequestBody.Required, !c.optional)
 			}
 			if got := op.RequestBody.Content["application/json"].Schema.describe(); got != c.request {
 				t.Errorf("%s: request body %s, want %s", key, got, c.request)
@@ -278,6 +285,7 @@ func TestOpenAPISchemas(t *testing.T) {
 	for _, v := range []any{
 		admin.ClusterStatus{}, admin.Host{}, admin.Volume{}, admin.Replica{},
 		admin.CreateVolume{}, admin.ResizeVolume{},
+		admin.VM{}, admin.VMDisk{}, admin.Boot{}, admin.LocalVM{}, admin.CreateVM{}, admin.StartVM{},
 	} {
 		typ := reflect.TypeOf(v)
 		s := schemas[typ.Name()]
@@ -300,7 +308,7 @@ func TestOpenAPISchemas(t *testing.T) {
 				name = f.Name
 			}
 			props[name] = true
-			if !strings.Contains(","+opts+",", ",omitempty,") {
+			if !strings.Contains(","+opts+",", ",omitempty,") && !strings.Contains(","+opts+",", ",omitzero,") {
 				required = append(required, name)
 			}
 			p := s.Properties[name]
