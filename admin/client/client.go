@@ -233,11 +233,82 @@ func (c *Client) DeleteVolume(ctx context.Context, name string, force bool) erro
 // volumePath returns the (escaped) path of a volume.
 func volumePath(name string) string { return "/v1/volumes/" + url.PathEscape(name) }
 
+// VMs lists the cluster's VMs (GET /v1/vms).
+func (c *Client) VMs(ctx context.Context) ([]admin.VM, error) {
+	var out []admin.VM
+	if err := c.do(ctx, http.MethodGet, "/v1/vms", nil, nil, &out); err != nil {
+		return nil, fmt.Errorf("list VMs: %w", err)
+	}
+	return out, nil
+}
+
+// VM returns one VM (GET /v1/vms/{name}); an unknown VM is an *Error with
+// status 404.
+func (c *Client) VM(ctx context.Context, name string) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodGet, vmPath(name, ""), nil, nil, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("VM %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// CreateVM creates a stopped VM (POST /v1/vms) and returns it. The API
+// answers 400 to a bad name, shape, boot or disk list (a disk that is not
+// a volume) and 409 when the VM exists or a disk belongs to another VM.
+func (c *Client) CreateVM(ctx context.Context, req admin.CreateVM) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, "/v1/vms", nil, req, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("create VM %q: %w", req.Name, err)
+	}
+	return out, nil
+}
+
+// StartVM starts a VM (POST /v1/vms/{name}/start) on host ("": the API's
+// default host) and returns it. The API answers 400 to a host the cluster
+// does not have, 404 to an unknown VM and 409 when the VM runs already or
+// the host is not alive.
+func (c *Client) StartVM(ctx context.Context, name, host string) (admin.VM, error) {
+	var in any
+	if host != "" {
+		in = admin.StartVM{Host: host}
+	}
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, "/start"), nil, in, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("start VM %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// StopVM stops a VM (POST /v1/vms/{name}/stop) and returns it. The API
+// answers 404 to an unknown VM and 409 to a stopped one.
+func (c *Client) StopVM(ctx context.Context, name string) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, "/stop"), nil, nil, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("stop VM %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// DeleteVM deletes a stopped VM (DELETE /v1/vms/{name}); its disks stay.
+// The API answers 404 to an unknown VM and 409 to a running one.
+func (c *Client) DeleteVM(ctx context.Context, name string) error {
+	var out struct {
+		Deleted string `json:"deleted"`
+	}
+	if err := c.do(ctx, http.MethodDelete, vmPath(name, ""), nil, nil, &out); err != nil {
+		return fmt.Errorf("delete VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// vmPath returns the (escaped) path of a VM, followed by suffix.
+func vmPath(name, suffix string) string { return "/v1/vms/" + url.PathEscape(name) + suffix }
+
 // do sends one request for path (escaped) and query q, with body in (nil:
 // none) encoded as JSON, and decodes a 2xx response into out.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	if strings.HasSuffix(path, "/") {
-		return errors.New("empty volume name")
+	if strings.HasSuffix(path, "/") || strings.Contains(path, "//") {
+		return errors.New("empty name")
 	}
 	u, err := url.Parse(c.base.String() + path)
 	if err != nil {

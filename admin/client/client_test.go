@@ -62,6 +62,10 @@ func TestRequests(t *testing.T) {
 	hostsJSON, _ := json.Marshal(hosts)
 	cluster := admin.ClusterStatus{Host: "n1", Version: "v", ControlLeader: "n1", ControlVoters: []string{"n1"}, Hosts: 1, HostsAlive: 1}
 	clusterJSON, _ := json.Marshal(cluster)
+	vm := admin.VM{Name: "web", ID: 40, VCPUs: 2, MemoryMiB: 512, Disks: []admin.VMDisk{{Volume: "vm1", WriterEpoch: 57, WriterGen: 57}},
+		Boot: admin.Boot{Kind: admin.BootKernel, Kernel: "/boot/vmlinuz", Cmdline: "console=ttyS0"}, State: admin.VMRunning, Host: "n2", Epoch: 57,
+		Created: created, Changed: 57, Runtime: admin.LocalVM{Name: "web", State: "running", PID: 4242, Epoch: 57, Started: created}}
+	vmJSON, _ := json.Marshal(vm)
 
 	tests := []struct {
 		name     string
@@ -138,6 +142,68 @@ func TestRequests(t *testing.T) {
 			name: "delete forced", status: 200, body: `{"deleted":"vm1"}`,
 			call:    func(ctx context.Context, c *client.Client) (any, error) { return nil, c.DeleteVolume(ctx, "vm1", true) },
 			wantReq: request{Method: "DELETE", Path: "/v1/volumes/vm1", RawQuery: "force=true"},
+		},
+		{
+			name: "vms", status: 200, body: "[" + string(vmJSON) + "]",
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return c.VMs(ctx) },
+			want:    []admin.VM{vm},
+			wantReq: request{Method: "GET", Path: "/v1/vms"},
+		},
+		{
+			name: "vm", status: 200, body: string(vmJSON),
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return c.VM(ctx, "web") },
+			want:    vm,
+			wantReq: request{Method: "GET", Path: "/v1/vms/web"},
+		},
+		{
+			name: "create vm", status: 201, body: string(vmJSON),
+			call: func(ctx context.Context, c *client.Client) (any, error) {
+				return c.CreateVM(ctx, admin.CreateVM{Name: "web", VCPUs: 2, Memory: 512 << 20, Disks: []string{"vm1"},
+					Boot: admin.Boot{Kind: admin.BootKernel, Kernel: "/boot/vmlinuz", Cmdline: "console=ttyS0"}})
+			},
+			want:    vm,
+			wantReq: request{Method: "POST", Path: "/v1/vms", ContentType: "application/json"},
+			wantBody: map[string]any{"name": "web", "vcpus": float64(2), "memory": float64(512 << 20), "disks": []any{"vm1"},
+				"boot": map[string]any{"kind": "kernel", "kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"}},
+		},
+		{
+			name: "create vm with defaults", status: 201, body: string(vmJSON),
+			call: func(ctx context.Context, c *client.Client) (any, error) {
+				return c.CreateVM(ctx, admin.CreateVM{Name: "web", Disks: []string{"vm1"}})
+			},
+			want:     vm,
+			wantReq:  request{Method: "POST", Path: "/v1/vms", ContentType: "application/json"},
+			wantBody: map[string]any{"name": "web", "disks": []any{"vm1"}},
+		},
+		{
+			name: "start vm", status: 200, body: string(vmJSON),
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return c.StartVM(ctx, "web", "") },
+			want:    vm,
+			wantReq: request{Method: "POST", Path: "/v1/vms/web/start"},
+		},
+		{
+			name: "start vm on a host", status: 200, body: string(vmJSON),
+			call:     func(ctx context.Context, c *client.Client) (any, error) { return c.StartVM(ctx, "web", "n2") },
+			want:     vm,
+			wantReq:  request{Method: "POST", Path: "/v1/vms/web/start", ContentType: "application/json"},
+			wantBody: map[string]any{"host": "n2"},
+		},
+		{
+			name: "stop vm", status: 200, body: string(vmJSON),
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return c.StopVM(ctx, "web") },
+			want:    vm,
+			wantReq: request{Method: "POST", Path: "/v1/vms/web/stop"},
+		},
+		{
+			name: "delete vm", status: 200, body: `{"deleted":"web"}`,
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return nil, c.DeleteVM(ctx, "web") },
+			wantReq: request{Method: "DELETE", Path: "/v1/vms/web"},
+		},
+		{
+			name: "vm name escaped", status: 200, body: string(vmJSON),
+			call:    func(ctx context.Context, c *client.Client) (any, error) { return c.StopVM(ctx, "a/b") },
+			want:    vm,
+			wantReq: request{Method: "POST", Path: "/v1/vms/a%2Fb/stop"},
 		},
 	}
 	for _, tt := range tests {
@@ -237,6 +303,21 @@ func TestErrors(t *testing.T) {
 			call:    func(ctx context.Context, c *client.Client) error { return c.DeleteVolume(ctx, "x", false) },
 			wantMsg: `delete volume "x": 409 Conflict: volume "x" is attached`,
 			wantErr: client.Error{Status: 409, Message: `volume "x" is attached`},
+		},
+		{
+			name: "409 running", status: 409, body: `{"error": "VM \"web\": running on n2 (stop it first)"}`,
+			call:    func(ctx context.Context, c *client.Client) error { return c.DeleteVM(ctx, "web") },
+			wantMsg: `delete VM "web": 409 Conflict: VM "web": running on n2 (stop it first)`,
+			wantErr: client.Error{Status: 409, Message: `VM "web": running on n2 (stop it first)`},
+		},
+		{
+			name: "404 vm", status: 404, body: `{"error": "no VM named \"x\""}`,
+			call: func(ctx context.Context, c *client.Client) error {
+				_, err := c.StartVM(ctx, "x", "n1")
+				return err
+			},
+			wantMsg: `start VM "x": 404 Not Found: no VM named "x"`,
+			wantErr: client.Error{Status: 404, Message: `no VM named "x"`},
 		},
 		{
 			name: "400 shrink", status: 400, body: `{"error": "cannot shrink"}`,
@@ -442,6 +523,12 @@ func TestEmptyName(t *testing.T) {
 	}
 	if err := c.DeleteVolume(context.Background(), "", true); err == nil {
 		t.Error("DeleteVolume(\"\") did not fail")
+	}
+	if _, err := c.StartVM(context.Background(), "", ""); err == nil {
+		t.Error("StartVM(\"\") did not fail")
+	}
+	if _, err := c.VM(context.Background(), ""); err == nil {
+		t.Error("VM(\"\") did not fail")
 	}
 	if len(*got) != 0 {
 		t.Errorf("server saw %d requests, want 0", len(*got))
