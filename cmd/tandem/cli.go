@@ -1,6 +1,6 @@
 package main
 
-// The operator CLI (tandem cluster, host and volume): flags shared by the
+// The operator CLI (tandem cluster, host, volume and vm): flags shared by the
 // commands that talk to an agent's admin API, and their output helpers.
 
 import (

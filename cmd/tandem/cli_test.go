@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,15 +36,22 @@ type seen struct {
 type fakeAPI struct {
 	mu         sync.Mutex
 	vols       []admin.Volume
+	vms        []admin.VM
 	reqs       []seen
 	leaderless bool   // every /v1/ request answers 503
 	slow       bool   // every request waits for the client to give up
 	authHint   string // appended to the 401 message
+	inUse      string // a VM that has every volume as a disk
 }
 
 func newFakeAPI(t *testing.T) (*fakeAPI, *httptest.Server) {
 	f := &fakeAPI{vols: []admin.Volume{testVolume, testDegraded}}
+	for _, vm := range []admin.VM{testVM, testVMNew} {
+		vm.Disks = slices.Clone(vm.Disks) // the fake changes them
+		f.vms = append(f.vms, vm)
+	}
 	mux := http.NewServeMux()
+	f.routeVMs(mux)
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, testCluster) })
 	mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, testHosts) })
 	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, f.vols) })
@@ -104,6 +113,10 @@ func newFakeAPI(t *testing.T) (*fakeAPI, *httptest.Server) {
 			replyError(w, 404, fmt.Sprintf("no volume named %q", name))
 			return
 		}
+		if f.inUse != "" {
+			replyError(w, 409, fmt.Sprintf("volume %q: in use as a disk of VM %q (delete the VM first)", name, f.inUse))
+			return
+		}
 		if f.vols[i].Attached > 0 && r.URL.Query().Get("force") != "true" {
 			replyError(w, 409, fmt.Sprintf("volume %q has %d NBD clients attached", name, f.vols[i].Attached))
 			return
@@ -140,6 +153,108 @@ func newFakeAPI(t *testing.T) (*fakeAPI, *httptest.Server) {
 	}))
 	t.Cleanup(srv.Close)
 	return f, srv
+}
+
+// routeVMs adds the VM API to the fake.
+func (f *fakeAPI) routeVMs(mux *http.ServeMux) {
+	vm := func(w http.ResponseWriter, r *http.Request) int {
+		for i, vm := range f.vms {
+			if vm.Name == r.PathValue("name") {
+				return i
+			}
+		}
+		replyError(w, 404, fmt.Sprintf("no VM named %q", r.PathValue("name")))
+		return -1
+	}
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) { reply(w, 200, f.vms) })
+	mux.HandleFunc("GET /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if i := vm(w, r); i >= 0 {
+			reply(w, 200, f.vms[i])
+		}
+	})
+	mux.HandleFunc("POST /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		var req admin.CreateVM
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			replyError(w, 400, err.Error())
+			return
+		}
+		var disks []admin.VMDisk
+		for _, d := range req.Disks {
+			for _, other := range f.vms {
+				if slices.Contains(vmDiskNames(other), d) {
+					replyError(w, 409, fmt.Sprintf("VM %q: disk %q: in use as a disk of VM %q", req.Name, d, other.Name))
+					return
+				}
+			}
+			if f.find(d) < 0 {
+				replyError(w, 400, fmt.Sprintf("VM %q: disk %q: not found: no such volume", req.Name, d))
+				return
+			}
+			disks = append(disks, admin.VMDisk{Volume: d})
+		}
+		vm := admin.VM{Name: req.Name, ID: 1500, VCPUs: max(req.VCPUs, 1), MemoryMiB: int(req.Memory >> 20), Disks: disks,
+			Boot: req.Boot, State: admin.VMStopped, Created: testCreated, Changed: 1500, Runtime: admin.LocalVM{Name: req.Name, State: admin.VMAbsent}}
+		if vm.Boot.Kind == "" {
+			vm.Boot.Kind = admin.BootDisk
+		}
+		f.vms = append(f.vms, vm)
+		reply(w, 201, vm)
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
+		var req admin.StartVM
+		if b, _ := io.ReadAll(r.Body); len(b) > 0 {
+			if err := json.Unmarshal(b, &req); err != nil {
+				replyError(w, 400, err.Error())
+				return
+			}
+		}
+		i := vm(w, r)
+		if i < 0 {
+			return
+		}
+		vm := &f.vms[i]
+		if vm.State == admin.VMRunning {
+			replyError(w, 409, fmt.Sprintf("VM %q is already running on %s (epoch %d)", vm.Name, vm.Host, vm.Epoch))
+			return
+		}
+		vm.Host = cmp.Or(req.Host, vm.Host, "n1")
+		vm.State, vm.Epoch = admin.VMRunning, 1600
+		for j := range vm.Disks {
+			vm.Disks[j].WriterEpoch, vm.Disks[j].WriterGen = 1600, 1600
+		}
+		reply(w, 200, vm)
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		i := vm(w, r)
+		if i < 0 {
+			return
+		}
+		vm := &f.vms[i]
+		if vm.State != admin.VMRunning {
+			replyError(w, 409, fmt.Sprintf("VM %q: already stopped", vm.Name))
+			return
+		}
+		vm.State, vm.Epoch = admin.VMStopped, 0
+		for j := range vm.Disks {
+			vm.Disks[j].WriterEpoch, vm.Disks[j].WriterGen = 0, 1700
+		}
+		reply(w, 200, vm)
+	})
+	mux.HandleFunc("DELETE /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		i := vm(w, r)
+		if i < 0 {
+			return
+		}
+		if f.vms[i].State == admin.VMRunning {
+			replyError(w, 409, fmt.Sprintf("VM %q: running on %s (stop it first)", f.vms[i].Name, f.vms[i].Host))
+			return
+		}
+		name := f.vms[i].Name
+		f.vms = append(f.vms[:i], f.vms[i+1:]...)
+		reply(w, 200, map[string]string{"deleted": name})
+	})
 }
 
 func (f *fakeAPI) find(name string) int {
@@ -447,6 +562,13 @@ func TestCLI(t *testing.T) {
 			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/vm1", Auth: auth}},
 		},
 		{
+			name:     "volume delete of a VM's disk: no --force hint",
+			args:     []string{"volume", "delete", "vm1", "--admin", "ADMIN", "--token", testToken},
+			fake:     func(f *fakeAPI) { f.inUse = "web" },
+			wantErr:  `delete volume "vm1": 409 Conflict: volume "vm1": in use as a disk of VM "web" (delete the VM first)` + "\x00",
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/vm1", Auth: auth}},
+		},
+		{
 			name:     "volume delete forced",
 			args:     []string{"volume", "delete", "vm1", "--force", "--admin", "ADMIN", "--token-file", tokenFile, "-o", "json"},
 			wantOut:  []string{"{\n  \"deleted\": \"vm1\"\n}\n"},
@@ -457,6 +579,196 @@ func TestCLI(t *testing.T) {
 			args:     []string{"volume", "delete", "nope", "--admin", "ADMIN", "--token", testToken},
 			wantErr:  `delete volume "nope": 404 Not Found: no volume named "nope"`,
 			wantReqs: []seen{{Method: "DELETE", Path: "/v1/volumes/nope", Auth: auth}},
+		},
+		{
+			name:     "vm list",
+			args:     []string{"vm", "list", "--admin", "ADMIN"},
+			wantOut:  []string{"NAME  STATE    HOST  EPOCH  VCPUS  MEMORY  DISKS              RUNTIME\n", "web   running  n2    1301   2      1GiB    web-root,web-data  running\n"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms"}},
+		},
+		{
+			name:     "vm list json",
+			args:     []string{"vm", "ls", "--admin", "ADMIN", "-o", "json"},
+			wantOut:  []string{`"memory_mib": 1024,`, `"writer_gen": 1301`},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms"}},
+		},
+		{
+			name:     "vm show",
+			args:     []string{"vm", "show", "web", "--admin", "ADMIN"},
+			wantOut:  []string{"Epoch:       1301\n", "Runtime:     running (pid 4242, epoch 1301, ", "web-data  1301          1301\n"},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms/web"}},
+		},
+		{
+			name:     "vm show json",
+			args:     []string{"vm", "get", "web", "--admin", "ADMIN", "-o", "json"},
+			wantOut:  []string{"{\n  \"name\": \"web\",\n", `"epoch": 1301,`},
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms/web"}},
+		},
+		{
+			name:     "vm show unknown",
+			args:     []string{"vm", "show", "nope", "--admin", "ADMIN"},
+			wantErr:  `VM "nope": 404 Not Found: no VM named "nope"`,
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms/nope"}},
+		},
+		{
+			name:    "vm show bad name",
+			args:    []string{"vm", "show", "Web", "--admin", "ADMIN"},
+			wantErr: `invalid VM name "Web"`,
+		},
+		{
+			name:    "vm show without a name",
+			args:    []string{"vm", "show", "--admin", "ADMIN"},
+			wantErr: "tandem vm show: want one VM NAME, got 0 arguments",
+		},
+		{
+			name:    "vm create",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--disk", "db.data_2", "--vcpus", "2", "--memory", "1G", "--admin", "ADMIN", "--token", testToken},
+			wantOut: []string{"Created VM app (stopped; start it with: tandem vm start app).\n\nName:     app\n", "Memory:   1GiB\n", "Boot:     disk vm1\n", "db.data_2  -             -\n"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms", Auth: auth,
+				Body: map[string]any{"name": "app", "vcpus": float64(2), "memory": float64(1 << 30), "disks": []any{"vm1", "db.data_2"}}}},
+		},
+		{
+			name:    "vm create, defaults left to the API, disks with a comma",
+			args:    []string{"vm", "create", "app", "--disk", "vm1,db.data_2", "--admin", "ADMIN", "--token", testToken, "-o", "json"},
+			wantOut: []string{`"vcpus": 1,`, `"kind": "disk"`},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms", Auth: auth,
+				Body: map[string]any{"name": "app", "disks": []any{"vm1", "db.data_2"}}}},
+		},
+		{
+			name: "vm create, kernel boot",
+			args: []string{"vm", "create", "app", "--disk", "vm1", "--memory", "128MiB", "--kernel", "/srv/vmlinuz", "--initrd", "/srv/initrd",
+				"--cmdline", "console=ttyS0 quiet", "--admin", "ADMIN", "--token", testToken},
+			wantOut: []string{"Boot:     kernel /srv/vmlinuz\n", "Initrd:   /srv/initrd\n", "Cmdline:  \"console=ttyS0 quiet\"\n"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms", Auth: auth,
+				Body: map[string]any{"name": "app", "memory": float64(128 << 20), "disks": []any{"vm1"},
+					"boot": map[string]any{"kind": "kernel", "kernel": "/srv/vmlinuz", "initrd": "/srv/initrd", "cmdline": "console=ttyS0 quiet"}}}},
+		},
+		{
+			name:    "vm create, disk of another VM",
+			args:    []string{"vm", "create", "app", "--disk", "web-data", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `create VM "app": 409 Conflict: VM "app": disk "web-data": in use as a disk of VM "web"`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms", Auth: auth,
+				Body: map[string]any{"name": "app", "disks": []any{"web-data"}}}},
+		},
+		{
+			name:    "vm create, unknown disk",
+			args:    []string{"vm", "create", "app", "--disk", "nope", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `create VM "app": 400 Bad Request: VM "app": disk "nope": not found: no such volume`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms", Auth: auth,
+				Body: map[string]any{"name": "app", "disks": []any{"nope"}}}},
+		},
+		{
+			name:    "vm create without token",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--admin", "ADMIN"},
+			wantErr: `create VM "app": 401 Unauthorized: missing or wrong admin token (no admin token given: use --token, --token-file or $TANDEM_ADMIN_TOKEN)`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms",
+				Body: map[string]any{"name": "app", "disks": []any{"vm1"}}}},
+		},
+		{
+			name:    "vm create without disk",
+			args:    []string{"vm", "create", "app", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--disk is required",
+		},
+		{
+			name:    "vm create, bad disk name",
+			args:    []string{"vm", "create", "app", "--disk", "Root", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--disk: invalid volume name "Root"`,
+		},
+		{
+			name:    "vm create, bad name",
+			args:    []string{"vm", "create", "App", "--disk", "vm1", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `invalid VM name "App"`,
+		},
+		{
+			name:    "vm create, 17 vcpus",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--vcpus", "17", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--vcpus 17: want 1 to 16",
+		},
+		{
+			name:    "vm create, too little memory",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--memory", "8M", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--memory 8M: want whole MiB from 16MiB to 64GiB",
+		},
+		{
+			name:    "vm create, memory not in MiB",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--memory", "1000K", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--memory 1000K: want whole MiB",
+		},
+		{
+			name:    "vm create, bad memory",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--memory", "lots", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--memory: invalid size "lots"`,
+		},
+		{
+			name:    "vm create, initrd without kernel",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--initrd", "/i", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--initrd and --cmdline go with --kernel",
+		},
+		{
+			name:    "vm create, relative kernel",
+			args:    []string{"vm", "create", "app", "--disk", "vm1", "--kernel", "vmlinuz", "--admin", "ADMIN", "--token", testToken},
+			wantErr: "--kernel vmlinuz: want an absolute path",
+		},
+		{
+			name:     "vm start",
+			args:     []string{"vm", "start", "new", "--admin", "ADMIN", "--token", testToken},
+			wantOut:  []string{"Started VM new on n1 (epoch 1600).\n\nName:     new\n", "new-root  1600          1600\n"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/new/start", Auth: auth}},
+		},
+		{
+			name:     "vm start on a host",
+			args:     []string{"vm", "start", "new", "--host", "n3", "--admin", "ADMIN", "--token", testToken, "-o", "json"},
+			wantOut:  []string{`"host": "n3",`, `"epoch": 1600,`},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/new/start", Auth: auth, Body: map[string]any{"host": "n3"}}},
+		},
+		{
+			name:     "vm start running",
+			args:     []string{"vm", "start", "web", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `start VM "web": 409 Conflict: VM "web" is already running on n2 (epoch 1301)`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/web/start", Auth: auth}},
+		},
+		{
+			name:     "vm stop",
+			args:     []string{"vm", "stop", "web", "--admin", "ADMIN", "--token-file", tokenFile},
+			wantOut:  []string{"Stopped VM web.\n\nName:        web\n", "State:       stopped\n", "web-root  -             1700\n"},
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/web/stop", Auth: auth}},
+		},
+		{
+			name:     "vm stop stopped",
+			args:     []string{"vm", "stop", "new", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `stop VM "new": 409 Conflict: VM "new": already stopped`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/new/stop", Auth: auth}},
+		},
+		{
+			name:     "vm stop unknown",
+			args:     []string{"vm", "stop", "nope", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `stop VM "nope": 404 Not Found`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/nope/stop", Auth: auth}},
+		},
+		{
+			name:     "vm delete",
+			args:     []string{"vm", "rm", "new", "--admin", "ADMIN", "--token", testToken},
+			wantOut:  []string{"Deleted VM new (its disks stay).\n"},
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/vms/new", Auth: auth}},
+		},
+		{
+			name:     "vm delete json",
+			args:     []string{"vm", "delete", "new", "--admin", "ADMIN", "--token", testToken, "-o", "json"},
+			wantOut:  []string{"{\n  \"deleted\": \"new\"\n}\n"},
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/vms/new", Auth: auth}},
+		},
+		{
+			name:     "vm delete running",
+			args:     []string{"vm", "delete", "web", "--admin", "ADMIN", "--token", testToken},
+			wantErr:  `delete VM "web": 409 Conflict: VM "web": running on n2 (stop it first)`,
+			wantReqs: []seen{{Method: "DELETE", Path: "/v1/vms/web", Auth: auth}},
+		},
+		{
+			name:     "vm without leader",
+			args:     []string{"vm", "list", "--admin", "ADMIN"},
+			fake:     func(f *fakeAPI) { f.leaderless = true },
+			wantErr:  "list VMs: 503 Service Unavailable: the cluster has no control leader",
+			wantReqs: []seen{{Method: "GET", Path: "/v1/vms"}},
 		},
 		{
 			name:     "cluster status",
@@ -562,7 +874,7 @@ func TestCLIJSONRoundTrip(t *testing.T) {
 func TestCLIHelp(t *testing.T) {
 	for _, group := range newRootCmd().Commands() {
 		switch group.Name() {
-		case "cluster", "host", "volume":
+		case "cluster", "host", "volume", "vm":
 		default:
 			continue
 		}

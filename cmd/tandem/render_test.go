@@ -56,6 +56,39 @@ var (
 
 	testVolumes = []admin.Volume{testVolume, testDegraded,
 		{Name: "new", Size: 4097, State: admin.VolumeUnavailable}}
+
+	// testVolumeOfVM is a disk of the running testVM.
+	testVolumeOfVM = admin.Volume{
+		Name: "web-root", Size: 8 << 30, Hosts: []string{"n2", "n1", "n3"}, PreferredLeader: "n2", Leader: "n2",
+		State: admin.VolumeReady, Attached: 1, URI: "nbd://10.0.0.2:10809/web-root", Created: testCreated,
+		VM: "web", WriterEpoch: 1301, WriterGen: 1301,
+		Replicas: []admin.Replica{{Host: "n2", State: "Leader", Term: 2, LastIndex: 10, CommitIndex: 10, AppliedIndex: 10}},
+	}
+
+	// testVM runs on n2, booting a kernel.
+	testVM = admin.VM{
+		Name: "web", ID: 1210, VCPUs: 2, MemoryMiB: 1024,
+		Disks: []admin.VMDisk{{Volume: "web-root", WriterEpoch: 1301, WriterGen: 1301}, {Volume: "web-data", WriterEpoch: 1301, WriterGen: 1301}},
+		Boot:  admin.Boot{Kind: admin.BootKernel, Kernel: "/srv/images/vmlinuz", Initrd: "/srv/images/initrd.img", Cmdline: "console=ttyS0 root=/dev/vda"},
+		State: admin.VMRunning, Host: "n2", Epoch: 1301, Created: testCreated, Changed: 1301,
+		Runtime: admin.LocalVM{Name: "web", State: "running", PID: 4242, Epoch: 1301, QMPSocket: "/var/lib/tandem/vms/web/qmp.sock",
+			SerialLog: "/var/lib/tandem/vms/web/serial.log", Started: testCreated.Add(time.Hour)},
+	}
+
+	// testVMStopped was stopped on n3 (its disk's writer was reset at
+	// index 900); testVMNew was never started.
+	testVMStopped = admin.VM{
+		Name: "db.prod_2", ID: 800, VCPUs: 16, MemoryMiB: 65536, Disks: []admin.VMDisk{{Volume: "db-root", WriterGen: 900}},
+		Boot: admin.Boot{Kind: admin.BootDisk}, State: admin.VMStopped, Host: "n3", Created: testCreated, Changed: 900,
+		Runtime: admin.LocalVM{Name: "db.prod_2", State: admin.VMUnknown, Error: "host n3 is failed"},
+	}
+	testVMNew = admin.VM{
+		Name: "new", ID: 1400, VCPUs: 1, MemoryMiB: 256, Disks: []admin.VMDisk{{Volume: "new-root"}},
+		Boot: admin.Boot{Kind: admin.BootDisk}, State: admin.VMStopped, Created: testCreated, Changed: 1400,
+		Runtime: admin.LocalVM{Name: "new", State: admin.VMAbsent},
+	}
+
+	testVMs = []admin.VM{testVM, testVMStopped, testVMNew}
 )
 
 func TestRenderGolden(t *testing.T) {
@@ -80,6 +113,14 @@ func TestRenderGolden(t *testing.T) {
 		{"volume-degraded", func(w io.Writer) error { return renderVolume(w, testDegraded) }},
 		{"volume-no-replicas", func(w io.Writer) error { return renderVolume(w, testVolumes[2]) }},
 		{"volume-json", func(w io.Writer) error { return printJSON(w, testVolume) }},
+		{"volume-of-vm", func(w io.Writer) error { return renderVolume(w, testVolumeOfVM) }},
+		{"volumes-with-vm", func(w io.Writer) error { return renderVolumes(w, []admin.Volume{testVolumeOfVM, testVolume}) }},
+		{"vms", func(w io.Writer) error { return renderVMs(w, testVMs) }},
+		{"vms-empty", func(w io.Writer) error { return renderVMs(w, nil) }},
+		{"vm", func(w io.Writer) error { return renderVM(w, testVM) }},
+		{"vm-stopped", func(w io.Writer) error { return renderVM(w, testVMStopped) }},
+		{"vm-new", func(w io.Writer) error { return renderVM(w, testVMNew) }},
+		{"vm-json", func(w io.Writer) error { return printJSON(w, testVM) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

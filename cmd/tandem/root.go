@@ -36,7 +36,7 @@ each host of a real installation.`,
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.pprof, "pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startPprof() }
-	root.AddCommand(newVersionCmd(), newAgentCmd(g), newDevCmd(g), newBenchCmd(g), newClusterCmd(), newHostCmd(), newVolumeCmd())
+	root.AddCommand(newVersionCmd(), newAgentCmd(g), newDevCmd(g), newBenchCmd(g), newClusterCmd(), newHostCmd(), newVolumeCmd(), newVMCmd())
 	return root
 }
 

@@ -107,7 +107,8 @@ func newVolumeListCmd(a *adminFlags) *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List the volumes",
 		Long: `List the cluster's volumes: size, replica hosts (in placement order),
-the replica leading each now, state (ready, degraded or unavailable) and how many NBD connections are attached to it.
+the replica leading each now, state (ready, degraded or unavailable), how
+many NBD connections are attached to it and the VM it is a disk of.
 ` + adminHelp,
 		Example: `  tandem volume list
   tandem volume list -o json | jq -r '.[] | select(.state != "ready") | .name'`,
@@ -135,8 +136,9 @@ func newVolumeShowCmd(a *adminFlags) *cobra.Command {
 		Use:     "show NAME",
 		Aliases: []string{"get"},
 		Short:   "Show a volume and the status of its replicas",
-		Long: `Show volume NAME: its size, state, leader, NBD URI and attached clients,
-then each replica's raft state, term, commit and applied indexes, how many
+		Long: `Show volume NAME: its size, state, leader, NBD URI, attached clients,
+the VM it is a disk of and the writer epoch allowed to write it, then each
+replica's raft state, term, commit and applied indexes, how many
 entries it lags behind the leader's commit, and how long ago a follower
 last heard from the leader.
 ` + adminHelp,
@@ -205,7 +207,8 @@ func newVolumeDeleteCmd(a *adminFlags) *cobra.Command {
 		Short:   "Delete a volume and its data",
 		Long: `Delete volume NAME and the data of all its replicas. This cannot be
 undone. The API refuses (409) to delete a volume with NBD clients attached
-unless --force is given.
+unless --force is given, and a disk of a VM even then (delete the VM
+first).
 ` + adminHelp,
 		Example: `  tandem volume delete vm1
   tandem volume delete vm1 --force`,
@@ -214,7 +217,7 @@ unless --force is given.
 			name := args[0]
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
 				err := c.DeleteVolume(ctx, name, force)
-				if client.StatusOf(err) == http.StatusConflict && !force && !mentions(err, "force") {
+				if client.StatusOf(err) == http.StatusConflict && !force && mentions(err, "attached") && !mentions(err, "force") {
 					return fmt.Errorf("%w (--force deletes it anyway)", err)
 				}
 				if err != nil {
@@ -251,9 +254,9 @@ func renderVolumes(w io.Writer, vols []admin.Volume) error {
 		return err
 	}
 	tw := newTable(w)
-	tableRow(tw, "NAME", "SIZE", "REPLICAS", "LEADER", "STATE", "ATTACHED")
+	tableRow(tw, "NAME", "SIZE", "REPLICAS", "LEADER", "STATE", "ATTACHED", "VM")
 	for _, v := range vols {
-		tableRow(tw, v.Name, humanSize(v.Size), joinOrDash(v.Hosts, ","), orDash(v.Leader), orDash(v.State), v.Attached)
+		tableRow(tw, v.Name, humanSize(v.Size), joinOrDash(v.Hosts, ","), orDash(v.Leader), orDash(v.State), v.Attached, orDash(v.VM))
 	}
 	return tw.Flush()
 }
@@ -269,6 +272,8 @@ func renderVolume(w io.Writer, v admin.Volume) error {
 		{"Preferred leader", orDash(v.PreferredLeader)},
 		{"URI", orDash(v.URI)},
 		{"Attached", fmt.Sprint(v.Attached)},
+		{"VM", orDash(v.VM)},
+		{"Writer", writerSummary(v.WriterEpoch, v.WriterGen)},
 		{"Created", formatTime(v.Created)},
 	})
 	if err != nil {

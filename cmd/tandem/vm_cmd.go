@@ -1,0 +1,427 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/admin/client"
+	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/volume"
+)
+
+func newVMCmd() *cobra.Command {
+	a := &adminFlags{}
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, list, show, start, stop and delete VMs",
+		Long: `Manage the cluster's VMs through the admin API of one of its agents.
+A VM is a catalog record: its vCPUs, memory, boot method and disks
+(volumes of the cluster, each a disk of at most one VM), the host it runs
+on and whether it should run. Starting a VM gives it a new writer epoch:
+its disks then refuse writes from any other run of the VM.
+
+VM names follow the rules of volume names: 1 to 63 lowercase letters,
+digits, '.', '_' or '-', starting with a letter or digit.
+` + adminHelp,
+		Example: `  export TANDEM_ADMIN_TOKEN=$(cat ~/.cache/tandem/dev/admin-token)
+  tandem volume create web-root --size 8G
+  tandem vm create web --disk web-root --vcpus 2 --memory 1G
+  tandem vm start web
+  tandem vm list
+  tandem vm show web
+  tandem vm stop web
+  tandem vm delete web`,
+	}
+	a.register(cmd.PersistentFlags())
+	cmd.AddCommand(newVMCreateCmd(a), newVMListCmd(a), newVMShowCmd(a),
+		newVMStartCmd(a), newVMStopCmd(a), newVMDeleteCmd(a))
+	return cmd
+}
+
+func newVMCreateCmd(a *adminFlags) *cobra.Command {
+	var (
+		disks                   []string
+		vcpus                   int
+		memory                  string
+		kernel, initrd, cmdline string
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME --disk VOL [--disk VOL...] [--vcpus N] [--memory SIZE] [--kernel FILE [--initrd FILE] [--cmdline S]]",
+		Short: "Create a VM (stopped) on existing volumes",
+		Long: `Create VM NAME, stopped, with the volumes given by --disk as its disks,
+in that order (the guest sees the first one first and boots from it).
+Each volume must exist and be a disk of no other VM. --vcpus is 1 to 16
+(default 1); --memory a whole number of MiB from 16M to 64G (default
+256M).
+
+With --kernel the VM boots that kernel instead of its first disk, with
+--initrd and the kernel command line --cmdline: absolute paths of files
+on the host the VM runs on.
+
+The API refuses (409) an existing name and a disk of another VM, and
+(400) a volume that does not exist.
+` + adminHelp,
+		Example: `  tandem vm create web --disk web-root --disk web-data --vcpus 2 --memory 1G
+  tandem vm create tiny --disk tiny-root --memory 128M \
+      --kernel /srv/images/vmlinuz --initrd /srv/images/initrd.img --cmdline "console=ttyS0"`,
+		Args: vmNameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.validate(); err != nil {
+				return err
+			}
+			req, err := vmCreateRequest(cmd, args[0], disks, vcpus, memory, kernel, initrd, cmdline)
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				vm, err := c.CreateVM(ctx, req)
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), vm)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Created VM %s (stopped; start it with: tandem vm start %s).\n\n", vm.Name, vm.Name)
+				return renderVM(cmd.OutOrStdout(), vm)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&disks, "disk", nil, "a volume to use as a disk (required; repeat or separate with commas; the first is the boot disk)")
+	f.IntVar(&vcpus, "vcpus", 0, fmt.Sprintf("virtual CPUs, %d to %d (default 1)", catalog.MinVCPUs, catalog.MaxVCPUs))
+	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G: whole MiB from 16M to 64G (default 256M)")
+	f.StringVar(&kernel, "kernel", "", "boot this kernel file of the VM's host instead of the first disk (absolute path)")
+	f.StringVar(&initrd, "initrd", "", "initrd file of the VM's host, with --kernel (absolute path)")
+	f.StringVar(&cmdline, "cmdline", "", "kernel command line, with --kernel")
+	return cmd
+}
+
+// vmCreateRequest checks vm create's flags and builds its request; flags
+// not given are left to the API's defaults.
+func vmCreateRequest(cmd *cobra.Command, name string, disks []string, vcpus int, memory, kernel, initrd, cmdline string) (admin.CreateVM, error) {
+	req := admin.CreateVM{Name: name}
+	if len(disks) == 0 {
+		return req, errors.New("--disk is required: the volumes the VM uses as disks, e.g. --disk web-root (tandem volume create makes one)")
+	}
+	for _, d := range disks {
+		if err := volume.ValidateName(d); err != nil {
+			return req, fmt.Errorf("--disk: %w", err)
+		}
+	}
+	req.Disks = disks
+	if cmd.Flags().Changed("vcpus") {
+		if vcpus < catalog.MinVCPUs || vcpus > catalog.MaxVCPUs {
+			return req, fmt.Errorf("--vcpus %d: want %d to %d", vcpus, catalog.MinVCPUs, catalog.MaxVCPUs)
+		}
+		req.VCPUs = vcpus
+	}
+	if cmd.Flags().Changed("memory") {
+		n, err := volume.ParseSize(memory)
+		if err != nil {
+			return req, fmt.Errorf("--memory: %w", err)
+		}
+		if n%(1<<20) != 0 || n < catalog.MinMemoryMiB<<20 || n > catalog.MaxMemoryMiB<<20 {
+			return req, fmt.Errorf("--memory %s: want whole MiB from %s to %s, e.g. 256M or 2G", memory,
+				humanSize(catalog.MinMemoryMiB<<20), humanSize(catalog.MaxMemoryMiB<<20))
+		}
+		req.Memory = admin.Size(n)
+	}
+	if kernel == "" {
+		if initrd != "" || cmdline != "" {
+			return req, errors.New("--initrd and --cmdline go with --kernel (without it the VM boots from its first disk)")
+		}
+		return req, nil
+	}
+	for _, p := range [][2]string{{"kernel", kernel}, {"initrd", initrd}} {
+		if p[1] != "" && !filepath.IsAbs(p[1]) {
+			return req, fmt.Errorf("--%s %s: want an absolute path of a file on the VM's host", p[0], p[1])
+		}
+	}
+	req.Boot = admin.Boot{Kind: admin.BootKernel, Kernel: kernel, Initrd: initrd, Cmdline: cmdline}
+	return req, nil
+}
+
+func newVMListCmd(a *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the VMs",
+		Long: `List the cluster's VMs: the state the catalog records (running or
+stopped), the host, the writer epoch of the current run, vCPUs, memory,
+disks, and the state of the VM's QEMU process as its host's agent reports
+it (RUNTIME: running, paused, io-error..., absent when no process runs it,
+unknown when the host did not answer).
+` + adminHelp,
+		Example: `  tandem vm list
+  tandem vm list -o json | jq -r '.[] | select(.state != .runtime.state) | .name'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				vms, err := c.VMs(ctx)
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					if vms == nil {
+						vms = []admin.VM{}
+					}
+					return printJSON(cmd.OutOrStdout(), vms)
+				}
+				return renderVMs(cmd.OutOrStdout(), vms)
+			})
+		},
+	}
+}
+
+func newVMShowCmd(a *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "show NAME",
+		Aliases: []string{"get"},
+		Short:   "Show a VM, its disks' writer epochs and its QEMU process",
+		Long: `Show VM NAME: the catalog's record (state, host, writer epoch, shape,
+boot), its QEMU process as its host's agent reports it (state, pid, QMP
+socket, serial log, last error), then each disk with its writer epoch and
+the catalog index that set it.
+` + adminHelp,
+		Example: `  tandem vm show web
+  tandem vm show web -o json | jq .epoch`,
+		Args: vmNameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				vm, err := c.VM(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), vm)
+				}
+				return renderVM(cmd.OutOrStdout(), vm)
+			})
+		},
+	}
+}
+
+func newVMStartCmd(a *adminFlags) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "start NAME [--host HOST]",
+		Short: "Start a VM on a host, under a new writer epoch",
+		Long: `Start VM NAME on --host: the catalog records it running there under a new
+writer epoch, and its disks refuse writes from any other epoch. Without
+--host it starts where it last ran, else on the preferred leader of its
+first disk, else on the agent that answers. The host must be alive.
+
+The command returns once the catalog records the start; the host's agent
+then starts QEMU ("tandem vm show" reports the process). The API refuses
+(409) a running VM and a host that is not alive.
+` + adminHelp,
+		Example: `  tandem vm start web
+  tandem vm start web --host n2`,
+		Args: vmNameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				vm, err := c.StartVM(ctx, args[0], host)
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), vm)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Started VM %s on %s (epoch %d).\n\n", vm.Name, vm.Host, vm.Epoch)
+				return renderVM(cmd.OutOrStdout(), vm)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "host to start the VM on (default: where it last ran, else its first disk's preferred leader)")
+	return cmd
+}
+
+func newVMStopCmd(a *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Stop a VM",
+		Long: `Stop VM NAME: the catalog records it stopped, its writer epoch ends (its
+disks accept any writer again) and its host's agent stops QEMU. The VM
+keeps its host, where "tandem vm start" starts it next. The API refuses
+(409) a VM that is stopped already.
+` + adminHelp,
+		Example: `  tandem vm stop web`,
+		Args:    vmNameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				vm, err := c.StopVM(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), vm)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Stopped VM %s.\n\n", vm.Name)
+				return renderVM(cmd.OutOrStdout(), vm)
+			})
+		},
+	}
+}
+
+func newVMDeleteCmd(a *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a stopped VM (its disks stay)",
+		Long: `Delete VM NAME from the catalog. Its disks are volumes and stay, with
+their data: another VM may use them, or "tandem volume delete" deletes
+them. The API refuses (409) to delete a running VM: stop it first.
+` + adminHelp,
+		Example: `  tandem vm stop web && tandem vm delete web`,
+		Args:    vmNameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.DeleteVM(ctx, name); err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), map[string]string{"deleted": name})
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Deleted VM %s (its disks stay).\n", name)
+				return err
+			})
+		},
+	}
+}
+
+// vmNameArg accepts exactly one argument, a valid VM name.
+func vmNameArg(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%s: want one VM NAME, got %d arguments", cmd.CommandPath(), len(args))
+	}
+	return catalog.ValidateVMName(args[0])
+}
+
+// renderVMs writes the VMs as a table.
+func renderVMs(w io.Writer, vms []admin.VM) error {
+	if len(vms) == 0 {
+		_, err := fmt.Fprintln(w, "No VMs.")
+		return err
+	}
+	tw := newTable(w)
+	tableRow(tw, "NAME", "STATE", "HOST", "EPOCH", "VCPUS", "MEMORY", "DISKS", "RUNTIME")
+	for _, vm := range vms {
+		tableRow(tw, vm.Name, orDash(vm.State), orDash(vm.Host), epochOrDash(vm.Epoch), vm.VCPUs,
+			humanSize(int64(vm.MemoryMiB)<<20), joinOrDash(vmDiskNames(vm), ","), orDash(vm.Runtime.State))
+	}
+	return tw.Flush()
+}
+
+// renderVM writes a VM as key/value lines, then its disks as a table.
+func renderVM(w io.Writer, vm admin.VM) error {
+	kv := [][2]string{
+		{"Name", vm.Name},
+		{"State", orDash(vm.State)},
+		{"Host", orDash(vm.Host)},
+		{"Epoch", epochOrDash(vm.Epoch)},
+		{"VCPUs", fmt.Sprint(vm.VCPUs)},
+		{"Memory", humanSize(int64(vm.MemoryMiB) << 20)},
+	}
+	switch vm.Boot.Kind {
+	case admin.BootKernel:
+		kv = append(kv, [2]string{"Boot", "kernel " + vm.Boot.Kernel})
+		if vm.Boot.Initrd != "" {
+			kv = append(kv, [2]string{"Initrd", vm.Boot.Initrd})
+		}
+		if vm.Boot.Cmdline != "" {
+			kv = append(kv, [2]string{"Cmdline", strconv.Quote(vm.Boot.Cmdline)})
+		}
+	case admin.BootDisk:
+		first := "-"
+		if len(vm.Disks) > 0 {
+			first = vm.Disks[0].Volume
+		}
+		kv = append(kv, [2]string{"Boot", "disk " + first})
+	default:
+		kv = append(kv, [2]string{"Boot", orDash(vm.Boot.Kind)})
+	}
+	kv = append(kv, [2]string{"Created", formatTime(vm.Created)}, [2]string{"Changed", "catalog index " + fmt.Sprint(vm.Changed)})
+	rt := vm.Runtime
+	kv = append(kv, [2]string{"Runtime", runtimeSummary(rt)})
+	if rt.QMPSocket != "" {
+		kv = append(kv, [2]string{"QMP socket", rt.QMPSocket})
+	}
+	if rt.SerialLog != "" {
+		kv = append(kv, [2]string{"Serial log", rt.SerialLog})
+	}
+	if rt.Error != "" {
+		kv = append(kv, [2]string{"Runtime error", oneLine(rt.Error)})
+	}
+	if err := keyValues(w, kv); err != nil {
+		return err
+	}
+	if len(vm.Disks) == 0 {
+		_, err := fmt.Fprintln(w, "\nNo disks.")
+		return err
+	}
+	io.WriteString(w, "\n")
+	tw := newTable(w)
+	tableRow(tw, "DISK", "WRITER-EPOCH", "WRITER-GEN")
+	for _, d := range vm.Disks {
+		tableRow(tw, d.Volume, epochOrDash(d.WriterEpoch), epochOrDash(d.WriterGen))
+	}
+	return tw.Flush()
+}
+
+// runtimeSummary renders a VM's runtime report on one line: "running
+// (pid 4242, epoch 57, since 2025-03-01T12:30:00Z)".
+func runtimeSummary(rt admin.LocalVM) string {
+	var details []string
+	if rt.PID != 0 {
+		details = append(details, fmt.Sprintf("pid %d", rt.PID))
+	}
+	if rt.Epoch != 0 {
+		details = append(details, fmt.Sprintf("epoch %d", rt.Epoch))
+	}
+	if !rt.Started.IsZero() {
+		details = append(details, "since "+formatTime(rt.Started))
+	}
+	s := orDash(rt.State)
+	if len(details) > 0 {
+		s += " (" + strings.Join(details, ", ") + ")"
+	}
+	return s
+}
+
+// vmDiskNames returns a VM's disks' volume names.
+func vmDiskNames(vm admin.VM) []string {
+	names := make([]string, len(vm.Disks))
+	for i, d := range vm.Disks {
+		names[i] = d.Volume
+	}
+	return names
+}
+
+// epochOrDash renders a writer epoch or catalog index, "-" for 0 (none).
+func epochOrDash(n uint64) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+// writerSummary renders a volume's writer fields: "epoch 57 (since catalog
+// index 57)", "any" when no epoch holds it.
+func writerSummary(epoch, gen uint64) string {
+	switch {
+	case gen == 0:
+		return "any"
+	case epoch == 0:
+		return fmt.Sprintf("any (since catalog index %d)", gen)
+	}
+	return fmt.Sprintf("epoch %d (since catalog index %d)", epoch, gen)
+}
