@@ -431,8 +431,10 @@ func hostEqual(a, b *catalog.Host) bool {
 }
 
 // reconcileLoop keeps this agent's replicas and exports in line with its
-// catalog: it opens the replicas placed here, grows volumes it leads to
-// their catalog size, and removes replicas of deleted volumes.
+// catalog: it opens the replicas placed here, puts the catalog's writer
+// epoch into the log of the volumes it leads (fencing other writers),
+// grows them to their catalog size, and removes replicas of deleted
+// volumes.
 func (a *clusterAgent) reconcileLoop() {
 	defer a.wg.Done()
 	t := time.NewTicker(time.Second)
@@ -467,6 +469,9 @@ func (a *clusterAgent) reconcile() {
 				a.log.Warn("opening a replica", "volume", name, "err", err)
 			}
 			continue
+		}
+		if _, gen := v.Fenced(); cv.WriterGen > gen && v.Status().State == "Leader" {
+			a.fence(v, cv)
 		}
 		if cv.Size > v.Size() && v.Status().State == "Leader" {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -503,6 +508,18 @@ func (a *clusterAgent) reconcile() {
 			a.log.Info("replica removed: the volume was deleted", "volume", name, "disconnected", n)
 		}
 	}
+}
+
+// fence puts the catalog's writer of volume cv into the log of v, which
+// this host leads (docs/fencing.md).
+func (a *clusterAgent) fence(v *raftlog.Volume, cv *catalog.Volume) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := v.Fence(ctx, cv.WriterGen, cv.Writer); err != nil {
+		a.log.Warn("fencing a volume", "volume", cv.Name, "writer_epoch", cv.Writer, "writer_gen", cv.WriterGen, "err", err)
+		return
+	}
+	a.log.Info("volume writer set", "volume", cv.Name, "writer_epoch", cv.Writer, "writer_gen", cv.WriterGen)
 }
 
 // reconcileProxies serves every volume this host holds no replica of
