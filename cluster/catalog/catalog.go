@@ -160,6 +160,12 @@ type Command struct {
 	// index) the way start_vm does; fields it needs beyond these (the
 	// source's epoch to check, a phase) get their own names.
 	Target string `json:"target,omitempty"`
+	// Epoch names the migration a migration command is about (the
+	// destination epoch); URI is the destination's (migration_ready);
+	// Result how it ended (end_migration).
+	Epoch  uint64           `json:"epoch,omitempty"`
+	URI    string           `json:"uri,omitempty"`
+	Result *MigrationResult `json:"result,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -253,6 +259,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return nil
 	case CmdCreateVM, CmdStartVM, CmdStopVM, CmdDeleteVM:
 		return s.applyVM(index, c)
+	case CmdMigrateVM, CmdMigrationReady, CmdSwitchVM, CmdEndMigration:
+		return s.applyMigration(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }

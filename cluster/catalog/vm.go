@@ -76,6 +76,10 @@ type VM struct {
 	// another host). Its disks' Writer is Epoch. 0 when stopped.
 	Epoch   uint64    `json:"epoch,omitempty"`
 	Created time.Time `json:"created"`
+	// Migration is the live migration in progress, if any;
+	// LastMigration how the last one ended.
+	Migration     *Migration       `json:"migration,omitempty"`
+	LastMigration *MigrationResult `json:"last_migration,omitempty"`
 	// Changed is the catalog index of the command that last changed it.
 	Changed uint64 `json:"changed"`
 }
@@ -83,6 +87,14 @@ type VM struct {
 func (vm *VM) clone() *VM {
 	c := *vm
 	c.Disks = slices.Clone(vm.Disks)
+	if vm.Migration != nil {
+		m := *vm.Migration
+		c.Migration = &m
+	}
+	if vm.LastMigration != nil {
+		r := *vm.LastMigration
+		c.LastMigration = &r
+	}
 	return &c
 }
 
@@ -270,6 +282,11 @@ func (s *State) applyVM(index uint64, c Command) error {
 			return err
 		}
 		vm.State, vm.Epoch, vm.Changed = VMStopped, 0, index
+		if m := vm.Migration; m != nil {
+			// Stopping ends a migration: both QEMUs stop.
+			vm.LastMigration = &MigrationResult{From: m.From, To: m.To, Result: ResultCancelled, Error: "the VM was stopped", Finished: c.At}
+			vm.Migration = nil
+		}
 		s.setWriter(vm, 0, index)
 		return nil
 	case CmdDeleteVM:
