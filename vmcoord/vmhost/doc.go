@@ -1,0 +1,16 @@
+// Package vmhost runs, on one host, the VMs the catalog places there: it
+// starts a QEMU process for each running VM, with the VM's disks attached
+// through the local agent under the VM's writer epoch (so that the storage
+// refuses any other writer, docs/fencing.md), restarts a process that
+// died, stops processes whose VM was stopped or moved away, and reports
+// each VM's state for the admin API.
+//
+// The Manager is driven by the catalog: the agent calls Reconcile with
+// every new catalog state. It never changes the catalog itself. Starting
+// and stopping QEMU goes through a Launcher (vmcoord/qemu in the agent,
+// a fake in this package's unit tests).
+//
+// TODO: adopt the QEMU processes of a previous agent run (their QMP
+// sockets and recorded epochs in the run directories) instead of starting
+// VMs anew; until then the agent does not wire a Manager in.
+package vmhost

@@ -1,0 +1,185 @@
+package vmhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/cluster/catalog"
+)
+
+// fakeProc is a Process that runs until stopped or crashed.
+type fakeProc struct {
+	spec Spec
+	pid  int
+	done chan struct{}
+	once sync.Once
+	err  error
+}
+
+func (p *fakeProc) Status(context.Context) (string, error) { return "running", nil }
+func (p *fakeProc) Stop(context.Context) error             { p.exit(nil); return nil }
+func (p *fakeProc) Done() <-chan struct{}                  { return p.done }
+func (p *fakeProc) Err() error                             { <-p.done; return p.err }
+func (p *fakeProc) PID() int                               { return p.pid }
+func (p *fakeProc) QMPSocket() string                      { return p.spec.Dir + "/qmp.sock" }
+func (p *fakeProc) SerialLog() string                      { return p.spec.Dir + "/serial.log" }
+func (p *fakeProc) exit(err error)                         { p.once.Do(func() { p.err = err; close(p.done) }) }
+
+// fakeLauncher records launches; fail makes the next launches fail.
+type fakeLauncher struct {
+	mu    sync.Mutex
+	procs []*fakeProc
+	fail  error
+}
+
+func (l *fakeLauncher) Launch(_ context.Context, s Spec) (Process, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail != nil {
+		return nil, l.fail
+	}
+	p := &fakeProc{spec: s, pid: 1000 + len(l.procs), done: make(chan struct{})}
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// launched returns the processes launched so far.
+func (l *fakeLauncher) launched() []*fakeProc {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*fakeProc(nil), l.procs...)
+}
+
+// live returns the specs of the processes not exited.
+func (l *fakeLauncher) live() []Spec {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Spec
+	for _, p := range l.procs {
+		select {
+		case <-p.done:
+		default:
+			out = append(out, p.spec)
+		}
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// liveIs checks that exactly the given VM:epoch pairs run.
+func liveIs(l *fakeLauncher, want ...string) func() error {
+	return func() error {
+		var got []string
+		for _, s := range l.live() {
+			got = append(got, fmt.Sprintf("%s:%d", s.Name, s.Epoch))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("running %v, want %v", got, want)
+		}
+		return nil
+	}
+}
+
+func catalogWith(vms ...*catalog.VM) *catalog.State {
+	st := catalog.New()
+	for _, vm := range vms {
+		st.VMs[vm.Name] = vm
+	}
+	return st
+}
+
+func TestManagerFollowsTheCatalog(t *testing.T) {
+	l := &fakeLauncher{}
+	m := New(Config{Host: "n1", Dir: t.TempDir(), NBDAddr: "127.0.0.1:10809", Launcher: l, Log: slog.New(slog.DiscardHandler), RestartDelay: 10 * time.Millisecond})
+	defer m.Close()
+	vm := func(host, state string, epoch uint64) *catalog.VM {
+		return &catalog.VM{Name: "vm1", VCPUs: 1, MemoryMiB: 64, Disks: []string{"d1", "d2"}, Host: host, State: state, Epoch: epoch}
+	}
+	// Not ours, or not running: nothing runs.
+	m.Reconcile(catalogWith(vm("n2", catalog.VMRunning, 5)))
+	m.Reconcile(catalogWith(vm("n1", catalog.VMStopped, 0)))
+	waitUntil(t, "nothing runs", liveIs(l))
+
+	m.Reconcile(catalogWith(vm("n1", catalog.VMRunning, 7)))
+	waitUntil(t, "vm1 runs under epoch 7", liveIs(l, "vm1:7"))
+	s := l.live()[0]
+	if len(s.Disks) != 2 || s.Disks[0].Export != "d1@7" || s.Disks[1].Export != "d2@7" || s.NBDAddr != "127.0.0.1:10809" {
+		t.Fatalf("launched with %+v", s)
+	}
+	// The same state again changes nothing.
+	m.Reconcile(catalogWith(vm("n1", catalog.VMRunning, 7)))
+	time.Sleep(20 * time.Millisecond)
+	if n := len(l.launched()); n != 1 {
+		t.Fatalf("%d launches, want 1", n)
+	}
+	waitUntil(t, "reported running", func() error {
+		lv := m.Local()
+		if len(lv) != 1 || lv[0].Epoch != 7 || lv[0].PID != 1000 {
+			return fmt.Errorf("local %+v", lv)
+		}
+		return nil
+	})
+
+	// A crash: started again after the delay.
+	l.launched()[0].exit(errors.New("killed"))
+	waitUntil(t, "vm1 restarted", func() error {
+		if n := len(l.launched()); n != 2 {
+			return fmt.Errorf("%d launches", n)
+		}
+		return liveIs(l, "vm1:7")()
+	})
+
+	// A new epoch (stopped and started again meanwhile): the old process
+	// stops before the new one starts.
+	m.Reconcile(catalogWith(vm("n1", catalog.VMRunning, 9)))
+	waitUntil(t, "vm1 runs under epoch 9 only", liveIs(l, "vm1:9"))
+
+	// Moved away: stopped, and forgotten.
+	m.Reconcile(catalogWith(vm("n2", catalog.VMRunning, 11)))
+	waitUntil(t, "nothing runs", liveIs(l))
+	waitUntil(t, "forgotten", func() error {
+		m.Reconcile(catalogWith(vm("n2", catalog.VMRunning, 11)))
+		if lv := m.Local(); len(lv) != 0 {
+			return fmt.Errorf("local %+v", lv)
+		}
+		return nil
+	})
+}
+
+func TestManagerReportsLaunchFailures(t *testing.T) {
+	l := &fakeLauncher{fail: errors.New("no qemu here")}
+	m := New(Config{Host: "n1", Dir: t.TempDir(), Launcher: l, Log: slog.New(slog.DiscardHandler), RestartDelay: 10 * time.Millisecond})
+	defer m.Close()
+	m.Reconcile(catalogWith(&catalog.VM{Name: "vm1", Disks: []string{"d1"}, Host: "n1", State: catalog.VMRunning, Epoch: 3}))
+	waitUntil(t, "the failure reported", func() error {
+		lv := m.Local()
+		if len(lv) != 1 || lv[0].State != admin.VMAbsent || lv[0].Error != "starting QEMU: no qemu here" {
+			return fmt.Errorf("local %+v", lv)
+		}
+		return nil
+	})
+	l.mu.Lock()
+	l.fail = nil
+	l.mu.Unlock()
+	waitUntil(t, "started once QEMU can start", liveIs(l, "vm1:3"))
+}
