@@ -157,10 +157,13 @@ func (m *Manager) set(name string, w want) {
 			delete(m.runs, name)
 			return
 		}
-		r = &run{name: name, notify: make(chan struct{}, 1), state: admin.VMAbsent}
+		// want is set before the supervisor starts: it must not see an
+		// empty want and end at once.
+		r = &run{name: name, notify: make(chan struct{}, 1), state: admin.VMAbsent, want: w}
 		m.runs[name] = r
 		m.wg.Add(1)
 		go m.supervise(r)
+		return
 	}
 	r.mu.Lock()
 	changed := r.want.run != w.run || !slices.Equal(r.want.spec.Disks, w.spec.Disks) || r.want.spec.Epoch != w.spec.Epoch

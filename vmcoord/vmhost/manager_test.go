@@ -73,7 +73,7 @@ func (l *fakeLauncher) live() []Spec {
 
 func waitUntil(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err := f()
 		if err == nil {
