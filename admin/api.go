@@ -227,6 +227,10 @@ type VM struct {
 	// Runtime is what the agent of the VM's host reports about its QEMU
 	// process.
 	Runtime LocalVM `json:"runtime"`
+	// Migration is the live migration under way, if any; LastMigration
+	// how the last one ended.
+	Migration     *Migration       `json:"migration,omitempty"`
+	LastMigration *MigrationResult `json:"last_migration,omitempty"`
 }
 
 // VMDisk is one disk of a VM.
@@ -258,6 +262,64 @@ type LocalVM struct {
 	Started time.Time `json:"started,omitzero"`
 	// Error is the last error starting, running or stopping the VM.
 	Error string `json:"error,omitempty"`
+	// Migration is the progress of the live migration this host sends
+	// (the source's report), if one is under way.
+	Migration *MigrationProgress `json:"migration,omitempty"`
+}
+
+// MigrationProgress is what QEMU reports of a live migration it sends
+// (query-migrate).
+type MigrationProgress struct {
+	// Status is QEMU's: setup, active, pre-switchover, device, completed,
+	// failed, cancelled...
+	Status string `json:"status"`
+	// Transferred, Remaining and Total are RAM bytes; Passes counts the
+	// passes over dirty memory (dirty-sync-count).
+	Transferred int64 `json:"transferred"`
+	Remaining   int64 `json:"remaining"`
+	Total       int64 `json:"total"`
+	Passes      int64 `json:"passes"`
+	// ExpectedDowntime is QEMU's estimate of the pause at the switchover.
+	ExpectedDowntime time.Duration `json:"expected_downtime_ns"`
+}
+
+// Migration is a VM's live migration in progress, as the catalog records
+// it (see docs/migration.md).
+type Migration struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Epoch is the destination's writer epoch.
+	Epoch uint64 `json:"epoch"`
+	// Phase is preparing (the destination starts QEMU), ready (the
+	// source sends the VM) or switched (the VM and its disks belong to
+	// the destination).
+	Phase   string    `json:"phase"`
+	Started time.Time `json:"started"`
+}
+
+// MigrationResult is how a VM's last live migration ended.
+type MigrationResult struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Result is completed, cancelled, failed or rolled-back.
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+	// Downtime is the guest's pause as the source's agent measured it
+	// (from the source's stop to the destination's start), QEMUDowntime
+	// QEMU's own figure; Total the whole migration; Bytes what QEMU sent
+	// in Passes passes.
+	Downtime     time.Duration `json:"downtime_ns"`
+	QEMUDowntime time.Duration `json:"qemu_downtime_ns"`
+	Total        time.Duration `json:"total_ns"`
+	Bytes        int64         `json:"bytes"`
+	Passes       int64         `json:"passes"`
+	Finished     time.Time     `json:"finished"`
+}
+
+// MigrateVM is the body of POST /v1/vms/{name}/migrate.
+type MigrateVM struct {
+	// To is the destination host; it must be alive.
+	To string `json:"to"`
 }
 
 // CreateVM is the body of POST /v1/vms.

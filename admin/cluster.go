@@ -52,6 +52,12 @@ type Cluster interface {
 	StopVM(ctx context.Context, name string) (VM, error)
 	// DeleteVM removes a stopped VM from the catalog (its disks stay).
 	DeleteVM(ctx context.Context, name string) error
+	// MigrateVM records a live migration of a running VM to req.To; the
+	// agents of both hosts carry it out (docs/migration.md).
+	MigrateVM(ctx context.Context, name string, req MigrateVM) (VM, error)
+	// CancelMigration ends the VM's migration before its switchover (a
+	// 409 once switched: the VM then completes on the destination).
+	CancelMigration(ctx context.Context, name string) (VM, error)
 	// LocalVMs returns the VMs this agent's VM runtime knows (any agent;
 	// empty without a runtime).
 	LocalVMs() []LocalVM
@@ -199,6 +205,18 @@ func (s *server) routeVMs(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /v1/vms/{name}/stop", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		vm, err := c.StopVM(r.Context(), r.PathValue("name"))
+		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/migrate", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req MigrateVM
+		if !decode(w, r, &req) {
+			return
+		}
+		vm, err := c.MigrateVM(r.Context(), r.PathValue("name"), req)
+		s.reply(w, http.StatusAccepted, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/migrate/cancel", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		vm, err := c.CancelMigration(r.Context(), r.PathValue("name"))
 		s.reply(w, http.StatusOK, vm, err)
 	}))
 	mux.HandleFunc("DELETE /v1/vms/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {

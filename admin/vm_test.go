@@ -86,6 +86,14 @@ func (f *fakeCluster) DeleteVM(_ context.Context, name string) error {
 	f.record("delete %s", name)
 	return f.err
 }
+func (f *fakeCluster) MigrateVM(_ context.Context, name string, req MigrateVM) (VM, error) {
+	f.record("migrate %s to %s", name, req.To)
+	return VM{Name: name, State: VMRunning, Migration: &Migration{To: req.To, Phase: "preparing"}}, f.err
+}
+func (f *fakeCluster) CancelMigration(_ context.Context, name string) (VM, error) {
+	f.record("cancel migration of %s", name)
+	return VM{Name: name, State: VMRunning}, f.err
+}
 func (f *fakeCluster) LocalVMs() []LocalVM { return f.local }
 
 func (f *fakeCluster) takeCalls() []string {

@@ -172,6 +172,13 @@ func describeVM(st *catalog.State, vm *catalog.VM, rt map[string]hostVMs) admin.
 		}
 		out.Disks = append(out.Disks, disk)
 	}
+	if m := vm.Migration; m != nil {
+		out.Migration = &admin.Migration{From: m.From, To: m.To, Epoch: m.Epoch, Phase: m.Phase, Started: m.Started}
+	}
+	if r := vm.LastMigration; r != nil {
+		out.LastMigration = &admin.MigrationResult{From: r.From, To: r.To, Result: r.Result, Error: r.Error, Downtime: r.Downtime,
+			QEMUDowntime: r.QEMUDowntime, Total: r.Total, Bytes: r.Bytes, Passes: r.Passes, Finished: r.Finished}
+	}
 	if vm.Host == "" {
 		return out
 	}
@@ -330,6 +337,63 @@ func (a *clusterAgent) StopVM(ctx context.Context, name string) (admin.VM, error
 		return admin.VM{}, admin.Errorf(http.StatusNotFound, "no VM named %q", name)
 	}
 	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdStopVM, Name: name}); err != nil {
+		return admin.VM{}, vmError(err, http.StatusNotFound)
+	}
+	return a.VM(ctx, name)
+}
+
+// MigrateVM implements admin.Cluster.
+func (a *clusterAgent) MigrateVM(ctx context.Context, name string, req admin.MigrateVM) (admin.VM, error) {
+	st := a.ctl.State()
+	vm, ok := st.VMs[name]
+	if !ok {
+		return admin.VM{}, admin.Errorf(http.StatusNotFound, "no VM named %q", name)
+	}
+	if req.To == "" {
+		return admin.VM{}, admin.Errorf(http.StatusBadRequest, "no destination: give the host to migrate VM %q to (\"to\"; tandem vm migrate --to)", name)
+	}
+	if _, ok := st.Hosts[req.To]; !ok {
+		return admin.VM{}, admin.Errorf(http.StatusBadRequest, "no host named %q", req.To)
+	}
+	if s := a.memberState(req.To); s != string(membership.Alive) {
+		return admin.VM{}, admin.Errorf(http.StatusConflict, "host %s is %s: migrate to an alive host", req.To, stateOrUnknown(s))
+	}
+	if vm.State == catalog.VMRunning {
+		if s := a.memberState(vm.Host); s != string(membership.Alive) {
+			return admin.VM{}, admin.Errorf(http.StatusConflict, "the VM's host %s is %s: a live migration needs the source running", vm.Host, stateOrUnknown(s))
+		}
+	}
+	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMigrateVM, Name: name, Target: req.To}); err != nil {
+		return admin.VM{}, vmError(err, http.StatusNotFound)
+	}
+	return a.VM(ctx, name)
+}
+
+// stateOrUnknown names a membership state, "unknown to gossip" for none.
+func stateOrUnknown(s string) string {
+	if s == "" {
+		return "unknown to gossip"
+	}
+	return s
+}
+
+// CancelMigration implements admin.Cluster: the catalog ends the
+// migration unless the switchover was recorded first (then 409).
+func (a *clusterAgent) CancelMigration(ctx context.Context, name string) (admin.VM, error) {
+	vm, ok := a.ctl.State().VMs[name]
+	if !ok {
+		return admin.VM{}, admin.Errorf(http.StatusNotFound, "no VM named %q", name)
+	}
+	m := vm.Migration
+	if m == nil {
+		return admin.VM{}, admin.Errorf(http.StatusConflict, "VM %q is not migrating", name)
+	}
+	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdEndMigration, Name: name, Epoch: m.Epoch,
+		Result: &catalog.MigrationResult{Result: catalog.ResultCancelled, Error: "cancelled by the operator"}})
+	if err != nil {
+		if errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNoMigration) {
+			return admin.VM{}, admin.Errorf(http.StatusConflict, "too late to cancel: %s", strings.TrimPrefix(err.Error(), "catalog: "))
+		}
 		return admin.VM{}, vmError(err, http.StatusNotFound)
 	}
 	return a.VM(ctx, name)

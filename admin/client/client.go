@@ -301,6 +301,30 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 	return nil
 }
 
+// MigrateVM starts a live migration of a running VM to host to (POST
+// /v1/vms/{name}/migrate) and returns the VM with its migration recorded;
+// follow it with VM. The API answers 400 to an unknown host, 404 to an
+// unknown VM and 409 when the VM is not running, migrates already, or a
+// host is not alive.
+func (c *Client) MigrateVM(ctx context.Context, name, to string) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, "/migrate"), nil, admin.MigrateVM{To: to}, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("migrate VM %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// CancelMigration cancels a VM's live migration before its switchover
+// (POST /v1/vms/{name}/migrate/cancel). The API answers 409 when the VM
+// is not migrating or the switchover happened.
+func (c *Client) CancelMigration(ctx context.Context, name string) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, "/migrate/cancel"), nil, nil, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("cancel the migration of VM %q: %w", name, err)
+	}
+	return out, nil
+}
+
 // vmPath returns the (escaped) path of a VM, followed by suffix.
 func vmPath(name, suffix string) string { return "/v1/vms/" + url.PathEscape(name) + suffix }
 

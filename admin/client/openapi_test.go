@@ -144,6 +144,8 @@ var contract = []struct {
 	{method: "DELETE", path: "/v1/vms/{name}", secured: true, ok: "200", body: "Deleted", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/start", secured: true, request: "StartVM", optional: true, ok: "200", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/stop", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/migrate", secured: true, request: "MigrateVM", ok: "202", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/migrate/cancel", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "GET", path: "/healthz", ok: "200"},
 	{method: "GET", path: "/readyz", ok: "200"},
 	{method: "GET", path: "/metrics", ok: "200"},
@@ -286,6 +288,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		admin.ClusterStatus{}, admin.Host{}, admin.Volume{}, admin.Replica{},
 		admin.CreateVolume{}, admin.ResizeVolume{},
 		admin.VM{}, admin.VMDisk{}, admin.Boot{}, admin.LocalVM{}, admin.CreateVM{}, admin.StartVM{},
+		admin.Migration{}, admin.MigrationResult{}, admin.MigrationProgress{}, admin.MigrateVM{},
 	} {
 		typ := reflect.TypeOf(v)
 		s := schemas[typ.Name()]
@@ -385,6 +388,9 @@ func matchType(t reflect.Type, p *schema) error {
 			return fmt.Errorf("array without items")
 		}
 		return matchType(t.Elem(), p.Items)
+	case reflect.Pointer:
+		// An optional object (omitempty): described like the object.
+		return matchType(t.Elem(), p)
 	case reflect.Struct:
 		if p.describe() != t.Name() {
 			return fmt.Errorf("schema %s, want a reference to %s", p.describe(), t.Name())

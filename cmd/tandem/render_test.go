@@ -121,6 +121,21 @@ func TestRenderGolden(t *testing.T) {
 		{"vm-stopped", func(w io.Writer) error { return renderVM(w, testVMStopped) }},
 		{"vm-new", func(w io.Writer) error { return renderVM(w, testVMNew) }},
 		{"vm-json", func(w io.Writer) error { return printJSON(w, testVM) }},
+		{"vm-migrating", func(w io.Writer) error {
+			vm := testVM
+			vm.Migration = &admin.Migration{From: "n1", To: "n2", Epoch: 61, Phase: "ready", Started: testVM.Created}
+			vm.Runtime.Migration = &admin.MigrationProgress{Status: "active", Transferred: 96 << 20, Remaining: 32 << 20, Total: 128 << 20, Passes: 2, ExpectedDowntime: 12 * time.Millisecond}
+			vm.LastMigration = &admin.MigrationResult{From: "n2", To: "n1", Result: "completed", Downtime: 41 * time.Millisecond, QEMUDowntime: 6 * time.Millisecond,
+				Total: 900 * time.Millisecond, Bytes: 140 << 20, Passes: 3, Finished: testVM.Created}
+			return renderVM(w, vm)
+		}},
+		{"migration-progress", func(w io.Writer) error {
+			vm := testVM
+			vm.Migration = &admin.Migration{From: "n1", To: "n2", Epoch: 61, Phase: "ready"}
+			vm.Runtime.Migration = &admin.MigrationProgress{Status: "active", Transferred: 96 << 20, Total: 128 << 20, Passes: 2, ExpectedDowntime: 12 * time.Millisecond}
+			_, err := io.WriteString(w, progressLine(vm)+"\n")
+			return err
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

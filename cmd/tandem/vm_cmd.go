@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,7 +22,7 @@ func newVMCmd() *cobra.Command {
 	a := &adminFlags{}
 	cmd := &cobra.Command{
 		Use:   "vm",
-		Short: "Create, list, show, start, stop and delete VMs",
+		Short: "Create, list, show, start, stop, migrate and delete VMs",
 		Long: `Manage the cluster's VMs through the admin API of one of its agents.
 A VM is a catalog record: its vCPUs, memory, boot method and disks
 (volumes of the cluster, each a disk of at most one VM), the host it runs
@@ -42,7 +43,7 @@ digits, '.', '_' or '-', starting with a letter or digit.
 	}
 	a.register(cmd.PersistentFlags())
 	cmd.AddCommand(newVMCreateCmd(a), newVMListCmd(a), newVMShowCmd(a),
-		newVMStartCmd(a), newVMStopCmd(a), newVMDeleteCmd(a))
+		newVMStartCmd(a), newVMStopCmd(a), newVMDeleteCmd(a), newVMMigrateCmd(a))
 	return cmd
 }
 
@@ -360,6 +361,24 @@ func renderVM(w io.Writer, vm admin.VM) error {
 	}
 	if rt.Error != "" {
 		kv = append(kv, [2]string{"Runtime error", oneLine(rt.Error)})
+	}
+	if m := vm.Migration; m != nil {
+		kv = append(kv, [2]string{"Migration", fmt.Sprintf("%s -> %s, %s (epoch %d, since %s)", m.From, m.To, m.Phase, m.Epoch, formatTime(m.Started))})
+		if p := rt.Migration; p != nil {
+			kv = append(kv, [2]string{"Progress", fmt.Sprintf("%s: %s of %s sent, %s left, pass %d, expected downtime %v", p.Status,
+				humanSize(p.Transferred), humanSize(p.Total), humanSize(p.Remaining), p.Passes, p.ExpectedDowntime.Round(time.Millisecond))})
+		}
+	}
+	if r := vm.LastMigration; r != nil {
+		s := fmt.Sprintf("%s %s -> %s at %s", r.Result, r.From, r.To, formatTime(r.Finished))
+		if r.Result == "completed" {
+			s += fmt.Sprintf(": downtime %v (QEMU: %v), total %v, %s in %d passes", r.Downtime.Round(time.Millisecond/10),
+				r.QEMUDowntime.Round(time.Millisecond/10), r.Total.Round(time.Millisecond), humanSize(r.Bytes), r.Passes)
+		}
+		if r.Error != "" {
+			s += ": " + oneLine(r.Error)
+		}
+		kv = append(kv, [2]string{"Last migration", s})
 	}
 	if err := keyValues(w, kv); err != nil {
 		return err
