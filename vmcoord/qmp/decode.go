@@ -19,12 +19,18 @@ type Error struct {
 
 // Error classes QEMU 7.2 uses (qapi/error.json).
 const (
-	ClassGenericError    = "GenericError"
+	// ClassGenericError is almost every error.
+	ClassGenericError = "GenericError"
+	// ClassCommandNotFound: no such command (or not allowed in
+	// capabilities negotiation mode).
 	ClassCommandNotFound = "CommandNotFound"
+	// ClassDeviceNotActive: the device exists but is not active.
 	ClassDeviceNotActive = "DeviceNotActive"
-	ClassDeviceNotFound  = "DeviceNotFound"
+	// ClassDeviceNotFound: no such device.
+	ClassDeviceNotFound = "DeviceNotFound"
 )
 
+// Error returns "Class: Desc".
 func (e *Error) Error() string { return e.Class + ": " + e.Desc }
 
 // Event is an asynchronous message from QEMU.
@@ -46,6 +52,7 @@ type Version struct {
 	Package string
 }
 
+// String returns "major.minor.micro (package)".
 func (v Version) String() string {
 	s := fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro)
 	if v.Package != "" {
