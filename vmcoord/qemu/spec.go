@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -89,7 +88,20 @@ type Spec struct {
 	ExtraArgs []string
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+// validName reports whether name is 1 to 64 letters, digits, '.', '_' or
+// '-'.
+func validName(name string) bool {
+	if len(name) < 1 || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
 
 // withDefaults returns s with zero fields set to their defaults.
 func (s Spec) withDefaults() Spec {
@@ -114,7 +126,7 @@ func (s Spec) Validate() error {
 	s = s.withDefaults()
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("qemu: spec: "+format, args...)) }
-	if !nameRE.MatchString(s.Name) {
+	if !validName(s.Name) {
 		bad("Name %q: want 1 to 64 letters, digits, '.', '_' or '-'", s.Name)
 	}
 	if s.VCPUs < 1 || s.VCPUs > 255 {
