@@ -301,7 +301,7 @@ type Migration struct {
 type MigrationResult struct {
 	From string `json:"from"`
 	To   string `json:"to"`
-	// Result is completed, cancelled, failed or rolled-back.
+	// Result is completed, cancelled or failed.
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
 	// Downtime is the guest's pause as the source's agent measured it
@@ -354,4 +354,37 @@ type VolumeWriter struct {
 	VM          string
 	WriterEpoch uint64
 	WriterGen   uint64
+}
+
+// The agents' internal requests (not part of the operators' API: they
+// are made by agents, with the cluster's admin token).
+
+// MigrationStep is the body of POST /v1/internal/migration: a step of a
+// live migration an agent records in the catalog (docs/migration.md).
+type MigrationStep struct {
+	VM string `json:"vm"`
+	// Kind is migration_ready, switch_vm or end_migration; Epoch the
+	// migration's (destination) epoch.
+	Kind  string `json:"kind"`
+	Epoch uint64 `json:"epoch"`
+	// URI is the destination's (migration_ready); Result how the
+	// migration ended (end_migration).
+	URI    string           `json:"uri,omitempty"`
+	Result *MigrationResult `json:"result,omitempty"`
+}
+
+// Committed is the answer to an internal catalog change: the command's
+// index in the control log.
+type Committed struct {
+	Index uint64 `json:"index"`
+}
+
+// Fence is the body of POST /v1/local/volumes/{name}/fence, sent to the
+// agent that leads the volume: put the fence of generation Gen for
+// writer Epoch into the volume's log, then hand the volume's leadership
+// to host Leader if it holds a replica ("": stay).
+type Fence struct {
+	Gen    uint64 `json:"gen"`
+	Epoch  uint64 `json:"epoch"`
+	Leader string `json:"leader,omitempty"`
 }

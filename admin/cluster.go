@@ -58,6 +58,13 @@ type Cluster interface {
 	// CancelMigration ends the VM's migration before its switchover (a
 	// 409 once switched: the VM then completes on the destination).
 	CancelMigration(ctx context.Context, name string) (VM, error)
+	// MigrationStep records a step of a migration (an agent's internal
+	// request, on the control leader) and returns its catalog index.
+	MigrationStep(ctx context.Context, step MigrationStep) (uint64, error)
+	// FenceLocal fences volume name through its log if this agent leads
+	// it (a 409 StatusError otherwise), then moves its leadership to
+	// req.Leader if that host holds a replica.
+	FenceLocal(ctx context.Context, name string, req Fence) error
 	// LocalVMs returns the VMs this agent's VM runtime knows (any agent;
 	// empty without a runtime).
 	LocalVMs() []LocalVM
@@ -219,6 +226,26 @@ func (s *server) routeVMs(mux *http.ServeMux) {
 		vm, err := c.CancelMigration(r.Context(), r.PathValue("name"))
 		s.reply(w, http.StatusOK, vm, err)
 	}))
+	mux.HandleFunc("POST /v1/internal/migration", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		var req MigrationStep
+		if !decode(w, r, &req) {
+			return
+		}
+		idx, err := c.MigrationStep(r.Context(), req)
+		s.reply(w, http.StatusOK, Committed{Index: idx}, err)
+	}))
+	mux.HandleFunc("POST /v1/local/volumes/{name}/fence", func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(r) {
+			writeError(w, http.StatusUnauthorized, "fencing needs the admin token")
+			return
+		}
+		var req Fence
+		if !decode(w, r, &req) {
+			return
+		}
+		err := c.FenceLocal(r.Context(), r.PathValue("name"), req)
+		s.reply(w, http.StatusOK, req, err)
+	})
 	mux.HandleFunc("DELETE /v1/vms/{name}", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		err := c.DeleteVM(r.Context(), name)

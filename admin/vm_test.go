@@ -94,6 +94,14 @@ func (f *fakeCluster) CancelMigration(_ context.Context, name string) (VM, error
 	f.record("cancel migration of %s", name)
 	return VM{Name: name, State: VMRunning}, f.err
 }
+func (f *fakeCluster) MigrationStep(_ context.Context, st MigrationStep) (uint64, error) {
+	f.record("migration step %s of %s", st.Kind, st.VM)
+	return 7, f.err
+}
+func (f *fakeCluster) FenceLocal(_ context.Context, name string, req Fence) error {
+	f.record("fence %s gen %d epoch %d", name, req.Gen, req.Epoch)
+	return f.err
+}
 func (f *fakeCluster) LocalVMs() []LocalVM { return f.local }
 
 func (f *fakeCluster) takeCalls() []string {

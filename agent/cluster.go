@@ -25,6 +25,7 @@ import (
 	"github.com/tandem-project/tandem/metrics"
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/vmcoord/vmhost"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -203,6 +204,9 @@ type clusterAgent struct {
 	ids     map[string]uint64          // the catalog IDs of the open replicas
 	proxies map[string]*raftlog.Proxy  // volumes served without a replica
 
+	// vms runs the VMs the catalog places on this host.
+	vms *vmhost.Manager
+
 	// barrierTerm is the control term whose barrier this agent applied as
 	// leader (leaderLoop's goroutine only).
 	barrierTerm uint64
@@ -254,6 +258,11 @@ func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportS
 		a.members.Shutdown()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if err := a.startVMs(); err != nil {
+		a.ctl.Close()
+		a.members.Shutdown()
+		return nil, err
+	}
 	a.wg.Add(3)
 	go a.joinLoop()
 	go a.leaderLoop()
@@ -266,6 +275,7 @@ func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportS
 func (a *clusterAgent) close() {
 	close(a.stop)
 	a.wg.Wait()
+	a.vms.Close()
 	if err := a.members.Leave(2 * time.Second); err != nil {
 		a.log.Debug("leaving the gossip", "err", err)
 	}
@@ -455,6 +465,7 @@ func (a *clusterAgent) reconcile() {
 	st := a.ctl.State()
 	me := a.cfg.Name
 	a.reconcileProxies(st)
+	a.vms.Reconcile(st)
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
@@ -469,6 +480,9 @@ func (a *clusterAgent) reconcile() {
 				a.log.Warn("opening a replica", "volume", name, "err", err)
 			}
 			continue
+		}
+		if err := v.SetPreferredLeader(cv.PreferredLeader); err != nil {
+			a.log.Warn("following the catalog's preferred leader", "volume", name, "err", err)
 		}
 		if _, gen := v.Fenced(); cv.WriterGen > gen && v.Status().State == "Leader" {
 			a.fence(v, cv)

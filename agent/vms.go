@@ -39,11 +39,13 @@ type VMRuntime interface {
 	Local() []admin.LocalVM
 }
 
-// vmRuntime returns this agent's VM runtime, nil while none is wired.
-//
-// TODO(runtime): return the runtime once the agent holds one (e.g. a
-// VMRuntime field of Config, returned here as a.cfg.VMRuntime).
-func (a *clusterAgent) vmRuntime() VMRuntime { return nil }
+// vmRuntime returns this agent's VM runtime (nil before it started).
+func (a *clusterAgent) vmRuntime() VMRuntime {
+	if a.vms == nil {
+		return nil
+	}
+	return a.vms
+}
 
 // Defaults of a VM created without them.
 const (

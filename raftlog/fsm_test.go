@@ -165,7 +165,7 @@ func TestFSMFencing(t *testing.T) {
 			{ops: []*op{fence(10, 5), fence(9, 7)}},
 			{ops: []*op{w(1, 7), w(2, 5)}, fenced: []uint64{1}},
 		}, 2, 5, 10},
-		{"the owner moves back (migration rolled back)", []step{
+		{"the owner moves back (the VM started again on its old host)", []step{
 			{ops: []*op{fence(10, 5), fence(11, 6), w(1, 5)}, fenced: []uint64{1}},
 			{ops: []*op{fence(12, 5), w(1, 5), w(2, 6)}, fenced: []uint64{2}},
 		}, 1, 5, 12},

@@ -42,6 +42,9 @@ type Group struct {
 	batch *batcher
 	lease *lease
 	fwd   *forwarder
+	// preferred is the host that should lead the volume ("" for any): the
+	// spec's, then what SetPreferredLeader sets.
+	preferred atomic.Pointer[string]
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -100,6 +103,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
+	g.preferred.Store(&spec.PreferredLeader)
 	g.fsm = newFSM(g.file, g.log)
 	g.fsm.restore = g.restore
 	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
@@ -268,7 +272,7 @@ func (g *Group) watch() {
 			if g.ready.Load() && g.lease.remaining() < g.lease.duration/2 {
 				go g.verify()
 			}
-			if p := g.spec.PreferredLeader; p != "" && p != g.cfg.Local && g.ready.Load() && time.Since(lastTransfer) > 10*time.Second {
+			if p := *g.preferred.Load(); p != "" && p != g.cfg.Local && g.ready.Load() && time.Since(lastTransfer) > 10*time.Second {
 				lastTransfer = time.Now()
 				go g.transferTo(p)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -96,6 +97,28 @@ func (v *Volume) Fence(ctx context.Context, gen, epoch uint64) error {
 	case <-ctx.Done():
 		return fmt.Errorf("raftlog: volume %s: fence at generation %d: %w", v.g.spec.Name, gen, ctx.Err())
 	}
+}
+
+// SetPreferredLeader makes replica host id (a peer of the volume, or ""
+// for none) the host the volume's leadership goes to when its leader
+// notices (within a few seconds); a VM's disks follow the VM this way.
+func (v *Volume) SetPreferredLeader(id string) error {
+	if id != "" && !slices.ContainsFunc(v.g.cfg.Peers, func(p Peer) bool { return p.ID == id }) {
+		return fmt.Errorf("raftlog: volume %s: preferred leader %q holds no replica", v.g.spec.Name, id)
+	}
+	if *v.g.preferred.Load() != id {
+		v.g.preferred.Store(&id)
+	}
+	return nil
+}
+
+// TransferLeadership hands the volume's leadership to replica host id, in
+// the background, if this host leads it and id holds a replica.
+func (v *Volume) TransferLeadership(id string) {
+	if id == "" || id == v.g.cfg.Local || !v.g.isLeader() {
+		return
+	}
+	go v.g.transferTo(id)
 }
 
 // Fenced returns the fence this replica has applied: the writer epoch

@@ -325,6 +325,25 @@ func (c *Client) CancelMigration(ctx context.Context, name string) (admin.VM, er
 	return out, nil
 }
 
+// MigrationStep records a step of a live migration in the catalog (POST
+// /v1/internal/migration, an agent's request) and returns its index.
+func (c *Client) MigrationStep(ctx context.Context, step admin.MigrationStep) (uint64, error) {
+	var out admin.Committed
+	if err := c.do(ctx, http.MethodPost, "/v1/internal/migration", nil, step, &out); err != nil {
+		return 0, fmt.Errorf("%s of VM %q: %w", step.Kind, step.VM, err)
+	}
+	return out.Index, nil
+}
+
+// Fence asks the agent that leads volume name to fence it (POST
+// /v1/local/volumes/{name}/fence); other agents answer 409.
+func (c *Client) Fence(ctx context.Context, name string, req admin.Fence) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/local/volumes/"+url.PathEscape(name)+"/fence", nil, req, &admin.Fence{}); err != nil {
+		return fmt.Errorf("fence volume %q: %w", name, err)
+	}
+	return nil
+}
+
 // vmPath returns the (escaped) path of a VM, followed by suffix.
 func vmPath(name, suffix string) string { return "/v1/vms/" + url.PathEscape(name) + suffix }
 

@@ -38,8 +38,10 @@ type Migration struct {
 type MigrationResult struct {
 	From string `json:"from"`
 	To   string `json:"to"`
-	// Result is completed, cancelled, failed or rolled-back; Error says
-	// why a migration did not complete.
+	// Result is completed, cancelled or failed; Error says why a
+	// migration did not complete. A migration that fails after the switch
+	// leaves the VM on the destination (whose agent starts it again if its
+	// QEMU did not get the whole VM).
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
 	// Downtime is the guest's pause (from the source's stop to the
@@ -55,10 +57,9 @@ type MigrationResult struct {
 
 // Migration results.
 const (
-	ResultCompleted  = "completed"
-	ResultCancelled  = "cancelled"
-	ResultFailed     = "failed"
-	ResultRolledBack = "rolled-back"
+	ResultCompleted = "completed"
+	ResultCancelled = "cancelled"
+	ResultFailed    = "failed"
 )
 
 // Migration commands.
@@ -69,9 +70,9 @@ const (
 	CmdMigrationReady = "migration_ready"
 	// CmdSwitchVM hands the VM and its disks' writer to the destination.
 	CmdSwitchVM = "switch_vm"
-	// CmdEndMigration ends a migration: completed after the switch, or
-	// cancelled/failed before it (nothing changes hands), or rolled back
-	// after it (the writer returns to the source under a new generation).
+	// CmdEndMigration ends a migration: completed after the switch,
+	// cancelled before it, failed at any point (before the switch nothing
+	// changed hands; after it the VM stays on the destination).
 	CmdEndMigration = "end_migration"
 )
 
@@ -146,6 +147,7 @@ func (s *State) applyMigration(index uint64, c Command) error {
 		m.Phase = MigrationSwitched
 		vm.Host, vm.Epoch = m.To, m.Epoch
 		s.setWriter(vm, m.Epoch, index)
+		s.leadFrom(vm, m.To)
 	case CmdEndMigration:
 		r := c.Result
 		if r == nil {
@@ -154,14 +156,10 @@ func (s *State) applyMigration(index uint64, c Command) error {
 		switch {
 		case r.Result == ResultCompleted && m.Phase != MigrationSwitched:
 			return fmt.Errorf("catalog: VM %q: %w: completed in phase %s", c.Name, ErrInvalid, m.Phase)
-		case r.Result == ResultRolledBack && m.Phase == MigrationSwitched:
-			if err := s.checkDisks(vm); err != nil {
-				return err
-			}
-			vm.Host, vm.Epoch = m.From, m.FromEpoch
-			s.setWriter(vm, m.FromEpoch, index)
-		case r.Result != ResultCompleted && m.Phase == MigrationSwitched:
-			return fmt.Errorf("catalog: VM %q: %w: result %s after the switch (complete or roll back)", c.Name, ErrInvalid, r.Result)
+		case r.Result == ResultCancelled && m.Phase == MigrationSwitched:
+			return fmt.Errorf("catalog: VM %q: %w: too late to cancel, the VM was switched to %s", c.Name, ErrInvalid, m.To)
+		case r.Result != ResultCompleted && r.Result != ResultCancelled && r.Result != ResultFailed:
+			return fmt.Errorf("catalog: VM %q: %w: unknown migration result %q", c.Name, ErrInvalid, r.Result)
 		}
 		res := *r
 		res.From, res.To, res.Finished = m.From, m.To, c.At

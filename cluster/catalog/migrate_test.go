@@ -40,12 +40,18 @@ func TestMigrationCommands(t *testing.T) {
 			{cmd: end(21, ResultCancelled), host: "n1", epoch: start, writer: start, result: ResultCancelled},
 			{cmd: ready, want: ErrNoMigration, host: "n1", epoch: start, writer: start},
 		}},
-		{"rolled back after the switch", []step{
+		{"failed after the switch: the VM stays on the destination", []step{
 			{cmd: Command{Kind: CmdMigrateVM, Name: "vm", Target: "n2"}, host: "n1", epoch: start, writer: start, phase: MigrationPreparing},
 			{cmd: ready, host: "n1", epoch: start, writer: start, phase: MigrationReady},
 			{cmd: mig(CmdSwitchVM, 21), host: "n2", epoch: 21, writer: 21, phase: MigrationSwitched},
 			{cmd: end(21, ResultCancelled), want: ErrInvalid, host: "n2", epoch: 21, writer: 21, phase: MigrationSwitched},
-			{cmd: end(21, ResultRolledBack), host: "n1", epoch: start, writer: start, result: ResultRolledBack},
+			{cmd: end(21, "rolled-back"), want: ErrInvalid, host: "n2", epoch: 21, writer: 21, phase: MigrationSwitched},
+			{cmd: end(21, ResultFailed), host: "n2", epoch: 21, writer: 21, result: ResultFailed},
+		}},
+		{"failed before the switch: nothing changes hands", []step{
+			{cmd: Command{Kind: CmdMigrateVM, Name: "vm", Target: "n2"}, host: "n1", epoch: start, writer: start, phase: MigrationPreparing},
+			{cmd: ready, host: "n1", epoch: start, writer: start, phase: MigrationReady},
+			{cmd: end(21, ResultFailed), host: "n1", epoch: start, writer: start, result: ResultFailed},
 		}},
 		{"refusals", []step{
 			{cmd: Command{Kind: CmdMigrateVM, Name: "vm", Target: "n1"}, want: ErrInvalid, host: "n1", epoch: start, writer: start},
@@ -88,8 +94,7 @@ func TestMigrationCommands(t *testing.T) {
 				if st.result != "" && (vm.LastMigration == nil || vm.LastMigration.Result != st.result) {
 					t.Fatalf("step %d: last migration %+v, want %s", i, vm.LastMigration, st.result)
 				}
-				if err == nil && d.Writer == st.writer && st.cmd.Kind != CmdMigrationReady && st.cmd.Kind != CmdMigrateVM &&
-					!(st.cmd.Kind == CmdEndMigration && st.cmd.Result.Result != ResultRolledBack) && d.WriterGen != idx {
+				if err == nil && (st.cmd.Kind == CmdSwitchVM || st.cmd.Kind == CmdStopVM) && d.WriterGen != idx {
 					t.Fatalf("step %d: writer gen %d, want %d (a new generation for every writer change)", i, d.WriterGen, idx)
 				}
 			}

@@ -247,6 +247,16 @@ func (s *State) setWriter(vm *VM, w, index uint64) {
 	}
 }
 
+// leadFrom makes host the preferred leader of each of vm's disks it holds
+// a replica of: a running VM's writes are then served on its own host.
+func (s *State) leadFrom(vm *VM, host string) {
+	for _, d := range vm.Disks {
+		if v := s.Volumes[d]; slices.Contains(v.Replicas, host) {
+			v.PreferredLeader = host
+		}
+	}
+}
+
 // applyVM applies the VM commands.
 func (s *State) applyVM(index uint64, c Command) error {
 	switch c.Kind {
@@ -269,6 +279,7 @@ func (s *State) applyVM(index uint64, c Command) error {
 		vm := s.VMs[c.Name]
 		vm.State, vm.Host, vm.Epoch, vm.Changed = VMRunning, c.Target, index, index
 		s.setWriter(vm, index, index)
+		s.leadFrom(vm, c.Target)
 		return nil
 	case CmdStopVM:
 		vm, ok := s.VMs[c.Name]

@@ -247,8 +247,15 @@ func (c *Control) Status() Status {
 // Propose commits a catalog command and returns the catalog's verdict (a
 // refused command changes nothing). Only the leader may propose.
 func (c *Control) Propose(ctx context.Context, cmd catalog.Command) error {
+	_, err := c.Commit(ctx, cmd)
+	return err
+}
+
+// Commit is Propose that also returns the command's log index (the
+// generation a writer change takes, for instance).
+func (c *Control) Commit(ctx context.Context, cmd catalog.Command) (uint64, error) {
 	if !c.IsLeader() {
-		return ErrNotLeader
+		return 0, ErrNotLeader
 	}
 	if cmd.At.IsZero() {
 		cmd.At = time.Now().UTC()
@@ -260,14 +267,14 @@ func (c *Control) Propose(ctx context.Context, cmd catalog.Command) error {
 	f := c.raft.Apply(cmd.Encode(), timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return fmt.Errorf("control: committing %s: %w", cmd.Kind, err)
+		return 0, fmt.Errorf("control: committing %s: %w", cmd.Kind, err)
 	}
 	if err, ok := f.Response().(error); ok && err != nil {
-		return err
+		return 0, err
 	}
-	return nil
+	return f.Index(), nil
 }
 
 // Barrier waits until this (leading) agent has applied every committed

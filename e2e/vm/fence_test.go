@@ -19,20 +19,26 @@ import (
 	"github.com/tandem-project/tandem/volume"
 )
 
-// localVolumes returns agent i's replicas as GET /v1/local/volumes reports
-// them.
-func localVolumes(c *testbin.Cluster, i int) ([]admin.LocalVolume, error) {
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[i].AdminAddr + "/v1/local/volumes")
+// getJSON decodes the answer to GET path from agent i's admin API.
+func getJSON(c *testbin.Cluster, i int, path string, v any) error {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[i].AdminAddr + path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /v1/local/volumes: %s: %s", resp.Status, b)
+		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
 	}
+	return json.Unmarshal(b, v)
+}
+
+// localVolumes returns agent i's replicas as GET /v1/local/volumes reports
+// them.
+func localVolumes(c *testbin.Cluster, i int) ([]admin.LocalVolume, error) {
 	var out []admin.LocalVolume
-	return out, json.Unmarshal(b, &out)
+	err := getJSON(c, i, "/v1/local/volumes", &out)
+	return out, err
 }
 
 // waitFenced waits until every replica of vol applied the fence of

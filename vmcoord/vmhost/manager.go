@@ -2,7 +2,6 @@ package vmhost
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -34,15 +34,19 @@ type Spec struct {
 	Boot    catalog.Boot
 	// Epoch is the writer epoch the disks are opened under.
 	Epoch uint64
+	// Incoming starts QEMU as a live-migration destination, paused.
+	Incoming bool
 	// Dir is the run's directory: QMP socket, serial log.
 	Dir string
 }
 
-// Process is one running QEMU.
+// Process is one running QEMU (*qemu.Process implements it).
 type Process interface {
 	// Status returns QEMU's run state (query-status: running, paused,
 	// io-error, ...).
 	Status(ctx context.Context) (string, error)
+	// Cont resumes the guest.
+	Cont(ctx context.Context) error
 	// Stop asks QEMU to quit and kills it if it has not exited in time.
 	Stop(ctx context.Context) error
 	// Done is closed when the process has exited; Err then says how.
@@ -51,6 +55,14 @@ type Process interface {
 	PID() int
 	QMPSocket() string
 	SerialLog() string
+
+	// Live migration, as package qemu documents it.
+	Migrate(ctx context.Context, uri string, params qemu.MigrateParams) error
+	MigrationStatus(ctx context.Context) (qemu.MigrationInfo, error)
+	WaitMigration(ctx context.Context, states ...qemu.MigrationState) (qemu.MigrationInfo, error)
+	MigrateContinue(ctx context.Context) error
+	MigrateCancel(ctx context.Context) error
+	MigrateIncoming(ctx context.Context, uri string) (string, error)
 }
 
 // Launcher starts QEMU processes.
@@ -62,15 +74,27 @@ type Launcher interface {
 type Config struct {
 	// Host is this host's name in the catalog.
 	Host string
-	// Dir holds one directory per VM run.
+	// Dir holds one directory per VM.
 	Dir string
 	// NBDAddr is the local agent's NBD address, which QEMU connects to.
-	NBDAddr  string
-	Launcher Launcher
-	Log      *slog.Logger
+	NBDAddr string
+	// MigrationHost is the address a destination QEMU listens on for the
+	// migration stream (this host's address the others reach).
+	MigrationHost string
+	Launcher      Launcher
+	Log           *slog.Logger
+	// Commit commits a catalog command (on the control leader, wherever
+	// it is) and returns its log index.
+	Commit func(ctx context.Context, cmd catalog.Command) (uint64, error)
+	// Fence returns once the log of volume holds the fence of generation
+	// gen for writer epoch (applied by its leader), and asks the volume's
+	// leadership to move to host leader if it holds a replica ("" : stay).
+	Fence func(ctx context.Context, volume string, gen, epoch uint64, leader string) error
 	// RestartDelay is the pause before a VM whose QEMU died is started
 	// again (default 2 s).
 	RestartDelay time.Duration
+	// Migrate tunes outgoing migrations.
+	Migrate qemu.MigrateParams
 }
 
 // Manager runs this host's VMs. Its methods may be called concurrently.
@@ -89,14 +113,31 @@ func New(cfg Config) *Manager {
 	if cfg.RestartDelay == 0 {
 		cfg.RestartDelay = 2 * time.Second
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	return &Manager{cfg: cfg, runs: map[string]*run{}, stop: make(chan struct{})}
 }
 
+// Roles of a VM on this host.
+const (
+	roleNone = iota
+	// roleRun: the VM runs here.
+	roleRun
+	// roleSource: the VM runs here and migrates away.
+	roleSource
+	// roleDest: the VM migrates here.
+	roleDest
+)
+
 // want is what the catalog wants of one VM on this host.
 type want struct {
+	role int
 	spec Spec
-	run  bool
+	mig  *catalog.Migration // roleSource, roleDest
 }
+
+func (w want) run() bool { return w.role != roleNone }
 
 // run is one VM's supervisor: a goroutine that keeps a QEMU process in
 // line with the latest want.
@@ -104,32 +145,45 @@ type run struct {
 	name   string
 	notify chan struct{}
 
-	mu      sync.Mutex
-	want    want
-	proc    Process
-	epoch   uint64
-	state   string
-	started time.Time
-	err     string
-	exited  bool // the goroutine ended (the VM left this host)
+	mu       sync.Mutex
+	want     want
+	proc     Process
+	epoch    uint64
+	state    string
+	started  time.Time
+	err      string
+	exited   bool                     // the goroutine ended (the VM left this host)
+	progress *admin.MigrationProgress // of the outgoing migration
 }
 
 // Reconcile makes this host run exactly the VMs st places here: those in
-// state running whose Host is this host.
+// state running whose Host is this host, and both ends of their
+// migrations.
 func (m *Manager) Reconcile(st *catalog.State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.done {
 		return
 	}
+	me := m.cfg.Host
 	seen := map[string]bool{}
 	for _, name := range st.VMNames() {
 		vm := st.VMs[name]
-		if vm.Host != m.cfg.Host || vm.State != catalog.VMRunning {
+		mg := vm.Migration
+		var w want
+		switch {
+		case mg != nil && mg.To == me:
+			w = want{role: roleDest, spec: m.spec(vm, mg.Epoch), mig: mg}
+			w.spec.Incoming = true
+		case mg != nil && mg.From == me:
+			w = want{role: roleSource, spec: m.spec(vm, mg.FromEpoch), mig: mg}
+		case vm.Host == me && vm.State == catalog.VMRunning:
+			w = want{role: roleRun, spec: m.spec(vm, vm.Epoch)}
+		default:
 			continue
 		}
 		seen[name] = true
-		m.set(name, want{spec: m.spec(vm), run: true})
+		m.set(name, w)
 	}
 	for name := range m.runs {
 		if !seen[name] {
@@ -138,12 +192,12 @@ func (m *Manager) Reconcile(st *catalog.State) {
 	}
 }
 
-// spec returns the launch spec of vm's current run.
-func (m *Manager) spec(vm *catalog.VM) Spec {
-	s := Spec{Name: vm.Name, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, NBDAddr: m.cfg.NBDAddr, Boot: vm.Boot, Epoch: vm.Epoch,
+// spec returns the launch spec of vm's run under epoch.
+func (m *Manager) spec(vm *catalog.VM, epoch uint64) Spec {
+	s := Spec{Name: vm.Name, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, NBDAddr: m.cfg.NBDAddr, Boot: vm.Boot, Epoch: epoch,
 		Dir: filepath.Join(m.cfg.Dir, vm.Name)}
 	for _, d := range vm.Disks {
-		s.Disks = append(s.Disks, Disk{Volume: d, Export: volume.WriterExport(d, vm.Epoch)})
+		s.Disks = append(s.Disks, Disk{Volume: d, Export: volume.WriterExport(d, epoch)})
 	}
 	return s
 }
@@ -153,7 +207,7 @@ func (m *Manager) spec(vm *catalog.VM) Spec {
 func (m *Manager) set(name string, w want) {
 	r := m.runs[name]
 	if r == nil || r.isExited() {
-		if !w.run {
+		if !w.run() {
 			delete(m.runs, name)
 			return
 		}
@@ -166,14 +220,16 @@ func (m *Manager) set(name string, w want) {
 		return
 	}
 	r.mu.Lock()
-	changed := r.want.run != w.run || !slices.Equal(r.want.spec.Disks, w.spec.Disks) || r.want.spec.Epoch != w.spec.Epoch
 	r.want = w
 	r.mu.Unlock()
-	if changed {
-		select {
-		case r.notify <- struct{}{}:
-		default:
-		}
+	r.poke()
+}
+
+// poke wakes r's supervisor.
+func (r *run) poke() {
+	select {
+	case r.notify <- struct{}{}:
+	default:
 	}
 }
 
@@ -190,45 +246,94 @@ func (m *Manager) supervise(r *run) {
 	log := m.cfg.Log.With("vm", r.name)
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
-	var retryAt time.Time
+	var (
+		retryAt time.Time
+		// The migration this run handles (by destination epoch), and how
+		// to stop its goroutine.
+		migEpoch  uint64
+		migOut    bool // the goroutine sends the VM (else receives it)
+		migCancel context.CancelFunc
+		migDone   chan struct{}
+	)
+	endMigration := func() {
+		if migCancel != nil {
+			migCancel()
+			<-migDone
+			migCancel, migDone = nil, nil
+		}
+	}
+	defer endMigration()
 	for {
 		r.mu.Lock()
 		w, p := r.want, r.proc
 		r.mu.Unlock()
+		if migDone != nil {
+			select {
+			case <-migDone: // finished by itself (migEpoch stays: not again)
+				migCancel, migDone = nil, nil
+			default:
+			}
+		}
+		// An outgoing migration no longer in the catalog (cancelled,
+		// ended): stop its goroutine (before the switch, it cancels QEMU's
+		// migration). An incoming one is left to finish: the source ends
+		// the migration in the catalog as soon as it completed, which may
+		// be before this host saw the completion and resumed the guest.
+		if migCancel != nil && migOut && (w.mig == nil || w.mig.Epoch != migEpoch) {
+			endMigration()
+		}
 		switch {
-		case p != nil && (!w.run || r.epoch != w.spec.Epoch):
+		case p != nil && (!w.run() || r.epoch != w.spec.Epoch):
 			// Stopped, moved away, or restarted under a new epoch.
+			endMigration()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := p.Stop(ctx)
 			cancel()
-			log.Info("VM stopped", "epoch", r.epoch, "err", err)
+			log.Info("VM stopped on this host", "epoch", r.epoch, "err", err)
 			r.mu.Lock()
-			r.proc, r.state = nil, admin.VMAbsent
+			r.proc, r.state, r.progress = nil, admin.VMAbsent, nil
 			if err != nil {
 				r.err = fmt.Sprintf("stopping QEMU: %v", err)
 			}
 			r.mu.Unlock()
 			continue
-		case p == nil && !w.run:
+		case p == nil && !w.run():
 			r.mu.Lock()
 			r.exited = true
 			r.mu.Unlock()
 			return
+		case p == nil && w.role == roleDest && w.mig.Phase != catalog.MigrationPreparing:
+			// The destination lost its QEMU after it said it was ready:
+			// the migration failed (after the switch, the VM stays here
+			// and starts afresh once the catalog says so).
+			m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, "the destination's QEMU exited during the migration", nil)
+		case p == nil && w.role == roleSource:
+			// The source lost its QEMU: the migration cannot go on.
+			m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, "the source's QEMU exited during the migration", nil)
 		case p == nil && time.Now().After(retryAt):
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			np, err := m.cfg.Launcher.Launch(ctx, w.spec)
-			cancel()
-			r.mu.Lock()
-			if err != nil {
-				r.err = fmt.Sprintf("starting QEMU: %v", err)
+			if err := m.launch(log, r, w); err != nil {
 				retryAt = time.Now().Add(m.cfg.RestartDelay)
-				log.Warn("starting the VM", "epoch", w.spec.Epoch, "err", err)
-			} else {
-				r.proc, r.epoch, r.started, r.err, r.state = np, w.spec.Epoch, time.Now(), "", "starting"
-				log.Info("VM started", "epoch", w.spec.Epoch, "pid", np.PID())
+				if w.role == roleDest {
+					m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, err.Error(), nil)
+				}
 			}
-			r.mu.Unlock()
 			continue
+		case p != nil && w.role == roleSource && w.mig.Phase == catalog.MigrationReady && migCancel == nil && migEpoch != w.mig.Epoch:
+			ctx, cancel := context.WithCancel(context.Background())
+			migEpoch, migOut, migCancel, migDone = w.mig.Epoch, true, cancel, make(chan struct{})
+			go func(mg catalog.Migration, disks []Disk, done chan struct{}) {
+				defer r.poke()
+				defer close(done)
+				m.migrateOut(ctx, log, r, p, mg, disks)
+			}(*w.mig, w.spec.Disks, migDone)
+		case p != nil && w.role == roleDest && migCancel == nil && migEpoch != w.mig.Epoch:
+			ctx, cancel := context.WithCancel(context.Background())
+			migEpoch, migOut, migCancel, migDone = w.mig.Epoch, false, cancel, make(chan struct{})
+			go func(mg catalog.Migration, done chan struct{}) {
+				defer r.poke()
+				defer close(done)
+				m.migrateIn(ctx, log, r, p, mg)
+			}(*w.mig, migDone)
 		}
 		var exited <-chan struct{}
 		if p != nil {
@@ -241,10 +346,13 @@ func (m *Manager) supervise(r *run) {
 		case <-exited:
 			r.mu.Lock()
 			r.err = fmt.Sprintf("QEMU exited: %v", p.Err())
-			r.proc, r.state = nil, admin.VMAbsent
+			r.proc, r.state, r.progress = nil, admin.VMAbsent, nil
 			r.mu.Unlock()
 			retryAt = time.Now().Add(m.cfg.RestartDelay)
-			log.Warn("QEMU exited; the VM is started again", "epoch", r.epoch, "err", p.Err(), "after", m.cfg.RestartDelay)
+			log.Warn("QEMU exited", "epoch", r.epoch, "err", p.Err())
+			if w.role == roleDest && w.mig.Phase == catalog.MigrationPreparing {
+				m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, "the destination's QEMU exited before it was ready", nil)
+			}
 		case <-poll.C:
 			if p != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -258,6 +366,186 @@ func (m *Manager) supervise(r *run) {
 			}
 		}
 	}
+}
+
+// launch starts QEMU for w. A destination is started paused, listening
+// for the migration stream, and records its address in the catalog.
+func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := m.cfg.Launcher.Launch(ctx, w.spec)
+	if err == nil && w.role == roleDest {
+		var uri string
+		if uri, err = p.MigrateIncoming(ctx, "tcp:"+m.cfg.MigrationHost+":0"); err == nil {
+			_, err = m.cfg.Commit(ctx, catalog.Command{Kind: catalog.CmdMigrationReady, Name: r.name, Epoch: w.mig.Epoch, URI: uri})
+		}
+		if err != nil {
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = p.Stop(sctx)
+			scancel()
+			err = fmt.Errorf("preparing the migration's destination: %w", err)
+		} else {
+			log.Info("migration destination ready", "uri", uri, "epoch", w.mig.Epoch)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.err = fmt.Sprintf("starting QEMU: %v", err)
+		log.Warn("starting the VM", "epoch", w.spec.Epoch, "err", err)
+		return err
+	}
+	r.proc, r.epoch, r.started, r.err, r.state = p, w.spec.Epoch, time.Now(), "", "starting"
+	log.Info("VM started", "epoch", w.spec.Epoch, "pid", p.PID(), "incoming", w.spec.Incoming)
+	return nil
+}
+
+// commitEnd records the end of migration mg in the catalog (a refusal,
+// because it ended already, is fine).
+func (m *Manager) commitEnd(log *slog.Logger, name string, mg *catalog.Migration, result, why string, res *catalog.MigrationResult) {
+	if res == nil {
+		res = &catalog.MigrationResult{}
+	}
+	res.Result, res.Error = result, why
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := m.cfg.Commit(ctx, catalog.Command{Kind: catalog.CmdEndMigration, Name: name, Epoch: mg.Epoch, Result: res})
+	log.Info("migration ended", "to", mg.To, "result", result, "why", why, "commit_err", err)
+}
+
+// migrateIn waits, on the destination, for the incoming migration to
+// complete and resumes the guest. Completion implies the switch: the
+// source continues only after the catalog switched the VM here and the
+// disks were fenced (docs/migration.md).
+func (m *Manager) migrateIn(ctx context.Context, log *slog.Logger, r *run, p Process, mg catalog.Migration) {
+	info, err := p.WaitMigration(ctx, qemu.MigrationCompleted)
+	if err != nil {
+		log.Info("incoming migration did not complete", "err", err, "state", info.State)
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Cont(cctx); err != nil {
+		log.Warn("resuming the migrated VM", "err", err)
+		r.mu.Lock()
+		r.err = fmt.Sprintf("resuming after the migration: %v", err)
+		r.mu.Unlock()
+		return
+	}
+	log.Info("migrated VM runs here", "epoch", mg.Epoch)
+}
+
+// migrateOut sends the VM to the destination of mg and hands it over:
+// pre-switchover, switch in the catalog, fence every disk, continue,
+// completion, result. Cancelled (ctx) before the switch, it cancels QEMU's
+// migration and the VM runs on here.
+func (m *Manager) migrateOut(ctx context.Context, log *slog.Logger, r *run, p Process, mg catalog.Migration, disks []Disk) {
+	start := time.Now()
+	fail := func(result string, err error) {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if cerr := p.MigrateCancel(cctx); cerr != nil {
+			log.Warn("cancelling QEMU's migration", "err", cerr)
+		}
+		// QEMU resumes the source itself; make sure it runs.
+		if st, err := p.Status(cctx); err == nil && (st == qemu.StateFinishMigrate || st == qemu.StatePaused) {
+			_ = p.Cont(cctx)
+		}
+		r.setProgress(nil)
+		if ctx.Err() == nil { // not cancelled by the catalog: record why
+			m.commitEnd(log, r.name, &mg, result, err.Error(), nil)
+		}
+		log.Info("migration abandoned; the VM runs on here", "err", err)
+	}
+	if err := p.Migrate(ctx, mg.URI, m.cfg.Migrate); err != nil {
+		fail(catalog.ResultFailed, fmt.Errorf("starting the migration to %s: %w", mg.URI, err))
+		return
+	}
+	// Copy RAM until QEMU pauses the guest before the switchover (an
+	// event: no polling delay), reporting the progress meanwhile.
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		for {
+			if info, err := p.MigrationStatus(ctx); err == nil {
+				r.setProgress(progressOf(info))
+			}
+			select {
+			case <-stopProgress:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	info, err := p.WaitMigration(ctx, qemu.MigrationPreSwitchover)
+	paused := time.Now()
+	close(stopProgress)
+	<-progressDone
+	switch {
+	case ctx.Err() != nil:
+		fail(catalog.ResultCancelled, ctx.Err())
+		return
+	case err != nil:
+		fail(catalog.ResultFailed, fmt.Errorf("before the switchover: %w", err))
+		return
+	}
+	r.setProgress(progressOf(info))
+	// The switch: from here on the VM belongs to the destination.
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	gen, err := m.cfg.Commit(sctx, catalog.Command{Kind: catalog.CmdSwitchVM, Name: r.name, Epoch: mg.Epoch})
+	if err != nil {
+		fail(catalog.ResultFailed, fmt.Errorf("switching the VM in the catalog: %w", err))
+		return
+	}
+	log.Info("VM switched to the destination", "to", mg.To, "epoch", mg.Epoch, "gen", gen)
+	var wg sync.WaitGroup
+	errs := make([]error, len(disks))
+	for i, d := range disks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.cfg.Fence(sctx, d.Volume, gen, mg.Epoch, mg.To)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			// The catalog decided; the fence is only late. The leader's
+			// agent puts it in the log when it sees the catalog, but the
+			// device state must not go before it.
+			log.Error("fencing a disk at the switchover", "volume", disks[i].Volume, "err", err)
+			m.commitEnd(log, r.name, &mg, catalog.ResultFailed, fmt.Sprintf("fencing %s: %v", disks[i].Volume, err), nil)
+			return
+		}
+	}
+	if err := p.MigrateContinue(sctx); err != nil {
+		m.commitEnd(log, r.name, &mg, catalog.ResultFailed, fmt.Sprintf("migrate-continue: %v", err), nil)
+		return
+	}
+	info, err = p.WaitMigration(sctx, qemu.MigrationCompleted)
+	done := time.Now()
+	if err != nil {
+		m.commitEnd(log, r.name, &mg, catalog.ResultFailed, fmt.Sprintf("after the switchover: %v", err), nil)
+		return
+	}
+	r.setProgress(progressOf(info))
+	res := &catalog.MigrationResult{Downtime: done.Sub(paused), QEMUDowntime: info.Downtime, Total: done.Sub(start),
+		Bytes: info.Transferred, Passes: info.Passes}
+	m.commitEnd(log, r.name, &mg, catalog.ResultCompleted, "", res)
+}
+
+// setProgress records the outgoing migration's progress.
+func (r *run) setProgress(p *admin.MigrationProgress) {
+	r.mu.Lock()
+	r.progress = p
+	r.mu.Unlock()
+}
+
+func progressOf(info qemu.MigrationInfo) *admin.MigrationProgress {
+	return &admin.MigrationProgress{Status: string(info.State), Transferred: info.Transferred, Remaining: info.Remaining,
+		Total: info.Total, Passes: info.Passes, ExpectedDowntime: info.ExpectedDowntime}
 }
 
 // Local reports the VMs this host runs or has tried to run.
@@ -275,6 +563,10 @@ func (m *Manager) Local() []admin.LocalVM {
 		if r.proc != nil {
 			lv.PID, lv.Epoch, lv.QMPSocket, lv.SerialLog, lv.Started = r.proc.PID(), r.epoch, r.proc.QMPSocket(), r.proc.SerialLog(), r.started
 		}
+		if r.progress != nil {
+			p := *r.progress
+			lv.Migration = &p
+		}
 		r.mu.Unlock()
 		out = append(out, lv)
 	}
@@ -287,13 +579,9 @@ func (m *Manager) Local() []admin.LocalVM {
 	return out
 }
 
-// ErrClosed is returned after Close.
-var ErrClosed = errors.New("vmhost: manager closed")
-
 // Close stops supervising; QEMU processes keep running (an agent restart
-// must not stop its VMs). A new Manager does not adopt them yet: until it
-// does, the agent must stop the VMs before it starts a Manager over a run
-// directory that has live ones (see the package's TODO in doc.go).
+// must not stop its VMs). The next agent run kills them (KillLeftovers)
+// before it starts its VMs again.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	if m.done {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/vmcoord/qemu"
 )
 
 // fakeProc is a Process that runs until stopped or crashed.
@@ -30,6 +31,24 @@ func (p *fakeProc) PID() int                               { return p.pid }
 func (p *fakeProc) QMPSocket() string                      { return p.spec.Dir + "/qmp.sock" }
 func (p *fakeProc) SerialLog() string                      { return p.spec.Dir + "/serial.log" }
 func (p *fakeProc) exit(err error)                         { p.once.Do(func() { p.err = err; close(p.done) }) }
+func (p *fakeProc) Cont(context.Context) error             { return nil }
+
+// The fake does not migrate: the migration path is tested with real QEMU
+// (e2e/vm).
+var errNoMigration = errors.New("fake: no migration")
+
+func (p *fakeProc) Migrate(context.Context, string, qemu.MigrateParams) error { return errNoMigration }
+func (p *fakeProc) MigrationStatus(context.Context) (qemu.MigrationInfo, error) {
+	return qemu.MigrationInfo{}, errNoMigration
+}
+func (p *fakeProc) WaitMigration(context.Context, ...qemu.MigrationState) (qemu.MigrationInfo, error) {
+	return qemu.MigrationInfo{}, errNoMigration
+}
+func (p *fakeProc) MigrateContinue(context.Context) error { return errNoMigration }
+func (p *fakeProc) MigrateCancel(context.Context) error   { return errNoMigration }
+func (p *fakeProc) MigrateIncoming(context.Context, string) (string, error) {
+	return "", errNoMigration
+}
 
 // fakeLauncher records launches; fail makes the next launches fail.
 type fakeLauncher struct {

@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/admin/client"
+	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/vmcoord/qemu"
+	"github.com/tandem-project/tandem/vmcoord/vmhost"
+)
+
+// vmDir is where an agent keeps its VMs' run directories (QMP socket,
+// serial log, QEMU's log and pid), under its data directory.
+const vmDir = "vms"
+
+// startVMs kills the QEMU processes a previous run of this agent left and
+// starts the VM runtime (docs/migration.md says why it does not adopt
+// them yet).
+func (a *clusterAgent) startVMs() error {
+	dir := filepath.Join(a.cfg.DataDir, vmDir)
+	if err := vmhost.KillLeftovers(dir, a.log); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	migHost, _, err := net.SplitHostPort(a.host.RaftAddr())
+	if err != nil {
+		return fmt.Errorf("agent: the raft address %q: %w", a.host.RaftAddr(), err)
+	}
+	a.vms = vmhost.New(vmhost.Config{
+		Host:          a.cfg.Name,
+		Dir:           dir,
+		NBDAddr:       a.nbdAddr,
+		MigrationHost: migHost,
+		Launcher:      vmhost.QEMULauncher{Options: qemu.Options{Logger: a.log}},
+		Log:           a.log,
+		Commit:        a.commitMigration,
+		Fence:         a.fenceVolume,
+	})
+	return nil
+}
+
+// commitMigration commits a migration step on the control leader:
+// directly when this agent leads, else through the leader's admin API.
+func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command) (uint64, error) {
+	for {
+		var (
+			idx uint64
+			err error
+		)
+		if a.ctl.IsLeader() {
+			idx, err = a.ctl.Commit(ctx, cmd)
+		} else if addr, _, ok := a.Leader(); ok {
+			step := admin.MigrationStep{VM: cmd.Name, Kind: cmd.Kind, Epoch: cmd.Epoch, URI: cmd.URI}
+			if r := cmd.Result; r != nil {
+				step.Result = &admin.MigrationResult{Result: r.Result, Error: r.Error, Downtime: r.Downtime, QEMUDowntime: r.QEMUDowntime,
+					Total: r.Total, Bytes: r.Bytes, Passes: r.Passes}
+			}
+			var c *client.Client
+			if c, err = client.New(addr, a.cc.AdminToken, client.WithTimeout(10*time.Second)); err == nil {
+				idx, err = c.MigrationStep(ctx, step)
+			}
+			// A refusal (409, 400) is the catalog's verdict: no retry.
+			if s := client.StatusOf(err); s >= 400 && s < 500 {
+				return 0, err
+			}
+		} else {
+			err = errors.New("no control leader known")
+		}
+		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
+			return idx, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("agent: committing %s: %w (last error: %v)", cmd.Kind, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// MigrationStep implements admin.Cluster (on the control leader).
+func (a *clusterAgent) MigrationStep(ctx context.Context, st admin.MigrationStep) (uint64, error) {
+	switch st.Kind {
+	case catalog.CmdMigrationReady, catalog.CmdSwitchVM, catalog.CmdEndMigration:
+	default:
+		return 0, admin.Errorf(http.StatusBadRequest, "%q is not a migration step", st.Kind)
+	}
+	cmd := catalog.Command{Kind: st.Kind, Name: st.VM, Epoch: st.Epoch, URI: st.URI}
+	if r := st.Result; r != nil {
+		cmd.Result = &catalog.MigrationResult{Result: r.Result, Error: r.Error, Downtime: r.Downtime, QEMUDowntime: r.QEMUDowntime,
+			Total: r.Total, Bytes: r.Bytes, Passes: r.Passes}
+	}
+	idx, err := a.ctl.Commit(ctx, cmd)
+	if err != nil {
+		return 0, vmError(err, http.StatusNotFound)
+	}
+	return idx, nil
+}
+
+// FenceLocal implements admin.Cluster.
+func (a *clusterAgent) FenceLocal(ctx context.Context, name string, req admin.Fence) error {
+	a.mu.Lock()
+	v := a.vols[name]
+	a.mu.Unlock()
+	if v == nil {
+		return admin.Errorf(http.StatusNotFound, "no replica of volume %q on this host", name)
+	}
+	if v.Status().State != "Leader" {
+		return admin.Errorf(http.StatusConflict, "this host does not lead volume %q", name)
+	}
+	if err := v.Fence(ctx, req.Gen, req.Epoch); err != nil {
+		return admin.Errorf(http.StatusConflict, "%v", err)
+	}
+	if req.Leader != "" && slices.Contains(v.Status().Replicas, req.Leader) {
+		v.TransferLeadership(req.Leader)
+	}
+	return nil
+}
+
+// fenceVolume puts the fence of generation gen for writer epoch into volume's
+// log, through whichever agent leads it, and asks for its leadership to
+// move to host leader; it retries until ctx ends.
+func (a *clusterAgent) fenceVolume(ctx context.Context, volume string, gen, epoch uint64, leader string) error {
+	req := admin.Fence{Gen: gen, Epoch: epoch, Leader: leader}
+	var last error
+	for {
+		if last = a.FenceLocal(ctx, volume, req); last == nil {
+			return nil
+		}
+		if cv, ok := a.ctl.State().Volumes[volume]; ok {
+			for _, h := range cv.Replicas {
+				host, ok := a.ctl.State().Hosts[h]
+				if h == a.cfg.Name || !ok || host.AdminAddr == "" {
+					continue
+				}
+				c, err := client.New(host.AdminAddr, a.cc.AdminToken, client.WithTimeout(5*time.Second))
+				if err == nil {
+					if err = c.Fence(ctx, volume, req); err == nil {
+						return nil
+					}
+				}
+				last = err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent: fencing volume %s at generation %d: %w (last error: %v)", volume, gen, ctx.Err(), last)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
