@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -21,7 +20,6 @@ import (
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testguest"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
-	"github.com/tandem-project/tandem/vmcoord/vmhost"
 )
 
 // cli runs the tandem CLI against host i's admin API.
@@ -35,18 +33,6 @@ func cli(t *testing.T, c *testbin.Cluster, i int, args ...string) (string, error
 		return string(out) + string(ee.Stderr), err
 	}
 	return string(out), err
-}
-
-// killQEMUs kills the QEMU processes the cluster's agents started: agents
-// leave their VMs running when they stop (the next run kills them).
-func killQEMUs(t *testing.T, c *testbin.Cluster) {
-	t.Cleanup(func() {
-		for _, n := range c.Nodes {
-			if err := vmhost.KillLeftovers(filepath.Join(n.DataDir, "vms"), slog.New(slog.DiscardHandler)); err != nil {
-				t.Error(err)
-			}
-		}
-	})
 }
 
 var seqRE = regexp.MustCompile(`(?m)^SEQ (\d+)\r?$`)
@@ -126,7 +112,6 @@ func (w *seqWatch) current() uint64 {
 func TestLiveMigration(t *testing.T) {
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
-	killQEMUs(t, c)
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
 	api := c.Admin(0)

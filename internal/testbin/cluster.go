@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/vmcoord/vmhost"
 )
 
 // ClusterConfig describes a cluster of "tandem agent" processes, one per
@@ -198,6 +200,11 @@ func (c *Cluster) cleanup() {
 	}
 	for _, n := range c.Nodes {
 		n.kill()
+		// The VMs of managed agents outlive them (the next run of the
+		// agent kills them): kill them now.
+		if err := vmhost.KillLeftovers(filepath.Join(n.DataDir, "vms"), slog.New(slog.DiscardHandler)); err != nil {
+			c.t.Errorf("%s: %v", n.Name, err)
+		}
 	}
 	keep := os.Getenv("TANDEM_KEEP_LOGS") != ""
 	if !c.t.Failed() && !keep {
