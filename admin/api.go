@@ -295,6 +295,8 @@ type Migration struct {
 	// the destination).
 	Phase   string    `json:"phase"`
 	Started time.Time `json:"started"`
+	// MaxBandwidth is the migration's limit in bytes per second (0: none).
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
 }
 
 // MigrationResult is how a VM's last live migration ended.
@@ -320,6 +322,10 @@ type MigrationResult struct {
 type MigrateVM struct {
 	// To is the destination host; it must be alive.
 	To string `json:"to"`
+	// MaxBandwidth limits the migration stream, in bytes per second: a
+	// number or a size string such as "100M" (0 or absent: no limit
+	// beyond the link's).
+	MaxBandwidth Size `json:"max_bandwidth,omitempty"`
 }
 
 // CreateVM is the body of POST /v1/vms.

@@ -13,6 +13,7 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/vmcoord/vmhost"
 )
@@ -26,7 +27,7 @@ const vmDir = "vms"
 // them yet).
 func (a *clusterAgent) startVMs() error {
 	dir := filepath.Join(a.cfg.DataDir, vmDir)
-	if err := vmhost.KillLeftovers(dir, a.log); err != nil {
+	if err := pidfile.KillLeftovers(dir, a.log); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	migHost, _, err := net.SplitHostPort(a.host.RaftAddr())

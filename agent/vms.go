@@ -175,7 +175,7 @@ func describeVM(st *catalog.State, vm *catalog.VM, rt map[string]hostVMs) admin.
 		out.Disks = append(out.Disks, disk)
 	}
 	if m := vm.Migration; m != nil {
-		out.Migration = &admin.Migration{From: m.From, To: m.To, Epoch: m.Epoch, Phase: m.Phase, Started: m.Started}
+		out.Migration = &admin.Migration{From: m.From, To: m.To, Epoch: m.Epoch, Phase: m.Phase, Started: m.Started, MaxBandwidth: m.MaxBandwidth}
 	}
 	if r := vm.LastMigration; r != nil {
 		out.LastMigration = &admin.MigrationResult{From: r.From, To: r.To, Result: r.Result, Error: r.Error, Downtime: r.Downtime,
@@ -365,7 +365,10 @@ func (a *clusterAgent) MigrateVM(ctx context.Context, name string, req admin.Mig
 			return admin.VM{}, admin.Errorf(http.StatusConflict, "the VM's host %s is %s: a live migration needs the source running", vm.Host, stateOrUnknown(s))
 		}
 	}
-	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMigrateVM, Name: name, Target: req.To}); err != nil {
+	if req.MaxBandwidth < 0 {
+		return admin.VM{}, admin.Errorf(http.StatusBadRequest, "max_bandwidth %d: want a positive number of bytes per second", req.MaxBandwidth)
+	}
+	if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMigrateVM, Name: name, Target: req.To, Bandwidth: int64(req.MaxBandwidth)}); err != nil {
 		return admin.VM{}, vmError(err, http.StatusNotFound)
 	}
 	return a.VM(ctx, name)

@@ -301,14 +301,14 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 	return nil
 }
 
-// MigrateVM starts a live migration of a running VM to host to (POST
+// MigrateVM starts a live migration of a running VM to host req.To (POST
 // /v1/vms/{name}/migrate) and returns the VM with its migration recorded;
 // follow it with VM. The API answers 400 to an unknown host, 404 to an
 // unknown VM and 409 when the VM is not running, migrates already, or a
 // host is not alive.
-func (c *Client) MigrateVM(ctx context.Context, name, to string) (admin.VM, error) {
+func (c *Client) MigrateVM(ctx context.Context, name string, req admin.MigrateVM) (admin.VM, error) {
 	var out admin.VM
-	if err := c.do(ctx, http.MethodPost, vmPath(name, "/migrate"), nil, admin.MigrateVM{To: to}, &out); err != nil {
+	if err := c.do(ctx, http.MethodPost, vmPath(name, "/migrate"), nil, req, &out); err != nil {
 		return admin.VM{}, fmt.Errorf("migrate VM %q: %w", name, err)
 	}
 	return out, nil

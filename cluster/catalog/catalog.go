@@ -166,6 +166,8 @@ type Command struct {
 	Epoch  uint64           `json:"epoch,omitempty"`
 	URI    string           `json:"uri,omitempty"`
 	Result *MigrationResult `json:"result,omitempty"`
+	// Bandwidth limits a migration (migrate_vm), in bytes per second.
+	Bandwidth int64 `json:"bandwidth,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }

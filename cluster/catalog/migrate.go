@@ -30,8 +30,11 @@ type Migration struct {
 	Phase     string `json:"phase"`
 	// URI is where the destination QEMU takes the migration stream
 	// (tcp:HOST:PORT), once ready.
-	URI     string    `json:"uri,omitempty"`
-	Started time.Time `json:"started"`
+	URI string `json:"uri,omitempty"`
+	// MaxBandwidth limits the migration stream, in bytes per second (0:
+	// the agents' default).
+	MaxBandwidth int64     `json:"max_bandwidth,omitempty"`
+	Started      time.Time `json:"started"`
 }
 
 // MigrationResult is how a VM's last migration ended.
@@ -123,7 +126,11 @@ func (s *State) applyMigration(index uint64, c Command) error {
 			return err
 		}
 		vm := s.VMs[c.Name]
-		vm.Migration = &Migration{From: vm.Host, FromEpoch: vm.Epoch, To: c.Target, Epoch: index, Phase: MigrationPreparing, Started: c.At}
+		if c.Bandwidth < 0 {
+			return fmt.Errorf("catalog: VM %q: %w: negative bandwidth", c.Name, ErrInvalid)
+		}
+		vm.Migration = &Migration{From: vm.Host, FromEpoch: vm.Epoch, To: c.Target, Epoch: index, Phase: MigrationPreparing, Started: c.At,
+			MaxBandwidth: c.Bandwidth}
 		vm.Changed = index
 		return nil
 	}

@@ -20,7 +20,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/agent"
-	"github.com/tandem-project/tandem/vmcoord/vmhost"
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -197,7 +197,7 @@ Press Ctrl-C to stop.
 			// The dev cluster's VMs stop with it (agents leave their VMs
 			// running when they stop).
 			for _, h := range devHosts {
-				if err := vmhost.KillLeftovers(filepath.Join(dataDir, h.name, "vms"), log.With("host", h.name)); err != nil {
+				if err := pidfile.KillLeftovers(filepath.Join(dataDir, h.name, "vms"), log.With("host", h.name)); err != nil {
 					errs = append(errs, err)
 				}
 			}

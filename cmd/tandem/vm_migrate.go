@@ -13,14 +13,16 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
+	"github.com/tandem-project/tandem/volume"
 )
 
 func newVMMigrateCmd(a *adminFlags) *cobra.Command {
 	var (
-		to     string
-		cancel bool
-		noWait bool
-		wait   time.Duration
+		to        string
+		cancel    bool
+		noWait    bool
+		wait      time.Duration
+		bandwidth string
 	)
 	cmd := &cobra.Command{
 		Use:   "migrate NAME --to HOST | --cancel",
@@ -53,7 +55,15 @@ the VM keeps running on the source; after the switchover it is too late.
 				if cancel {
 					start, err = cl.CancelMigration(ctx, name)
 				} else {
-					start, err = cl.MigrateVM(ctx, name, to)
+					req := admin.MigrateVM{To: to}
+					if bandwidth != "" {
+						n, err := volume.ParseSize(bandwidth)
+						if err != nil || n <= 0 {
+							return fmt.Errorf("--max-bandwidth %q: want bytes per second such as 100M", bandwidth)
+						}
+						req.MaxBandwidth = admin.Size(n)
+					}
+					start, err = cl.MigrateVM(ctx, name, req)
 				}
 				return err
 			})
@@ -98,6 +108,7 @@ the VM keeps running on the source; after the switchover it is too late.
 	cmd.Flags().BoolVar(&cancel, "cancel", false, "cancel the VM's migration (before its switchover)")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the migration is recorded")
 	cmd.Flags().DurationVar(&wait, "wait-timeout", 10*time.Minute, "how long to follow the migration")
+	cmd.Flags().StringVar(&bandwidth, "max-bandwidth", "", "limit the migration stream, in bytes per second (e.g. 100M; default: no limit)")
 	return cmd
 }
 

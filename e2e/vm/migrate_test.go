@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testguest"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // cli runs the tandem CLI against host i's admin API.
@@ -109,7 +111,19 @@ func (w *seqWatch) current() uint64 {
 // exactly one host, the guest's sequence (kept in its RAM) continues
 // without a reboot, and at the end the disk holds every write the guest
 // completed.
-func TestLiveMigration(t *testing.T) {
+// guestVM is a 3-host cluster running the test guest as VM g on n1, its
+// disk g-disk replicated on every host.
+type guestVM struct {
+	c      *testbin.Cluster
+	api    *client.Client
+	gc     testguest.Config
+	serial []string // the guest's serial log on each host
+}
+
+// startGuestVM starts a cluster and the test guest on n1, and returns once
+// the guest writes.
+func startGuestVM(t *testing.T) *guestVM {
+	t.Helper()
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
 	c.WaitManaged(30 * time.Second)
@@ -144,87 +158,20 @@ func TestLiveMigration(t *testing.T) {
 		}
 		return nil
 	})
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	var w seqWatch
-	go w.run(wctx, serial)
+	return &guestVM{c: c, api: api, gc: gc, serial: serial}
+}
 
-	const migrations = 10
-	var downtimes, qemuDowntimes, totals, guestGaps, baselines []time.Duration
-	at := 0 // index of the host the VM runs on
-	for k := range migrations {
-		to := 1 - at // n1 <-> n2
-		// The guest's pauses without a migration, over as long a window:
-		// the baseline of the pause a migration adds.
-		w.window()
-		time.Sleep(400 * time.Millisecond)
-		baselines = append(baselines, w.window())
-		before := w.current()
-		out, err := cli(t, c, 2, "vm", "migrate", "g", "--to", c.Nodes[to].Name, "-o", "json", "--wait-timeout", "60s")
-		if err != nil {
-			t.Fatalf("migration %d to %s: %v\n%s", k+1, c.Nodes[to].Name, err, out)
-		}
-		var vm admin.VM
-		if err := json.Unmarshal([]byte(out), &vm); err != nil {
-			t.Fatalf("migration %d: %v\n%s", k+1, err, out)
-		}
-		r := vm.LastMigration
-		if vm.Host != c.Nodes[to].Name || r == nil || r.Result != "completed" || r.To != c.Nodes[to].Name {
-			t.Fatalf("migration %d: VM %+v, result %+v", k+1, vm, r)
-		}
-		// The guest goes on on the destination, from where it was: its
-		// sequence is in its RAM, and it did not boot again.
-		testbin.WaitFor(t, 20*time.Second, "the guest writing on "+c.Nodes[to].Name, func() error {
-			s, booted := serialSeq(serial[to])
-			if booted {
-				t.Fatalf("migration %d: the guest booted again on %s", k+1, c.Nodes[to].Name)
-			}
-			if s <= before {
-				return fmt.Errorf("the destination's serial log shows seq %d, the guest was at %d before", s, before)
-			}
-			return nil
-		})
-		time.Sleep(100 * time.Millisecond) // let the guest run a little
-		gap := w.window()
-		// Exactly one host runs the VM.
-		testbin.WaitFor(t, 20*time.Second, "the VM on exactly one host", func() error {
-			var on []string
-			for i := range c.Nodes {
-				lv, err := localVMs(c, i)
-				if err != nil {
-					return err
-				}
-				for _, v := range lv {
-					if v.Name == "g" && v.PID != 0 {
-						on = append(on, fmt.Sprintf("%s(%s)", c.Nodes[i].Name, v.State))
-					}
-				}
-			}
-			if !slices.Equal(on, []string{c.Nodes[to].Name + "(running)"}) {
-				return fmt.Errorf("QEMU processes of the VM: %v", on)
-			}
-			return nil
-		})
-		t.Logf("migration %d to %s: downtime %v (QEMU %v), guest's longest pause %v, total %v, %d MiB in %d passes",
-			k+1, r.To, r.Downtime.Round(time.Millisecond/10), r.QEMUDowntime, gap.Round(time.Millisecond), r.Total.Round(time.Millisecond), r.Bytes>>20, r.Passes)
-		downtimes, qemuDowntimes, totals, guestGaps = append(downtimes, r.Downtime), append(qemuDowntimes, r.QEMUDowntime), append(totals, r.Total), append(guestGaps, gap)
-		at = to
-	}
-	med := func(ds []time.Duration) time.Duration { s := slices.Clone(ds); slices.Sort(s); return s[len(s)/2] }
-	t.Logf("over %d migrations: downtime median %v max %v; QEMU's median %v max %v; guest's pause median %v max %v (without a migration: median %v max %v); total median %v",
-		migrations, med(downtimes), slices.Max(downtimes), med(qemuDowntimes), slices.Max(qemuDowntimes),
-		med(guestGaps), slices.Max(guestGaps), med(baselines), slices.Max(baselines), med(totals))
-
-	// Stop the VM and check the disk: every write the guest completed is
-	// there, in order.
-	stopWatch()
-	last, _ := serialSeq(serial[at])
-	if _, err := api.StopVM(ctx, "g"); err != nil {
+// checkDisk stops the VM and checks its disk: every write the guest
+// completed (last, at least) is there, in order.
+func (g *guestVM) checkDisk(t *testing.T, last uint64) testguest.Result {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := g.api.StopVM(ctx, "g"); err != nil {
 		t.Fatal(err)
 	}
 	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
-		for i := range c.Nodes {
-			lv, err := localVMs(c, i)
+		for i := range g.c.Nodes {
+			lv, err := localVMs(g.c, i)
 			if err != nil {
 				return err
 			}
@@ -237,18 +184,153 @@ func TestLiveMigration(t *testing.T) {
 		return nil
 	})
 	diskPath := filepath.Join(t.TempDir(), "disk.raw")
-	testbin.Run(t, 60*time.Second, "nbdcopy", c.URI(2, "g-disk"), diskPath)
+	testbin.Run(t, 60*time.Second, "nbdcopy", g.c.URI(2, "g-disk"), diskPath)
 	f, err := os.Open(diskPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := testguest.Check(f, gc)
+	res, err := testguest.Check(f, g.gc)
 	if err != nil {
-		t.Fatalf("the disk after %d migrations: %v", migrations, err)
+		t.Fatalf("the guest's disk: %v", err)
 	}
 	if res.MaxSeq < last {
 		t.Fatalf("LOST WRITES: the disk's newest write is seq %d, the guest reported %d done", res.MaxSeq, last)
 	}
+	return res
+}
+
+// runsOn waits until exactly host i runs the VM (a QEMU process in state
+// state), and no other host has a QEMU for it.
+func (g *guestVM) runsOn(t *testing.T, i int, state string) {
+	t.Helper()
+	testbin.WaitFor(t, 20*time.Second, "the VM on exactly one host", func() error {
+		var on []string
+		for j := range g.c.Nodes {
+			lv, err := localVMs(g.c, j)
+			if err != nil {
+				return err
+			}
+			for _, v := range lv {
+				if v.Name == "g" && v.PID != 0 {
+					on = append(on, fmt.Sprintf("%s(%s)", g.c.Nodes[j].Name, v.State))
+				}
+			}
+		}
+		if want := []string{g.c.Nodes[i].Name + "(" + state + ")"}; !slices.Equal(on, want) {
+			return fmt.Errorf("QEMU processes of the VM: %v, want %v", on, want)
+		}
+		return nil
+	})
+}
+
+// writesOn waits until the guest's serial log on host i shows a seq above
+// after, without a reboot there, and returns it.
+func (g *guestVM) writesOn(t *testing.T, i int, after uint64) uint64 {
+	t.Helper()
+	var s uint64
+	testbin.WaitFor(t, 20*time.Second, "the guest writing on "+g.c.Nodes[i].Name, func() error {
+		var booted bool
+		s, booted = serialSeq(g.serial[i])
+		if booted && i != 0 {
+			t.Fatalf("the guest booted again on %s", g.c.Nodes[i].Name)
+		}
+		if s <= after {
+			return fmt.Errorf("%s's serial log shows seq %d, want more than %d", g.c.Nodes[i].Name, s, after)
+		}
+		return nil
+	})
+	return s
+}
+
+func TestLiveMigration(t *testing.T) {
+	testbin.Require(t, "qemu-system-x86_64", "nbdcopy", "qemu-io")
+	g := startGuestVM(t)
+	c := g.c
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	var w seqWatch
+	go w.run(wctx, g.serial)
+
+	const migrations = 10
+	var downtimes, qemuDowntimes, totals, guestGaps, baselines []time.Duration
+	at := 0 // index of the host the VM runs on
+	for k := range migrations {
+		to := 1 - at // n1 <-> n2
+		// The guest's pauses without a migration, over as long a window:
+		// the baseline of the pause a migration adds.
+		w.window()
+		time.Sleep(400 * time.Millisecond)
+		baselines = append(baselines, w.window())
+		before := w.current()
+		prev, err := g.api.VM(context.Background(), "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm := g.migrate(t, to)
+		r := vm.LastMigration
+		if vm.Host != c.Nodes[to].Name || r == nil || r.Result != "completed" || r.To != c.Nodes[to].Name {
+			t.Fatalf("migration %d: VM %+v, result %+v", k+1, vm, r)
+		}
+		// The guest goes on on the destination, from where it was: its
+		// sequence is in its RAM, and it did not boot again.
+		g.writesOn(t, to, before)
+		time.Sleep(100 * time.Millisecond) // let the guest run a little
+		gap := w.window()
+		g.runsOn(t, to, "running")
+		// Split brain refused: the source's epoch no longer writes.
+		g.refusesEpoch(t, at, prev.Epoch)
+		t.Logf("migration %d to %s: downtime %v (QEMU %v), guest's longest pause %v, total %v, %d KiB in %d passes",
+			k+1, r.To, r.Downtime.Round(time.Millisecond/10), r.QEMUDowntime, gap.Round(time.Millisecond), r.Total.Round(time.Millisecond), r.Bytes>>10, r.Passes)
+		downtimes, qemuDowntimes, totals, guestGaps = append(downtimes, r.Downtime), append(qemuDowntimes, r.QEMUDowntime), append(totals, r.Total), append(guestGaps, gap)
+		at = to
+	}
+	med := func(ds []time.Duration) time.Duration { s := slices.Clone(ds); slices.Sort(s); return s[len(s)/2] }
+	t.Logf("over %d migrations: downtime median %v max %v; QEMU's median %v max %v; guest's pause median %v max %v (without a migration: median %v max %v); total median %v",
+		migrations, med(downtimes), slices.Max(downtimes), med(qemuDowntimes), slices.Max(qemuDowntimes),
+		med(guestGaps), slices.Max(guestGaps), med(baselines), slices.Max(baselines), med(totals))
+	stopWatch()
+	last, _ := serialSeq(g.serial[at])
+	res := g.checkDisk(t, last)
 	t.Logf("disk: %+v; the guest reported seq %d last", res, last)
+}
+
+// migrate migrates the VM to host to through the CLI of n3 and returns
+// the VM as the CLI printed it at the end.
+func (g *guestVM) migrate(t *testing.T, to int, args ...string) admin.VM {
+	t.Helper()
+	out, err := cli(t, g.c, 2, append([]string{"vm", "migrate", "g", "--to", g.c.Nodes[to].Name, "-o", "json", "--wait-timeout", "60s"}, args...)...)
+	if err != nil {
+		t.Fatalf("migration to %s: %v\n%s", g.c.Nodes[to].Name, err, out)
+	}
+	var vm admin.VM
+	if err := json.Unmarshal([]byte(out), &vm); err != nil {
+		t.Fatalf("migration to %s: %v\n%s", g.c.Nodes[to].Name, err, out)
+	}
+	return vm
+}
+
+// refusesEpoch checks that a write under epoch old (that of the VM's run
+// on host from, before a migration) through from's agent is refused, and
+// leaves nothing on the disk: what a source QEMU resumed after the
+// switchover would do.
+func (g *guestVM) refusesEpoch(t *testing.T, from int, old uint64) {
+	t.Helper()
+	off := int64(g.gc.Base+g.gc.Ring+8) * 512 // beyond the guest's ring
+	// The agent may have just started (export not open yet): only a
+	// refusal ends the wait, an acknowledged write fails the test.
+	testbin.WaitFor(t, 20*time.Second, "a refusal of epoch "+fmt.Sprint(old), func() error {
+		out, err := testbin.RunErr(30*time.Second, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x5a %d 4k", off), g.c.URI(from, volume.WriterExport("g-disk", old)))
+		switch {
+		case err == nil && !strings.Contains(out, "error"):
+			t.Fatalf("SPLIT BRAIN: a write under epoch %d through %s was accepted after the VM moved on:\n%s", old, g.c.Nodes[from].Name, out)
+		case !strings.Contains(out, "Operation not permitted"):
+			return fmt.Errorf("qemu-io: %v\n%s", err, out)
+		}
+		return nil
+	})
+	out := testbin.Run(t, 30*time.Second, "qemu-io", "-f", "raw", "-r", "-c", fmt.Sprintf("read -P 0 %d 4k", off), g.c.URI(from, "g-disk"))
+	if strings.Contains(out, "Pattern verification failed") {
+		t.Fatalf("a refused write reached the disk:\n%s", out)
+	}
 }

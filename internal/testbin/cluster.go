@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
-	"github.com/tandem-project/tandem/vmcoord/vmhost"
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 )
 
 // ClusterConfig describes a cluster of "tandem agent" processes, one per
@@ -202,7 +202,7 @@ func (c *Cluster) cleanup() {
 		n.kill()
 		// The VMs of managed agents outlive them (the next run of the
 		// agent kills them): kill them now.
-		if err := vmhost.KillLeftovers(filepath.Join(n.DataDir, "vms"), slog.New(slog.DiscardHandler)); err != nil {
+		if err := pidfile.KillLeftovers(filepath.Join(n.DataDir, "vms"), slog.New(slog.DiscardHandler)); err != nil {
 			c.t.Errorf("%s: %v", n.Name, err)
 		}
 	}

@@ -457,7 +457,11 @@ func (m *Manager) migrateOut(ctx context.Context, log *slog.Logger, r *run, p Pr
 		}
 		log.Info("migration abandoned; the VM runs on here", "err", err)
 	}
-	if err := p.Migrate(ctx, mg.URI, m.cfg.Migrate); err != nil {
+	params := m.cfg.Migrate
+	if mg.MaxBandwidth > 0 {
+		params.MaxBandwidth = mg.MaxBandwidth
+	}
+	if err := p.Migrate(ctx, mg.URI, params); err != nil {
 		fail(catalog.ResultFailed, fmt.Errorf("starting the migration to %s: %w", mg.URI, err))
 		return
 	}
@@ -580,7 +584,7 @@ func (m *Manager) Local() []admin.LocalVM {
 }
 
 // Close stops supervising; QEMU processes keep running (an agent restart
-// must not stop its VMs). The next agent run kills them (KillLeftovers)
+// must not stop its VMs). The next agent run kills them (pidfile.KillLeftovers)
 // before it starts its VMs again.
 func (m *Manager) Close() {
 	m.mu.Lock()
