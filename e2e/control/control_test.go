@@ -426,7 +426,12 @@ func TestFiveAgents(t *testing.T) {
 	})
 	// Its replicas are served again, with their data.
 	for i := range 5 {
-		v := showVolume(t, c, (lead+1)%5, fmt.Sprintf("p%d", i))
+		var v admin.Volume
+		waitFor(t, 10*time.Second, "volume show", func() error {
+			var err error
+			v, err = tryShowVolume(t, c, (lead+1)%5, fmt.Sprintf("p%d", i))
+			return err
+		})
 		if !slices.Contains(v.Hosts, c.Nodes[lead].Name) {
 			continue
 		}

@@ -24,6 +24,30 @@ func showVM(t *testing.T, c *testbin.Cluster, i int, name string) admin.VM {
 	return vm
 }
 
+// runsOnlyOn reports an error unless host (none if "") is the only agent
+// running a QEMU for VM name, under epoch, in state running.
+func runsOnlyOn(c *testbin.Cluster, name, host string, epoch uint64) error {
+	for i, n := range c.Nodes {
+		var local []admin.LocalVM
+		if err := getJSON(n.AdminAddr, "/v1/local/vms", &local); err != nil {
+			return err
+		}
+		var mine *admin.LocalVM
+		for _, l := range local {
+			if l.Name == name && l.PID != 0 {
+				mine = &l
+			}
+		}
+		switch {
+		case n.Name == host && (mine == nil || mine.State != "running" || mine.Epoch != epoch):
+			return fmt.Errorf("n%d (the VM's host) reports %+v", i+1, local)
+		case n.Name != host && mine != nil:
+			return fmt.Errorf("n%d runs the VM too: %+v", i+1, *mine)
+		}
+	}
+	return nil
+}
+
 // refused runs the CLI and checks that it fails with each of wants in its
 // output.
 func refused(t *testing.T, c *testbin.Cluster, i int, wants []string, args ...string) {
@@ -46,6 +70,7 @@ func refused(t *testing.T, c *testbin.Cluster, i int, wants []string, args ...st
 // running VM, an unknown disk or host, bad shapes, a missing token, a
 // host that is not alive. No agent runs QEMU yet: the runtime is absent.
 func TestVMLifecycle(t *testing.T) {
+	testbin.Require(t, "qemu-system-x86_64")
 	c := startManaged(t, 3)
 	for i, d := range []string{"web-root", "web-data", "spare"} {
 		mustCLI(t, c, i, "volume", "create", d, "--size", "8M")
@@ -132,16 +157,10 @@ func TestVMLifecycle(t *testing.T) {
 	if v := showVolume(t, c, 1, "spare"); v.VM != "" || v.WriterEpoch != 0 || v.WriterGen != 0 {
 		t.Fatalf("a volume of no VM: vm %q writer %d/%d", v.VM, v.WriterEpoch, v.WriterGen)
 	}
-	// No agent runs VMs yet: the host reports none.
-	if vm.Runtime.State != admin.VMAbsent {
-		t.Errorf("runtime of a VM no agent runs: %+v", vm.Runtime)
-	}
-	for i := range c.Nodes {
-		var local []admin.LocalVM
-		if err := getJSON(c.Nodes[i].AdminAddr, "/v1/local/vms", &local); err != nil || len(local) != 0 {
-			t.Errorf("n%d /v1/local/vms: %v %+v", i+1, err, local)
-		}
-	}
+	// The VM's host runs it in QEMU under its epoch; no other host does.
+	waitFor(t, 30*time.Second, "QEMU running the VM on its host", func() error {
+		return runsOnlyOn(c, "web", vm.Host, epoch)
+	})
 	if out := mustCLI(t, c, 1, "vm", "list"); !strings.Contains(out, "web") || !strings.Contains(out, fmt.Sprint(epoch)) {
 		t.Fatalf("vm list:\n%s", out)
 	}
@@ -157,6 +176,7 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("stopped VM: %+v", vm)
 	}
 	checkWriters(t, c, vm, 0, vm.Changed)
+	waitFor(t, 30*time.Second, "QEMU of the VM stopped", func() error { return runsOnlyOn(c, "web", "", 0) })
 	refused(t, c, 2, []string{"409 Conflict", `VM "web": already stopped`}, "vm", "stop", "web")
 	if code, msg := do(t, "POST", base+"/v1/vms/web/start", c.Token, `{"host":"n9"}`); code != http.StatusBadRequest || !strings.Contains(msg, `host "n9" is not a host of the cluster`) {
 		t.Errorf("start on an unknown host: %d %q", code, msg)
