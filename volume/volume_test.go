@@ -124,3 +124,21 @@ func TestSplitExport(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSplitExport checks that any export name a client sends either
+// splits into a name and a positive epoch that join back to it, or is
+// refused; never a panic.
+func FuzzSplitExport(f *testing.F) {
+	for _, s := range []string{"vm1", "vm1@42", "vm1@", "@7", "a@b@c", "vm1@0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name, epoch, err := SplitExport(s)
+		if err != nil {
+			return
+		}
+		if WriterExport(name, epoch) != s {
+			t.Fatalf("SplitExport(%q) = %q, %d, which joins to %q", s, name, epoch, WriterExport(name, epoch))
+		}
+	})
+}
