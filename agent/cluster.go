@@ -465,7 +465,11 @@ func (a *clusterAgent) reconcile() {
 	st := a.ctl.State()
 	me := a.cfg.Name
 	a.reconcileProxies(st)
-	a.vms.Reconcile(st)
+	// VMs follow a current catalog only: a restarted agent must not stop
+	// (or start) VMs on its stale copy.
+	if a.ctl.CaughtUp() {
+		a.vms.Reconcile(st)
+	}
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]

@@ -13,7 +13,6 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
-	"github.com/tandem-project/tandem/vmcoord/pidfile"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/vmcoord/vmhost"
 )
@@ -22,14 +21,10 @@ import (
 // serial log, QEMU's log and pid), under its data directory.
 const vmDir = "vms"
 
-// startVMs kills the QEMU processes a previous run of this agent left and
-// starts the VM runtime (docs/migration.md says why it does not adopt
-// them yet).
+// startVMs starts the VM runtime. QEMUs a previous run of this agent left
+// are adopted or killed once the catalog is current (see reconcile).
 func (a *clusterAgent) startVMs() error {
 	dir := filepath.Join(a.cfg.DataDir, vmDir)
-	if err := pidfile.KillLeftovers(dir, a.log); err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
 	migHost, _, err := net.SplitHostPort(a.host.RaftAddr())
 	if err != nil {
 		return fmt.Errorf("agent: the raft address %q: %w", a.host.RaftAddr(), err)

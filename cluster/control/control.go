@@ -210,6 +210,20 @@ func (c *Control) Leader() (string, bool) {
 	return string(id), id != ""
 }
 
+// CaughtUp reports whether this agent's catalog is current as far as it
+// can tell: it knows a leader, has heard from it since it started (or
+// leads), and has applied every entry it knows committed. A restarted
+// agent's catalog is behind until then.
+func (c *Control) CaughtUp() bool {
+	if _, id := c.raft.LeaderWithID(); id == "" {
+		return false
+	}
+	if c.raft.State() != raft.Leader && c.raft.LastContact().IsZero() {
+		return false
+	}
+	return c.raft.AppliedIndex() >= c.raft.CommitIndex()
+}
+
 // IsLeader reports whether this agent leads the control group.
 func (c *Control) IsLeader() bool { return c.raft.State() == raft.Leader }
 

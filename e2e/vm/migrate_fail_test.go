@@ -3,6 +3,8 @@ package vm
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -10,6 +12,15 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
 )
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // migrationEnd waits until the VM has no migration under way and returns
 // it.
@@ -53,6 +64,7 @@ func (g *guestVM) copying(t *testing.T, to int) {
 // checks that each ends with exactly one QEMU running the VM, on the host
 // the catalog names, writing its disk under that host's epoch, and at the
 // end that no write the guest completed was lost:
+//   - the agent of the VM's host restarted: it adopts the running QEMU;
 //   - cancelled before the switchover: the VM stays on the source;
 //   - the destination's QEMU killed while copying: the same;
 //   - the source's agent killed after the switchover: the VM runs on the
@@ -65,6 +77,32 @@ func TestMigrationFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	t.Run("agent restarted: the VM runs on", func(t *testing.T) {
+		lv, err := localVMs(g.c, 0)
+		if err != nil || len(lv) != 1 || lv[0].PID == 0 {
+			t.Fatalf("n1's VMs: %+v, %v", lv, err)
+		}
+		pid := lv[0].PID
+		before, _ := serialSeq(g.serial[0])
+		g.c.Kill(0)
+		g.c.Start(0)
+		testbin.WaitFor(t, 30*time.Second, "the restarted agent reporting the same QEMU", func() error {
+			lv, err := localVMs(g.c, 0)
+			if err != nil {
+				return err
+			}
+			if len(lv) != 1 || lv[0].PID != pid || lv[0].State != "running" {
+				return fmt.Errorf("n1's VMs: %+v, want pid %d running", lv, pid)
+			}
+			return nil
+		})
+		// The guest did not reboot (one START in its log) and writes on.
+		g.writesOn(t, 0, before)
+		if n := strings.Count(readFile(t, g.serial[0]), "TANDEM-GUEST START"); n != 1 {
+			t.Fatalf("the guest started %d times", n)
+		}
+	})
 
 	t.Run("cancel", func(t *testing.T) {
 		g.copying(t, 1)

@@ -31,8 +31,7 @@ func Write(dir string, pid int) error {
 
 // KillLeftovers kills the QEMU processes whose pid files are in the run
 // directories under dir (one per VM): processes a previous run of the
-// agent left. A pid is killed only while its command line still names
-// its run directory (pids are reused). It returns once they are gone.
+// agent left. It returns once they are gone.
 func KillLeftovers(dir string, log *slog.Logger) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -43,34 +42,45 @@ func KillLeftovers(dir string, log *slog.Logger) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue
+		if e.IsDir() {
+			errs = append(errs, Kill(filepath.Join(dir, e.Name()), log))
 		}
-		run := filepath.Join(dir, e.Name())
-		pidPath := filepath.Join(run, Name)
-		b, err := os.ReadFile(pidPath)
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 1 {
-			continue
-		}
-		if ours(pid, run) {
-			log.Warn("killing a QEMU left by a previous run of the agent", "vm", e.Name(), "pid", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			deadline := time.Now().Add(10 * time.Second)
-			for ours(pid, run) && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if ours(pid, run) {
-				errs = append(errs, fmt.Errorf("pidfile: QEMU %d of %s survived SIGKILL", pid, run))
-				continue
-			}
-		}
-		_ = os.Remove(pidPath)
 	}
 	return errors.Join(errs...)
+}
+
+// Live returns the pid recorded in run directory run if that process is
+// alive and its command line still names run (pids are reused), else 0.
+func Live(run string) int {
+	b, err := os.ReadFile(filepath.Join(run, Name))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 || !ours(pid, run) {
+		return 0
+	}
+	return pid
+}
+
+// Kill kills the QEMU of run directory run, if it is alive, waits until
+// it is gone and removes the pid file.
+func Kill(run string, log *slog.Logger) error {
+	if pid := Live(run); pid != 0 {
+		log.Warn("killing a QEMU left by a previous run of the agent", "vm", filepath.Base(run), "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		deadline := time.Now().Add(10 * time.Second)
+		for ours(pid, run) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if ours(pid, run) {
+			return fmt.Errorf("pidfile: QEMU %d of %s survived SIGKILL", pid, run)
+		}
+	}
+	if err := os.Remove(filepath.Join(run, Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pidfile: %w", err)
+	}
+	return nil
 }
 
 // ours reports whether process pid is alive (not a zombie) and its

@@ -94,7 +94,8 @@ type Process struct {
 	dir  string
 	opts Options
 	log  *slog.Logger
-	cmd  *exec.Cmd
+	cmd  *exec.Cmd // nil for an attached process (Attach)
+	pid  int
 	qmp  *qmp.Conn
 
 	done    chan struct{} // closed when QEMU has exited
@@ -156,7 +157,8 @@ func Start(ctx context.Context, spec Spec, dir string, opts Options) (*Process, 
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("qemu: starting %s: %w", opts.Binary, err)
 	}
-	p.log = opts.Logger.With("vm", spec.Name, "pid", p.cmd.Process.Pid)
+	p.pid = p.cmd.Process.Pid
+	p.log = opts.Logger.With("vm", spec.Name, "pid", p.pid)
 	p.log.Info("QEMU started", "dir", dir, "incoming", spec.Incoming)
 	go func() {
 		p.waitErr = p.cmd.Wait()
@@ -234,7 +236,7 @@ func (p *Process) QMP() *qmp.Conn { return p.qmp }
 func (p *Process) Spec() Spec { return p.spec }
 
 // PID returns QEMU's process id.
-func (p *Process) PID() int { return p.cmd.Process.Pid }
+func (p *Process) PID() int { return p.pid }
 
 // Dir returns the VM's run directory (absolute).
 func (p *Process) Dir() string { return p.dir }
@@ -355,7 +357,7 @@ func (p *Process) Kill() {
 	select {
 	case <-p.done:
 	default:
-		_ = p.cmd.Process.Kill()
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
 		<-p.done
 		p.log.Info("QEMU killed")
 	}

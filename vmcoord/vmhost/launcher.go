@@ -2,7 +2,12 @@ package vmhost
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tandem-project/tandem/cluster/catalog"
@@ -19,8 +24,25 @@ type QEMULauncher struct {
 	ExtraArgs []string
 }
 
-// Launch implements Launcher.
-func (l QEMULauncher) Launch(ctx context.Context, s Spec) (Process, error) {
+// log returns the launcher's logger.
+func (l QEMULauncher) log() *slog.Logger {
+	if l.Options.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l.Options.Logger
+}
+
+// runFile records, in a VM's run directory, the run its QEMU belongs to.
+const runFile = "run.json"
+
+// runRecord is the content of runFile.
+type runRecord struct {
+	Epoch    uint64 `json:"epoch"`
+	Incoming bool   `json:"incoming,omitempty"`
+}
+
+// qemuSpec returns the package qemu spec of s.
+func (l QEMULauncher) qemuSpec(s Spec) qemu.Spec {
 	qs := qemu.Spec{Name: s.Name, VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB, Incoming: s.Incoming,
 		ReconnectDelay: l.ReconnectDelay, ExtraArgs: l.ExtraArgs}
 	for _, d := range s.Disks {
@@ -29,13 +51,50 @@ func (l QEMULauncher) Launch(ctx context.Context, s Spec) (Process, error) {
 	if s.Boot.Kind == catalog.BootKernel {
 		qs.Kernel, qs.Initrd, qs.Cmdline = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
 	}
-	p, err := qemu.Start(ctx, qs, s.Dir, l.Options)
+	return qs
+}
+
+// Launch implements Launcher.
+func (l QEMULauncher) Launch(ctx context.Context, s Spec) (Process, error) {
+	if err := pidfile.Kill(s.Dir, l.log()); err != nil { // never two QEMUs on one directory
+		return nil, fmt.Errorf("vmhost: %w", err)
+	}
+	p, err := qemu.Start(ctx, l.qemuSpec(s), s.Dir, l.Options)
 	if err != nil {
 		return nil, err
 	}
-	if err := pidfile.Write(s.Dir, p.PID()); err != nil {
+	rec, _ := json.Marshal(runRecord{Epoch: s.Epoch, Incoming: s.Incoming})
+	err = pidfile.Write(s.Dir, p.PID())
+	if err == nil {
+		err = os.WriteFile(filepath.Join(s.Dir, runFile), rec, 0o600)
+	}
+	if err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("vmhost: %w", err)
+	}
+	return p, nil
+}
+
+// Adopt implements Launcher.
+func (l QEMULauncher) Adopt(ctx context.Context, s Spec) (Process, error) {
+	pid := pidfile.Live(s.Dir)
+	if pid == 0 {
+		return nil, nil
+	}
+	var rec runRecord
+	b, err := os.ReadFile(filepath.Join(s.Dir, runFile))
+	if err == nil {
+		err = json.Unmarshal(b, &rec)
+	}
+	if err != nil || rec.Epoch != s.Epoch || rec.Incoming || s.Incoming {
+		// Another run (or a migration destination, whose migration is
+		// lost with the agent that drove it): it must not go on.
+		return nil, pidfile.Kill(s.Dir, l.log())
+	}
+	p, err := qemu.Attach(ctx, l.qemuSpec(s), s.Dir, pid, l.Options)
+	if err != nil {
+		// Not adoptable (its QMP does not answer): replace it.
+		return nil, errors.Join(err, pidfile.Kill(s.Dir, l.log()))
 	}
 	return p, nil
 }

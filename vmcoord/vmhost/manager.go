@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -68,6 +70,10 @@ type Process interface {
 // Launcher starts QEMU processes.
 type Launcher interface {
 	Launch(ctx context.Context, spec Spec) (Process, error)
+	// Adopt returns the QEMU a previous run of the agent left running
+	// for spec (same VM, same epoch, not a migration destination), or
+	// nil if there is none; it kills one that does not match.
+	Adopt(ctx context.Context, spec Spec) (Process, error)
 }
 
 // Config configures a Manager.
@@ -106,6 +112,9 @@ type Manager struct {
 	wg   sync.WaitGroup
 	stop chan struct{}
 	done bool
+	// swept is set once the run directories of VMs not placed here were
+	// cleared of QEMUs a previous agent run left.
+	swept bool
 }
 
 // New returns a Manager; it does nothing before the first Reconcile.
@@ -188,6 +197,27 @@ func (m *Manager) Reconcile(st *catalog.State) {
 	for name := range m.runs {
 		if !seen[name] {
 			m.set(name, want{})
+		}
+	}
+	if !m.swept {
+		m.swept = true
+		m.sweep(seen)
+	}
+}
+
+// sweep kills the QEMUs a previous run of the agent left for VMs this
+// host does not run (the others are adopted when their run starts).
+// Reconcile calls it once, with a current catalog.
+func (m *Manager) sweep(keep map[string]bool) {
+	entries, err := os.ReadDir(m.cfg.Dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() && !keep[e.Name()] {
+			if err := pidfile.Kill(filepath.Join(m.cfg.Dir, e.Name()), m.cfg.Log); err != nil {
+				m.cfg.Log.Error("killing a left-over QEMU", "err", err)
+			}
 		}
 	}
 }
@@ -373,7 +403,19 @@ func (m *Manager) supervise(r *run) {
 func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := m.cfg.Launcher.Launch(ctx, w.spec)
+	// A QEMU a previous run of the agent left for this run carries on.
+	p, err := m.cfg.Launcher.Adopt(ctx, w.spec)
+	if err != nil {
+		log.Warn("adopting a running QEMU", "err", err)
+	}
+	if p != nil {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.proc, r.epoch, r.started, r.err, r.state = p, w.spec.Epoch, time.Now(), "", "adopted"
+		log.Info("VM adopted: its QEMU ran on while the agent restarted", "epoch", w.spec.Epoch, "pid", p.PID())
+		return nil
+	}
+	p, err = m.cfg.Launcher.Launch(ctx, w.spec)
 	if err == nil && w.role == roleDest {
 		var uri string
 		if uri, err = p.MigrateIncoming(ctx, "tcp:"+m.cfg.MigrationHost+":0"); err == nil {
@@ -584,8 +626,8 @@ func (m *Manager) Local() []admin.LocalVM {
 }
 
 // Close stops supervising; QEMU processes keep running (an agent restart
-// must not stop its VMs). The next agent run kills them (pidfile.KillLeftovers)
-// before it starts its VMs again.
+// must not stop its VMs): the next agent run adopts those the catalog
+// still places here under the same epoch and kills the others.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	if m.done {

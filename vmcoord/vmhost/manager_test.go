@@ -75,6 +75,8 @@ func (l *fakeLauncher) launched() []*fakeProc {
 	return append([]*fakeProc(nil), l.procs...)
 }
 
+func (l *fakeLauncher) Adopt(context.Context, Spec) (Process, error) { return nil, nil }
+
 // live returns the specs of the processes not exited.
 func (l *fakeLauncher) live() []Spec {
 	l.mu.Lock()

@@ -1,0 +1,54 @@
+package qemu
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/internal/testguest"
+)
+
+// TestAttach lets go of a running guest as a crashed supervisor would (its
+// QMP connection closed, QEMU left running), attaches to it again, and
+// checks that the guest ran on without a reboot, that the attached
+// Process answers and stops it, and notices its exit.
+func TestAttach(t *testing.T) {
+	c := testguest.Config{RunID: 0x51A70007, Base: 8, Ring: 100, ReportEvery: 10, CounterPages: 4}
+	_, disk := tandemDisk(t, c)
+	spec := guestSpec("attach", disk)
+	p := start(t, spec, Options{})
+	before := waitLog(t, 20*time.Second, func(l testguest.Log) bool { return l.LastSeq >= 20 }, p)
+
+	// The old supervisor goes away; QEMU stays.
+	p.stopSupervisor()
+	<-p.supervisorDone
+	p.qmp.Close()
+
+	_, log := newTestLog(t)
+	a, err := Attach(testCtx(t, 20*time.Second), spec, p.Dir(), p.PID(), Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, a, StateRunning)
+	l := waitLog(t, 20*time.Second, func(l testguest.Log) bool { return l.LastSeq > before.LastSeq+20 }, a)
+	if l.Boots != 1 {
+		t.Fatalf("the guest booted %d times", l.Boots)
+	}
+	if _, err := Attach(testCtx(t, time.Second), spec, p.Dir(), p.PID(), Options{}); err == nil {
+		t.Fatal("a second Attach succeeded while the first holds QMP")
+	}
+	if err := a.Stop(testCtx(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the attached process's exit went unnoticed")
+	}
+	if _, err := a.Status(testCtx(t, time.Second)); !errors.Is(err, ErrExited) {
+		t.Fatalf("Status after exit: %v, want ErrExited", err)
+	}
+	if _, err := Attach(testCtx(t, time.Second), spec, p.Dir(), p.PID(), Options{}); err == nil {
+		t.Fatal("attached to an exited process")
+	}
+}
