@@ -277,7 +277,8 @@ func (m *Manager) supervise(r *run) {
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
 	var (
-		retryAt time.Time
+		retryAt  time.Time
+		failures int // consecutive failed or short runs
 		// The migration this run handles (by destination epoch), and how
 		// to stop its goroutine.
 		migEpoch  uint64
@@ -342,7 +343,8 @@ func (m *Manager) supervise(r *run) {
 			m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, "the source's QEMU exited during the migration", nil)
 		case p == nil && time.Now().After(retryAt):
 			if err := m.launch(log, r, w); err != nil {
-				retryAt = time.Now().Add(m.cfg.RestartDelay)
+				failures++
+				retryAt = time.Now().Add(m.backoff(failures))
 				if w.role == roleDest {
 					m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, err.Error(), nil)
 				}
@@ -376,9 +378,17 @@ func (m *Manager) supervise(r *run) {
 		case <-exited:
 			r.mu.Lock()
 			r.err = fmt.Sprintf("QEMU exited: %v", p.Err())
+			ran := time.Since(r.started)
 			r.proc, r.state, r.progress = nil, admin.VMAbsent, nil
 			r.mu.Unlock()
-			retryAt = time.Now().Add(m.cfg.RestartDelay)
+			// A QEMU that dies soon after it started, again and again, is
+			// started again less and less often.
+			if ran < crashLoop {
+				failures++
+			} else {
+				failures = 1
+			}
+			retryAt = time.Now().Add(m.backoff(failures))
 			log.Warn("QEMU exited", "epoch", r.epoch, "err", p.Err())
 			if w.role == roleDest && w.mig.Phase == catalog.MigrationPreparing {
 				m.commitEnd(log, r.name, w.mig, catalog.ResultFailed, "the destination's QEMU exited before it was ready", nil)
@@ -396,6 +406,20 @@ func (m *Manager) supervise(r *run) {
 			}
 		}
 	}
+}
+
+// crashLoop is how long a QEMU must run for its exit not to count as one
+// more failure in a row.
+const crashLoop = 30 * time.Second
+
+// backoff returns the pause before the next start after n failures in a
+// row: RestartDelay, doubling, at most a minute.
+func (m *Manager) backoff(n int) time.Duration {
+	d := m.cfg.RestartDelay
+	for i := 1; i < n && d < time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, time.Minute)
 }
 
 // launch starts QEMU for w. A destination is started paused, listening

@@ -204,3 +204,12 @@ func TestManagerReportsLaunchFailures(t *testing.T) {
 	l.mu.Unlock()
 	waitUntil(t, "started once QEMU can start", liveIs(l, "vm1:3"))
 }
+
+func TestBackoff(t *testing.T) {
+	m := New(Config{RestartDelay: 2 * time.Second})
+	for n, want := range map[int]time.Duration{1: 2 * time.Second, 2: 4 * time.Second, 3: 8 * time.Second, 6: time.Minute, 100: time.Minute} {
+		if got := m.backoff(n); got != want {
+			t.Errorf("backoff(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
