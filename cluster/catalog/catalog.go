@@ -66,6 +66,10 @@ type Volume struct {
 	// (start_vm, stop_vm): it orders Writer changes, including those back
 	// to 0. 0 if Writer was never set.
 	WriterGen uint64 `json:"writer_gen,omitempty"`
+	// Move is the replica move under way, LastMove how the last one ended
+	// (move.go).
+	Move     *Move       `json:"move,omitempty"`
+	LastMove *MoveResult `json:"last_move,omitempty"`
 }
 
 // State is the whole catalog.
@@ -168,6 +172,8 @@ type Command struct {
 	Result *MigrationResult `json:"result,omitempty"`
 	// Bandwidth limits a migration (migrate_vm), in bytes per second.
 	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// Move carries the replica move commands' fields (move.go).
+	Move *MoveCommand `json:"move,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -263,6 +269,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return s.applyVM(index, c)
 	case CmdMigrateVM, CmdMigrationReady, CmdSwitchVM, CmdEndMigration:
 		return s.applyMigration(index, c)
+	case CmdMoveReplica, CmdMovePhase, CmdEndMove:
+		return s.applyMove(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }

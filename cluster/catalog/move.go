@@ -1,0 +1,230 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Replica moves (docs/mirror.md): one replica of a volume goes from one
+// host to another through the volume's raft group. The catalog records
+// the move and its phase; the volume's Replicas change only when the move
+// completes, in the same command.
+
+// Move phases.
+const (
+	// MoveCopying: the destination joins the volume's group as a
+	// non-voter and catches up (volume stream, then the log).
+	MoveCopying = "copying"
+	// MovePromoted: the destination is a voter; its content is being
+	// compared with the leader's.
+	MovePromoted = "promoted"
+	// MoveRemoving: the check passed; the source leaves the group. From
+	// here the move can only complete.
+	MoveRemoving = "removing"
+)
+
+// Move results.
+const (
+	MoveCompleted = "completed"
+	MoveCancelled = "cancelled"
+	MoveFailed    = "failed"
+)
+
+// Move commands.
+const (
+	// CmdMoveReplica starts a move of volume Name's replica (Move.From to
+	// Move.To).
+	CmdMoveReplica = "move_replica"
+	// CmdMovePhase advances a move's phase (Move.ID, Move.Phase, and the
+	// integrity check's result with MoveRemoving).
+	CmdMovePhase = "move_phase"
+	// CmdEndMove ends a move: completed (Replicas change), cancelled or
+	// failed (nothing changes).
+	CmdEndMove = "end_move"
+)
+
+// ErrNoMove: the command names a move that is not the volume's current
+// one (it ended, or another began).
+var ErrNoMove = errors.New("no such move")
+
+// Move is a replica move in progress.
+type Move struct {
+	// ID is the catalog index of the move_replica command.
+	ID   uint64 `json:"id"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Phase is copying, promoted or removing.
+	Phase string `json:"phase"`
+	// MaxRate limits the volume copy, in bytes per second (0: none).
+	MaxRate int64     `json:"max_rate,omitempty"`
+	Started time.Time `json:"started"`
+	// Check is the integrity check's result, once it ran.
+	Check *MoveCheck `json:"check,omitempty"`
+}
+
+// MoveCheck is the result of comparing the new replica with the leader's
+// range by range (docs/mirror.md, "Integrity check").
+type MoveCheck struct {
+	// Index is the barrier index both replicas had applied.
+	Index uint64 `json:"index"`
+	// Ranges is the number of ranges of RangeBytes; Compared those whose
+	// two checksums describe a common log index, Mismatched those of them
+	// that differ.
+	Ranges     int64 `json:"ranges"`
+	RangeBytes int64 `json:"range_bytes"`
+	Compared   int64 `json:"compared"`
+	Mismatched int64 `json:"mismatched"`
+	// OK: every range compared, none differs.
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// MoveResult is how a volume's last move ended.
+type MoveResult struct {
+	ID     uint64 `json:"id"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+	// Check is the integrity check's result (completed moves).
+	Check *MoveCheck `json:"check,omitempty"`
+	// Bytes is the volume data the destination received by stream, Copy
+	// how long that took.
+	Bytes    int64         `json:"bytes,omitempty"`
+	Copy     time.Duration `json:"copy_ns,omitempty"`
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+}
+
+// MoveCommand carries the fields of the move commands (Command.Move).
+type MoveCommand struct {
+	// ID names the move (move_phase, end_move).
+	ID      uint64 `json:"id,omitempty"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to,omitempty"`
+	MaxRate int64  `json:"max_rate,omitempty"`
+	Phase   string `json:"phase,omitempty"`
+	// Check is the integrity check's result (move_phase to removing).
+	Check *MoveCheck `json:"check,omitempty"`
+	// Leader is the volume's new preferred leader when the source was it
+	// (end_move completed; "" for the destination).
+	Leader string `json:"leader,omitempty"`
+	// Result is how the move ended (end_move).
+	Result *MoveResult `json:"result,omitempty"`
+}
+
+// CheckMove reports why volume name's replica on from cannot move to to
+// now.
+func (s *State) CheckMove(name, from, to string) error {
+	v, ok := s.Volumes[name]
+	if !ok {
+		return fmt.Errorf("catalog: volume %q: %w", name, ErrNotFound)
+	}
+	if v.Move != nil {
+		return fmt.Errorf("catalog: volume %q: %w: moving its replica from %s to %s already (cancel it first)", name, ErrExists, v.Move.From, v.Move.To)
+	}
+	if from == "" || to == "" {
+		return fmt.Errorf("catalog: volume %q: %w: a move needs a source and a destination host", name, ErrInvalid)
+	}
+	if !slices.Contains(v.Replicas, from) {
+		return fmt.Errorf("catalog: volume %q: %w: host %s holds no replica of it (replicas: %v)", name, ErrInvalid, from, v.Replicas)
+	}
+	h, ok := s.Hosts[to]
+	if !ok {
+		return fmt.Errorf("catalog: volume %q: host %q: %w", name, to, ErrNotFound)
+	}
+	if slices.Contains(v.Replicas, to) {
+		return fmt.Errorf("catalog: volume %q: %w: host %s holds a replica already", name, ErrInvalid, to)
+	}
+	if h.State != "alive" {
+		return fmt.Errorf("catalog: volume %q: %w: host %s is %s, not alive", name, ErrInvalid, to, h.State)
+	}
+	return nil
+}
+
+// applyMove applies the move commands.
+func (s *State) applyMove(index uint64, c Command) error {
+	mc := c.Move
+	if mc == nil {
+		return fmt.Errorf("catalog: %w: %s without a move", ErrInvalid, c.Kind)
+	}
+	if c.Kind == CmdMoveReplica {
+		if err := s.CheckMove(c.Name, mc.From, mc.To); err != nil {
+			return err
+		}
+		if mc.MaxRate < 0 {
+			return fmt.Errorf("catalog: volume %q: %w: negative copy rate", c.Name, ErrInvalid)
+		}
+		v := s.Volumes[c.Name]
+		v.Move = &Move{ID: index, From: mc.From, To: mc.To, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At}
+		v.Changed = index
+		return nil
+	}
+	v, ok := s.Volumes[c.Name]
+	if !ok {
+		return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
+	}
+	if v.Move == nil || v.Move.ID != mc.ID {
+		return fmt.Errorf("catalog: volume %q: move %d: %w", c.Name, mc.ID, ErrNoMove)
+	}
+	// Moves are replaced, never changed in place: clones of the state
+	// share them.
+	m := *v.Move
+	switch c.Kind {
+	case CmdMovePhase:
+		order := []string{MoveCopying, MovePromoted, MoveRemoving}
+		cur, next := slices.Index(order, m.Phase), slices.Index(order, mc.Phase)
+		switch {
+		case next < 0:
+			return fmt.Errorf("catalog: volume %q: %w: unknown move phase %q", c.Name, ErrInvalid, mc.Phase)
+		case next == cur:
+			return nil // a step recorded again (its driver restarted)
+		case next != cur+1:
+			return fmt.Errorf("catalog: volume %q: %w: move phase %s after %s", c.Name, ErrInvalid, mc.Phase, m.Phase)
+		case next == 2 && (mc.Check == nil || !mc.Check.OK):
+			return fmt.Errorf("catalog: volume %q: %w: the source leaves only after a passed integrity check", c.Name, ErrInvalid)
+		}
+		m.Phase = mc.Phase
+		if mc.Check != nil {
+			ck := *mc.Check
+			m.Check = &ck
+		}
+		v.Move = &m
+	case CmdEndMove:
+		r := mc.Result
+		if r == nil {
+			return fmt.Errorf("catalog: volume %q: %w: end of move without a result", c.Name, ErrInvalid)
+		}
+		switch {
+		case r.Result == MoveCompleted && m.Phase != MoveRemoving:
+			return fmt.Errorf("catalog: volume %q: %w: completed in phase %s", c.Name, ErrInvalid, m.Phase)
+		case (r.Result == MoveCancelled || r.Result == MoveFailed) && m.Phase == MoveRemoving:
+			return fmt.Errorf("catalog: volume %q: %w: too late to stop the move, %s is leaving the volume's group", c.Name, ErrInvalid, m.From)
+		case r.Result != MoveCompleted && r.Result != MoveCancelled && r.Result != MoveFailed:
+			return fmt.Errorf("catalog: volume %q: %w: unknown move result %q", c.Name, ErrInvalid, r.Result)
+		}
+		if r.Result == MoveCompleted {
+			reps := slices.Clone(v.Replicas)
+			reps[slices.Index(reps, m.From)] = m.To
+			v.Replicas = reps
+			if v.PreferredLeader == m.From {
+				v.PreferredLeader = m.To
+				if mc.Leader != "" && slices.Contains(reps, mc.Leader) {
+					v.PreferredLeader = mc.Leader
+				}
+			}
+		}
+		res := *r
+		res.ID, res.From, res.To, res.Started, res.Finished = m.ID, m.From, m.To, m.Started, c.At
+		if res.Check == nil {
+			res.Check = m.Check
+		}
+		v.Move, v.LastMove = nil, &res
+	default:
+		return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
+	}
+	v.Changed = index
+	return nil
+}
