@@ -174,4 +174,12 @@ type VolumeSpec struct {
 	// the cluster catalog); Replicas and the host's configured Peers are
 	// then not consulted.
 	Peers []Peer
+	// Join opens a replica that joins the volume's existing raft group (a
+	// replica move): it never bootstraps a configuration and waits for the
+	// leader to add it (Volume.AddNonvoter). Peers then lists the group's
+	// current replicas and this host.
+	Join bool
+	// CopyRate limits, in bytes per second, the volume copy a joining
+	// replica pulls from another replica (0: no limit).
+	CopyRate int64
 }

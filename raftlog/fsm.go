@@ -62,6 +62,10 @@ type fsm struct {
 	// range, so that a read never sees half of a write.
 	stripes [numStripes]sync.RWMutex
 
+	// versions records, per checksum range, the last entry that changed
+	// it (membership.go: integrity checks after a replica move).
+	versions rangeVersions
+
 	// writer is the epoch whose writes the volume accepts (0: any), set
 	// by the fence of generation writerGen. Only the FSM goroutine
 	// changes them (docs/fencing.md).
@@ -211,6 +215,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 		case opWrite:
 			unlock := f.lockRange(o.off, o.n, true)
 			defer unlock()
+			f.versions.touch(o.off, o.n, l.Index)
 			return f.file.WriteAt(ctx, o.data, o.off, 0)
 		case opZero:
 			flags := volume.NoHole
@@ -219,9 +224,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 			}
 			unlock := f.lockRange(o.off, o.n, true)
 			defer unlock()
+			f.versions.touch(o.off, o.n, l.Index)
 			return f.file.Zero(ctx, o.off, o.n, flags)
 		case opGrow:
-			if o.off > f.file.Size() {
+			if old := f.file.Size(); o.off > old {
+				f.versions.touch(old, o.off-old, l.Index)
 				return f.file.Grow(o.off)
 			}
 		case opFence:
@@ -331,6 +338,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.failed.Store(nil)
 	f.loadSeen(seen)
 	f.loadFence(s)
+	f.versions.reset(s.Index)
 	f.setApplied(s.Index)
 	return nil
 }

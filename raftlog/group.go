@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,11 @@ type Group struct {
 	// preferred is the host that should lead the volume ("" for any): the
 	// spec's, then what SetPreferredLeader sets.
 	preferred atomic.Pointer[string]
+	// peerList holds the hosts of the group's members as far as they are
+	// known (see peers and SetPeers in membership.go).
+	peerList atomic.Pointer[[]Peer]
+	// copying reports the progress of a volume pull (membership.go).
+	copying copyMeter
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -104,6 +110,8 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
 	g.preferred.Store(&spec.PreferredLeader)
+	g.setPeers(gc.Peers)
+	g.copying.rate = spec.CopyRate
 	g.fsm = newFSM(g.file, g.log)
 	g.fsm.restore = g.restore
 	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
@@ -120,6 +128,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	if list, err := snaps.List(); err == nil && len(list) > 0 {
 		if info, seen, err := readSnapshotInfo(snaps, list[0].ID); err == nil {
 			g.fsm.applied.Store(info.Index)
+			g.fsm.versions.reset(info.Index)
 			g.fsm.loadSeen(seen)
 			g.fsm.loadFence(info)
 		} else {
@@ -175,7 +184,10 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
 	g.started.Store(g.raft)
-	if !exists {
+	// A replica that joins an existing group (a replica move) waits for
+	// the leader to add it: it must not bootstrap a configuration of its
+	// own.
+	if !exists && !spec.Join {
 		var conf raft.Configuration
 		for _, p := range gc.Peers {
 			addr := raft.ServerAddress(p.Raft)
@@ -351,7 +363,7 @@ func (g *Group) verify() {
 // transferTo hands leadership to the preferred host once it is caught up.
 func (g *Group) transferTo(id string) {
 	var addr raft.ServerAddress
-	for _, p := range g.cfg.Peers {
+	for _, p := range g.peers() {
 		if p.ID == id {
 			addr = raft.ServerAddress(p.Raft)
 		}
@@ -386,7 +398,7 @@ func (g *Group) isLeader() bool {
 // leader returns the current leader's peer entry, if known.
 func (g *Group) leader() (Peer, bool) {
 	_, id := g.raft.LeaderWithID()
-	for _, p := range g.cfg.Peers {
+	for _, p := range g.peers() {
 		if raft.ServerID(p.ID) == id {
 			return p, true
 		}
@@ -432,25 +444,27 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 		var sources []Peer
 		if r := g.started.Load(); r != nil {
 			_, id := r.LeaderWithID()
-			for _, p := range g.cfg.Peers {
+			for _, p := range g.peers() {
 				if raft.ServerID(p.ID) == id && p.ID != g.cfg.Local {
 					sources = append(sources, p)
 				}
 			}
 		}
-		for _, p := range g.cfg.Peers {
-			if p.ID != g.cfg.Local {
+		for _, p := range g.peers() {
+			if p.ID != g.cfg.Local && !slices.ContainsFunc(sources, func(q Peer) bool { return q.ID == p.ID }) {
 				sources = append(sources, p)
 			}
 		}
 		for _, src := range sources {
 			start := time.Now()
-			n, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, func(done int64) {
+			g.copying.begin(st.Done, g.file.Size())
+			n, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
 				st.Done = done
 				if err := g.h.meta.PutJSON(key, st); err != nil {
 					g.log.Warn("recording copy progress", "err", err)
 				}
 			})
+			g.copying.end(err == nil)
 			if err == nil {
 				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
 				return nil

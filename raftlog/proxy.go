@@ -117,7 +117,7 @@ func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error 
 		}
 		// A full round of the replicas without an answer: wait a little
 		// (an election is under way).
-		if (attempt+1)%len(p.peers) == 0 {
+		if (attempt+1)%p.numPeers() == 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()

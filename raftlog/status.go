@@ -34,6 +34,9 @@ type VolumeStatus struct {
 	WriterGen   uint64 `json:"writer_gen"`
 	// Error is the replica's failure, if any.
 	Error string `json:"error,omitempty"`
+	// Copy is the progress of the replica's last volume copy by stream
+	// (catch-up, a replica move), if it made one since it opened.
+	Copy *CopyStatus `json:"copy,omitempty"`
 }
 
 // Status returns the status of this host's replica of the volume.
@@ -51,7 +54,7 @@ func (v *Volume) Status() VolumeStatus {
 		AppliedIndex: g.raft.AppliedIndex(),
 	}
 	s.WriterEpoch, s.WriterGen = v.Fenced()
-	for _, p := range g.cfg.Peers {
+	for _, p := range g.peers() {
 		s.Replicas = append(s.Replicas, p.ID)
 	}
 	if p, ok := g.leader(); ok {
@@ -64,6 +67,9 @@ func (v *Volume) Status() VolumeStatus {
 	}
 	if err := g.fsm.err(); err != nil {
 		s.State, s.Error = "Failed", err.Error()
+	}
+	if cp := v.Copy(); !cp.Started.IsZero() {
+		s.Copy = &cp
 	}
 	return s
 }

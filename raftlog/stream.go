@@ -136,7 +136,9 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 // address) into file, starting at byte from, as of at least minIndex.
 // progress is called now and then with the offset up to which the copy is
 // complete. It returns the number of bytes transferred.
-func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, progress func(int64)) (int64, error) {
+//
+// meter (nil for none) counts the bytes as they arrive and limits their rate.
+func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (int64, error) {
 	c, err := mux.Dial(addr, mux.KindStream, name, 10*time.Second)
 	if err != nil {
 		return 0, err
@@ -189,10 +191,14 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 				return moved, err
 			}
 			moved += n
+			if err := meter.add(ctx, n, off+n); err != nil {
+				return moved, err
+			}
 		case recZero:
 			if err := file.Zero(ctx, off, n, 0); err != nil {
 				return moved, err
 			}
+			_ = meter.add(ctx, 0, off+n)
 		case recEnd:
 			if err := file.Flush(ctx); err != nil {
 				return moved, err

@@ -103,7 +103,7 @@ func (v *Volume) Fence(ctx context.Context, gen, epoch uint64) error {
 // for none) the host the volume's leadership goes to when its leader
 // notices (within a few seconds); a VM's disks follow the VM this way.
 func (v *Volume) SetPreferredLeader(id string) error {
-	if id != "" && !slices.ContainsFunc(v.g.cfg.Peers, func(p Peer) bool { return p.ID == id }) {
+	if id != "" && !slices.ContainsFunc(v.g.peers(), func(p Peer) bool { return p.ID == id }) {
 		return fmt.Errorf("raftlog: volume %s: preferred leader %q holds no replica", v.g.spec.Name, id)
 	}
 	if *v.g.preferred.Load() != id {
