@@ -105,6 +105,10 @@ type Volume struct {
 	// index of the command that last set it (0: never set).
 	WriterEpoch uint64 `json:"writer_epoch"`
 	WriterGen   uint64 `json:"writer_gen"`
+	// Move is the replica move under way, if any; LastMove how the last
+	// one ended (move.go).
+	Move     *VolumeMove `json:"move,omitempty"`
+	LastMove *MoveResult `json:"last_move,omitempty"`
 }
 
 // Replica is one replica's status, as its host reports it.

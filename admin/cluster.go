@@ -171,6 +171,7 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 		s.reply(w, http.StatusOK, map[string]string{"deleted": name}, err)
 	}))
 	s.routeVMs(mux)
+	s.routeMoves(mux)
 }
 
 // routeVMs adds the VM API to mux.

@@ -206,6 +206,8 @@ type clusterAgent struct {
 
 	// vms runs the VMs the catalog places on this host.
 	vms *vmhost.Manager
+	// mv is the replica moves' state (move.go).
+	mv moveState
 
 	// barrierTerm is the control term whose barrier this agent applied as
 	// leader (leaderLoop's goroutine only).
@@ -470,6 +472,7 @@ func (a *clusterAgent) reconcile() {
 	if a.ctl.CaughtUp() {
 		a.vms.Reconcile(st)
 	}
+	a.reconcileMoves(st)
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
@@ -845,6 +848,7 @@ func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map
 	if h, ok := st.Hosts[uriHost]; ok && h.NBDAddr != "" {
 		v.URI = "nbd://" + h.NBDAddr + "/" + cv.Name
 	}
+	a.describeMove(&v, cv, local)
 	return v
 }
 

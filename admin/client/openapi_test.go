@@ -146,6 +146,8 @@ var contract = []struct {
 	{method: "POST", path: "/v1/vms/{name}/stop", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/migrate", secured: true, request: "MigrateVM", ok: "202", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/migrate/cancel", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/volumes/{name}/move", secured: true, request: "MoveVolume", ok: "202", body: "Volume", errors: []string{"400", "401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/volumes/{name}/move/cancel", secured: true, ok: "200", body: "Volume", errors: []string{"401", "404", "409", "503"}},
 	{method: "GET", path: "/healthz", ok: "200"},
 	{method: "GET", path: "/readyz", ok: "200"},
 	{method: "GET", path: "/metrics", ok: "200"},
@@ -289,6 +291,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		admin.CreateVolume{}, admin.ResizeVolume{},
 		admin.VM{}, admin.VMDisk{}, admin.Boot{}, admin.LocalVM{}, admin.CreateVM{}, admin.StartVM{},
 		admin.Migration{}, admin.MigrationResult{}, admin.MigrationProgress{}, admin.MigrateVM{},
+		admin.MoveVolume{}, admin.VolumeMove{}, admin.MoveCheck{}, admin.MoveResult{},
 	} {
 		typ := reflect.TypeOf(v)
 		s := schemas[typ.Name()]
