@@ -109,7 +109,8 @@ type MoveCommand struct {
 	// Check is the integrity check's result (move_phase to removing).
 	Check *MoveCheck `json:"check,omitempty"`
 	// Leader is the volume's new preferred leader when the source was it
-	// (end_move completed; "" for the destination).
+	// (move_phase to removing, end_move completed: a replica that stays;
+	// "" for the destination).
 	Leader string `json:"leader,omitempty"`
 	// Result is how the move ended (end_move).
 	Result *MoveResult `json:"result,omitempty"`
@@ -187,6 +188,11 @@ func (s *State) applyMove(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w: the source leaves only after a passed integrity check", c.Name, ErrInvalid)
 		}
 		m.Phase = mc.Phase
+		// The source stops being the preferred leader as it starts to
+		// leave, so that leadership does not come back to it.
+		if m.Phase == MoveRemoving && v.PreferredLeader == m.From && mc.Leader != m.From && slices.Contains(v.Replicas, mc.Leader) {
+			v.PreferredLeader = mc.Leader
+		}
 		if mc.Check != nil {
 			ck := *mc.Check
 			m.Check = &ck

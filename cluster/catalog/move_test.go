@@ -27,6 +27,7 @@ func TestMoveCommands(t *testing.T) {
 	phase := func(id uint64, p string, ck *MoveCheck) Command {
 		return Command{Kind: CmdMovePhase, Name: "v", Move: &MoveCommand{ID: id, Phase: p, Check: ck}}
 	}
+	withLeader := func(c Command, l string) Command { c.Move.Leader = l; return c }
 	end := func(id uint64, result, leader string) Command {
 		return Command{Kind: CmdEndMove, Name: "v", Move: &MoveCommand{ID: id, Leader: leader, Result: &MoveResult{Result: result}}}
 	}
@@ -38,13 +39,13 @@ func TestMoveCommands(t *testing.T) {
 			{cmd: move("n1", "n4"), replicas: "n1,n2,n3", leader: "n1", phase: MoveCopying},
 			{cmd: phase(first, MovePromoted, nil), replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted},
 			{cmd: phase(first, MovePromoted, nil), replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted}, // again: no-op
-			{cmd: phase(first, MoveRemoving, ok), replicas: "n1,n2,n3", leader: "n1", phase: MoveRemoving},
-			{cmd: end(first, MoveCompleted, "n2"), replicas: "n4,n2,n3", leader: "n2", result: MoveCompleted},
+			{cmd: withLeader(phase(first, MoveRemoving, ok), "n3"), replicas: "n1,n2,n3", leader: "n3", phase: MoveRemoving},
+			{cmd: end(first, MoveCompleted, "n2"), replicas: "n4,n2,n3", leader: "n3", result: MoveCompleted},
 		}},
 		{"completed, a follower moves", []step{
 			{cmd: move("n3", "n4"), replicas: "n1,n2,n3", leader: "n1", phase: MoveCopying},
 			{cmd: phase(first, MovePromoted, nil), replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted},
-			{cmd: phase(first, MoveRemoving, ok), replicas: "n1,n2,n3", leader: "n1", phase: MoveRemoving},
+			{cmd: withLeader(phase(first, MoveRemoving, ok), "n2"), replicas: "n1,n2,n3", leader: "n1", phase: MoveRemoving}, // n1 stays: not the source
 			{cmd: end(first, MoveCancelled, ""), want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1", phase: MoveRemoving},
 			{cmd: end(first, MoveCompleted, "n2"), replicas: "n1,n2,n4", leader: "n1", result: MoveCompleted},
 			{cmd: move("n4", "n3"), replicas: "n1,n2,n4", leader: "n1", phase: MoveCopying}, // and back
