@@ -774,7 +774,10 @@ func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[s
 	var wg sync.WaitGroup
 	for _, h := range st.Hosts {
 		if h.Name == a.cfg.Name {
-			out[h.Name] = a.Local()
+			local := a.Local()
+			mu.Lock() // goroutines of earlier hosts may be writing out
+			out[h.Name] = local
+			mu.Unlock()
 			continue
 		}
 		if h.AdminAddr == "" || h.State == string(membership.Failed) || h.State == string(membership.Left) {

@@ -26,7 +26,13 @@ func TestDevCluster(t *testing.T) {
 	// Replication addresses are part of each raft group's configuration:
 	// they must stay the same across restarts (the other ports may move).
 	raftPort := freePortOnAll(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
-	run := func() (uri, admin, token string, stop func()) {
+	// tandem dev picks free ports for its admin and gossip listeners and
+	// binds them a moment later: a port another test took meanwhile makes
+	// it exit at start, and it is started again.
+	var run func() (uri, admin, token string, stop func())
+	attempts := 0
+	run = func() (uri, admin, token string, stop func()) {
+		attempts++
 		cmd := exec.Command(testbin.Binary(t), "dev", "--data", data, "--size", "64M",
 			"--nbd-listen", "127.0.0.1:0", "--raft-port", strconv.Itoa(raftPort), "--admin-port", "0", "--gossip-port", "0")
 		cmd.Env = testbin.CleanEnv()
@@ -69,6 +75,11 @@ func TestDevCluster(t *testing.T) {
 			select {
 			case l, ok := <-lines:
 				if !ok {
+					cmd.Wait() // stderr is copied in full
+					if strings.Contains(logs.String(), "address already in use") && attempts < 3 {
+						t.Logf("tandem dev could not bind a port it picked; starting it again")
+						return run()
+					}
 					t.Fatalf("tandem dev stopped before it was ready:\n%s", logs.String())
 				}
 				if m := uriRE.FindStringSubmatch(l); m != nil && uri == "" {
@@ -89,6 +100,7 @@ func TestDevCluster(t *testing.T) {
 				}
 			case <-timeout:
 				cmd.Process.Kill()
+				cmd.Wait()
 				t.Fatalf("tandem dev not ready within 60 s:\n%s", logs.String())
 			}
 		}
