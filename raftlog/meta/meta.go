@@ -87,12 +87,41 @@ func (d *DB) Delete(key []byte) error {
 	return nil
 }
 
-// DeletePrefix removes every key that starts with prefix, durably.
+// DeletePrefix removes every key that starts with prefix, durably, in
+// transactions of ordinary deletes. (badger's DropPrefix would block the
+// writes of the whole database while it runs, and a raft group of another
+// volume failing to save its term panics.)
 func (d *DB) DeletePrefix(prefix string) error {
-	if err := d.db.DropPrefix([]byte(prefix)); err != nil {
-		return fmt.Errorf("meta: delete prefix %q: %w", prefix, err)
+	for {
+		var keys [][]byte
+		err := d.db.View(func(txn *badger.Txn) error {
+			opts := badger.DefaultIteratorOptions
+			opts.PrefetchValues = false
+			opts.Prefix = []byte(prefix)
+			it := txn.NewIterator(opts)
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 1000; it.Next() {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err == nil && len(keys) > 0 {
+			err = d.db.Update(func(txn *badger.Txn) error {
+				for _, k := range keys {
+					if err := txn.Delete(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("meta: delete prefix %q: %w", prefix, err)
+		}
+		if len(keys) < 1000 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // PutJSON stores v encoded as JSON.

@@ -2,6 +2,7 @@ package meta
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 
@@ -67,5 +68,52 @@ func TestStableStore(t *testing.T) {
 	}
 	if _, err := a.GetUint64([]byte("bad")); err == nil {
 		t.Fatal("a 2-byte value read as uint64")
+	}
+}
+
+// TestDeletePrefix deletes more keys than one batch while another volume's
+// store keeps writing (DropPrefix would have refused those writes).
+func TestDeletePrefix(t *testing.T) {
+	db, err := Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for i := range 2500 {
+		if err := db.Put(fmt.Appendf(nil, "raft/a/%d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Put([]byte("raft/b/CurrentTerm"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	writes := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				writes <- nil
+				return
+			default:
+			}
+			if err := db.Put([]byte("raft/b/CurrentTerm"), fmt.Appendf(nil, "%d", i)); err != nil {
+				writes <- err
+				return
+			}
+		}
+	}()
+	if err := db.DeletePrefix("raft/a/"); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	if err := <-writes; err != nil {
+		t.Fatalf("a write to another prefix failed during the delete: %v", err)
+	}
+	if v, err := db.Get([]byte("raft/a/7")); err == nil && v != nil {
+		t.Fatalf("raft/a/7 survived: %q", v)
+	}
+	if v, err := db.Get([]byte("raft/b/CurrentTerm")); err != nil || v == nil {
+		t.Fatalf("raft/b/CurrentTerm: %q, %v", v, err)
 	}
 }
