@@ -422,6 +422,7 @@ func (a *clusterAgent) leaderPass() {
 			return
 		}
 	}
+	a.evacuate(ctx)
 	for _, iv := range a.cc.InitialVolumes {
 		if _, ok := a.ctl.State().Volumes[iv.Name]; ok {
 			continue
@@ -468,9 +469,10 @@ func (a *clusterAgent) reconcile() {
 	me := a.cfg.Name
 	a.reconcileProxies(st)
 	// VMs follow a current catalog only: a restarted agent must not stop
-	// (or start) VMs on its stale copy.
+	// (or start) VMs on its stale copy. The state is read again after the
+	// check: st may predate the catch-up.
 	if a.ctl.CaughtUp() {
-		a.vms.Reconcile(st)
+		a.vms.Reconcile(a.ctl.State())
 	}
 	a.reconcileMoves(st)
 	// Replicas to open.
@@ -526,7 +528,15 @@ func (a *clusterAgent) reconcile() {
 		if err := a.host.CloseVolume(name, true); err != nil {
 			a.log.Warn("removing a replica", "volume", name, "err", err)
 		} else {
-			a.log.Info("replica removed: the volume was deleted", "volume", name, "disconnected", n)
+			a.log.Info("replica removed: the volume was deleted or moved away", "volume", name, "disconnected", n)
+		}
+		// A volume moved away is still served here, through the proxy
+		// reconcileProxies opened: its export replaces the replica's.
+		a.mu.Lock()
+		p := a.proxies[name]
+		a.mu.Unlock()
+		if p != nil {
+			a.exps.addProxy(p)
 		}
 	}
 }
@@ -723,7 +733,8 @@ func (a *clusterAgent) Hosts(ctx context.Context) ([]admin.Host, error) {
 	for _, name := range st.HostNames() {
 		h := st.Hosts[name]
 		ah := admin.Host{Name: name, State: h.State, RaftAddr: h.RaftAddr, NBDAddr: h.NBDAddr, AdminAddr: h.AdminAddr,
-			Capacity: h.Capacity, Allocated: st.Allocated(name), DiskFree: h.DiskFree, Control: cs.Members[name], Joined: h.Joined}
+			Capacity: h.Capacity, Allocated: st.Allocated(name), DiskFree: h.DiskFree, Control: cs.Members[name], Joined: h.Joined,
+			Drained: h.Drained}
 		if m, ok := a.members.Member(name); ok {
 			ah.State = string(m.State)
 		}
@@ -911,7 +922,8 @@ func (a *clusterAgent) createVolume(ctx context.Context, name string, size int64
 		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive {
 			alive = true
 		}
-		cands = append(cands, catalog.Candidate{Name: h.Name, Free: h.Capacity - st.Allocated(h.Name), Alive: alive})
+		// A drained host takes no new replica.
+		cands = append(cands, catalog.Candidate{Name: h.Name, Free: h.Capacity - st.Allocated(h.Name), Alive: alive && !h.Drained})
 	}
 	if replicas == 0 {
 		replicas = min(defaultReplicas, len(cands))
