@@ -65,6 +65,9 @@ type Host struct {
 	// voter or nonvoter ("" if not a member yet).
 	Control string    `json:"control"`
 	Joined  time.Time `json:"joined"`
+	// Drained hosts take no new replicas; the control leader moves the
+	// ones they hold to other hosts (POST /v1/hosts/{name}/drain).
+	Drained bool `json:"drained,omitempty"`
 }
 
 // Volume states.

@@ -58,6 +58,9 @@ type Cluster interface {
 	// CancelMigration ends the VM's migration before its switchover (a
 	// 409 once switched: the VM then completes on the destination).
 	CancelMigration(ctx context.Context, name string) (VM, error)
+	// DrainHost sets or clears a host's drained flag: a drained host
+	// takes no new replicas and its replicas are moved to other hosts.
+	DrainHost(ctx context.Context, name string, drained bool) (Host, error)
 	// MigrationStep records a step of a migration (an agent's internal
 	// request, on the control leader) and returns its catalog index.
 	MigrationStep(ctx context.Context, step MigrationStep) (uint64, error)
@@ -226,6 +229,14 @@ func (s *server) routeVMs(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/vms/{name}/migrate/cancel", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		vm, err := c.CancelMigration(r.Context(), r.PathValue("name"))
 		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/hosts/{name}/drain", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		h, err := c.DrainHost(r.Context(), r.PathValue("name"), true)
+		s.reply(w, http.StatusOK, h, err)
+	}))
+	mux.HandleFunc("POST /v1/hosts/{name}/undrain", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		h, err := c.DrainHost(r.Context(), r.PathValue("name"), false)
+		s.reply(w, http.StatusOK, h, err)
 	}))
 	mux.HandleFunc("POST /v1/internal/migration", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		var req MigrationStep

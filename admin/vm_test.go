@@ -94,6 +94,10 @@ func (f *fakeCluster) CancelMigration(_ context.Context, name string) (VM, error
 	f.record("cancel migration of %s", name)
 	return VM{Name: name, State: VMRunning}, f.err
 }
+func (f *fakeCluster) DrainHost(_ context.Context, name string, drained bool) (Host, error) {
+	f.record("drain %s %v", name, drained)
+	return Host{Name: name, Drained: drained}, f.err
+}
 func (f *fakeCluster) MigrationStep(_ context.Context, st MigrationStep) (uint64, error) {
 	f.record("migration step %s of %s", st.Kind, st.VM)
 	return 7, f.err

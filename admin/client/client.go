@@ -344,6 +344,21 @@ func (c *Client) Fence(ctx context.Context, name string, req admin.Fence) error 
 	return nil
 }
 
+// DrainHost drains host name (POST /v1/hosts/{name}/drain), or undrains
+// it, and returns it: a drained host takes no new replicas and the
+// control leader moves those it holds to other hosts.
+func (c *Client) DrainHost(ctx context.Context, name string, drained bool) (admin.Host, error) {
+	op := "/undrain"
+	if drained {
+		op = "/drain"
+	}
+	var out admin.Host
+	if err := c.do(ctx, http.MethodPost, "/v1/hosts/"+url.PathEscape(name)+op, nil, nil, &out); err != nil {
+		return admin.Host{}, fmt.Errorf("%s host %q: %w", op[1:], name, err)
+	}
+	return out, nil
+}
+
 // vmPath returns the (escaped) path of a VM, followed by suffix.
 func vmPath(name, suffix string) string { return "/v1/vms/" + url.PathEscape(name) + suffix }
 

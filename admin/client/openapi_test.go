@@ -133,6 +133,8 @@ var contract = []struct {
 }{
 	{method: "GET", path: "/v1/cluster", ok: "200", body: "ClusterStatus", errors: []string{"503"}},
 	{method: "GET", path: "/v1/hosts", ok: "200", body: "[]Host", errors: []string{"503"}},
+	{method: "POST", path: "/v1/hosts/{name}/drain", secured: true, ok: "200", body: "Host", errors: []string{"401", "404", "503"}},
+	{method: "POST", path: "/v1/hosts/{name}/undrain", secured: true, ok: "200", body: "Host", errors: []string{"401", "404", "503"}},
 	{method: "GET", path: "/v1/volumes", ok: "200", body: "[]Volume", errors: []string{"503"}},
 	{method: "GET", path: "/v1/volumes/{name}", ok: "200", body: "Volume", errors: []string{"404", "503"}},
 	{method: "POST", path: "/v1/volumes", secured: true, request: "CreateVolume", ok: "201", body: "Volume", errors: []string{"400", "401", "409", "503"}},

@@ -36,6 +36,9 @@ type Host struct {
 	State string `json:"state"`
 	// Joined is when the host first registered.
 	Joined time.Time `json:"joined"`
+	// Drained hosts get no new replicas, and the control leader moves
+	// the replicas they hold to other hosts (drain_host).
+	Drained bool `json:"drained,omitempty"`
 }
 
 // Volume is one replicated volume.
@@ -146,6 +149,8 @@ const (
 	CmdStartVM      = "start_vm"
 	CmdStopVM       = "stop_vm"
 	CmdDeleteVM     = "delete_vm"
+	// CmdDrainHost sets host Name's Drained flag to Drained.
+	CmdDrainHost = "drain_host"
 )
 
 // Command is one change to the catalog, as stored in the control log.
@@ -172,6 +177,8 @@ type Command struct {
 	Result *MigrationResult `json:"result,omitempty"`
 	// Bandwidth limits a migration (migrate_vm), in bytes per second.
 	Bandwidth int64 `json:"bandwidth,omitempty"`
+	// Drained is the flag drain_host sets.
+	Drained bool `json:"drained,omitempty"`
 	// Move carries the replica move commands' fields (move.go).
 	Move *MoveCommand `json:"move,omitempty"`
 	// At is when the proposer issued the command.
@@ -223,7 +230,7 @@ func (s *State) apply(index uint64, c Command) error {
 		}
 		h := *c.Host
 		if old, ok := s.Hosts[h.Name]; ok {
-			h.Joined = old.Joined
+			h.Joined, h.Drained = old.Joined, old.Drained
 		}
 		s.Hosts[h.Name] = &h
 		return nil
@@ -269,6 +276,15 @@ func (s *State) apply(index uint64, c Command) error {
 		return s.applyVM(index, c)
 	case CmdMigrateVM, CmdMigrationReady, CmdSwitchVM, CmdEndMigration:
 		return s.applyMigration(index, c)
+	case CmdDrainHost:
+		h, ok := s.Hosts[c.Name]
+		if !ok {
+			return fmt.Errorf("catalog: host %q: %w", c.Name, ErrNotFound)
+		}
+		hc := *h
+		hc.Drained = c.Drained
+		s.Hosts[c.Name] = &hc
+		return nil
 	case CmdMoveReplica, CmdMovePhase, CmdEndMove:
 		return s.applyMove(index, c)
 	}

@@ -142,6 +142,9 @@ func (s *State) CheckMove(name, from, to string) error {
 	if h.State != "alive" {
 		return fmt.Errorf("catalog: volume %q: %w: host %s is %s, not alive", name, ErrInvalid, to, h.State)
 	}
+	if h.Drained {
+		return fmt.Errorf("catalog: volume %q: %w: host %s is drained", name, ErrInvalid, to)
+	}
 	return nil
 }
 
