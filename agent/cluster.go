@@ -490,7 +490,14 @@ func (a *clusterAgent) reconcile() {
 			}
 			continue
 		}
-		if err := v.SetPreferredLeader(cv.PreferredLeader); err != nil {
+		// A preferred leader that gossip does not see alive is not handed
+		// leadership: each attempt would leave the volume without a ready
+		// leader until the transfer times out.
+		preferred := cv.PreferredLeader
+		if m, ok := a.members.Member(preferred); !ok || m.State != membership.Alive {
+			preferred = ""
+		}
+		if err := v.SetPreferredLeader(preferred); err != nil {
 			a.log.Warn("following the catalog's preferred leader", "volume", name, "err", err)
 		}
 		if _, gen := v.Fenced(); cv.WriterGen > gen && v.Status().State == "Leader" {
