@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -118,43 +116,17 @@ func followMigration(ctx context.Context, c *client.Client, start admin.VM, w io
 	if start.Migration == nil {
 		return admin.VM{}, fmt.Errorf("the API did not record a migration of VM %s", start.Name)
 	}
-	epoch := start.Migration.Epoch
-	tty := isTerminal(w)
-	var last string
-	lastPrint := time.Time{}
-	defer func() {
-		if tty && last != "" {
-			fmt.Fprintln(w)
+	m0 := start.Migration
+	get := func(ctx context.Context) (admin.VM, error) { return c.VM(ctx, start.Name) }
+	return follow(ctx, w, "the migration of VM "+start.Name, "tandem vm show "+start.Name, get, func(vm admin.VM) (string, bool, error) {
+		if vm.Migration != nil && vm.Migration.Epoch == m0.Epoch {
+			return progressLine(vm), false, nil
 		}
-	}()
-	for {
-		vm, err := c.VM(ctx, start.Name)
-		if err != nil && ctx.Err() != nil {
-			return admin.VM{}, fmt.Errorf("following the migration of VM %s: %w", start.Name, err)
+		if vm.LastMigration == nil || vm.LastMigration.Finished.Before(m0.Started) {
+			return "", true, fmt.Errorf("the migration of VM %s ended without a result", start.Name)
 		}
-		if err == nil {
-			if vm.Migration == nil || vm.Migration.Epoch != epoch {
-				if vm.LastMigration == nil || vm.LastMigration.Finished.Before(start.Migration.Started) {
-					return admin.VM{}, fmt.Errorf("the migration of VM %s ended without a result", start.Name)
-				}
-				return vm, nil
-			}
-			line := progressLine(vm)
-			switch {
-			case tty:
-				fmt.Fprintf(w, "\r%-100s", line)
-			case line != last && time.Since(lastPrint) > 2*time.Second:
-				fmt.Fprintln(w, line)
-				lastPrint = time.Now()
-			}
-			last = line
-		}
-		select {
-		case <-ctx.Done():
-			return admin.VM{}, fmt.Errorf("following the migration of VM %s: %w (it goes on; see tandem vm show %s)", start.Name, ctx.Err(), start.Name)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return "", true, nil
+	})
 }
 
 // progressLine renders a migration's progress on one line, with a bar of
@@ -165,21 +137,8 @@ func progressLine(vm admin.VM) string {
 	if p == nil || p.Total == 0 {
 		return fmt.Sprintf("%s -> %s: %s", m.From, m.To, m.Phase)
 	}
-	const width = 30
-	done := min(width, int(float64(width)*float64(p.Transferred)/float64(p.Total)))
 	pct := 100 * float64(p.Transferred) / float64(p.Total)
-	return fmt.Sprintf("%s -> %s [%s%s] %3.0f%% %s/%s pass %d, expected downtime %v, %s",
-		m.From, m.To, strings.Repeat("#", done), strings.Repeat(".", width-done), min(pct, 100),
+	return fmt.Sprintf("%s -> %s %s %3.0f%% %s/%s pass %d, expected downtime %v, %s",
+		m.From, m.To, bar(pct/100), min(pct, 100),
 		humanSize(p.Transferred), humanSize(p.Total), p.Passes, p.ExpectedDowntime.Round(time.Millisecond), p.Status)
-}
-
-// isTerminal reports whether w is a terminal (progress is then redrawn in
-// place).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

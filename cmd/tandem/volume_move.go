@@ -130,48 +130,21 @@ func followMove(ctx context.Context, c *client.Client, start admin.Volume, w io.
 		return admin.Volume{}, fmt.Errorf("the API did not record a move of volume %s", start.Name)
 	}
 	id := start.Move.ID
-	tty := isTerminal(w)
-	var last string
-	lastPrint := time.Time{}
-	defer func() {
-		if tty && last != "" {
-			fmt.Fprintln(w)
+	get := func(ctx context.Context) (admin.Volume, error) { return c.Volume(ctx, start.Name) }
+	return follow(ctx, w, "the move of volume "+start.Name, "tandem volume show "+start.Name, get, func(v admin.Volume) (string, bool, error) {
+		if v.Move != nil && v.Move.ID == id {
+			return moveProgressLine(*v.Move), false, nil
 		}
-	}()
-	for {
-		v, err := c.Volume(ctx, start.Name)
-		if err != nil && ctx.Err() != nil {
-			return admin.Volume{}, fmt.Errorf("following the move of volume %s: %w", start.Name, err)
+		if v.LastMove == nil || v.LastMove.ID != id {
+			return "", true, fmt.Errorf("the move of volume %s ended without a result", start.Name)
 		}
-		if err == nil {
-			if v.Move == nil || v.Move.ID != id {
-				if v.LastMove == nil || v.LastMove.ID != id {
-					return admin.Volume{}, fmt.Errorf("the move of volume %s ended without a result", start.Name)
-				}
-				return v, nil
-			}
-			line := moveProgressLine(*v.Move)
-			switch {
-			case tty:
-				fmt.Fprintf(w, "\r%-100s", line)
-			case line != last && time.Since(lastPrint) > 2*time.Second:
-				fmt.Fprintln(w, line)
-				lastPrint = time.Now()
-			}
-			last = line
-		}
-		select {
-		case <-ctx.Done():
-			return admin.Volume{}, fmt.Errorf("following the move of volume %s: %w (it goes on; see tandem volume show %s)", start.Name, ctx.Err(), start.Name)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return "", true, nil
+	})
 }
 
 // moveProgressLine renders a move's progress on one line, with a bar of
 // the volume copied.
 func moveProgressLine(m admin.VolumeMove) string {
-	const width = 30
 	frac := 0.0
 	switch {
 	case m.Phase != "copying":
@@ -179,8 +152,7 @@ func moveProgressLine(m admin.VolumeMove) string {
 	case m.Size > 0:
 		frac = min(1, float64(m.Done)/float64(m.Size))
 	}
-	done := int(float64(width) * frac)
-	line := fmt.Sprintf("%s -> %s [%s%s] %s, %s copied", m.From, m.To, strings.Repeat("#", done), strings.Repeat(".", width-done), m.Phase, humanSize(m.Copied))
+	line := fmt.Sprintf("%s -> %s %s %s, %s copied", m.From, m.To, bar(frac), m.Phase, humanSize(m.Copied))
 	if m.Rate > 0 {
 		line += fmt.Sprintf(" at %s/s", humanSize(m.Rate))
 	}
