@@ -542,37 +542,11 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 	return check
 }
 
-// commitMove commits a move step on the control leader: directly when this
-// agent leads it, else through the leader's admin API.
+// commitMove commits a move step on the control leader.
 func (a *clusterAgent) commitMove(ctx context.Context, cmd catalog.Command) (uint64, error) {
 	cmd.At = time.Now().UTC()
-	for {
-		var (
-			idx uint64
-			err error
-		)
-		if a.ctl.IsLeader() {
-			idx, err = a.ctl.Commit(ctx, cmd)
-		} else if addr, _, ok := a.Leader(); ok {
-			var c *client.Client
-			if c, err = client.New(addr, a.cc.AdminToken, client.WithTimeout(10*time.Second)); err == nil {
-				idx, err = c.MoveStep(ctx, admin.MoveStep{Volume: cmd.Name, Kind: cmd.Kind, Move: *cmd.Move})
-			}
-			if s := client.StatusOf(err); s >= 400 && s < 500 {
-				return 0, err
-			}
-		} else {
-			err = errors.New("no control leader known")
-		}
-		if err == nil || errors.Is(err, catalog.ErrNoMove) || errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
-			return idx, err
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("agent: committing %s: %w (last error: %v)", cmd.Kind, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	step := admin.MoveStep{Volume: cmd.Name, Kind: cmd.Kind, Move: *cmd.Move}
+	return a.commitOnLeader(ctx, cmd, func(ctx context.Context, c *client.Client) (uint64, error) { return c.MoveStep(ctx, step) })
 }
 
 // describeMove adds a volume's move, with the destination's progress, to

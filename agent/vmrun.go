@@ -42,9 +42,16 @@ func (a *clusterAgent) startVMs() error {
 	return nil
 }
 
-// commitMigration commits a migration step on the control leader:
-// directly when this agent leads, else through the leader's admin API.
+// commitMigration commits a migration step on the control leader.
 func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command) (uint64, error) {
+	step := admin.MigrationStep{VM: cmd.Name, Kind: cmd.Kind, Epoch: cmd.Epoch, URI: cmd.URI, Result: apiMigrationResult(cmd.Result)}
+	return a.commitOnLeader(ctx, cmd, func(ctx context.Context, c *client.Client) (uint64, error) { return c.MigrationStep(ctx, step) })
+}
+
+// commitOnLeader commits cmd on the control leader: directly when this
+// agent leads, else through remote, a request to the leader's admin API.
+// It retries until ctx ends, except on the catalog's refusal.
+func (a *clusterAgent) commitOnLeader(ctx context.Context, cmd catalog.Command, remote func(context.Context, *client.Client) (uint64, error)) (uint64, error) {
 	for {
 		var (
 			idx uint64
@@ -53,14 +60,9 @@ func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command)
 		if a.ctl.IsLeader() {
 			idx, err = a.ctl.Commit(ctx, cmd)
 		} else if addr, _, ok := a.Leader(); ok {
-			step := admin.MigrationStep{VM: cmd.Name, Kind: cmd.Kind, Epoch: cmd.Epoch, URI: cmd.URI}
-			if r := cmd.Result; r != nil {
-				step.Result = &admin.MigrationResult{Result: r.Result, Error: r.Error, Downtime: r.Downtime, QEMUDowntime: r.QEMUDowntime,
-					Total: r.Total, Bytes: r.Bytes, Passes: r.Passes}
-			}
 			var c *client.Client
 			if c, err = client.New(addr, a.cc.AdminToken, client.WithTimeout(10*time.Second)); err == nil {
-				idx, err = c.MigrationStep(ctx, step)
+				idx, err = remote(ctx, c)
 			}
 			// A refusal (409, 400) is the catalog's verdict: no retry.
 			if s := client.StatusOf(err); s >= 400 && s < 500 {
@@ -69,7 +71,8 @@ func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command)
 		} else {
 			err = errors.New("no control leader known")
 		}
-		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
+		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrNoMove) ||
+			errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
 			return idx, err
 		}
 		select {
@@ -80,6 +83,24 @@ func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command)
 	}
 }
 
+// apiMigrationResult and catalogMigrationResult convert a migration's
+// result between the catalog and the API (nil for nil).
+func apiMigrationResult(r *catalog.MigrationResult) *admin.MigrationResult {
+	if r == nil {
+		return nil
+	}
+	return &admin.MigrationResult{From: r.From, To: r.To, Result: r.Result, Error: r.Error, Downtime: r.Downtime,
+		QEMUDowntime: r.QEMUDowntime, Total: r.Total, Bytes: r.Bytes, Passes: r.Passes, Finished: r.Finished}
+}
+
+func catalogMigrationResult(r *admin.MigrationResult) *catalog.MigrationResult {
+	if r == nil {
+		return nil
+	}
+	return &catalog.MigrationResult{From: r.From, To: r.To, Result: r.Result, Error: r.Error, Downtime: r.Downtime,
+		QEMUDowntime: r.QEMUDowntime, Total: r.Total, Bytes: r.Bytes, Passes: r.Passes, Finished: r.Finished}
+}
+
 // MigrationStep implements admin.Cluster (on the control leader).
 func (a *clusterAgent) MigrationStep(ctx context.Context, st admin.MigrationStep) (uint64, error) {
 	switch st.Kind {
@@ -87,11 +108,7 @@ func (a *clusterAgent) MigrationStep(ctx context.Context, st admin.MigrationStep
 	default:
 		return 0, admin.Errorf(http.StatusBadRequest, "%q is not a migration step", st.Kind)
 	}
-	cmd := catalog.Command{Kind: st.Kind, Name: st.VM, Epoch: st.Epoch, URI: st.URI}
-	if r := st.Result; r != nil {
-		cmd.Result = &catalog.MigrationResult{Result: r.Result, Error: r.Error, Downtime: r.Downtime, QEMUDowntime: r.QEMUDowntime,
-			Total: r.Total, Bytes: r.Bytes, Passes: r.Passes}
-	}
+	cmd := catalog.Command{Kind: st.Kind, Name: st.VM, Epoch: st.Epoch, URI: st.URI, Result: catalogMigrationResult(st.Result)}
 	idx, err := a.ctl.Commit(ctx, cmd)
 	if err != nil {
 		return 0, vmError(err, http.StatusNotFound)

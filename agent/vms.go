@@ -177,10 +177,7 @@ func describeVM(st *catalog.State, vm *catalog.VM, rt map[string]hostVMs) admin.
 	if m := vm.Migration; m != nil {
 		out.Migration = &admin.Migration{From: m.From, To: m.To, Epoch: m.Epoch, Phase: m.Phase, Started: m.Started, MaxBandwidth: m.MaxBandwidth}
 	}
-	if r := vm.LastMigration; r != nil {
-		out.LastMigration = &admin.MigrationResult{From: r.From, To: r.To, Result: r.Result, Error: r.Error, Downtime: r.Downtime,
-			QEMUDowntime: r.QEMUDowntime, Total: r.Total, Bytes: r.Bytes, Passes: r.Passes, Finished: r.Finished}
-	}
+	out.LastMigration = apiMigrationResult(vm.LastMigration)
 	if vm.Host == "" {
 		return out
 	}
