@@ -46,11 +46,13 @@ const (
 // Host is one element of GET /v1/hosts.
 type Host struct {
 	Name string `json:"name"`
-	// State is alive, failed or left.
-	State     string `json:"state"`
-	RaftAddr  string `json:"raft_addr"`
-	NBDAddr   string `json:"nbd_addr"`
-	AdminAddr string `json:"admin_addr"`
+	// State is alive, failed or left; Since is when the control leader
+	// recorded that state (absent while unknown).
+	State     string    `json:"state"`
+	Since     time.Time `json:"since,omitzero"`
+	RaftAddr  string    `json:"raft_addr"`
+	NBDAddr   string    `json:"nbd_addr"`
+	AdminAddr string    `json:"admin_addr"`
 	// Capacity is the bytes the host offers for volume replicas; Allocated
 	// the bytes of the replicas placed on it; DiskFree the free bytes of
 	// its data directory's filesystem as it last reported.

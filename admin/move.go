@@ -50,6 +50,10 @@ type VolumeMove struct {
 	ID   uint64 `json:"id"`
 	From string `json:"from"`
 	To   string `json:"to"`
+	// Reason is why the move began: operator (asked for), drain (the
+	// source is drained) or heal (the source failed longer than the
+	// self-healing delay).
+	Reason string `json:"reason"`
 	// Phase is copying (the destination catches up as a non-voter),
 	// promoted (it votes; its content is being checked) or removing (the
 	// source leaves the group).
@@ -87,9 +91,10 @@ type MoveCheck struct {
 
 // MoveResult is how a volume's last replica move ended.
 type MoveResult struct {
-	ID   uint64 `json:"id"`
-	From string `json:"from"`
-	To   string `json:"to"`
+	ID     uint64 `json:"id"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Reason string `json:"reason,omitempty"`
 	// Result is completed, cancelled or failed.
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
@@ -134,7 +139,7 @@ func MoveResultOf(r *catalog.MoveResult) *MoveResult {
 	if r == nil {
 		return nil
 	}
-	return &MoveResult{ID: r.ID, From: r.From, To: r.To, Result: r.Result, Error: r.Error, Check: MoveCheckOf(r.Check),
+	return &MoveResult{ID: r.ID, From: r.From, To: r.To, Reason: r.Reason, Result: r.Result, Error: r.Error, Check: MoveCheckOf(r.Check),
 		Bytes: r.Bytes, Copy: r.Copy, Started: r.Started, Finished: r.Finished}
 }
 

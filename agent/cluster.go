@@ -56,6 +56,10 @@ type ClusterConfig struct {
 	// InitialVolumes are created by the control leader when they do not
 	// exist yet (the dev cluster's vol0).
 	InitialVolumes []InitialVolume
+	// HealAfter is how long a host stays failed (or left) before the
+	// control leader moves its replicas to other hosts (self-healing);
+	// 0 turns self-healing off.
+	HealAfter time.Duration
 }
 
 // InitialVolume is a volume created at the cluster's first start.
@@ -88,6 +92,9 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.Capacity < 0 {
 		return fmt.Errorf("agent: capacity %d is negative", c.Capacity)
+	}
+	if c.HealAfter < 0 {
+		return fmt.Errorf("agent: heal-after %v is negative (0 turns self-healing off)", c.HealAfter)
 	}
 	for _, v := range c.InitialVolumes {
 		if err := volume.ValidateName(v.Name); err != nil {
@@ -198,6 +205,9 @@ type clusterAgent struct {
 	http    *http.Client
 
 	nbdAddr, adminAddr string
+	// started is when the agent started (gossip has had time to find the
+	// live hosts some time after it).
+	started time.Time
 
 	mu      sync.Mutex
 	vols    map[string]*raftlog.Volume // open replicas by name
@@ -227,7 +237,7 @@ const catalogIDFile = "catalog-id"
 func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportSet, nbdAddr, adminAddr string) (*clusterAgent, error) {
 	a := &clusterAgent{
 		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, exps: exps,
-		nbdAddr: nbdAddr, adminAddr: adminAddr,
+		nbdAddr: nbdAddr, adminAddr: adminAddr, started: time.Now(),
 		http:    &http.Client{Timeout: 3 * time.Second},
 		vols:    map[string]*raftlog.Volume{},
 		ids:     map[string]uint64{},
@@ -398,7 +408,9 @@ func (a *clusterAgent) leaderPass() {
 		a.barrierTerm = term
 	}
 	st := a.ctl.State()
-	for _, m := range a.members.Members() {
+	members := a.members.Members()
+	members = append(members, a.unseenHosts(st, members)...)
+	for _, m := range members {
 		if m.State == membership.Alive && m.Meta.Raft != "" {
 			if err := a.ctl.EnsureMember(m.Name, m.Meta.Raft); err != nil {
 				a.log.Warn("adding an agent to the control plane", "name", m.Name, "err", err)
@@ -417,7 +429,7 @@ func (a *clusterAgent) leaderPass() {
 		} else {
 			h.Joined = time.Now().UTC()
 		}
-		if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: h}); err != nil {
+		if err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: h, At: time.Now().UTC()}); err != nil {
 			a.log.Warn("recording a host", "name", m.Name, "err", err)
 			return
 		}
@@ -739,7 +751,7 @@ func (a *clusterAgent) Hosts(ctx context.Context) ([]admin.Host, error) {
 	out := []admin.Host{}
 	for _, name := range st.HostNames() {
 		h := st.Hosts[name]
-		ah := admin.Host{Name: name, State: h.State, RaftAddr: h.RaftAddr, NBDAddr: h.NBDAddr, AdminAddr: h.AdminAddr,
+		ah := admin.Host{Name: name, State: h.State, Since: h.Since, RaftAddr: h.RaftAddr, NBDAddr: h.NBDAddr, AdminAddr: h.AdminAddr,
 			Capacity: h.Capacity, Allocated: st.Allocated(name), DiskFree: h.DiskFree, Control: cs.Members[name], Joined: h.Joined,
 			Drained: h.Drained}
 		if m, ok := a.members.Member(name); ok {

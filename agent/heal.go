@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/cluster/catalog"
@@ -11,50 +14,138 @@ import (
 )
 
 // maxEvacuations bounds the replica moves the control leader starts for
-// draining at once (each copies a whole volume).
+// draining or healing at once (each copies a whole volume).
 const maxEvacuations = 2
 
-// evacuate, on the control leader, moves the replicas of drained hosts to
-// other hosts: each by an ordinary replica move (docs/mirror.md) to the
-// alive, undrained host with the most room, a few volumes at a time.
+// unseenGrace is how long after its start an agent's gossip is trusted
+// to know every live host: a host of the catalog it has not seen by then
+// is recorded as failed.
+const unseenGrace = 30 * time.Second
+
+// unseenHosts returns, as failed members, the catalog's hosts that gossip
+// does not know at all (failed before this agent started), once gossip has
+// had unseenGrace to find them.
+func (a *clusterAgent) unseenHosts(st *catalog.State, members []membership.Member) []membership.Member {
+	if time.Since(a.started) < unseenGrace {
+		return nil
+	}
+	var out []membership.Member
+	for _, name := range st.HostNames() {
+		if !slices.ContainsFunc(members, func(m membership.Member) bool { return m.Name == name }) {
+			out = append(out, membership.Member{Name: name, State: membership.Failed})
+		}
+	}
+	return out
+}
+
+// leaving returns why the replicas of host h must leave it: MoveToDrain,
+// MoveToHeal (failed or left longer than the self-healing delay), or "".
+func (a *clusterAgent) leaving(h *catalog.Host, now time.Time) string {
+	switch {
+	case h.Drained:
+		return catalog.MoveToDrain
+	case a.healing(h, now):
+		return catalog.MoveToHeal
+	}
+	return ""
+}
+
+// healing reports whether host h has been down longer than the
+// self-healing delay.
+func (a *clusterAgent) healing(h *catalog.Host, now time.Time) bool {
+	down := h.State == string(membership.Failed) || h.State == string(membership.Left)
+	return down && a.cc.HealAfter > 0 && !h.Since.IsZero() && now.Sub(h.Since) >= a.cc.HealAfter
+}
+
+// evacuate, on the control leader, moves the replicas of drained hosts and
+// of hosts down longer than the self-healing delay to other hosts: each by
+// an ordinary replica move (docs/mirror.md) to the alive, undrained host
+// with the most room, a few volumes at a time, the volumes that lost a
+// replica first. It also ends the moves that cannot finish or are no
+// longer needed: a move to a host down longer than the self-healing delay,
+// and a healing move still copying whose source came back.
 func (a *clusterAgent) evacuate(ctx context.Context) {
 	st := a.ctl.State()
+	now := time.Now()
 	alive := map[string]bool{}
 	for _, m := range a.members.Members() {
 		alive[m.Name] = m.State == membership.Alive
 	}
 	moving := 0
-	for _, v := range st.Volumes {
-		if v.Move != nil {
-			moving++
-		}
-	}
 	for _, name := range st.VolumeNames() {
-		if moving >= maxEvacuations {
-			return
+		v := st.Volumes[name]
+		m := v.Move
+		if m == nil {
+			continue
 		}
+		why := ""
+		if to, ok := st.Hosts[m.To]; ok && a.healing(to, now) && m.Phase != catalog.MoveRemoving {
+			why = fmt.Sprintf("its destination %s is down since %s", m.To, to.Since.Format(time.RFC3339))
+		}
+		if from, ok := st.Hosts[m.From]; ok && m.Reason == catalog.MoveToHeal && m.Phase == catalog.MoveCopying && from.State == string(membership.Alive) && alive[m.From] {
+			why = fmt.Sprintf("its source %s is back", m.From)
+		}
+		if why == "" {
+			moving++
+			continue
+		}
+		err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdEndMove, Name: name, At: now.UTC(),
+			Move: &catalog.MoveCommand{ID: m.ID, Result: &catalog.MoveResult{Result: catalog.MoveCancelled, Error: why}}})
+		if err != nil {
+			a.log.Warn("cancelling a replica move", "volume", name, "why", why, "err", err)
+			moving++
+			continue
+		}
+		a.log.Info("replica move cancelled", "volume", name, "from", m.From, "to", m.To, "why", why)
+	}
+	// Volumes that lost a replica to a failed host first, then drains.
+	type leave struct {
+		volume, from, reason string
+	}
+	var todo []leave
+	for _, name := range st.VolumeNames() {
 		v := st.Volumes[name]
 		if v.Move != nil {
 			continue
 		}
 		for _, from := range v.Replicas {
-			if h, ok := st.Hosts[from]; !ok || !h.Drained {
-				continue
+			if h, ok := st.Hosts[from]; ok {
+				if r := a.leaving(h, now); r != "" {
+					todo = append(todo, leave{name, from, r})
+					break
+				}
 			}
-			to, err := a.evacuationTarget(st, v, alive)
-			if err != nil {
-				a.log.Warn("a replica of a drained host has nowhere to go", "volume", name, "from", from, "err", err)
-				break
-			}
-			err = a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveReplica, Name: name, Move: &catalog.MoveCommand{From: from, To: to}})
-			if err != nil {
-				a.log.Warn("starting a replica move", "volume", name, "from", from, "to", to, "err", err)
-				return
-			}
-			a.log.Info("moving a replica off a drained host", "volume", name, "from", from, "to", to)
-			moving++
-			break
 		}
+	}
+	rank := func(l leave) int {
+		if l.reason == catalog.MoveToHeal {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(todo, func(x, y leave) int { return cmp.Compare(rank(x), rank(y)) })
+	for _, l := range todo {
+		if moving >= maxEvacuations {
+			return
+		}
+		v := st.Volumes[l.volume]
+		to, err := a.evacuationTarget(st, v, alive)
+		if err != nil {
+			a.log.Warn("a replica that must leave its host has nowhere to go", "volume", l.volume, "from", l.from, "reason", l.reason, "err", err)
+			continue
+		}
+		err = a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveReplica, Name: l.volume, At: now.UTC(),
+			Move: &catalog.MoveCommand{From: l.from, To: to, Reason: l.reason}})
+		if err != nil {
+			a.log.Warn("starting a replica move", "volume", l.volume, "from", l.from, "to", to, "reason", l.reason, "err", err)
+			return
+		}
+		if l.reason == catalog.MoveToHeal {
+			a.log.Info("healing: moving a replica off a failed host", "volume", l.volume, "from", l.from, "to", to, "down_since", st.Hosts[l.from].Since)
+		} else {
+			a.log.Info("moving a replica off a drained host", "volume", l.volume, "from", l.from, "to", to)
+		}
+		moving++
 	}
 }
 

@@ -557,7 +557,7 @@ func (a *clusterAgent) describeMove(v *admin.Volume, cv *catalog.Volume, local m
 	if m == nil {
 		return
 	}
-	vm := &admin.VolumeMove{ID: m.ID, From: m.From, To: m.To, Phase: m.Phase, Started: m.Started, MaxRate: m.MaxRate, Size: cv.Size, Check: admin.MoveCheckOf(m.Check)}
+	vm := &admin.VolumeMove{ID: m.ID, From: m.From, To: m.To, Reason: m.Reason, Phase: m.Phase, Started: m.Started, MaxRate: m.MaxRate, Size: cv.Size, Check: admin.MoveCheckOf(m.Check)}
 	var commit uint64
 	for _, r := range v.Replicas {
 		if r.Host == v.Leader {

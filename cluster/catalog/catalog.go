@@ -32,8 +32,10 @@ type Host struct {
 	Capacity int64 `json:"capacity"`
 	DiskFree int64 `json:"disk_free"`
 	// State is the host's membership state as the control leader last
-	// recorded it: alive, suspect, failed or left.
-	State string `json:"state"`
+	// recorded it: alive, failed or left; Since is when it took that
+	// state (self-healing counts a failed host's time down from it).
+	State string    `json:"state"`
+	Since time.Time `json:"since,omitzero"`
 	// Joined is when the host first registered.
 	Joined time.Time `json:"joined"`
 	// Drained hosts get no new replicas, and the control leader moves
@@ -231,6 +233,12 @@ func (s *State) apply(index uint64, c Command) error {
 		h := *c.Host
 		if old, ok := s.Hosts[h.Name]; ok {
 			h.Joined, h.Drained = old.Joined, old.Drained
+			if old.State == h.State && !old.Since.IsZero() {
+				h.Since = old.Since
+			}
+		}
+		if h.Since.IsZero() {
+			h.Since = c.At
 		}
 		s.Hosts[h.Name] = &h
 		return nil

@@ -25,6 +25,17 @@ const (
 	MoveRemoving = "removing"
 )
 
+// Move reasons.
+const (
+	// MoveByOperator: asked for through the API.
+	MoveByOperator = "operator"
+	// MoveToDrain: the source host is drained.
+	MoveToDrain = "drain"
+	// MoveToHeal: the source host failed longer than the self-healing
+	// delay.
+	MoveToHeal = "heal"
+)
+
 // Move results.
 const (
 	MoveCompleted = "completed"
@@ -60,6 +71,9 @@ type Move struct {
 	// MaxRate limits the volume copy, in bytes per second (0: none).
 	MaxRate int64     `json:"max_rate,omitempty"`
 	Started time.Time `json:"started"`
+	// Reason is why the move began: MoveByOperator, MoveToDrain or
+	// MoveToHeal.
+	Reason string `json:"reason,omitempty"`
 	// Check is the integrity check's result, once it ran.
 	Check *MoveCheck `json:"check,omitempty"`
 }
@@ -86,6 +100,7 @@ type MoveResult struct {
 	ID     uint64 `json:"id"`
 	From   string `json:"from"`
 	To     string `json:"to"`
+	Reason string `json:"reason,omitempty"`
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
 	// Check is the integrity check's result (completed moves).
@@ -106,6 +121,9 @@ type MoveCommand struct {
 	To      string `json:"to,omitempty"`
 	MaxRate int64  `json:"max_rate,omitempty"`
 	Phase   string `json:"phase,omitempty"`
+	// Reason is why the move begins (move_replica; "" is
+	// MoveByOperator).
+	Reason string `json:"reason,omitempty"`
 	// Check is the integrity check's result (move_phase to removing).
 	Check *MoveCheck `json:"check,omitempty"`
 	// Leader is the volume's new preferred leader when the source was it
@@ -161,8 +179,16 @@ func (s *State) applyMove(index uint64, c Command) error {
 		if mc.MaxRate < 0 {
 			return fmt.Errorf("catalog: volume %q: %w: negative copy rate", c.Name, ErrInvalid)
 		}
+		reason := mc.Reason
+		switch reason {
+		case "":
+			reason = MoveByOperator
+		case MoveByOperator, MoveToDrain, MoveToHeal:
+		default:
+			return fmt.Errorf("catalog: volume %q: %w: unknown move reason %q", c.Name, ErrInvalid, mc.Reason)
+		}
 		v := s.Volumes[c.Name]
-		v.Move = &Move{ID: index, From: mc.From, To: mc.To, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At}
+		v.Move = &Move{ID: index, From: mc.From, To: mc.To, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At, Reason: reason}
 		v.Changed = index
 		return nil
 	}
@@ -226,7 +252,7 @@ func (s *State) applyMove(index uint64, c Command) error {
 			}
 		}
 		res := *r
-		res.ID, res.From, res.To, res.Started, res.Finished = m.ID, m.From, m.To, m.Started, c.At
+		res.ID, res.From, res.To, res.Reason, res.Started, res.Finished = m.ID, m.From, m.To, m.Reason, m.Started, c.At
 		if res.Check == nil {
 			res.Check = m.Check
 		}

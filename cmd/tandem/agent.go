@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -244,6 +245,7 @@ type clusterFlags struct {
 	insecure, fast           bool
 	capacity                 string
 	token, tokenFile, volume string
+	healAfter                time.Duration
 }
 
 func (c *clusterFlags) register(f *pflag.FlagSet) {
@@ -254,6 +256,7 @@ func (c *clusterFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&c.insecure, "insecure-gossip", false, "cluster mode: gossip unencrypted (loopback tests only)")
 	f.BoolVar(&c.fast, "fast-gossip", false, "cluster mode: detect failures within about a second (loopback clusters)")
 	f.StringVar(&c.capacity, "capacity", "", "cluster mode: bytes offered for volume replicas, e.g. 500G (default: the data filesystem's size)")
+	f.DurationVar(&c.healAfter, "heal-after", 10*time.Minute, "cluster mode: how long a host stays failed before its replicas are rebuilt on other hosts (0: never; the control leader's setting applies)")
 	f.StringVar(&c.token, "admin-token", "", "cluster mode: token required by state-changing admin requests (prefer --admin-token-file)")
 	f.StringVar(&c.tokenFile, "admin-token-file", "", "cluster mode: file holding the admin token")
 	f.StringVar(&c.volume, "initial-volume", "", "cluster mode: volume NAME=SIZE the control leader creates if it does not exist")
@@ -268,7 +271,7 @@ func (c *clusterFlags) config() (*agent.ClusterConfig, error) {
 		}
 		return nil, nil
 	}
-	cc := &agent.ClusterConfig{GossipAddr: c.gossip, Join: c.join, InsecureGossip: c.insecure, FastGossip: c.fast, ControlVoters: c.voters}
+	cc := &agent.ClusterConfig{GossipAddr: c.gossip, Join: c.join, InsecureGossip: c.insecure, FastGossip: c.fast, ControlVoters: c.voters, HealAfter: c.healAfter}
 	if c.capacity != "" {
 		n, err := volume.ParseSize(c.capacity)
 		if err != nil {

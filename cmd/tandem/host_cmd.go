@@ -122,7 +122,8 @@ func newHostListCmd(a *adminFlags) *cobra.Command {
 		Short:   "List the cluster's hosts, their state and capacity",
 		Long: `List the hosts of the cluster's catalog:
 
-  STATE      alive, failed or left, as membership sees the host
+  STATE      alive, failed or left, as membership sees the host (and for
+             how long, if not alive); drained if it is drained
   CONTROL    its role in the control plane: leader, voter or nonvoter
   NBD        its NBD address
   CAPACITY   the bytes it offers for volume replicas
@@ -161,6 +162,9 @@ func renderHosts(w io.Writer, hosts []admin.Host) error {
 	tableRow(tw, "NAME", "STATE", "CONTROL", "NBD", "CAPACITY", "ALLOCATED", "FREE", "REPLICAS")
 	for _, h := range hosts {
 		state := orDash(h.State)
+		if h.State != "alive" && !h.Since.IsZero() {
+			state += " " + time.Since(h.Since).Round(time.Second).String()
+		}
 		if h.Drained {
 			state += ",drained"
 		}

@@ -114,6 +114,20 @@ func TestRenderGolden(t *testing.T) {
 		{"volume-no-replicas", func(w io.Writer) error { return renderVolume(w, testVolumes[2]) }},
 		{"volume-json", func(w io.Writer) error { return printJSON(w, testVolume) }},
 		{"volume-of-vm", func(w io.Writer) error { return renderVolume(w, testVolumeOfVM) }},
+		{"volume-moving", func(w io.Writer) error {
+			v := testVolume
+			v.Move = &admin.VolumeMove{ID: 912, From: "n3", To: "n4", Reason: "heal", Phase: "copying", Started: testCreated.Add(time.Hour),
+				Copied: 3 << 30, Done: 6 << 30, Size: v.Size, Copying: true, Rate: 200 << 20, Lag: 17}
+			v.LastMove = &admin.MoveResult{ID: 700, From: "n2", To: "n5", Reason: "operator", Result: "cancelled",
+				Error: "its destination n5 is down since 2025-03-01T12:20:00Z", Started: testCreated, Finished: testCreated.Add(time.Minute)}
+			return renderVolume(w, v)
+		}},
+		{"volume-moved", func(w io.Writer) error {
+			v := testVolume
+			v.LastMove = &admin.MoveResult{ID: 912, From: "n3", To: "n4", Reason: "drain", Result: "completed", Bytes: 12 << 30, Copy: 61500 * time.Millisecond,
+				Check: &admin.MoveCheck{Index: 48000, Ranges: 320, RangeBytes: 64 << 20, Compared: 320, OK: true}, Started: testCreated, Finished: testCreated.Add(70 * time.Second)}
+			return renderVolume(w, v)
+		}},
 		{"volumes-with-vm", func(w io.Writer) error { return renderVolumes(w, []admin.Volume{testVolumeOfVM, testVolume}) }},
 		{"vms", func(w io.Writer) error { return renderVMs(w, testVMs) }},
 		{"vms-empty", func(w io.Writer) error { return renderVMs(w, nil) }},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -265,7 +266,7 @@ func renderVolumes(w io.Writer, vols []admin.Volume) error {
 // renderVolume writes a volume as key/value lines, then its replicas as a
 // table.
 func renderVolume(w io.Writer, v admin.Volume) error {
-	err := keyValues(w, [][2]string{
+	kv := [][2]string{
 		{"Name", v.Name},
 		{"Size", fmt.Sprintf("%s (%d bytes)", humanSize(v.Size), v.Size)},
 		{"State", orDash(v.State)},
@@ -276,8 +277,14 @@ func renderVolume(w io.Writer, v admin.Volume) error {
 		{"VM", orDash(v.VM)},
 		{"Writer", writerSummary(v.WriterEpoch, v.WriterGen)},
 		{"Created", formatTime(v.Created)},
-	})
-	if err != nil {
+	}
+	if m := v.Move; m != nil {
+		kv = append(kv, [2]string{"Move", moveSummary(m)})
+	}
+	if r := v.LastMove; r != nil {
+		kv = append(kv, [2]string{"Last move", lastMoveSummary(r)})
+	}
+	if err := keyValues(w, kv); err != nil {
 		return err
 	}
 	if len(v.Replicas) == 0 {
@@ -308,6 +315,41 @@ func renderVolume(w io.Writer, v admin.Volume) error {
 		tableRow(tw, cells...)
 	}
 	return tw.Flush()
+}
+
+// moveSummary renders a replica move in progress on one line.
+func moveSummary(m *admin.VolumeMove) string {
+	s := fmt.Sprintf("%s -> %s (%s), %s", m.From, m.To, orDash(m.Reason), m.Phase)
+	if m.Phase == "copying" && m.Size > 0 {
+		s += fmt.Sprintf(" %d%%, %s copied", m.Done*100/m.Size, humanSize(m.Copied))
+		if m.Rate > 0 {
+			s += " at " + humanSize(m.Rate) + "/s"
+		}
+		s += fmt.Sprintf(", lag %d", m.Lag)
+	}
+	if m.MaxRate > 0 {
+		s += ", max " + humanSize(m.MaxRate) + "/s"
+	}
+	return s + ", since " + formatTime(m.Started)
+}
+
+// lastMoveSummary renders how a volume's last replica move ended.
+func lastMoveSummary(r *admin.MoveResult) string {
+	s := fmt.Sprintf("%s -> %s (%s) %s %s", r.From, r.To, orDash(r.Reason), r.Result, formatTime(r.Finished))
+	if r.Bytes > 0 {
+		s += fmt.Sprintf(", %s copied in %v", humanSize(r.Bytes), r.Copy.Round(time.Millisecond))
+	}
+	if ck := r.Check; ck != nil {
+		if ck.OK {
+			s += fmt.Sprintf(", check: %d ranges identical at index %d", ck.Ranges, ck.Index)
+		} else {
+			s += fmt.Sprintf(", check: %d of %d ranges differ", ck.Mismatched, ck.Ranges)
+		}
+	}
+	if r.Error != "" {
+		s += ": " + oneLine(r.Error)
+	}
+	return s
 }
 
 // hostList renders host names for a sentence: "n1, n2 and n3".

@@ -24,11 +24,12 @@ const (
 	volName   = "mv"
 )
 
-// startCluster starts 4 managed agents (one more than the replicas) and
-// creates a volume of size bytes with 3 replicas.
-func startCluster(t *testing.T, size int64) (*testbin.Cluster, admin.Volume) {
+// startCluster starts 4 managed agents (one more than the replicas), with
+// the extra agent flags args, and creates a volume of size bytes with 3
+// replicas.
+func startCluster(t *testing.T, size int64, args ...string) (*testbin.Cluster, admin.Volume) {
 	t.Helper()
-	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 4, Managed: true})
+	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 4, Managed: true, Args: args})
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
 	v, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3})
@@ -171,7 +172,7 @@ func verify(t *testing.T, c *testbin.Cluster, hosts []string, l *load, prefilled
 	ctx := context.Background()
 	// Every replica applied everything: the leader's commit index.
 	testbin.WaitFor(t, 30*time.Second, "every replica caught up", func() error {
-		v, err := c.Admin(0).Volume(ctx, volName)
+		v, err := c.Admin(index(c, hosts[0])).Volume(ctx, volName)
 		if err != nil {
 			return err
 		}
