@@ -81,10 +81,14 @@ const (
 )
 
 // restoreState is kept in meta while a replica pulls its volume, so that a
-// crash in the middle is finished before the replica rejoins.
+// crash in the middle is finished before the replica rejoins, from where
+// it stopped; once the pull completed it stays, Complete, so that the
+// same checkpoint sent again (raft retries an InstallSnapshot whose
+// receiver crashed during the pull) needs no new copy.
 type restoreState struct {
-	Index uint64 `json:"index"`
-	Done  int64  `json:"done"` // bytes of the volume copied so far
+	Index    uint64 `json:"index"`
+	Done     int64  `json:"done"` // bytes of the volume copied so far
+	Complete bool   `json:"complete,omitempty"`
 }
 
 func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
@@ -410,30 +414,48 @@ func (g *Group) leader() (Peer, bool) {
 // replica that has applied far enough) into the local file.
 func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
 	key := restoreKeyPrefix + g.spec.Name
-	st := restoreState{Index: s.Index}
+	var st restoreState
+	switch err := g.h.meta.GetJSON(key, &st); {
+	case err == nil && st.Complete && st.Index >= s.Index:
+		// The file holds a complete copy as of st.Index or later (and
+		// only moved forward since): replaying the log after s.Index
+		// over it is exact.
+		g.log.Info("volume already copied for this checkpoint; no new copy", "checkpoint", s.Index, "copied_at", st.Index)
+		return nil
+	case err == nil && !st.Complete && st.Index == s.Index:
+		g.log.Info("resuming an interrupted volume copy", "index", st.Index, "done", st.Done)
+	default:
+		st = restoreState{Index: s.Index}
+	}
 	if err := g.h.meta.PutJSON(key, st); err != nil {
 		return err
 	}
-	if err := g.pull(ctx, &st); err != nil {
+	return g.pullAll(ctx, &st)
+}
+
+// pullAll runs pull and records its completion.
+func (g *Group) pullAll(ctx context.Context, st *restoreState) error {
+	if err := g.pull(ctx, st); err != nil {
 		return err
 	}
-	return g.h.meta.Delete([]byte(key))
+	st.Complete = true
+	return g.h.meta.PutJSON(restoreKeyPrefix+g.spec.Name, st)
 }
 
 // finishRestore completes a pull interrupted by a crash.
 func (g *Group) finishRestore() error {
 	key := restoreKeyPrefix + g.spec.Name
 	var st restoreState
-	if err := g.h.meta.GetJSON(key, &st); err != nil {
+	if err := g.h.meta.GetJSON(key, &st); err != nil || st.Complete {
 		return nil // nothing to finish (or unreadable: meta reports it)
 	}
 	g.log.Warn("finishing an interrupted volume copy before rejoining", "index", st.Index, "done", st.Done)
 	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
 	defer cancel()
-	if err := g.pull(ctx, &st); err != nil {
+	if err := g.pullAll(ctx, &st); err != nil {
 		return fmt.Errorf("raftlog: volume %s: finishing interrupted copy: %w", g.spec.Name, err)
 	}
-	return g.h.meta.Delete([]byte(key))
+	return nil
 }
 
 // pull copies the volume from a replica that has applied st.Index, resuming

@@ -36,6 +36,8 @@ const (
 	recEnd  uint8 = 3 // end of stream
 
 	streamChunk    = 1 << 20
+	progressBytes  = 64 << 20
+	progressEvery  = 500 * time.Millisecond
 	streamWaitMax  = 30 * time.Second
 	streamIOTimout = 60 * time.Second
 )
@@ -171,6 +173,7 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 	buf := make([]byte, streamChunk)
 	var hdr [13]byte
 	var moved, lastReport int64
+	lastAt := time.Now()
 	for {
 		_ = c.SetDeadline(time.Now().Add(streamIOTimout))
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -210,11 +213,14 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 		default:
 			return moved, fmt.Errorf("raftlog: stream from %s: unknown record %d", addr, kind)
 		}
-		if progress != nil && off+n-lastReport >= 256<<20 {
+		// Progress is recorded (after a flush: what it covers is durable)
+		// every progressBytes or progressEvery, so that a copy interrupted
+		// by a crash resumes close to where it stopped.
+		if progress != nil && off+n > lastReport && (off+n-lastReport >= progressBytes || time.Since(lastAt) >= progressEvery) {
 			if err := file.Flush(ctx); err != nil {
 				return moved, err
 			}
-			lastReport = off + n
+			lastReport, lastAt = off+n, time.Now()
 			progress(lastReport)
 		}
 	}

@@ -94,13 +94,7 @@ func TestHeal(t *testing.T) {
 	// the volume through a proxy, with the data written while it was down.
 	dead := index(c, victim)
 	c.Start(dead)
-	dir := filepath.Dir(c.VolumePath(dead, volName))
-	testbin.WaitFor(t, 30*time.Second, "the late host's old replica removed", func() error {
-		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s still there (%v)", dir, err)
-		}
-		return nil
-	})
+	waitGone(t, c, dead)
 	var blk int64
 	var want []byte
 	for blk, want = range l.acked {
@@ -124,6 +118,18 @@ func TestHeal(t *testing.T) {
 	if got, err = api.Volume(ctx, volName); err != nil || slices.Contains(got.Hosts, victim) {
 		t.Fatalf("after the late host's return: hosts %v, %v", got.Hosts, err)
 	}
+}
+
+// waitGone waits until host i no longer holds a replica of the volume.
+func waitGone(t *testing.T, c *testbin.Cluster, i int) {
+	t.Helper()
+	dir := filepath.Dir(c.VolumePath(i, volName))
+	testbin.WaitFor(t, 30*time.Second, "the old replica removed", func() error {
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s still there (%v)", dir, err)
+		}
+		return nil
+	})
 }
 
 // humanBytes renders n bytes in MiB.
