@@ -111,9 +111,11 @@ type Volume struct {
 	WriterEpoch uint64 `json:"writer_epoch"`
 	WriterGen   uint64 `json:"writer_gen"`
 	// Move is the replica move under way, if any; LastMove how the last
-	// one ended (move.go).
-	Move     *VolumeMove `json:"move,omitempty"`
-	LastMove *MoveResult `json:"last_move,omitempty"`
+	// one ended (move.go); PlannedMoves those that follow Move when it
+	// completes (a replica set move).
+	Move         *VolumeMove   `json:"move,omitempty"`
+	LastMove     *MoveResult   `json:"last_move,omitempty"`
+	PlannedMoves []PlannedMove `json:"planned_moves,omitempty"`
 }
 
 // Replica is one replica's status, as its host reports it.

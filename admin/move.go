@@ -37,11 +37,22 @@ type Mover interface {
 type MoveVolume struct {
 	// From is the host whose replica moves; To the destination, an alive
 	// host without a replica of the volume.
-	From string `json:"from"`
-	To   string `json:"to"`
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+	// Hosts, instead of From and To, is the volume's replica set after the
+	// moves: each replica on a host not listed moves to a listed host
+	// without one, one move after the other.
+	Hosts []string `json:"hosts,omitempty"`
 	// MaxRate limits the volume copy, in bytes per second: a number or a
 	// size string such as "100M" (0 or absent: no limit).
 	MaxRate Size `json:"max_rate,omitempty"`
+}
+
+// PlannedMove is a replica move that starts when the volume's current one
+// completes.
+type PlannedMove struct {
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // VolumeMove is a replica move in progress, in a volume body.

@@ -138,6 +138,12 @@ func (e *exportSet) Lookup(name string) (nbd.Export, error) {
 	}
 	if epoch != 0 {
 		switch b := x.Backend.(type) {
+		case *handoff:
+			w := b.Writer(epoch)
+			if w == nil {
+				return nbd.Export{}, fmt.Errorf("%w: export %q takes no writer epoch", nbd.ErrUnknownExport, name)
+			}
+			x.Backend = w
 		case *raftlog.Volume:
 			x.Backend = b.Writer(epoch)
 		case *raftlog.Proxy:
@@ -164,23 +170,52 @@ func (e *exportSet) listed(name string) {
 	}
 }
 
-// add exports a volume and its forwarding view.
+// add exports a volume and its forwarding view. If the volume was
+// exported through a proxy, its clients go on with the replica: add
+// returns once the proxy's requests in flight returned (or
+// handoffDrainTimeout passed).
 func (e *exportSet) add(v *raftlog.Volume) {
 	desc := "tandem volume " + v.Name()
+	drain := e.set(v.Name(), desc, v)
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.byName[v.Name()] = nbd.Export{Name: v.Name(), Description: desc, Backend: v}
-	e.listed(v.Name())
 	// Forwarded requests carry their op id in the NBD handle.
 	e.byName[raftlog.ForwardPrefix+v.Name()] = nbd.Export{Name: raftlog.ForwardPrefix + v.Name(), Description: desc, Backend: v.Direct(), PassHandle: true}
+	e.mu.Unlock()
+	drain()
 }
 
-// addProxy exports a volume this host holds no replica of.
+// addProxy exports a volume this host holds no replica of. If the volume
+// was exported from a replica, its clients go on through the proxy:
+// addProxy returns once the replica's requests in flight returned (or
+// handoffDrainTimeout passed).
 func (e *exportSet) addProxy(p *raftlog.Proxy) {
+	e.set(p.Name(), "tandem volume "+p.Name()+" (no replica on this host)", p)()
+}
+
+// set makes b the backend of export name, through the export's handoff,
+// and returns the wait for the old backend's requests in flight.
+func (e *exportSet) set(name, desc string, b volume.Backend) (drain func()) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.byName[p.Name()] = nbd.Export{Name: p.Name(), Description: "tandem volume " + p.Name() + " (no replica on this host)", Backend: p}
-	e.listed(p.Name())
+	e.listed(name)
+	if x, ok := e.byName[name]; ok {
+		if h, ok := x.Backend.(*handoff); ok {
+			x.Description = desc
+			e.byName[name] = x
+			d := h.switchTo(b)
+			return func() { d() }
+		}
+	}
+	e.byName[name] = nbd.Export{Name: name, Description: desc, Backend: newHandoff(b)}
+	return func() {}
+}
+
+// serves reports whether export name's backend is b.
+func (e *exportSet) serves(name string, b volume.Backend) bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	h, ok := e.byName[name].Backend.(*handoff)
+	return ok && h.backend() == b
 }
 
 // remove withdraws a volume's exports.
@@ -190,6 +225,13 @@ func (e *exportSet) remove(name string) {
 	delete(e.byName, name)
 	delete(e.byName, raftlog.ForwardPrefix+name)
 	e.order = slices.DeleteFunc(e.order, func(n string) bool { return n == name })
+}
+
+// removeForward withdraws a volume's forwarding view only.
+func (e *exportSet) removeForward(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.byName, raftlog.ForwardPrefix+name)
 }
 
 // clusterAgent is the cluster-mode part of a running agent.
@@ -538,8 +580,26 @@ func (a *clusterAgent) reconcile() {
 		if !gone {
 			continue
 		}
-		a.exps.remove(name)
-		n := a.srv.Disconnect(name, raftlog.ForwardPrefix+name)
+		// A volume moved away is still served here, through the proxy
+		// reconcileProxies opened (and exported, which moved the
+		// replica's clients over to it): only the forwarding view goes.
+		a.mu.Lock()
+		p := a.proxies[name]
+		v := a.vols[name]
+		a.mu.Unlock()
+		var n int
+		if p != nil {
+			a.exps.addProxy(p)
+			a.exps.removeForward(name)
+			n = a.srv.Disconnect(raftlog.ForwardPrefix + name)
+		} else {
+			if a.exps.serves(name, v) {
+				a.exps.remove(name)
+				n = a.srv.Disconnect(name)
+			}
+			a.exps.removeForward(name)
+			n += a.srv.Disconnect(raftlog.ForwardPrefix + name)
+		}
 		a.mu.Lock()
 		delete(a.vols, name)
 		delete(a.ids, name)
@@ -548,14 +608,6 @@ func (a *clusterAgent) reconcile() {
 			a.log.Warn("removing a replica", "volume", name, "err", err)
 		} else {
 			a.log.Info("replica removed: the volume was deleted or moved away", "volume", name, "disconnected", n)
-		}
-		// A volume moved away is still served here, through the proxy
-		// reconcileProxies opened: its export replaces the replica's.
-		a.mu.Lock()
-		p := a.proxies[name]
-		a.mu.Unlock()
-		if p != nil {
-			a.exps.addProxy(p)
 		}
 	}
 }
@@ -621,8 +673,18 @@ func (a *clusterAgent) reconcileProxies(st *catalog.State) {
 	}
 	a.mu.Unlock()
 	for _, p := range gone {
-		a.exps.remove(p.Name())
-		a.srv.Disconnect(p.Name())
+		// A replica moved here takes the proxy's clients over (adopt
+		// exports it again, a no-op); otherwise they are disconnected.
+		ms := a.moves()
+		ms.mu.Lock()
+		j := ms.joining[p.Name()]
+		ms.mu.Unlock()
+		if cv, ok := st.Volumes[p.Name()]; ok && j != nil && a.replicaID(p.Name()) == cv.ID {
+			a.exps.add(j)
+		} else if a.exps.serves(p.Name(), p) {
+			a.exps.remove(p.Name())
+			a.srv.Disconnect(p.Name())
+		}
 		p.Close()
 	}
 }

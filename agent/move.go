@@ -553,6 +553,9 @@ func (a *clusterAgent) commitMove(ctx context.Context, cmd catalog.Command) (uin
 // its API view.
 func (a *clusterAgent) describeMove(v *admin.Volume, cv *catalog.Volume, local map[string][]admin.LocalVolume) {
 	v.LastMove = admin.MoveResultOf(cv.LastMove)
+	for _, p := range cv.Planned {
+		v.PlannedMoves = append(v.PlannedMoves, admin.PlannedMove{From: p.From, To: p.To})
+	}
 	m := cv.Move
 	if m == nil {
 		return
@@ -607,18 +610,38 @@ func (a *clusterAgent) MoveVolume(ctx context.Context, name string, req admin.Mo
 		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "max_rate: negative")
 	}
 	st := a.ctl.State()
-	if err := st.CheckMove(name, req.From, req.To); err != nil {
-		return admin.Volume{}, moveError(err)
-	}
-	if m, ok := a.members.Member(req.To); !ok || m.State != membership.Alive {
-		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "host %s is not alive", req.To)
+	cmd := catalog.MoveCommand{From: req.From, To: req.To, Hosts: req.Hosts, MaxRate: int64(req.MaxRate)}
+	dests := []string{req.To}
+	switch {
+	case len(req.Hosts) > 0 && (req.From != "" || req.To != ""):
+		return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "give either from and to (one replica) or hosts (the replica set), not both")
+	case len(req.Hosts) > 0:
+		plan, err := st.PlanMoves(name, req.Hosts)
+		if err != nil {
+			return admin.Volume{}, moveError(err)
+		}
+		dests = dests[:0]
+		for _, p := range plan {
+			dests = append(dests, p.To)
+		}
+		if err := st.CheckMove(name, plan[0].From, plan[0].To); err != nil {
+			return admin.Volume{}, moveError(err)
+		}
+	default:
+		if err := st.CheckMove(name, req.From, req.To); err != nil {
+			return admin.Volume{}, moveError(err)
+		}
 	}
 	cv := st.Volumes[name]
-	if h := st.Hosts[req.To]; h.Capacity-st.Allocated(req.To) < cv.Size {
-		return admin.Volume{}, admin.Errorf(http.StatusConflict, "host %s has no room for a replica of %q (%s)", req.To, name, volume.FormatSize(cv.Size))
+	for _, to := range dests {
+		if m, ok := a.members.Member(to); !ok || m.State != membership.Alive {
+			return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "host %s is not alive", to)
+		}
+		if h := st.Hosts[to]; h.Capacity-st.Allocated(to) < cv.Size {
+			return admin.Volume{}, admin.Errorf(http.StatusConflict, "host %s has no room for a replica of %q (%s)", to, name, volume.FormatSize(cv.Size))
+		}
 	}
-	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveReplica, Name: name, At: time.Now().UTC(),
-		Move: &catalog.MoveCommand{From: req.From, To: req.To, MaxRate: int64(req.MaxRate)}})
+	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveReplica, Name: name, At: time.Now().UTC(), Move: &cmd})
 	if err != nil {
 		return admin.Volume{}, moveError(err)
 	}

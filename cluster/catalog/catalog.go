@@ -72,9 +72,11 @@ type Volume struct {
 	// to 0. 0 if Writer was never set.
 	WriterGen uint64 `json:"writer_gen,omitempty"`
 	// Move is the replica move under way, LastMove how the last one ended
-	// (move.go).
-	Move     *Move       `json:"move,omitempty"`
-	LastMove *MoveResult `json:"last_move,omitempty"`
+	// (move.go); Planned the moves that follow Move, one after the other,
+	// when it completes (a replica set move).
+	Move     *Move         `json:"move,omitempty"`
+	LastMove *MoveResult   `json:"last_move,omitempty"`
+	Planned  []PlannedMove `json:"planned_moves,omitempty"`
 }
 
 // State is the whole catalog.

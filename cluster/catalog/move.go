@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -113,14 +114,25 @@ type MoveResult struct {
 	Finished time.Time     `json:"finished"`
 }
 
+// PlannedMove is a replica move that starts when the volume's current
+// one completes.
+type PlannedMove struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
 // MoveCommand carries the fields of the move commands (Command.Move).
 type MoveCommand struct {
 	// ID names the move (move_phase, end_move).
-	ID      uint64 `json:"id,omitempty"`
-	From    string `json:"from,omitempty"`
-	To      string `json:"to,omitempty"`
-	MaxRate int64  `json:"max_rate,omitempty"`
-	Phase   string `json:"phase,omitempty"`
+	ID   uint64 `json:"id,omitempty"`
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+	// Hosts, instead of From and To, is the volume's replica set after
+	// the moves (move_replica): each replica on a host not in Hosts moves
+	// to a host of Hosts without one, one move after the other.
+	Hosts   []string `json:"hosts,omitempty"`
+	MaxRate int64    `json:"max_rate,omitempty"`
+	Phase   string   `json:"phase,omitempty"`
 	// Reason is why the move begins (move_replica; "" is
 	// MoveByOperator).
 	Reason string `json:"reason,omitempty"`
@@ -150,12 +162,18 @@ func (s *State) CheckMove(name, from, to string) error {
 	if !slices.Contains(v.Replicas, from) {
 		return fmt.Errorf("catalog: volume %q: %w: host %s holds no replica of it (replicas: %v)", name, ErrInvalid, from, v.Replicas)
 	}
+	if slices.Contains(v.Replicas, to) {
+		return fmt.Errorf("catalog: volume %q: %w: host %s holds a replica already", name, ErrInvalid, to)
+	}
+	return s.checkDestination(name, to)
+}
+
+// checkDestination reports why host to cannot take a replica of volume
+// name by a move.
+func (s *State) checkDestination(name, to string) error {
 	h, ok := s.Hosts[to]
 	if !ok {
 		return fmt.Errorf("catalog: volume %q: host %q: %w", name, to, ErrNotFound)
-	}
-	if slices.Contains(v.Replicas, to) {
-		return fmt.Errorf("catalog: volume %q: %w: host %s holds a replica already", name, ErrInvalid, to)
 	}
 	if h.State != "alive" {
 		return fmt.Errorf("catalog: volume %q: %w: host %s is %s, not alive", name, ErrInvalid, to, h.State)
@@ -166,6 +184,45 @@ func (s *State) CheckMove(name, from, to string) error {
 	return nil
 }
 
+// PlanMoves returns the moves that make hosts volume name's replica set,
+// in the order they run: the preferred leader's replica last, so that
+// leadership moves once.
+func (s *State) PlanMoves(name string, hosts []string) ([]PlannedMove, error) {
+	v, ok := s.Volumes[name]
+	if !ok {
+		return nil, fmt.Errorf("catalog: volume %q: %w", name, ErrNotFound)
+	}
+	if len(hosts) != len(v.Replicas) {
+		return nil, fmt.Errorf("catalog: volume %q: %w: %d hosts for %d replicas", name, ErrInvalid, len(hosts), len(v.Replicas))
+	}
+	var to []string
+	for i, h := range hosts {
+		if slices.Contains(hosts[:i], h) {
+			return nil, fmt.Errorf("catalog: volume %q: %w: host %s named twice", name, ErrInvalid, h)
+		}
+		if !slices.Contains(v.Replicas, h) {
+			to = append(to, h)
+		}
+	}
+	var from []string
+	for _, h := range v.Replicas {
+		if !slices.Contains(hosts, h) && h != v.PreferredLeader {
+			from = append(from, h)
+		}
+	}
+	if v.PreferredLeader != "" && !slices.Contains(hosts, v.PreferredLeader) && slices.Contains(v.Replicas, v.PreferredLeader) {
+		from = append(from, v.PreferredLeader)
+	}
+	if len(to) == 0 {
+		return nil, fmt.Errorf("catalog: volume %q: %w: its replicas are on %v already", name, ErrInvalid, v.Replicas)
+	}
+	plan := make([]PlannedMove, len(to))
+	for i := range to {
+		plan[i] = PlannedMove{From: from[i], To: to[i]}
+	}
+	return plan, nil
+}
+
 // applyMove applies the move commands.
 func (s *State) applyMove(index uint64, c Command) error {
 	mc := c.Move
@@ -173,7 +230,24 @@ func (s *State) applyMove(index uint64, c Command) error {
 		return fmt.Errorf("catalog: %w: %s without a move", ErrInvalid, c.Kind)
 	}
 	if c.Kind == CmdMoveReplica {
-		if err := s.CheckMove(c.Name, mc.From, mc.To); err != nil {
+		from, to := mc.From, mc.To
+		var plan []PlannedMove
+		if len(mc.Hosts) > 0 {
+			if mc.From != "" || mc.To != "" {
+				return fmt.Errorf("catalog: volume %q: %w: a move names either from and to or the hosts", c.Name, ErrInvalid)
+			}
+			var err error
+			if plan, err = s.PlanMoves(c.Name, mc.Hosts); err != nil {
+				return err
+			}
+			for _, p := range plan {
+				if err := s.checkDestination(c.Name, p.To); err != nil {
+					return err
+				}
+			}
+			from, to, plan = plan[0].From, plan[0].To, plan[1:]
+		}
+		if err := s.CheckMove(c.Name, from, to); err != nil {
 			return err
 		}
 		if mc.MaxRate < 0 {
@@ -188,7 +262,8 @@ func (s *State) applyMove(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w: unknown move reason %q", c.Name, ErrInvalid, mc.Reason)
 		}
 		v := s.Volumes[c.Name]
-		v.Move = &Move{ID: index, From: mc.From, To: mc.To, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At, Reason: reason}
+		v.Move = &Move{ID: index, From: from, To: to, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At, Reason: reason}
+		v.Planned = plan
 		v.Changed = index
 		return nil
 	}
@@ -257,6 +332,22 @@ func (s *State) applyMove(index uint64, c Command) error {
 			res.Check = m.Check
 		}
 		v.Move, v.LastMove = nil, &res
+		// The next planned move starts in the same command; a move that
+		// did not complete ends the plan.
+		plan := v.Planned
+		v.Planned = nil
+		switch {
+		case len(plan) > 0 && r.Result != MoveCompleted:
+			res.Error = strings.TrimPrefix(res.Error+fmt.Sprintf("; %d planned moves dropped", len(plan)), "; ")
+		case len(plan) > 0:
+			next := plan[0]
+			if err := s.CheckMove(c.Name, next.From, next.To); err != nil {
+				res.Error = fmt.Sprintf("the next planned move (%s to %s) cannot start: %v", next.From, next.To, strings.TrimPrefix(err.Error(), "catalog: "))
+				break
+			}
+			v.Move = &Move{ID: index, From: next.From, To: next.To, Phase: MoveCopying, MaxRate: m.MaxRate, Started: c.At, Reason: m.Reason}
+			v.Planned = plan[1:]
+		}
 	default:
 		return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 	}

@@ -3,6 +3,7 @@ package catalog
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -158,5 +159,90 @@ func TestCheckMoveKeepsReplicas(t *testing.T) {
 	}
 	if s.Allocated("n4") != 0 {
 		t.Fatal("n4 charged before the move completed")
+	}
+}
+
+// TestReplicaSetMove walks a move of a volume's whole replica set: the
+// planned moves run one after the other, the preferred leader's replica
+// last, and a move that does not complete drops the rest.
+func TestReplicaSetMove(t *testing.T) {
+	s := vmCatalog(t) // d1..d4 on n1, n2, n3, preferred leader n2
+	for i, n := range []string{"n4", "n5", "n6"} {
+		if err := apply(t, s, uint64(20+i), Command{Kind: CmdPutHost, Host: &Host{Name: n, State: "alive", Capacity: 100 << 30}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := apply(t, s, 23, Command{Kind: CmdPutHost, Host: &Host{Name: "n7", State: "failed", Capacity: 100 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	hosts := func(h ...string) Command {
+		return Command{Kind: CmdMoveReplica, Name: "d1", Move: &MoveCommand{Hosts: h}}
+	}
+	for _, tt := range []struct {
+		name string
+		cmd  Command
+		msg  string
+	}{
+		{"too few hosts", hosts("n4", "n5"), "2 hosts for 3 replicas"},
+		{"a host twice", hosts("n4", "n4", "n5"), "named twice"},
+		{"the same set", hosts("n3", "n1", "n2"), "already"},
+		{"a failed host", hosts("n1", "n7", "n3"), "not alive"},
+		{"an unknown host", hosts("n1", "n9", "n3"), "not found"},
+		{"hosts and from", Command{Kind: CmdMoveReplica, Name: "d1", Move: &MoveCommand{Hosts: []string{"n4", "n5", "n6"}, From: "n1", To: "n4"}}, "either"},
+	} {
+		err := apply(t, s, 30, tt.cmd)
+		if err == nil || !strings.Contains(err.Error(), tt.msg) {
+			t.Errorf("%s: %v, want an error with %q", tt.name, err, tt.msg)
+		}
+	}
+	if v := s.Volumes["d1"]; v.Move != nil || v.Planned != nil {
+		t.Fatalf("refused commands changed the volume: %+v %+v", v.Move, v.Planned)
+	}
+
+	ok := &MoveCheck{Ranges: 1, Compared: 1, OK: true}
+	complete := func(i uint64) uint64 {
+		t.Helper()
+		m := s.Volumes["d1"].Move
+		for k, c := range []Command{
+			{Kind: CmdMovePhase, Name: "d1", Move: &MoveCommand{ID: m.ID, Phase: MovePromoted}},
+			{Kind: CmdMovePhase, Name: "d1", Move: &MoveCommand{ID: m.ID, Phase: MoveRemoving, Check: ok}},
+			{Kind: CmdEndMove, Name: "d1", Move: &MoveCommand{ID: m.ID, Result: &MoveResult{Result: MoveCompleted}}},
+		} {
+			if err := apply(t, s, i+uint64(k), c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return i + 2
+	}
+	if err := apply(t, s, 40, hosts("n4", "n5", "n6")); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"n1->n4", "n3->n5", "n2->n6"} // the preferred leader n2 last
+	i := uint64(41)
+	for k, w := range want {
+		v := s.Volumes["d1"]
+		if got := v.Move.From + "->" + v.Move.To; got != w || len(v.Planned) != len(want)-k-1 {
+			t.Fatalf("move %d: %s with %d planned, want %s with %d", k, got, len(v.Planned), w, len(want)-k-1)
+		}
+		i = complete(i) + 1
+	}
+	v := s.Volumes["d1"]
+	if v.Move != nil || v.Planned != nil || !slices.Equal(v.Replicas, []string{"n4", "n6", "n5"}) || v.PreferredLeader != "n6" {
+		t.Fatalf("after the set move: replicas %v, leader %s, move %+v, planned %v", v.Replicas, v.PreferredLeader, v.Move, v.Planned)
+	}
+
+	// Cancelling the first move drops the rest.
+	if err := apply(t, s, 60, Command{Kind: CmdMoveReplica, Name: "d2", Move: &MoveCommand{Hosts: []string{"n4", "n5", "n6"}, MaxRate: 1 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	d2 := s.Volumes["d2"]
+	if d2.Move.MaxRate != 1<<20 || len(d2.Planned) != 2 {
+		t.Fatalf("d2: move %+v, planned %v", d2.Move, d2.Planned)
+	}
+	if err := apply(t, s, 61, Command{Kind: CmdEndMove, Name: "d2", Move: &MoveCommand{ID: 60, Result: &MoveResult{Result: MoveCancelled}}}); err != nil {
+		t.Fatal(err)
+	}
+	if d2 = s.Volumes["d2"]; d2.Move != nil || d2.Planned != nil || !strings.Contains(d2.LastMove.Error, "2 planned moves dropped") {
+		t.Fatalf("d2 after the cancel: move %+v, planned %v, last %+v", d2.Move, d2.Planned, d2.LastMove)
 	}
 }

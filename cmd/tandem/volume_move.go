@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,10 +26,14 @@ func newVolumeMoveCmd(a *adminFlags) *cobra.Command {
 		rate     string
 	)
 	cmd := &cobra.Command{
-		Use:   "move NAME --from HOST --to HOST | --cancel",
-		Short: "Move one replica of a volume to another host, live",
+		Use:   "move NAME --from HOST --to HOST | --to HOST,HOST,HOST | --cancel",
+		Short: "Move one replica of a volume, or all of them, to other hosts, live",
 		Long: `Move volume NAME's replica on host --from to host --to while clients
-keep using the volume. The new replica joins the volume's raft group as a
+keep using the volume. Without --from, --to lists the volume's replica set
+after the move (as many hosts as it has replicas): each replica on a host
+not listed moves to a listed host without one, one move after the other,
+the preferred leader's replica last; a move that fails or is cancelled
+drops the rest. The new replica joins the volume's raft group as a
 non-voter, receives the volume as a stream and then the log, becomes a
 voter once caught up, and its content is compared with the leader's range
 by range; then leadership leaves --from if it led, --from leaves the group
@@ -39,18 +45,28 @@ the integrity check. --no-wait returns once the move is recorded.
 --cancel cancels a move before the source starts leaving the group: the
 destination leaves it again and its replica is removed.
 
-NBD clients attached through the agent of --from or --to are disconnected
-when the move completes (their agent's export changes from replica to proxy
-or back): QEMU reconnects; clients on other agents see no interruption.
+NBD clients keep their connections through every agent, those of --from
+and --to included: when the move completes, their agent's export of the
+volume switches between its replica and a proxy under them.
 ` + adminHelp,
 		Example: `  tandem volume move vm1 --from n1 --to n4
   tandem volume move vm1 --from n1 --to n4 --max-rate 100M --no-wait
+  tandem volume move vm1 --to n4,n5,n6      # the whole replica set
   tandem volume move vm1 --cancel`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if cancel == (from != "" || to != "") || (!cancel && (from == "" || to == "")) {
-				return errors.New("give either --from HOST --to HOST (start a move) or --cancel (cancel one)")
+			if cancel == (from != "" || to != "") || (!cancel && to == "") {
+				return errors.New("give either --from HOST --to HOST (move one replica), --to HOST,HOST,... (move the replica set) or --cancel (cancel a move)")
+			}
+			var hosts []string
+			if from == "" && !cancel {
+				hosts = strings.Split(to, ",")
+				if slices.Contains(hosts, "") {
+					return fmt.Errorf("--to %q: want HOST,HOST,... (no empty names)", to)
+				}
+			} else if strings.Contains(to, ",") {
+				return fmt.Errorf("--to %q: with --from, --to is one host", to)
 			}
 			var c *client.Client
 			var start admin.Volume
@@ -62,6 +78,9 @@ or back): QEMU reconnects; clients on other agents see no interruption.
 					return err
 				}
 				req := admin.MoveVolume{From: from, To: to}
+				if hosts != nil {
+					req = admin.MoveVolume{Hosts: hosts}
+				}
 				if rate != "" {
 					n, err := volume.ParseSize(rate)
 					if err != nil || n <= 0 {
@@ -82,8 +101,8 @@ or back): QEMU reconnects; clients on other agents see no interruption.
 				}
 				if cancel {
 					_, err = fmt.Fprintf(out, "Cancelled the replica move of volume %s; its replicas stay on %s.\n", name, strings.Join(start.Hosts, ", "))
-				} else {
-					_, err = fmt.Fprintf(out, "Moving volume %s's replica from %s to %s (follow it with: tandem volume show %s).\n", name, from, to, name)
+				} else if m := start.Move; m != nil {
+					_, err = fmt.Fprintf(out, "Moving volume %s's replica from %s to %s, %d more planned (follow it with: tandem volume show %s).\n", name, m.From, m.To, len(start.PlannedMoves), name)
 				}
 				return err
 			}
@@ -97,7 +116,7 @@ or back): QEMU reconnects; clients on other agents see no interruption.
 				return printJSON(out, v)
 			}
 			r := v.LastMove
-			if r.Result != "completed" {
+			if r.Result != "completed" || r.Error != "" {
 				return fmt.Errorf("move of volume %s's replica from %s to %s %s: %s (replicas: %s)", name, r.From, r.To, r.Result, orDash(r.Error), strings.Join(v.Hosts, ", "))
 			}
 			rateS := "-"
@@ -108,7 +127,11 @@ or back): QEMU reconnects; clients on other agents see no interruption.
 			if ck := r.Check; ck != nil {
 				check = fmt.Sprintf("%d of %d ranges of %s identical at log index %d", ck.Compared-ck.Mismatched, ck.Ranges, humanSize(ck.RangeBytes), ck.Index)
 			}
-			_, err = fmt.Fprintf(out, "Moved volume %s's replica from %s to %s in %v: %s copied in %v (%s); integrity check: %s. Replicas: %s.\n",
+			what := "Moved volume %s's replica from %s to %s in %v"
+			if hosts != nil {
+				what = "Moved volume %s's replicas in " + strconv.Itoa(1+len(start.PlannedMoves)) + " moves, the last from %s to %s in %v"
+			}
+			_, err = fmt.Fprintf(out, what+": %s copied in %v (%s); integrity check: %s. Replicas: %s.\n",
 				name, r.From, r.To, r.Finished.Sub(r.Started).Round(time.Millisecond), humanSize(r.Bytes), r.Copy.Round(time.Millisecond), rateS,
 				check, strings.Join(v.Hosts, ", "))
 			return err
@@ -123,19 +146,24 @@ or back): QEMU reconnects; clients on other agents see no interruption.
 	return cmd
 }
 
-// followMove polls the volume until the move that start records has
-// ended, drawing its progress on w, and returns the volume then.
+// followMove polls the volume until the move that start records, and the
+// moves planned after it, have ended, drawing their progress on w, and
+// returns the volume then.
 func followMove(ctx context.Context, c *client.Client, start admin.Volume, w io.Writer) (admin.Volume, error) {
 	if start.Move == nil {
 		return admin.Volume{}, fmt.Errorf("the API did not record a move of volume %s", start.Name)
 	}
-	id := start.Move.ID
+	first, total := start.Move.ID, 1+len(start.PlannedMoves)
 	get := func(ctx context.Context) (admin.Volume, error) { return c.Volume(ctx, start.Name) }
 	return follow(ctx, w, "the move of volume "+start.Name, "tandem volume show "+start.Name, get, func(v admin.Volume) (string, bool, error) {
-		if v.Move != nil && v.Move.ID == id {
-			return moveProgressLine(*v.Move), false, nil
+		if v.Move != nil && v.Move.ID >= first {
+			line := moveProgressLine(*v.Move)
+			if total > 1 {
+				line = fmt.Sprintf("move %d of %d: %s", total-len(v.PlannedMoves), total, line)
+			}
+			return line, false, nil
 		}
-		if v.LastMove == nil || v.LastMove.ID != id {
+		if v.LastMove == nil || v.LastMove.ID < first {
 			return "", true, fmt.Errorf("the move of volume %s ended without a result", start.Name)
 		}
 		return "", true, nil

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/nbd/nbdclient"
 )
 
 const (
@@ -68,8 +69,14 @@ func prefillBlock(k int64) []byte {
 // prefill writes n bytes from offset 0 in 1 MiB writes.
 func prefill(t *testing.T, c *testbin.Cluster, host int, n int64) {
 	t.Helper()
+	prefillVolume(t, c, host, volName, n)
+}
+
+// prefillVolume is prefill for volume name.
+func prefillVolume(t *testing.T, c *testbin.Cluster, host int, name string, n int64) {
+	t.Helper()
 	ctx := context.Background()
-	conn, err := c.Dial(ctx, host, volName)
+	conn, err := c.Dial(ctx, host, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +112,13 @@ type load struct {
 // earlier load whose acknowledged blocks this one starts from.
 func startLoad(t *testing.T, c *testbin.Cluster, host, writers int, blocks int64, prev *load) *load {
 	t.Helper()
+	return startLoadTo(t, c, host, writers, blocks, prev, "")
+}
+
+// startLoadTo is startLoad whose writers also write each block, once
+// acknowledged, to volume control (if not "").
+func startLoadTo(t *testing.T, c *testbin.Cluster, host, writers int, blocks int64, prev *load, control string) *load {
+	t.Helper()
 	l := &load{acked: map[int64][]byte{}, stop: make(chan struct{}), started: time.Now(), last: time.Now()}
 	if prev != nil {
 		for k, b := range prev.acked {
@@ -116,10 +130,19 @@ func startLoad(t *testing.T, c *testbin.Cluster, host, writers int, blocks int64
 		if err != nil {
 			t.Fatal(err)
 		}
+		var ctl *nbdclient.Conn
+		if control != "" {
+			if ctl, err = c.Dial(context.Background(), host, control); err != nil {
+				t.Fatal(err)
+			}
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			defer conn.Close()
+			if ctl != nil {
+				defer ctl.Close()
+			}
 			rng := rand.New(rand.NewPCG(uint64(w), 42))
 			for seq := uint64(1); ; seq++ {
 				select {
@@ -133,6 +156,11 @@ func startLoad(t *testing.T, c *testbin.Cluster, host, writers int, blocks int64
 				binary.BigEndian.PutUint64(p[8:], seq<<8|uint64(w))
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				err := conn.WriteAt(ctx, p, blk*blockSize, 0)
+				if err == nil && ctl != nil {
+					if err = ctl.WriteAt(ctx, p, blk*blockSize, 0); err != nil {
+						err = fmt.Errorf("control volume %s: %w", control, err)
+					}
+				}
 				cancel()
 				now := time.Now()
 				l.mu.Lock()
