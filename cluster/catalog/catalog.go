@@ -181,6 +181,8 @@ type Command struct {
 	Drained bool `json:"drained,omitempty"`
 	// Move carries the replica move commands' fields (move.go).
 	Move *MoveCommand `json:"move,omitempty"`
+	// DiskMove carries the disk move commands' fields (diskmove.go).
+	DiskMove *DiskMoveCommand `json:"disk_move,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -287,6 +289,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return nil
 	case CmdMoveReplica, CmdMovePhase, CmdEndMove:
 		return s.applyMove(index, c)
+	case CmdMoveDisk, CmdDiskMovePhase, CmdEndDiskMove:
+		return s.applyDiskMove(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }
