@@ -68,7 +68,7 @@ var (
 	// testVM runs on n2, booting a kernel.
 	testVM = admin.VM{
 		Name: "web", ID: 1210, VCPUs: 2, MemoryMiB: 1024,
-		Disks: []admin.VMDisk{{Volume: "web-root", WriterEpoch: 1301, WriterGen: 1301}, {Volume: "web-data", WriterEpoch: 1301, WriterGen: 1301}},
+		Disks: []admin.VMDisk{{Disk: "web-root", Kind: "volume", Volume: "web-root", WriterEpoch: 1301, WriterGen: 1301}, {Disk: "web-data", Kind: "volume", Volume: "web-data", WriterEpoch: 1301, WriterGen: 1301}},
 		Boot:  admin.Boot{Kind: admin.BootKernel, Kernel: "/srv/images/vmlinuz", Initrd: "/srv/images/initrd.img", Cmdline: "console=ttyS0 root=/dev/vda"},
 		State: admin.VMRunning, Host: "n2", Epoch: 1301, Created: testCreated, Changed: 1301,
 		Runtime: admin.LocalVM{Name: "web", State: "running", PID: 4242, Epoch: 1301, QMPSocket: "/var/lib/tandem/vms/web/qmp.sock",
