@@ -1,0 +1,220 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/internal/testguest"
+	"github.com/tandem-project/tandem/vmcoord/qemu"
+)
+
+// moveDiskSize is the test guest's disk.
+const moveDiskSize = 4 << 20
+
+// startFileGuest starts a cluster and the test guest on n1 with its disk
+// a raw file on n1 (an external disk), and returns once the guest writes.
+func startFileGuest(t *testing.T) (*guestVM, string) {
+	t.Helper()
+	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
+	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
+	c.WaitManaged(30 * time.Second)
+	ctx := context.Background()
+	api := c.Admin(0)
+	gc := testguest.Config{RunID: rand.Uint32(), Base: 8, Ring: 2000, ReportEvery: 1, CounterPages: 16}
+	img, err := testguest.Image(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "guest.img")
+	if err := os.WriteFile(src, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(src, moveDiskSize); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{"raw:" + src}, Memory: 32 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.StartVM(ctx, "g", "n1"); err != nil {
+		t.Fatal(err)
+	}
+	serial := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		serial[i] = filepath.Join(n.DataDir, "vms", "g", qemu.SerialLogFile)
+	}
+	testbin.WaitFor(t, 60*time.Second, "the guest writing on n1", func() error {
+		if s, booted := serialSeq(serial[0]); !booted || s < 20 {
+			return fmt.Errorf("serial log of n1: seq %d, started %v", s, booted)
+		}
+		return nil
+	})
+	return &guestVM{c: c, api: api, gc: gc, serial: serial}, src
+}
+
+// boots counts the guest's starts in the serial log at path.
+func boots(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "TANDEM-GUEST START")
+}
+
+// checkImage checks the guest's ring in the image file at path: it holds
+// every write up to seq at least.
+func checkImage(t *testing.T, what, path string, gc testguest.Config, seq uint64) testguest.Result {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := testguest.Check(f, gc)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if res.MaxSeq < seq {
+		t.Fatalf("LOST WRITES: %s's newest write is seq %d, the guest had reported %d", what, res.MaxSeq, seq)
+	}
+	return res
+}
+
+// moveDisk runs tandem vm move-disk through n3's CLI and returns the VM
+// it printed at the end.
+func (g *guestVM) moveDisk(t *testing.T, args ...string) admin.VM {
+	t.Helper()
+	out, err := cli(t, g.c, 2, append([]string{"vm", "move-disk", "g", "-o", "json", "--wait-timeout", "60s"}, args...)...)
+	if err != nil {
+		t.Fatalf("move-disk %v: %v\n%s", args, err, out)
+	}
+	var vm admin.VM
+	if err := json.Unmarshal([]byte(out), &vm); err != nil {
+		t.Fatalf("move-disk %v: %v\n%s", args, err, out)
+	}
+	if r := vm.LastDiskMove; r == nil || r.Result != "completed" {
+		t.Fatalf("move-disk %v: last disk move %+v", args, r)
+	}
+	return vm
+}
+
+// TestMoveDisk imports the disk of a running test guest from a raw file
+// on its host into a Tandem volume, then exports it to a new raw file,
+// while the guest writes a sequence number per disk write: the guest
+// never reboots, each side left behind holds every write the guest had
+// reported before the move, and the final file holds every write. It
+// also checks refusals and failures that must leave the VM on its disk.
+func TestMoveDisk(t *testing.T) {
+	g, src := startFileGuest(t)
+	c := g.c
+	ctx := context.Background()
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	var w seqWatch
+	go w.run(wctx, g.serial[:1])
+
+	// A VM whose disk is a file on its host cannot live-migrate.
+	if out, err := cli(t, c, 2, "vm", "migrate", "g", "--to", "n2"); err == nil || !strings.Contains(out, "is a file on host n1") {
+		t.Fatalf("migrating a VM with a file disk: %v\n%s", err, out)
+	}
+
+	// A bad target fails cleanly: the VM keeps its disk.
+	if _, err := g.api.CreateVolume(ctx, admin.CreateVolume{Name: "small", Size: moveDiskSize / 2, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cli(t, c, 2, "vm", "move-disk", "g", "0", "--to-volume", "small", "--wait-timeout", "60s")
+	if err == nil || !strings.Contains(out, "sizes must match") || !strings.Contains(out, "the disk is still raw:"+src) {
+		t.Fatalf("move to a volume of the wrong size: %v\n%s", err, out)
+	}
+	t.Logf("wrong size: %s", strings.TrimSpace(out))
+	taken := filepath.Join(filepath.Dir(src), "taken.img")
+	if err := os.WriteFile(taken, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cli(t, c, 2, "vm", "move-disk", "g", "0", "--to-file", taken, "--wait-timeout", "60s")
+	if err == nil || !strings.Contains(out, "exists") {
+		t.Fatalf("move to an existing file: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(taken); string(b) != "keep me" {
+		t.Fatalf("a failed move changed an existing file: %q", b)
+	}
+	if out, err := cli(t, c, 2, "vm", "move-disk", "g", "0", "--to-volume", "nope"); err == nil || !strings.Contains(out, "create it first") {
+		t.Fatalf("move to a missing volume: %v\n%s", err, out)
+	}
+
+	// Import into a volume.
+	if _, err := g.api.CreateVolume(ctx, admin.CreateVolume{Name: "g-disk", Size: moveDiskSize, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	before := w.current()
+	w.window()
+	start := time.Now()
+	vm := g.moveDisk(t, "0", "--to-volume", "g-disk")
+	took := time.Since(start)
+	if d := vm.Disks[0]; d.Volume != "g-disk" || d.WriterEpoch != vm.Epoch {
+		t.Fatalf("after the import: disk %+v, VM epoch %d", d, vm.Epoch)
+	}
+	r := vm.LastDiskMove
+	after := g.writesOn(t, 0, w.current())
+	gap := w.window()
+	t.Logf("import: %d KiB copied in %v, pivot %v, whole command %v; the guest's longest pause %v (seq %d -> %d)",
+		r.Bytes>>10, r.Copy.Round(time.Millisecond), r.Pivot.Round(time.Millisecond), took.Round(time.Millisecond), gap.Round(time.Millisecond), before, after)
+	// The file left behind holds every write reported before the move.
+	res := checkImage(t, "the imported file", src, g.gc, before)
+	t.Logf("the old file: %+v", res)
+
+	// Export to a new file (through its name).
+	out1 := filepath.Join(t.TempDir(), "out.img")
+	before = w.current()
+	w.window()
+	vm = g.moveDisk(t, "g-disk", "--to-file", out1)
+	if d := vm.Disks[0]; d.Disk != "raw:"+out1 || d.Kind != "raw" {
+		t.Fatalf("after the export: disk %+v", d)
+	}
+	r = vm.LastDiskMove
+	after = g.writesOn(t, 0, w.current())
+	gap = w.window()
+	t.Logf("export: %d KiB copied in %v, pivot %v; the guest's longest pause %v (seq %d -> %d)",
+		r.Bytes>>10, r.Copy.Round(time.Millisecond), r.Pivot.Round(time.Millisecond), gap.Round(time.Millisecond), before, after)
+	// The volume left behind holds every write reported before the
+	// export, and its writer was released.
+	vol := filepath.Join(t.TempDir(), "vol.raw")
+	testbin.Run(t, 60*time.Second, "nbdcopy", c.URI(2, "g-disk"), vol)
+	checkImage(t, "the exported volume", vol, g.gc, before)
+	if v, err := g.api.Volume(ctx, "g-disk"); err != nil || v.WriterEpoch != 0 {
+		t.Fatalf("the exported volume: writer %d (%v), want 0", v.WriterEpoch, err)
+	}
+	if n := boots(t, g.serial[0]); n != 1 {
+		t.Fatalf("the guest booted %d times", n)
+	}
+
+	// Stop the VM: the new file holds every write the guest reported.
+	stopWatch()
+	last, _ := serialSeq(g.serial[0])
+	if _, err := g.api.StopVM(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
+		lv, err := localVMs(c, 0)
+		if err != nil {
+			return err
+		}
+		for _, v := range lv {
+			if v.PID != 0 {
+				return fmt.Errorf("n1 still runs %s", v.Name)
+			}
+		}
+		return nil
+	})
+	res = checkImage(t, "the exported file", out1, g.gc, last)
+	t.Logf("final file: %+v; the guest reported seq %d last", res, last)
+}
