@@ -311,7 +311,9 @@ type DiskMove struct {
 	To   string `json:"to"`
 	// Phase is copying (the source is authoritative) or pivoting (the
 	// target is).
-	Phase   string    `json:"phase"`
+	Phase string `json:"phase"`
+	// MaxRate limits the background copy, in bytes per second (0: none).
+	MaxRate int64     `json:"max_rate,omitempty"`
 	Started time.Time `json:"started"`
 }
 
@@ -340,6 +342,9 @@ type MoveDisk struct {
 	// is no VM's disk (import), raw:/abs/path or qcow2:/abs/path (a new
 	// file the VM's host creates; export) or nbd://host[:port]/export.
 	To string `json:"to"`
+	// MaxRate limits the background copy in bytes per second (absent: no
+	// limit; the guest's own writes are never held back).
+	MaxRate Size `json:"max_rate,omitempty"`
 }
 
 // MigrationProgress is what QEMU reports of a live migration it sends

@@ -24,6 +24,9 @@ func (a *clusterAgent) MoveDisk(ctx context.Context, name string, n int, req adm
 	if req.To == "" {
 		return admin.VM{}, admin.Errorf(http.StatusBadRequest, "no target: give a volume, raw:/path, qcow2:/path or nbd://host:port/export (\"to\"; tandem vm move-disk --to-volume, --to-file or --to-nbd)")
 	}
+	if req.MaxRate < 0 {
+		return admin.VM{}, admin.Errorf(http.StatusBadRequest, "max_rate %d: want a positive number of bytes per second", req.MaxRate)
+	}
 	if vm.State == catalog.VMRunning {
 		if s := a.memberState(vm.Host); s != string(membership.Alive) {
 			return admin.VM{}, admin.Errorf(http.StatusConflict, "the VM's host %s is %s: a disk moves through its running QEMU", vm.Host, stateOrUnknown(s))
@@ -33,7 +36,7 @@ func (a *clusterAgent) MoveDisk(ctx context.Context, name string, n int, req adm
 	if err := st.CheckMoveDisk(name, n, req.To); err != nil {
 		return admin.VM{}, vmError(err, http.StatusBadRequest)
 	}
-	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveDisk, Name: name, DiskMove: &catalog.DiskMoveCommand{Disk: n, To: req.To}})
+	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdMoveDisk, Name: name, DiskMove: &catalog.DiskMoveCommand{Disk: n, To: req.To, MaxRate: int64(req.MaxRate)}})
 	if err != nil {
 		return admin.VM{}, vmError(err, http.StatusBadRequest)
 	}

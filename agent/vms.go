@@ -171,7 +171,7 @@ func describeVM(st *catalog.State, vm *catalog.VM, rt map[string]hostVMs) admin.
 		out.Disks = append(out.Disks, apiDisk(st, d))
 	}
 	if m := vm.DiskMove; m != nil {
-		out.DiskMove = &admin.DiskMove{ID: m.ID, Disk: m.Disk, From: m.From, To: m.To, Phase: m.Phase, Started: m.Started}
+		out.DiskMove = &admin.DiskMove{ID: m.ID, Disk: m.Disk, From: m.From, To: m.To, Phase: m.Phase, MaxRate: m.MaxRate, Started: m.Started}
 	}
 	out.LastDiskMove = apiDiskMoveResult(vm.LastDiskMove)
 	if m := vm.Migration; m != nil {

@@ -167,10 +167,13 @@ type DiskMove struct {
 	ID uint64 `json:"id"`
 	// Disk is the index of the disk in VM.Disks; From the disk (as in
 	// VM.Disks), To the target (same syntax).
-	Disk    int       `json:"disk"`
-	From    string    `json:"from"`
-	To      string    `json:"to"`
-	Phase   string    `json:"phase"`
+	Disk  int    `json:"disk"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Phase string `json:"phase"`
+	// MaxRate limits the background copy, in bytes per second (0: none);
+	// the guest's own writes are never held back by it.
+	MaxRate int64     `json:"max_rate,omitempty"`
 	Started time.Time `json:"started"`
 }
 
@@ -200,9 +203,10 @@ type DiskMoveCommand struct {
 	// ID names the move (disk_move_phase, end_disk_move).
 	ID uint64 `json:"id,omitempty"`
 	// Disk and To: the disk to move and its target (move_disk).
-	Disk  int    `json:"disk,omitempty"`
-	To    string `json:"to,omitempty"`
-	Phase string `json:"phase,omitempty"`
+	Disk    int    `json:"disk,omitempty"`
+	To      string `json:"to,omitempty"`
+	MaxRate int64  `json:"max_rate,omitempty"`
+	Phase   string `json:"phase,omitempty"`
 	// Result is how the move ended (end_disk_move).
 	Result *DiskMoveResult `json:"result,omitempty"`
 }
@@ -302,9 +306,12 @@ func (s *State) applyDiskMove(index uint64, c Command) error {
 		if err := s.CheckMoveDisk(c.Name, c.DiskMove.Disk, c.DiskMove.To); err != nil {
 			return err
 		}
+		if c.DiskMove.MaxRate < 0 {
+			return fmt.Errorf("catalog: VM %q: %w: negative rate", c.Name, ErrInvalid)
+		}
 		vm := s.VMs[c.Name]
 		vm.DiskMove = &DiskMove{ID: index, Disk: c.DiskMove.Disk, From: vm.Disks[c.DiskMove.Disk], To: c.DiskMove.To,
-			Phase: DiskMoveCopying, Started: c.At}
+			Phase: DiskMoveCopying, MaxRate: c.DiskMove.MaxRate, Started: c.At}
 		// The VM's run writes the target under its own epoch.
 		s.setVolumeWriter(c.DiskMove.To, vm.Epoch, index)
 		vm.Changed = index

@@ -15,11 +15,13 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/volume"
 )
 
 func newVMMoveDiskCmd(a *adminFlags) *cobra.Command {
 	var (
 		toVolume, toFile, toNBD, format string
+		maxRate                         string
 		cancel, noWait                  bool
 		wait                            time.Duration
 	)
@@ -46,6 +48,9 @@ left as it is. See docs/move-disk.md.
   --to-nbd URI     nbd://host[:port]/export of another NBD server, at
                    least the disk's size
 
+--max-rate limits the background copy (QEMU's mirror speed); the guest's
+own writes go to both sides at once and are never held back.
+
 The command follows the move and shows its progress (bytes copied, rate)
 on standard error, then prints the result. --no-wait returns once the
 move is recorded. --cancel cancels a move before its pivot: the mirror
@@ -54,7 +59,7 @@ VM keeps its disk; once pivoting, it is too late.
 ` + adminHelp,
 		Example: `  tandem volume create web-root --size 8G
   tandem vm move-disk web 0 --to-volume web-root
-  tandem vm move-disk web web-root --to-file /var/lib/vms/web.qcow2
+  tandem vm move-disk web web-root --to-file /var/lib/vms/web.qcow2 --max-rate 200M
   tandem vm move-disk web 0 --cancel`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
@@ -67,6 +72,14 @@ VM keeps its disk; once pivoting, it is too late.
 			to, err := moveDiskTarget(toVolume, toFile, toNBD, format, cancel)
 			if err != nil {
 				return err
+			}
+			req := admin.MoveDisk{To: to}
+			if maxRate != "" {
+				n, err := volume.ParseSize(maxRate)
+				if err != nil || n <= 0 || cancel {
+					return fmt.Errorf("--max-rate %q: want bytes per second such as 100M, with a target", maxRate)
+				}
+				req.MaxRate = admin.Size(n)
 			}
 			var c *client.Client
 			var start admin.VM
@@ -83,7 +96,7 @@ VM keeps its disk; once pivoting, it is too late.
 				if cancel {
 					start, err = cl.CancelDiskMove(ctx, name, n)
 				} else {
-					start, err = cl.MoveDisk(ctx, name, n, admin.MoveDisk{To: to})
+					start, err = cl.MoveDisk(ctx, name, n, req)
 				}
 				return err
 			})
@@ -132,6 +145,7 @@ VM keeps its disk; once pivoting, it is too late.
 	f.StringVar(&toFile, "to-file", "", "export: a new image file on the VM's host (absolute path)")
 	f.StringVar(&format, "format", "", "the --to-file's format: raw or qcow2 (default: qcow2 for a .qcow2 path, else raw)")
 	f.StringVar(&toNBD, "to-nbd", "", "export: nbd://host[:port]/export of another NBD server")
+	f.StringVar(&maxRate, "max-rate", "", "limit the background copy, in bytes per second (e.g. 100M; the guest's writes are never held back)")
 	f.BoolVar(&cancel, "cancel", false, "cancel the disk's move (before its pivot)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the move is recorded")
 	f.DurationVar(&wait, "wait-timeout", 30*time.Minute, "how long to follow the move")

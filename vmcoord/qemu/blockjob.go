@@ -70,6 +70,8 @@ type MirrorArgs struct {
 	// the copy (the same size); Filter the name of the filter node the
 	// mirror puts above Source while it runs (optional).
 	Source, Target, Filter string
+	// Speed limits the background copy in bytes per second (0: none).
+	Speed int64
 }
 
 // Mirror starts copying Source to Target (blockdev-mirror, sync full,
@@ -79,6 +81,9 @@ func (p *Process) Mirror(ctx context.Context, a MirrorArgs) error {
 		"copy-mode": "write-blocking", "auto-dismiss": false}
 	if a.Filter != "" {
 		args["filter-node-name"] = a.Filter
+	}
+	if a.Speed > 0 {
+		args["speed"] = a.Speed
 	}
 	return p.execute(ctx, "blockdev-mirror", args, nil)
 }

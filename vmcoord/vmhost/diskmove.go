@@ -210,7 +210,8 @@ func (d *diskMove) start(ctx context.Context, info qemu.DiskInfo) error {
 	if err := d.dm.BlockdevAdd(c, opts); err != nil {
 		return fmt.Errorf("opening the target %s: %w", d.mv.To, err)
 	}
-	if err := d.dm.Mirror(c, qemu.MirrorArgs{Job: d.names.job, Source: d.srcNode, Target: d.names.target, Filter: d.names.filter}); err != nil {
+	if err := d.dm.Mirror(c, qemu.MirrorArgs{Job: d.names.job, Source: d.srcNode, Target: d.names.target, Filter: d.names.filter,
+		Speed: d.mv.MaxRate}); err != nil {
 		return fmt.Errorf("starting the mirror to %s: %w", d.mv.To, err)
 	}
 	d.log.Info("disk move: mirroring", "from", d.mv.From, "to", d.mv.To, "bytes", info.Size)
