@@ -83,9 +83,22 @@ func (p *Process) Mirror(ctx context.Context, a MirrorArgs) error {
 		args["filter-node-name"] = a.Filter
 	}
 	if a.Speed > 0 {
-		args["speed"] = a.Speed
+		// The limit applies between iterations, each of up to buf-size
+		// bytes (16 MiB by default): smaller ones make it smooth.
+		args["speed"], args["buf-size"] = a.Speed, mirrorBuf(a.Speed)
 	}
 	return p.execute(ctx, "blockdev-mirror", args, nil)
+}
+
+// mirrorBuf returns the mirror's buffer for a copy limited to speed bytes
+// per second: about a tenth of a second's worth, a power of two from
+// 64 KiB to 16 MiB.
+func mirrorBuf(speed int64) int64 {
+	b := int64(64 << 10)
+	for b < 16<<20 && b*2 <= speed/10 {
+		b *= 2
+	}
+	return b
 }
 
 // Jobs returns QEMU's jobs (query-jobs).

@@ -35,6 +35,16 @@ func TestDiskOf(t *testing.T) {
 	}
 }
 
+func TestMirrorBuf(t *testing.T) {
+	for _, tc := range []struct{ speed, want int64 }{
+		{1, 64 << 10}, {256 << 10, 64 << 10}, {10 << 20, 1 << 20}, {1 << 30, 16 << 20},
+	} {
+		if got := mirrorBuf(tc.speed); got != tc.want {
+			t.Errorf("mirrorBuf(%d) = %d, want %d", tc.speed, got, tc.want)
+		}
+	}
+}
+
 func TestBlockdevOptions(t *testing.T) {
 	for _, tc := range []struct {
 		disk Disk
