@@ -38,7 +38,20 @@ func startFileGuest(t *testing.T) (*guestVM, string) {
 	if err := os.WriteFile(src, img, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(src, moveDiskSize); err != nil {
+	// Data beyond the guest's ring, for the mirror to copy (holes are
+	// copied at once, whatever the rate limit).
+	fill := make([]byte, moveDiskSize/2)
+	for i := range fill {
+		fill[i] = byte(i*7 + i>>9)
+	}
+	f, err := os.OpenFile(src, os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteAt(fill, moveDiskSize/2)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{"raw:" + src}, Memory: 32 << 20}); err != nil {
@@ -217,4 +230,129 @@ func TestMoveDisk(t *testing.T) {
 	})
 	res = checkImage(t, "the exported file", out1, g.gc, last)
 	t.Logf("final file: %+v; the guest reported seq %d last", res, last)
+}
+
+// waitCopying starts a rate-limited move of the guest's disk to target
+// (move-disk flags) and returns once the mirror copied something.
+func (g *guestVM) waitCopying(t *testing.T, target ...string) admin.VM {
+	t.Helper()
+	args := append([]string{"vm", "move-disk", "g", "0", "--no-wait", "--max-rate", "256K"}, target...)
+	if out, err := cli(t, g.c, 2, args...); err != nil {
+		t.Fatalf("move-disk %v: %v\n%s", target, err, out)
+	}
+	var vm admin.VM
+	testbin.WaitFor(t, 30*time.Second, "the mirror copying", func() error {
+		var err error
+		if vm, err = g.api.VM(context.Background(), "g"); err != nil {
+			return err
+		}
+		if p := vm.Runtime.DiskMove; vm.DiskMove == nil || p == nil || p.Copied == 0 {
+			return fmt.Errorf("disk move %+v, progress %+v", vm.DiskMove, p)
+		}
+		return nil
+	})
+	return vm
+}
+
+// waitMoveEnded waits until the VM's disk move ended and returns the VM.
+func (g *guestVM) waitMoveEnded(t *testing.T, id uint64) admin.VM {
+	t.Helper()
+	var vm admin.VM
+	testbin.WaitFor(t, 60*time.Second, "the disk move's end", func() error {
+		var err error
+		if vm, err = g.api.VM(context.Background(), "g"); err != nil {
+			return err
+		}
+		if vm.DiskMove != nil || vm.LastDiskMove == nil || vm.LastDiskMove.ID != id {
+			return fmt.Errorf("disk move %+v, last %+v", vm.DiskMove, vm.LastDiskMove)
+		}
+		return nil
+	})
+	return vm
+}
+
+// TestMoveDiskCancelAndCrash cancels an export mid-copy (the VM keeps its
+// disk, the file the move created is removed), then kills the agent of
+// the VM's host (kill -9) in the middle of an import and restarts it: the
+// restarted agent finds QEMU's mirror and finishes or fails the move, the
+// guest never stops running, and the disk the catalog names at the end
+// holds every write the guest reported.
+func TestMoveDiskCancelAndCrash(t *testing.T) {
+	g, src := startFileGuest(t)
+	c := g.c
+	ctx := context.Background()
+
+	// Cancel an export mid-copy.
+	out1 := filepath.Join(t.TempDir(), "out.img")
+	vm := g.waitCopying(t, "--to-file", out1)
+	id := vm.DiskMove.ID
+	if out, err := cli(t, c, 2, "vm", "move-disk", "g", "0", "--cancel"); err != nil || !strings.Contains(out, "Cancelled") {
+		t.Fatalf("cancel: %v\n%s", err, out)
+	}
+	vm = g.waitMoveEnded(t, id)
+	if r := vm.LastDiskMove; r.Result != "cancelled" || vm.Disks[0].Disk != "raw:"+src {
+		t.Fatalf("after the cancel: last move %+v, disk %+v", r, vm.Disks[0])
+	}
+	testbin.WaitFor(t, 20*time.Second, "the cancelled move's file removed", func() error {
+		if _, err := os.Stat(out1); !os.IsNotExist(err) {
+			return fmt.Errorf("%s: %v", out1, err)
+		}
+		return nil
+	})
+	seq, _ := serialSeq(g.serial[0])
+	g.writesOn(t, 0, seq)
+	// Too late to cancel what is not moving.
+	if out, err := cli(t, c, 2, "vm", "move-disk", "g", "0", "--cancel"); err == nil || !strings.Contains(out, "not moving") {
+		t.Fatalf("cancel without a move: %v\n%s", err, out)
+	}
+
+	// Kill the VM host's agent in the middle of an import.
+	if _, err := g.api.CreateVolume(ctx, admin.CreateVolume{Name: "g-disk", Size: moveDiskSize, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	vm = g.waitCopying(t, "--to-volume", "g-disk")
+	id = vm.DiskMove.ID
+	before, _ := serialSeq(g.serial[0])
+	c.Kill(0)
+	t.Logf("killed n1's agent mid-copy (phase %s, guest at seq %d, %d of %d bytes copied)", vm.DiskMove.Phase, before, vm.Runtime.DiskMove.Copied, vm.Runtime.DiskMove.Total)
+	c.Start(0)
+	vm = g.waitMoveEnded(t, id)
+	r := vm.LastDiskMove
+	t.Logf("after the restart: %s (%s), disk %s", r.Result, r.Error, vm.Disks[0].Disk)
+	switch {
+	case r.Result == "completed" && vm.Disks[0].Volume == "g-disk":
+	case r.Result == "failed" && vm.Disks[0].Disk == "raw:"+src:
+	default:
+		t.Fatalf("after the restart: last move %+v, disk %+v", r, vm.Disks[0])
+	}
+	seq, _ = serialSeq(g.serial[0])
+	g.writesOn(t, 0, seq)
+	if n := boots(t, g.serial[0]); n != 1 {
+		t.Fatalf("the guest booted %d times", n)
+	}
+
+	// Stop the VM and check the disk the catalog names.
+	last, _ := serialSeq(g.serial[0])
+	if _, err := g.api.StopVM(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
+		lv, err := localVMs(c, 0)
+		if err != nil {
+			return err
+		}
+		for _, v := range lv {
+			if v.PID != 0 {
+				return fmt.Errorf("n1 still runs %s", v.Name)
+			}
+		}
+		return nil
+	})
+	path := src
+	if vm.Disks[0].Volume == "g-disk" {
+		path = filepath.Join(t.TempDir(), "vol.raw")
+		testbin.Run(t, 60*time.Second, "nbdcopy", c.URI(2, "g-disk"), path)
+	}
+	res := checkImage(t, "the VM's disk", path, g.gc, last)
+	t.Logf("the VM's disk (%s): %+v; the guest reported seq %d last", vm.Disks[0].Disk, res, last)
 }
