@@ -150,6 +150,13 @@ func (d *diskMove) run(ctx context.Context) {
 		if hasJob {
 			d.dismiss()
 		}
+		if d.mv.Phase == catalog.DiskMoveCopying {
+			// Only a recorded pivot is followed by job-complete; the
+			// device is on the target all the same, which is what counts.
+			if err := d.commitPivoting(ctx); err != nil {
+				d.log.Warn("disk move: recording the pivot", "err", err)
+			}
+		}
 		d.complete()
 		return
 	case hasJob:
@@ -207,6 +214,8 @@ func (d *diskMove) start(ctx context.Context, info qemu.DiskInfo) error {
 	}
 	c, cancel := qctx()
 	defer cancel()
+	// A target node an earlier attempt left (its job failed) goes first.
+	_ = d.dm.BlockdevDel(c, d.names.target)
 	if err := d.dm.BlockdevAdd(c, opts); err != nil {
 		return fmt.Errorf("opening the target %s: %w", d.mv.To, err)
 	}
