@@ -328,10 +328,16 @@ func (d *diskMove) follow(ctx context.Context) {
 				}
 			}
 		}
+		// Once ready, every guest write waits for the target: poll
+		// faster to keep that window (and the pivot) short.
+		poll := 100 * time.Millisecond
+		if pivoting {
+			poll = 10 * time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
 		case <-d.p.Done():
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 }
