@@ -24,7 +24,7 @@ const moveDiskSize = 4 << 20
 // a raw file on n1 (an external disk), and returns once the guest writes.
 func startFileGuest(t *testing.T) (*guestVM, string) {
 	t.Helper()
-	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
+	testbin.Require(t, "qemu-system-x86_64", "nbdcopy", "qemu-img")
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
@@ -121,8 +121,8 @@ func (g *guestVM) moveDisk(t *testing.T, args ...string) admin.VM {
 }
 
 // TestMoveDisk imports the disk of a running test guest from a raw file
-// on its host into a Tandem volume, then exports it to a new raw file,
-// while the guest writes a sequence number per disk write: the guest
+// on its host into a Tandem volume, then exports it to a new raw file and
+// from there to a qcow2 file, while the guest writes a sequence number per disk write: the guest
 // never reboots, each side left behind holds every write the guest had
 // reported before the move, and the final file holds every write. It
 // also checks refusals and failures that must leave the VM on its disk.
@@ -210,6 +210,20 @@ func TestMoveDisk(t *testing.T) {
 		t.Fatalf("the guest booted %d times", n)
 	}
 
+	// And from file to file, into qcow2.
+	out2 := filepath.Join(t.TempDir(), "out.qcow2")
+	w.window()
+	vm = g.moveDisk(t, "0", "--to-file", out2)
+	if d := vm.Disks[0]; d.Disk != "qcow2:"+out2 || d.Kind != "qcow2" {
+		t.Fatalf("after the export to qcow2: disk %+v", d)
+	}
+	g.writesOn(t, 0, w.current())
+	t.Logf("raw file to qcow2: %d KiB copied in %v, pivot %v; the guest's longest pause %v", vm.LastDiskMove.Bytes>>10,
+		vm.LastDiskMove.Copy.Round(time.Millisecond), vm.LastDiskMove.Pivot.Round(time.Millisecond), w.window().Round(time.Millisecond))
+	// The guest's pauses without a move, over a window as long.
+	time.Sleep(time.Second)
+	t.Logf("the guest's longest pause without a move, over 1 s: %v", w.window().Round(time.Millisecond))
+
 	// Stop the VM: the new file holds every write the guest reported.
 	stopWatch()
 	last, _ := serialSeq(g.serial[0])
@@ -228,7 +242,10 @@ func TestMoveDisk(t *testing.T) {
 		}
 		return nil
 	})
-	res = checkImage(t, "the exported file", out1, g.gc, last)
+	checkImage(t, "the first exported file", out1, g.gc, before)
+	raw := filepath.Join(t.TempDir(), "final.raw")
+	testbin.Run(t, 60*time.Second, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", out2, raw)
+	res = checkImage(t, "the exported qcow2 file", raw, g.gc, last)
 	t.Logf("final file: %+v; the guest reported seq %d last", res, last)
 }
 
