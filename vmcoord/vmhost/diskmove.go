@@ -287,7 +287,20 @@ func (d *diskMove) follow(ctx context.Context) {
 		case err != nil:
 			d.log.Warn("disk move: query-jobs", "err", err)
 		case !ok:
-			d.fail(fmt.Errorf("QEMU's mirror job %s vanished", d.names.job))
+			// Only this driver dismisses the job: it ended unseen.
+			c, cancel := qctx()
+			info, err := d.dm.Disk(c, d.mv.Disk)
+			cancel()
+			switch {
+			case err == nil && info.Node == d.names.target:
+				d.complete()
+			case pivoting:
+				d.r.clearPivot()
+				d.m.endMove(d.log, d.r.name, d.mv, catalog.ResultFailed, "the mirror ended without a pivot: the VM runs on the source", nil)
+			default:
+				d.undo()
+				d.fail(fmt.Errorf("QEMU's mirror job %s vanished", d.names.job))
+			}
 			return
 		default:
 			d.r.setMoving(&admin.DiskMoveProgress{Status: job.Status, Copied: job.Current, Total: job.Total})
