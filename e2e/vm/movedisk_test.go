@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,6 +25,14 @@ const moveDiskSize = 4 << 20
 // startFileGuest starts a cluster and the test guest on n1 with its disk
 // a raw file on n1 (an external disk), and returns once the guest writes.
 func startFileGuest(t *testing.T) (*guestVM, string) {
+	t.Helper()
+	return startExternalGuest(t, func(path string) string { return "raw:" + path })
+}
+
+// startExternalGuest starts a cluster and the test guest on n1 with its
+// disk the external disk disk(path) of the guest's image at path, and
+// returns once the guest writes.
+func startExternalGuest(t *testing.T, disk func(path string) string) (*guestVM, string) {
 	t.Helper()
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy", "qemu-img")
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
@@ -54,7 +64,7 @@ func startFileGuest(t *testing.T) (*guestVM, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{"raw:" + src}, Memory: 32 << 20}); err != nil {
+	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{disk(src)}, Memory: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := api.StartVM(ctx, "g", "n1"); err != nil {
@@ -372,4 +382,59 @@ func TestMoveDiskCancelAndCrash(t *testing.T) {
 	}
 	res := checkImage(t, "the VM's disk", path, g.gc, last)
 	t.Logf("the VM's disk (%s): %+v; the guest reported seq %d last", vm.Disks[0].Disk, res, last)
+}
+
+// TestMoveDiskFromNBD imports the disk of a running test guest that is an
+// export of another NBD server (nbdkit serving the image file) into a
+// volume while the guest writes, and checks the volume.
+func TestMoveDiskFromNBD(t *testing.T) {
+	testbin.Require(t, "nbdkit")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	var srv *exec.Cmd
+	g, src := startExternalGuest(t, func(path string) string {
+		srv = exec.Command("nbdkit", "-f", "-i", "127.0.0.1", "-p", port, "file", path)
+		srv.Env = testbin.CleanEnv()
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+		testbin.WaitFor(t, 10*time.Second, "nbdkit listening", func() error {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		return "nbd://" + addr + "/"
+	})
+	ctx := context.Background()
+	if _, err := g.api.CreateVolume(ctx, admin.CreateVolume{Name: "g-disk", Size: moveDiskSize, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := serialSeq(g.serial[0])
+	vm := g.moveDisk(t, "0", "--to-volume", "g-disk")
+	if d := vm.Disks[0]; d.Volume != "g-disk" {
+		t.Fatalf("after the import: disk %+v", d)
+	}
+	r := vm.LastDiskMove
+	t.Logf("import from %s: %d KiB copied in %v, pivot %v", r.From, r.Bytes>>10, r.Copy.Round(time.Millisecond), r.Pivot.Round(time.Millisecond))
+	g.writesOn(t, 0, before)
+	// The NBD server is no longer needed.
+	srv.Process.Kill()
+	srv.Wait()
+	seq, _ := serialSeq(g.serial[0])
+	g.writesOn(t, 0, seq)
+	checkImage(t, "the old export's file", src, g.gc, before)
+	if n := boots(t, g.serial[0]); n != 1 {
+		t.Fatalf("the guest booted %d times", n)
+	}
+	last, _ := serialSeq(g.serial[0])
+	res := g.checkDisk(t, last)
+	t.Logf("the volume: %+v; the guest reported seq %d last", res, last)
 }
