@@ -223,7 +223,14 @@ func TestMoveDisk(t *testing.T) {
 	// And from file to file, into qcow2.
 	out2 := filepath.Join(t.TempDir(), "out.qcow2")
 	w.window()
-	vm = g.moveDisk(t, "0", "--to-file", out2)
+	out, err = cli(t, c, 2, "vm", "move-disk", "g", "0", "--to-file", out2, "--wait-timeout", "60s") // the human output
+	if err != nil || !strings.Contains(out, "Moved disk 0 of VM g from raw:"+out1+" to qcow2:"+out2+": ") {
+		t.Fatalf("move-disk to qcow2: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	if vm, err = g.api.VM(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
 	if d := vm.Disks[0]; d.Disk != "qcow2:"+out2 || d.Kind != "qcow2" {
 		t.Fatalf("after the export to qcow2: disk %+v", d)
 	}
