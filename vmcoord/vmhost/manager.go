@@ -341,6 +341,7 @@ func (m *Manager) supervise(r *run) {
 		moveID     uint64
 		moveCancel context.CancelFunc
 		moveDone   chan struct{}
+		moveEnded  time.Time // when its goroutine last ended
 	)
 	endMigration := func() {
 		if migCancel != nil {
@@ -379,8 +380,8 @@ func (m *Manager) supervise(r *run) {
 		}
 		if moveDone != nil {
 			select {
-			case <-moveDone: // finished by itself (moveID stays: not again)
-				moveCancel, moveDone = nil, nil
+			case <-moveDone: // finished by itself
+				moveCancel, moveDone, moveEnded = nil, nil, time.Now()
 			default:
 			}
 		}
@@ -435,7 +436,12 @@ func (m *Manager) supervise(r *run) {
 				defer close(done)
 				m.migrateOut(ctx, log, r, p, mg, disks)
 			}(*w.mig, w.spec.Disks, migDone)
-		case p != nil && w.role == roleRun && w.move != nil && moveCancel == nil && moveID != w.move.ID:
+		case p != nil && w.role == roleRun && w.move != nil && moveCancel == nil &&
+			(moveID != w.move.ID || time.Since(moveEnded) > moveRetry):
+			// A move whose goroutine ended but is still in the catalog
+			// after moveRetry (its end was not recorded, or QEMU was
+			// started again) is looked at again: the driver starts from
+			// what QEMU shows.
 			ctx, cancel := context.WithCancel(context.Background())
 			moveID, moveCancel, moveDone = w.move.ID, cancel, make(chan struct{})
 			go func(mv catalog.DiskMove, size int64, epoch uint64, done chan struct{}) {
@@ -492,6 +498,10 @@ func (m *Manager) supervise(r *run) {
 		}
 	}
 }
+
+// moveRetry is how long a disk move whose driver ended may stay in the
+// catalog before the driver runs again.
+const moveRetry = 5 * time.Second
 
 // crashLoop is how long a QEMU must run for its exit not to count as one
 // more failure in a row.
