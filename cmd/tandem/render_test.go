@@ -129,6 +129,15 @@ func TestRenderGolden(t *testing.T) {
 				Total: 900 * time.Millisecond, Bytes: 140 << 20, Passes: 3, Finished: testVM.Created}
 			return renderVM(w, vm)
 		}},
+		{"vm-moving-disk", func(w io.Writer) error {
+			vm := testVM
+			vm.Disks = []admin.VMDisk{{Disk: "raw:/srv/web.img", Kind: "raw"}, testVM.Disks[1]}
+			vm.DiskMove = &admin.DiskMove{ID: 1500, Disk: 0, From: "raw:/srv/web.img", To: "web-root", Phase: "copying", Started: testVM.Created}
+			vm.Runtime.DiskMove = &admin.DiskMoveProgress{Status: "running", Copied: 3 << 30, Total: 8 << 30}
+			vm.LastDiskMove = &admin.DiskMoveResult{ID: 1400, Disk: 1, From: "nbd://10.0.0.9:10809/data", To: "web-data", Result: "completed",
+				Bytes: 2 << 30, Copy: 12 * time.Second, Pivot: 31 * time.Millisecond, Finished: testVM.Created}
+			return renderVM(w, vm)
+		}},
 		{"migration-progress", func(w io.Writer) error {
 			vm := testVM
 			vm.Migration = &admin.Migration{From: "n1", To: "n2", Epoch: 61, Phase: "ready"}
