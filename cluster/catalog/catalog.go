@@ -266,6 +266,9 @@ func (s *State) apply(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
 		}
 		if vm := s.DiskOf(c.Name); vm != "" {
+			if m := s.VMs[vm].DiskMove; m != nil && m.To == c.Name {
+				return fmt.Errorf("catalog: volume %q: %w as the target of VM %q's disk move (cancel it first)", c.Name, ErrInUse, vm)
+			}
 			return fmt.Errorf("catalog: volume %q: %w as a disk of VM %q (delete the VM first)", c.Name, ErrInUse, vm)
 		}
 		delete(s.Volumes, c.Name)
