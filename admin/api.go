@@ -242,11 +242,22 @@ type VM struct {
 	// how the last one ended.
 	Migration     *Migration       `json:"migration,omitempty"`
 	LastMigration *MigrationResult `json:"last_migration,omitempty"`
+	// DiskMove is the disk move under way, if any; LastDiskMove how the
+	// last one ended (docs/move-disk.md).
+	DiskMove     *DiskMove       `json:"disk_move,omitempty"`
+	LastDiskMove *DiskMoveResult `json:"last_disk_move,omitempty"`
 }
 
-// VMDisk is one disk of a VM.
+// VMDisk is one disk of a VM: a Tandem volume, or an external source
+// (a raw or qcow2 file on the VM's host, another NBD server's export).
 type VMDisk struct {
-	Volume string `json:"volume"`
+	// Disk is the disk as the VM records it: a volume name, raw:/path,
+	// qcow2:/path or nbd://host:port/export.
+	Disk string `json:"disk"`
+	// Kind is volume, raw, qcow2 or nbd.
+	Kind string `json:"kind"`
+	// Volume is the volume's name ("" for an external disk).
+	Volume string `json:"volume,omitempty"`
 	// WriterEpoch and WriterGen are the volume's: see Volume.
 	WriterEpoch uint64 `json:"writer_epoch"`
 	WriterGen   uint64 `json:"writer_gen"`
@@ -276,6 +287,68 @@ type LocalVM struct {
 	// Migration is the progress of the live migration this host sends
 	// (the source's report), if one is under way.
 	Migration *MigrationProgress `json:"migration,omitempty"`
+	// DiskMove is the progress of the VM's disk move, if one is under
+	// way.
+	DiskMove *DiskMoveProgress `json:"disk_move,omitempty"`
+}
+
+// DiskMoveProgress is what QEMU reports of a disk move's mirror job.
+type DiskMoveProgress struct {
+	// Status is the mirror job's (running, ready, waiting, concluded...)
+	// or the agent's step before it runs (preparing).
+	Status string `json:"status"`
+	// Copied and Total are bytes: Total is the disk's size plus what the
+	// guest wrote during the copy.
+	Copied int64 `json:"copied"`
+	Total  int64 `json:"total"`
+}
+
+// DiskMove is a VM's disk move in progress, as the catalog records it
+// (docs/move-disk.md).
+type DiskMove struct {
+	// ID is the catalog index of the command that started it.
+	ID uint64 `json:"id"`
+	// Disk is the disk's index in the VM's disks; From the disk, To the
+	// target (volume name, raw:/path, qcow2:/path or nbd://...).
+	Disk int    `json:"disk"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Phase is copying (the source is authoritative) or pivoting (the
+	// target is).
+	Phase string `json:"phase"`
+	// MaxRate limits the background copy, in bytes per second (0: none).
+	MaxRate int64     `json:"max_rate,omitempty"`
+	Started time.Time `json:"started"`
+}
+
+// DiskMoveResult is how a VM's last disk move ended.
+type DiskMoveResult struct {
+	ID   uint64 `json:"id"`
+	Disk int    `json:"disk"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Result is completed (the disk is To), cancelled or failed (it is
+	// From).
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+	// Bytes is what the mirror copied, Copy how long until it was ready,
+	// Pivot how long the pivot took.
+	Bytes    int64         `json:"bytes"`
+	Copy     time.Duration `json:"copy_ns"`
+	Pivot    time.Duration `json:"pivot_ns"`
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+}
+
+// MoveDisk is the body of POST /v1/vms/{name}/disks/{n}/move.
+type MoveDisk struct {
+	// To is the target: an existing volume of the disk's exact size that
+	// is no VM's disk (import), raw:/abs/path or qcow2:/abs/path (a new
+	// file the VM's host creates; export) or nbd://host[:port]/export.
+	To string `json:"to"`
+	// MaxRate limits the background copy in bytes per second (absent: no
+	// limit; the guest's own writes are never held back).
+	MaxRate Size `json:"max_rate,omitempty"`
 }
 
 // MigrationProgress is what QEMU reports of a live migration it sends
@@ -348,8 +421,9 @@ type CreateVM struct {
 	// such as "256M" or "1GiB", a whole number of MiB from 16M to 64G
 	// (0 or absent: 256M).
 	Memory Size `json:"memory,omitempty"`
-	// Disks are existing volumes, none of them a disk of another VM: 1
-	// to 16.
+	// Disks are 1 to 16 disks: existing volumes, none of them a disk of
+	// another VM, or external sources: raw:/abs/path or qcow2:/abs/path
+	// (an image file on the VM's host) or nbd://host[:port]/export.
 	Disks []string `json:"disks"`
 	// Boot is how the VM boots (absent: from its first disk; a kind left
 	// empty is kernel when a kernel is given, else disk).
@@ -388,6 +462,16 @@ type MigrationStep struct {
 	// migration ended (end_migration).
 	URI    string           `json:"uri,omitempty"`
 	Result *MigrationResult `json:"result,omitempty"`
+	// DiskMove carries the disk move steps' fields (kinds
+	// disk_move_phase, end_disk_move; VM and Kind as above).
+	DiskMove *DiskMoveStep `json:"disk_move,omitempty"`
+}
+
+// DiskMoveStep is a step of a disk move an agent records.
+type DiskMoveStep struct {
+	ID     uint64          `json:"id"`
+	Phase  string          `json:"phase,omitempty"`
+	Result *DiskMoveResult `json:"result,omitempty"`
 }
 
 // Committed is the answer to an internal catalog change: the command's

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,13 @@ type Cluster interface {
 	// CancelMigration ends the VM's migration before its switchover (a
 	// 409 once switched: the VM then completes on the destination).
 	CancelMigration(ctx context.Context, name string) (VM, error)
+	// MoveDisk records a move of disk n of a running VM to req.To (a
+	// volume, or an external target); the agent of the VM's host
+	// carries it out (docs/move-disk.md).
+	MoveDisk(ctx context.Context, name string, n int, req MoveDisk) (VM, error)
+	// CancelDiskMove ends the VM's move of disk n before its pivot (a 409
+	// once pivoting: the move then completes).
+	CancelDiskMove(ctx context.Context, name string, n int) (VM, error)
 	// DrainHost sets or clears a host's drained flag: a drained host
 	// takes no new replicas and its replicas are moved to other hosts.
 	DrainHost(ctx context.Context, name string, drained bool) (Host, error)
@@ -228,6 +236,26 @@ func (s *server) routeVMs(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /v1/vms/{name}/migrate/cancel", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		vm, err := c.CancelMigration(r.Context(), r.PathValue("name"))
+		s.reply(w, http.StatusOK, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/disks/{n}/move", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		n, ok := diskIndex(w, r)
+		if !ok {
+			return
+		}
+		var req MoveDisk
+		if !decode(w, r, &req) {
+			return
+		}
+		vm, err := c.MoveDisk(r.Context(), r.PathValue("name"), n, req)
+		s.reply(w, http.StatusAccepted, vm, err)
+	}))
+	mux.HandleFunc("POST /v1/vms/{name}/disks/{n}/move/cancel", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		n, ok := diskIndex(w, r)
+		if !ok {
+			return
+		}
+		vm, err := c.CancelDiskMove(r.Context(), r.PathValue("name"), n)
 		s.reply(w, http.StatusOK, vm, err)
 	}))
 	mux.HandleFunc("POST /v1/hosts/{name}/drain", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
@@ -405,6 +433,17 @@ func (s *server) reply(w http.ResponseWriter, code int, v any, err error) {
 	writeError(w, http.StatusInternalServerError, err.Error())
 }
 
+// diskIndex reads the {n} of a VM disk path: a disk's index, from 0; it
+// answers 400 itself to anything else.
+func diskIndex(w http.ResponseWriter, r *http.Request) (int, bool) {
+	n, err := strconv.Atoi(r.PathValue("n"))
+	if err != nil || n < 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("disk %q: want the disk's index in the VM's disks, from 0", r.PathValue("n")))
+		return 0, false
+	}
+	return n, true
+}
+
 // catalogStatus returns the HTTP status of a refused catalog command.
 func catalogStatus(err error) (int, bool) {
 	switch {
@@ -413,7 +452,7 @@ func catalogStatus(err error) (int, bool) {
 	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrShrinking):
 		return http.StatusBadRequest, true
 	case errors.Is(err, catalog.ErrExists), errors.Is(err, catalog.ErrNoPlace), errors.Is(err, catalog.ErrInUse),
-		errors.Is(err, catalog.ErrRunning), errors.Is(err, catalog.ErrStopped):
+		errors.Is(err, catalog.ErrRunning), errors.Is(err, catalog.ErrStopped), errors.Is(err, catalog.ErrNoDiskMove):
 		return http.StatusConflict, true
 	}
 	return 0, false

@@ -94,6 +94,14 @@ func (f *fakeCluster) CancelMigration(_ context.Context, name string) (VM, error
 	f.record("cancel migration of %s", name)
 	return VM{Name: name, State: VMRunning}, f.err
 }
+func (f *fakeCluster) MoveDisk(_ context.Context, name string, n int, req MoveDisk) (VM, error) {
+	f.record("move disk %d of %s to %s", n, name, req.To)
+	return VM{Name: name, State: VMRunning, DiskMove: &DiskMove{Disk: n, To: req.To, Phase: "copying"}}, f.err
+}
+func (f *fakeCluster) CancelDiskMove(_ context.Context, name string, n int) (VM, error) {
+	f.record("cancel move of disk %d of %s", n, name)
+	return VM{Name: name, State: VMRunning}, f.err
+}
 func (f *fakeCluster) DrainHost(_ context.Context, name string, drained bool) (Host, error) {
 	f.record("drain %s %v", name, drained)
 	return Host{Name: name, Drained: drained}, f.err

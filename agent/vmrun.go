@@ -42,9 +42,11 @@ func (a *clusterAgent) startVMs() error {
 	return nil
 }
 
-// commitMigration commits a migration step on the control leader.
+// commitMigration commits a migration or disk move step on the control
+// leader.
 func (a *clusterAgent) commitMigration(ctx context.Context, cmd catalog.Command) (uint64, error) {
-	step := admin.MigrationStep{VM: cmd.Name, Kind: cmd.Kind, Epoch: cmd.Epoch, URI: cmd.URI, Result: apiMigrationResult(cmd.Result)}
+	step := admin.MigrationStep{VM: cmd.Name, Kind: cmd.Kind, Epoch: cmd.Epoch, URI: cmd.URI, Result: apiMigrationResult(cmd.Result),
+		DiskMove: apiDiskMoveStep(cmd.DiskMove)}
 	return a.commitOnLeader(ctx, cmd, func(ctx context.Context, c *client.Client) (uint64, error) { return c.MigrationStep(ctx, step) })
 }
 
@@ -71,7 +73,7 @@ func (a *clusterAgent) commitOnLeader(ctx context.Context, cmd catalog.Command, 
 		} else {
 			err = errors.New("no control leader known")
 		}
-		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrNoMove) ||
+		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrNoMove) || errors.Is(err, catalog.ErrNoDiskMove) ||
 			errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
 			return idx, err
 		}
@@ -104,11 +106,12 @@ func catalogMigrationResult(r *admin.MigrationResult) *catalog.MigrationResult {
 // MigrationStep implements admin.Cluster (on the control leader).
 func (a *clusterAgent) MigrationStep(ctx context.Context, st admin.MigrationStep) (uint64, error) {
 	switch st.Kind {
-	case catalog.CmdMigrationReady, catalog.CmdSwitchVM, catalog.CmdEndMigration:
+	case catalog.CmdMigrationReady, catalog.CmdSwitchVM, catalog.CmdEndMigration, catalog.CmdDiskMovePhase, catalog.CmdEndDiskMove:
 	default:
-		return 0, admin.Errorf(http.StatusBadRequest, "%q is not a migration step", st.Kind)
+		return 0, admin.Errorf(http.StatusBadRequest, "%q is not a migration or disk move step", st.Kind)
 	}
-	cmd := catalog.Command{Kind: st.Kind, Name: st.VM, Epoch: st.Epoch, URI: st.URI, Result: catalogMigrationResult(st.Result)}
+	cmd := catalog.Command{Kind: st.Kind, Name: st.VM, Epoch: st.Epoch, URI: st.URI, Result: catalogMigrationResult(st.Result),
+		DiskMove: catalogDiskMoveCommand(st.DiskMove)}
 	idx, err := a.ctl.Commit(ctx, cmd)
 	if err != nil {
 		return 0, vmError(err, http.StatusNotFound)

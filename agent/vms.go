@@ -168,12 +168,12 @@ func describeVM(st *catalog.State, vm *catalog.VM, rt map[string]hostVMs) admin.
 		State: vm.State, Host: vm.Host, Epoch: vm.Epoch, Created: vm.Created, Changed: vm.Changed,
 		Runtime: admin.LocalVM{Name: vm.Name, State: admin.VMAbsent}}
 	for _, d := range vm.Disks {
-		disk := admin.VMDisk{Volume: d}
-		if v, ok := st.Volumes[d]; ok {
-			disk.WriterEpoch, disk.WriterGen = v.Writer, v.WriterGen
-		}
-		out.Disks = append(out.Disks, disk)
+		out.Disks = append(out.Disks, apiDisk(st, d))
 	}
+	if m := vm.DiskMove; m != nil {
+		out.DiskMove = &admin.DiskMove{ID: m.ID, Disk: m.Disk, From: m.From, To: m.To, Phase: m.Phase, MaxRate: m.MaxRate, Started: m.Started}
+	}
+	out.LastDiskMove = apiDiskMoveResult(vm.LastDiskMove)
 	if m := vm.Migration; m != nil {
 		out.Migration = &admin.Migration{From: m.From, To: m.To, Epoch: m.Epoch, Phase: m.Phase, Started: m.Started, MaxBandwidth: m.MaxBandwidth}
 	}
@@ -209,6 +209,9 @@ func volumeWriters(st *catalog.State) map[string]admin.VolumeWriter {
 	}
 	for name, vm := range st.VMs {
 		for _, d := range vm.Disks {
+			if _, ok := st.Volumes[d]; !ok {
+				continue // an external disk
+			}
 			w := out[d]
 			w.VM = name
 			out[d] = w

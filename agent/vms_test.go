@@ -138,7 +138,7 @@ func TestDescribeVM(t *testing.T) {
 	started := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	run := admin.LocalVM{Name: "web", State: "running", PID: 42, Epoch: 100, QMPSocket: "/q", SerialLog: "/s", Started: started}
 	got := describeVM(st, st.VMs["web"], map[string]hostVMs{"n2": {vms: []admin.LocalVM{{Name: "other", State: "paused"}, run}}})
-	want := admin.VM{Name: "web", ID: st.VMs["web"].ID, VCPUs: 1, MemoryMiB: 64, Disks: []admin.VMDisk{{Volume: "d2", WriterEpoch: 100, WriterGen: 100}},
+	want := admin.VM{Name: "web", ID: st.VMs["web"].ID, VCPUs: 1, MemoryMiB: 64, Disks: []admin.VMDisk{{Disk: "d2", Kind: "volume", Volume: "d2", WriterEpoch: 100, WriterGen: 100}},
 		Boot: admin.Boot{Kind: "disk"}, State: "running", Host: "n2", Epoch: 100, Changed: 100, Runtime: run}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("\n got %+v\nwant %+v", got, want)

@@ -325,6 +325,31 @@ func (c *Client) CancelMigration(ctx context.Context, name string) (admin.VM, er
 	return out, nil
 }
 
+// MoveDisk starts a move of disk n (its index, from 0) of a running VM
+// to req.To (POST /v1/vms/{name}/disks/{n}/move) and returns the VM with
+// the move recorded; follow it with VM. The API answers 400 to a bad
+// target, 404 to an unknown VM or target volume and 409 when the VM is
+// not running, migrates or moves a disk already, or the target volume is
+// another VM's disk.
+func (c *Client) MoveDisk(ctx context.Context, name string, n int, req admin.MoveDisk) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, fmt.Sprintf("/disks/%d/move", n)), nil, req, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("move disk %d of VM %q: %w", n, name, err)
+	}
+	return out, nil
+}
+
+// CancelDiskMove cancels the move of disk n of a VM before its pivot
+// (POST /v1/vms/{name}/disks/{n}/move/cancel). The API answers 409 when
+// the disk is not moving or the move is pivoting.
+func (c *Client) CancelDiskMove(ctx context.Context, name string, n int) (admin.VM, error) {
+	var out admin.VM
+	if err := c.do(ctx, http.MethodPost, vmPath(name, fmt.Sprintf("/disks/%d/move/cancel", n)), nil, nil, &out); err != nil {
+		return admin.VM{}, fmt.Errorf("cancel the move of disk %d of VM %q: %w", n, name, err)
+	}
+	return out, nil
+}
+
 // MigrationStep records a step of a live migration in the catalog (POST
 // /v1/internal/migration, an agent's request) and returns its index.
 func (c *Client) MigrationStep(ctx context.Context, step admin.MigrationStep) (uint64, error) {

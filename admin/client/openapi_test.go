@@ -148,6 +148,8 @@ var contract = []struct {
 	{method: "POST", path: "/v1/vms/{name}/stop", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/migrate", secured: true, request: "MigrateVM", ok: "202", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/vms/{name}/migrate/cancel", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/disks/{n}/move", secured: true, request: "MoveDisk", ok: "202", body: "VM", errors: []string{"400", "401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/vms/{name}/disks/{n}/move/cancel", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/volumes/{name}/move", secured: true, request: "MoveVolume", ok: "202", body: "Volume", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/volumes/{name}/move/cancel", secured: true, ok: "200", body: "Volume", errors: []string{"401", "404", "409", "503"}},
 	{method: "GET", path: "/healthz", ok: "200"},
@@ -227,6 +229,12 @@ func TestOpenAPIOperations(t *testing.T) {
 			}
 			delete(params, "path:name")
 		}
+		if strings.Contains(c.path, "{n}") {
+			if p, ok := params["path:n"]; !ok || !p.Required || p.Schema.describe() != "integer" {
+				t.Errorf("%s: no required integer path parameter n", key)
+			}
+			delete(params, "path:n")
+		}
 		for k := range params {
 			t.Errorf("%s: parameter %s is not in the contract", key, k)
 		}
@@ -294,6 +302,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		admin.VM{}, admin.VMDisk{}, admin.Boot{}, admin.LocalVM{}, admin.CreateVM{}, admin.StartVM{},
 		admin.Migration{}, admin.MigrationResult{}, admin.MigrationProgress{}, admin.MigrateVM{},
 		admin.MoveVolume{}, admin.VolumeMove{}, admin.MoveCheck{}, admin.MoveResult{},
+		admin.MoveDisk{}, admin.DiskMove{}, admin.DiskMoveResult{}, admin.DiskMoveProgress{},
 	} {
 		typ := reflect.TypeOf(v)
 		s := schemas[typ.Name()]

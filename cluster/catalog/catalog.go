@@ -185,6 +185,8 @@ type Command struct {
 	Drained bool `json:"drained,omitempty"`
 	// Move carries the replica move commands' fields (move.go).
 	Move *MoveCommand `json:"move,omitempty"`
+	// DiskMove carries the disk move commands' fields (diskmove.go).
+	DiskMove *DiskMoveCommand `json:"disk_move,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -274,6 +276,9 @@ func (s *State) apply(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w", c.Name, ErrNotFound)
 		}
 		if vm := s.DiskOf(c.Name); vm != "" {
+			if m := s.VMs[vm].DiskMove; m != nil && m.To == c.Name {
+				return fmt.Errorf("catalog: volume %q: %w as the target of VM %q's disk move (cancel it first)", c.Name, ErrInUse, vm)
+			}
 			return fmt.Errorf("catalog: volume %q: %w as a disk of VM %q (delete the VM first)", c.Name, ErrInUse, vm)
 		}
 		delete(s.Volumes, c.Name)
@@ -297,6 +302,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return nil
 	case CmdMoveReplica, CmdMovePhase, CmdEndMove:
 		return s.applyMove(index, c)
+	case CmdMoveDisk, CmdDiskMovePhase, CmdEndDiskMove:
+		return s.applyDiskMove(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }

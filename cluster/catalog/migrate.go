@@ -95,6 +95,12 @@ func (s *State) CheckMigrateVM(name, host string) error {
 	if vm.Migration != nil {
 		return fmt.Errorf("catalog: VM %q: %w: migrating to %s already (cancel it first)", name, ErrExists, vm.Migration.To)
 	}
+	if m := vm.DiskMove; m != nil {
+		return fmt.Errorf("catalog: VM %q: %w: moving disk %d to %s (wait, or cancel the disk move)", name, ErrInUse, m.Disk, m.To)
+	}
+	if f := fileDisk(vm); f != "" {
+		return fmt.Errorf("catalog: VM %q: %w: its disk %s is a file on host %s, which the destination cannot open: move it into a volume first (tandem vm move-disk)", name, ErrInvalid, f, vm.Host)
+	}
 	if host == "" {
 		return fmt.Errorf("catalog: VM %q: %w: migration without a destination", name, ErrInvalid)
 	}

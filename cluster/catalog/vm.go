@@ -62,8 +62,9 @@ type VM struct {
 	// MaxMemoryMiB.
 	VCPUs     int `json:"vcpus"`
 	MemoryMiB int `json:"memory_mib"`
-	// Disks are volume names, in the order the guest sees them; each
-	// volume is a disk of at most one VM.
+	// Disks are the VM's disks, in the order the guest sees them: volume
+	// names, or external sources (raw:/path, qcow2:/path, nbd://...; see
+	// ParseDisk). Each volume is a disk of at most one VM.
 	Disks []string `json:"disks"`
 	Boot  Boot     `json:"boot"`
 	// Host is the host the VM runs on, or last ran on; "" before its
@@ -80,6 +81,10 @@ type VM struct {
 	// LastMigration how the last one ended.
 	Migration     *Migration       `json:"migration,omitempty"`
 	LastMigration *MigrationResult `json:"last_migration,omitempty"`
+	// DiskMove is the disk move in progress, if any; LastDiskMove how
+	// the last one ended (diskmove.go).
+	DiskMove     *DiskMove       `json:"disk_move,omitempty"`
+	LastDiskMove *DiskMoveResult `json:"last_disk_move,omitempty"`
 	// Changed is the catalog index of the command that last changed it.
 	Changed uint64 `json:"changed"`
 }
@@ -95,6 +100,14 @@ func (vm *VM) clone() *VM {
 		r := *vm.LastMigration
 		c.LastMigration = &r
 	}
+	if vm.DiskMove != nil {
+		m := *vm.DiskMove
+		c.DiskMove = &m
+	}
+	if vm.LastDiskMove != nil {
+		r := *vm.LastDiskMove
+		c.LastDiskMove = &r
+	}
 	return &c
 }
 
@@ -103,11 +116,12 @@ func (s *State) VMNames() []string {
 	return slices.Sorted(maps.Keys(s.VMs))
 }
 
-// DiskOf returns the name of the VM that has the volume as a disk, ""
-// if none.
+// DiskOf returns the name of the VM that has the volume as a disk, or
+// as the target of its disk move; "" if none.
 func (s *State) DiskOf(volumeName string) string {
 	for _, name := range s.VMNames() {
-		if slices.Contains(s.VMs[name].Disks, volumeName) {
+		vm := s.VMs[name]
+		if slices.Contains(vm.Disks, volumeName) || vm.DiskMove != nil && vm.DiskMove.To == volumeName {
 			return name
 		}
 	}
@@ -170,8 +184,9 @@ func checkBootPath(what, p string) error {
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // CheckNewVM reports why vm cannot be created now, if it cannot: a bad
-// name, shape or boot (ErrInvalid), a name taken (ErrExists), a disk that
-// is not a volume (ErrNotFound) or is a disk of another VM (ErrInUse).
+// name, shape, disk or boot (ErrInvalid), a name taken (ErrExists), a
+// volume disk that does not exist (ErrNotFound) or is a disk of another
+// VM (ErrInUse).
 // The VM's ID, Host, State, Epoch, Created and Changed are ignored.
 func (s *State) CheckNewVM(vm VM) error {
 	if err := ValidateVMName(vm.Name); err != nil {
@@ -193,6 +208,13 @@ func (s *State) CheckNewVM(vm VM) error {
 	for i, d := range vm.Disks {
 		if slices.Contains(vm.Disks[:i], d) {
 			return fmt.Errorf("catalog: VM %q: %w: disk %q is listed twice", vm.Name, ErrInvalid, d)
+		}
+		p, err := ParseDisk(d)
+		if err != nil {
+			return fmt.Errorf("catalog: VM %q: %w", vm.Name, err)
+		}
+		if !p.IsVolume() {
+			continue
 		}
 		if _, ok := s.Volumes[d]; !ok {
 			return fmt.Errorf("catalog: VM %q: disk %q: %w: no such volume", vm.Name, d, ErrNotFound)
@@ -224,13 +246,19 @@ func (s *State) CheckStartVM(name, host string) error {
 	if _, ok := s.Hosts[host]; !ok {
 		return fmt.Errorf("catalog: VM %q: host %q: %w", name, host, ErrNotFound)
 	}
+	if f := fileDisk(vm); f != "" && vm.Host != "" && host != vm.Host {
+		return fmt.Errorf("catalog: VM %q: %w: its disk %s is a file on host %s: start it there (or move the disk into a volume first)", name, ErrInvalid, f, vm.Host)
+	}
 	return s.checkDisks(vm)
 }
 
-// checkDisks checks the invariant that a VM's disks exist (remove_volume
-// refuses to remove a VM's disk).
+// checkDisks checks the invariant that a VM's volume disks exist
+// (remove_volume refuses to remove a VM's disk).
 func (s *State) checkDisks(vm *VM) error {
 	for _, d := range vm.Disks {
+		if !isVolumeDisk(d) {
+			continue
+		}
 		if _, ok := s.Volumes[d]; !ok {
 			return fmt.Errorf("catalog: VM %q: disk %q: %w: no such volume", vm.Name, d, ErrNotFound)
 		}
@@ -242,8 +270,7 @@ func (s *State) checkDisks(vm *VM) error {
 // index.
 func (s *State) setWriter(vm *VM, w, index uint64) {
 	for _, d := range vm.Disks {
-		v := s.Volumes[d]
-		v.Writer, v.WriterGen, v.Changed = w, index, index
+		s.setVolumeWriter(d, w, index)
 	}
 }
 
@@ -251,7 +278,7 @@ func (s *State) setWriter(vm *VM, w, index uint64) {
 // a replica of: a running VM's writes are then served on its own host.
 func (s *State) leadFrom(vm *VM, host string) {
 	for _, d := range vm.Disks {
-		if v := s.Volumes[d]; slices.Contains(v.Replicas, host) {
+		if v, ok := s.Volumes[d]; ok && slices.Contains(v.Replicas, host) {
 			v.PreferredLeader = host
 		}
 	}
@@ -297,6 +324,15 @@ func (s *State) applyVM(index uint64, c Command) error {
 			// Stopping ends a migration: both QEMUs stop.
 			vm.LastMigration = &MigrationResult{From: m.From, To: m.To, Result: ResultCancelled, Error: "the VM was stopped", Finished: c.At}
 			vm.Migration = nil
+		}
+		if m := vm.DiskMove; m != nil {
+			// Stopping ends a disk move: before the pivot the source
+			// holds every write, from the pivot on the target does.
+			r := DiskMoveResult{Result: ResultCancelled, Error: "the VM was stopped"}
+			if m.Phase == DiskMovePivoting {
+				r = DiskMoveResult{Result: ResultCompleted, Error: "the VM was stopped during the pivot: its disk is the target"}
+			}
+			s.endDiskMove(vm, index, r, c.At)
 		}
 		s.setWriter(vm, 0, index)
 		return nil

@@ -672,7 +672,47 @@ func TestCLI(t *testing.T) {
 		{
 			name:    "vm create, bad disk name",
 			args:    []string{"vm", "create", "app", "--disk", "Root", "--admin", "ADMIN", "--token", testToken},
-			wantErr: `--disk: invalid volume name "Root"`,
+			wantErr: `--disk: disk "Root": not a volume name`,
+		},
+		{
+			name:    "vm create, relative file disk",
+			args:    []string{"vm", "create", "app", "--disk", "raw:disk.img", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--disk: disk "raw:disk.img": "disk.img" is not a clean absolute path`,
+		},
+		{
+			name:    "vm move-disk, no target",
+			args:    []string{"vm", "move-disk", "app", "0", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `give one target: --to-volume VOL, --to-file PATH or --to-nbd URI (or --cancel)`,
+		},
+		{
+			name:    "vm move-disk, two targets",
+			args:    []string{"vm", "move-disk", "app", "0", "--to-volume", "v", "--to-file", "/x.img", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `give one target`,
+		},
+		{
+			name:    "vm move-disk, relative file",
+			args:    []string{"vm", "move-disk", "app", "0", "--to-file", "x.img", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--to-file "x.img": want an absolute path`,
+		},
+		{
+			name:    "vm move-disk, bad format",
+			args:    []string{"vm", "move-disk", "app", "0", "--to-file", "/x.img", "--format", "vmdk", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--format "vmdk": want raw or qcow2`,
+		},
+		{
+			name:    "vm move-disk, format without a file",
+			args:    []string{"vm", "move-disk", "app", "0", "--to-volume", "v", "--format", "raw", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--format goes with --to-file`,
+		},
+		{
+			name:    "vm move-disk, bad nbd URI",
+			args:    []string{"vm", "move-disk", "app", "0", "--to-nbd", "host:10809", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--to-nbd "host:10809": want nbd://host[:port]/export`,
+		},
+		{
+			name:    "vm move-disk, cancel with a target",
+			args:    []string{"vm", "move-disk", "app", "0", "--cancel", "--to-volume", "v", "--admin", "ADMIN", "--token", testToken},
+			wantErr: `--cancel takes no target`,
 		},
 		{
 			name:    "vm create, bad name",

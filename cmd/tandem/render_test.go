@@ -68,7 +68,7 @@ var (
 	// testVM runs on n2, booting a kernel.
 	testVM = admin.VM{
 		Name: "web", ID: 1210, VCPUs: 2, MemoryMiB: 1024,
-		Disks: []admin.VMDisk{{Volume: "web-root", WriterEpoch: 1301, WriterGen: 1301}, {Volume: "web-data", WriterEpoch: 1301, WriterGen: 1301}},
+		Disks: []admin.VMDisk{{Disk: "web-root", Kind: "volume", Volume: "web-root", WriterEpoch: 1301, WriterGen: 1301}, {Disk: "web-data", Kind: "volume", Volume: "web-data", WriterEpoch: 1301, WriterGen: 1301}},
 		Boot:  admin.Boot{Kind: admin.BootKernel, Kernel: "/srv/images/vmlinuz", Initrd: "/srv/images/initrd.img", Cmdline: "console=ttyS0 root=/dev/vda"},
 		State: admin.VMRunning, Host: "n2", Epoch: 1301, Created: testCreated, Changed: 1301,
 		Runtime: admin.LocalVM{Name: "web", State: "running", PID: 4242, Epoch: 1301, QMPSocket: "/var/lib/tandem/vms/web/qmp.sock",
@@ -141,6 +141,15 @@ func TestRenderGolden(t *testing.T) {
 			vm.Runtime.Migration = &admin.MigrationProgress{Status: "active", Transferred: 96 << 20, Remaining: 32 << 20, Total: 128 << 20, Passes: 2, ExpectedDowntime: 12 * time.Millisecond}
 			vm.LastMigration = &admin.MigrationResult{From: "n2", To: "n1", Result: "completed", Downtime: 41 * time.Millisecond, QEMUDowntime: 6 * time.Millisecond,
 				Total: 900 * time.Millisecond, Bytes: 140 << 20, Passes: 3, Finished: testVM.Created}
+			return renderVM(w, vm)
+		}},
+		{"vm-moving-disk", func(w io.Writer) error {
+			vm := testVM
+			vm.Disks = []admin.VMDisk{{Disk: "raw:/srv/web.img", Kind: "raw"}, testVM.Disks[1]}
+			vm.DiskMove = &admin.DiskMove{ID: 1500, Disk: 0, From: "raw:/srv/web.img", To: "web-root", Phase: "copying", Started: testVM.Created}
+			vm.Runtime.DiskMove = &admin.DiskMoveProgress{Status: "running", Copied: 3 << 30, Total: 8 << 30}
+			vm.LastDiskMove = &admin.DiskMoveResult{ID: 1400, Disk: 1, From: "nbd://10.0.0.9:10809/data", To: "web-data", Result: "completed",
+				Bytes: 2 << 30, Copy: 12 * time.Second, Pivot: 31 * time.Millisecond, Finished: testVM.Created}
 			return renderVM(w, vm)
 		}},
 		{"migration-progress", func(w io.Writer) error {

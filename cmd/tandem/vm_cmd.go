@@ -22,11 +22,12 @@ func newVMCmd() *cobra.Command {
 	a := &adminFlags{}
 	cmd := &cobra.Command{
 		Use:   "vm",
-		Short: "Create, list, show, start, stop, migrate and delete VMs",
+		Short: "Create, list, show, start, stop, migrate, move disks of and delete VMs",
 		Long: `Manage the cluster's VMs through the admin API of one of its agents.
 A VM is a catalog record: its vCPUs, memory, boot method and disks
-(volumes of the cluster, each a disk of at most one VM), the host it runs
-on and whether it should run. Starting a VM gives it a new writer epoch:
+(volumes of the cluster, each a disk of at most one VM, or external
+sources: image files on the VM's host, other NBD servers' exports), the
+host it runs on and whether it should run. Starting a VM gives it a new writer epoch:
 its disks then refuse writes from any other run of the VM.
 
 VM names follow the rules of volume names: 1 to 63 lowercase letters,
@@ -43,7 +44,7 @@ digits, '.', '_' or '-', starting with a letter or digit.
 	}
 	a.register(cmd.PersistentFlags())
 	cmd.AddCommand(newVMCreateCmd(a), newVMListCmd(a), newVMShowCmd(a),
-		newVMStartCmd(a), newVMStopCmd(a), newVMDeleteCmd(a), newVMMigrateCmd(a))
+		newVMStartCmd(a), newVMStopCmd(a), newVMDeleteCmd(a), newVMMigrateCmd(a), newVMMoveDiskCmd(a))
 	return cmd
 }
 
@@ -55,13 +56,24 @@ func newVMCreateCmd(a *adminFlags) *cobra.Command {
 		kernel, initrd, cmdline string
 	)
 	cmd := &cobra.Command{
-		Use:   "create NAME --disk VOL [--disk VOL...] [--vcpus N] [--memory SIZE] [--kernel FILE [--initrd FILE] [--cmdline S]]",
-		Short: "Create a VM (stopped) on existing volumes",
-		Long: `Create VM NAME, stopped, with the volumes given by --disk as its disks,
-in that order (the guest sees the first one first and boots from it).
-Each volume must exist and be a disk of no other VM. --vcpus is 1 to 16
-(default 1); --memory a whole number of MiB from 16M to 64G (default
-256M).
+		Use:   "create NAME --disk DISK [--disk DISK...] [--vcpus N] [--memory SIZE] [--kernel FILE [--initrd FILE] [--cmdline S]]",
+		Short: "Create a VM (stopped) on existing volumes or external disks",
+		Long: `Create VM NAME, stopped, with the disks given by --disk, in that order
+(the guest sees the first one first and boots from it). A disk is
+
+  VOLUME                     a volume of the cluster: it must exist and be
+                             a disk of no other VM
+  raw:/abs/path              a raw image file on the host the VM runs on
+  qcow2:/abs/path            a qcow2 image file on the host the VM runs on
+  nbd://HOST[:PORT]/EXPORT   an export of another NBD server (port 10809
+                             by default)
+
+External disks are not replicated or fenced by Tandem; bring them in with
+tandem vm move-disk. A VM with an image file disk runs on one host: it
+does not live-migrate and starts again only where it last ran.
+
+--vcpus is 1 to 16 (default 1); --memory a whole number of MiB from 16M
+to 64G (default 256M).
 
 With --kernel the VM boots that kernel instead of its first disk, with
 --initrd and the kernel command line --cmdline: absolute paths of files
@@ -71,6 +83,7 @@ The API refuses (409) an existing name and a disk of another VM, and
 (400) a volume that does not exist.
 ` + adminHelp,
 		Example: `  tandem vm create web --disk web-root --disk web-data --vcpus 2 --memory 1G
+  tandem vm create legacy --disk raw:/var/lib/vms/legacy.img --disk nbd://10.0.0.9/data
   tandem vm create tiny --disk tiny-root --memory 128M \
       --kernel /srv/images/vmlinuz --initrd /srv/images/initrd.img --cmdline "console=ttyS0"`,
 		Args: vmNameArg,
@@ -96,7 +109,7 @@ The API refuses (409) an existing name and a disk of another VM, and
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&disks, "disk", nil, "a volume to use as a disk (required; repeat or separate with commas; the first is the boot disk)")
+	f.StringSliceVar(&disks, "disk", nil, "a disk: a volume, raw:/path, qcow2:/path or nbd://host[:port]/export (required; repeat or separate with commas; the first is the boot disk)")
 	f.IntVar(&vcpus, "vcpus", 0, fmt.Sprintf("virtual CPUs, %d to %d (default 1)", catalog.MinVCPUs, catalog.MaxVCPUs))
 	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G: whole MiB from 16M to 64G (default 256M)")
 	f.StringVar(&kernel, "kernel", "", "boot this kernel file of the VM's host instead of the first disk (absolute path)")
@@ -113,8 +126,8 @@ func vmCreateRequest(cmd *cobra.Command, name string, disks []string, vcpus int,
 		return req, errors.New("--disk is required: the volumes the VM uses as disks, e.g. --disk web-root (tandem volume create makes one)")
 	}
 	for _, d := range disks {
-		if err := volume.ValidateName(d); err != nil {
-			return req, fmt.Errorf("--disk: %w", err)
+		if _, err := catalog.ParseDisk(d); err != nil {
+			return req, fmt.Errorf("--disk: %s", strings.TrimPrefix(err.Error(), "catalog: invalid: "))
 		}
 	}
 	req.Disks = disks
@@ -344,7 +357,7 @@ func renderVM(w io.Writer, vm admin.VM) error {
 	case admin.BootDisk:
 		first := "-"
 		if len(vm.Disks) > 0 {
-			first = vm.Disks[0].Volume
+			first = diskName(vm.Disks[0])
 		}
 		kv = append(kv, [2]string{"Boot", "disk " + first})
 	default:
@@ -380,6 +393,22 @@ func renderVM(w io.Writer, vm admin.VM) error {
 		}
 		kv = append(kv, [2]string{"Last migration", s})
 	}
+	if m := vm.DiskMove; m != nil {
+		kv = append(kv, [2]string{"Disk move", fmt.Sprintf("disk %d %s -> %s, %s (since %s)", m.Disk, m.From, m.To, m.Phase, formatTime(m.Started))})
+		if p := rt.DiskMove; p != nil {
+			kv = append(kv, [2]string{"Progress", fmt.Sprintf("%s: %s of %s copied", p.Status, humanSize(p.Copied), humanSize(p.Total))})
+		}
+	}
+	if r := vm.LastDiskMove; r != nil {
+		s := fmt.Sprintf("%s: disk %d %s -> %s at %s", r.Result, r.Disk, r.From, r.To, formatTime(r.Finished))
+		if r.Result == "completed" && r.Bytes > 0 {
+			s += fmt.Sprintf(": %s copied in %v, pivot %v", humanSize(r.Bytes), r.Copy.Round(time.Millisecond), r.Pivot.Round(time.Millisecond))
+		}
+		if r.Error != "" {
+			s += ": " + oneLine(r.Error)
+		}
+		kv = append(kv, [2]string{"Last disk move", s})
+	}
 	if err := keyValues(w, kv); err != nil {
 		return err
 	}
@@ -391,7 +420,7 @@ func renderVM(w io.Writer, vm admin.VM) error {
 	tw := newTable(w)
 	tableRow(tw, "DISK", "WRITER-EPOCH", "WRITER-GEN")
 	for _, d := range vm.Disks {
-		tableRow(tw, d.Volume, epochOrDash(d.WriterEpoch), epochOrDash(d.WriterGen))
+		tableRow(tw, diskName(d), epochOrDash(d.WriterEpoch), epochOrDash(d.WriterGen))
 	}
 	return tw.Flush()
 }
@@ -416,13 +445,21 @@ func runtimeSummary(rt admin.LocalVM) string {
 	return s
 }
 
-// vmDiskNames returns a VM's disks' volume names.
+// vmDiskNames returns a VM's disks' names.
 func vmDiskNames(vm admin.VM) []string {
 	names := make([]string, len(vm.Disks))
 	for i, d := range vm.Disks {
-		names[i] = d.Volume
+		names[i] = diskName(d)
 	}
 	return names
+}
+
+// diskName names a VM disk: its volume, or its external source.
+func diskName(d admin.VMDisk) string {
+	if d.Disk != "" {
+		return d.Disk
+	}
+	return d.Volume
 }
 
 // epochOrDash renders a writer epoch or catalog index, "-" for 0 (none).

@@ -40,7 +40,8 @@ const (
 // its terminating NUL).
 const maxSocketPath = 107
 
-// Disk is one VM disk, attached as virtio-blk over NBD.
+// Disk is one VM disk, attached as virtio-blk: an NBD export (Server and
+// Export) or, with File set, an image file.
 type Disk struct {
 	// Server is the NBD server: "host:port" for TCP ("[::1]:10809" for
 	// IPv6), or the path of a unix socket (any value containing a '/').
@@ -51,6 +52,82 @@ type Disk struct {
 	// ReadOnly opens the export read-only (needed for a read-only export,
 	// which QEMU otherwise refuses to open).
 	ReadOnly bool
+	// File, if set, is the absolute path of an image file to open instead
+	// of an NBD export, in Format: FormatRaw (the default) or FormatQcow2.
+	File   string
+	Format string
+	// Node is the disk's block node name (default "diskN" for disk N):
+	// 1 to 31 letters, digits, '-' or '_', starting with a letter.
+	Node string
+}
+
+// Image formats of a Disk's File.
+const (
+	FormatRaw   = "raw"
+	FormatQcow2 = "qcow2"
+)
+
+// validNode reports whether n is a QEMU node name we accept.
+func validNode(n string) bool {
+	if len(n) < 1 || len(n) > 31 || !(n[0] >= 'a' && n[0] <= 'z' || n[0] >= 'A' && n[0] <= 'Z') {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// check reports what is wrong with d.
+func (d Disk) check() error {
+	if d.Node != "" && !validNode(d.Node) {
+		return fmt.Errorf("node name %q: want 1 to 31 letters, digits, '-' or '_', starting with a letter", d.Node)
+	}
+	if d.File == "" {
+		_, err := d.server()
+		return err
+	}
+	if !filepath.IsAbs(d.File) {
+		return fmt.Errorf("file %q: want an absolute path", d.File)
+	}
+	if d.Format != "" && d.Format != FormatRaw && d.Format != FormatQcow2 {
+		return fmt.Errorf("format %q: want %q or %q", d.Format, FormatRaw, FormatQcow2)
+	}
+	return nil
+}
+
+// BlockdevOptions returns the blockdev-add options (also the -blockdev
+// value) of d as node node, with the NBD client's reconnect delay (see
+// Spec.ReconnectDelay; zero means DefaultReconnectDelay). A raw file is a
+// single "file" node; a qcow2 file a "qcow2" node over an implicit "file"
+// child (blockdev-del removes both).
+func (d Disk) BlockdevOptions(node string, reconnect time.Duration) (map[string]any, error) {
+	if err := d.check(); err != nil {
+		return nil, fmt.Errorf("qemu: disk %s: %w", node, err)
+	}
+	var o map[string]any
+	switch {
+	case d.File != "" && d.Format == FormatQcow2:
+		o = map[string]any{"driver": "qcow2", "node-name": node, "file": map[string]any{"driver": "file", "filename": d.File}}
+	case d.File != "":
+		o = map[string]any{"driver": "file", "node-name": node, "filename": d.File}
+	default:
+		if reconnect == 0 {
+			reconnect = DefaultReconnectDelay
+		}
+		delay := int64(0)
+		if reconnect > 0 {
+			delay = int64((reconnect + time.Second - 1) / time.Second)
+		}
+		server, _ := d.server() // checked
+		o = map[string]any{"driver": "nbd", "node-name": node, "server": server, "export": d.Export, "reconnect-delay": delay}
+	}
+	if d.ReadOnly {
+		o["read-only"] = true
+	}
+	return o, nil
 }
 
 // Spec describes one VM: what QEMU runs. Zero fields take the defaults
@@ -139,8 +216,8 @@ func (s Spec) Validate() error {
 		bad("Machine %q: want a machine type name", s.Machine)
 	}
 	for i, d := range s.Disks {
-		if _, err := d.server(); err != nil {
-			bad("Disks[%d].Server: %v", i, err)
+		if err := d.check(); err != nil {
+			bad("Disks[%d]: %v", i, err)
 		}
 	}
 	if s.Kernel == "" && (s.Initrd != "" || s.Cmdline != "") {
@@ -170,8 +247,17 @@ func (d Disk) server() (map[string]any, error) {
 	return map[string]any{"type": "inet", "host": host, "port": port}, nil
 }
 
-// nodeName is the block node name of disk i (BLOCK_IO_ERROR names it).
+// nodeName is the default block node name of disk i (BLOCK_IO_ERROR names
+// it).
 func nodeName(i int) string { return "disk" + strconv.Itoa(i) }
+
+// node returns the block node name of disk i of s.
+func (s Spec) node(i int) string {
+	if n := s.Disks[i].Node; n != "" {
+		return n
+	}
+	return nodeName(i)
+}
 
 // deviceID is the qdev id of the virtio-blk device of disk i.
 func deviceID(i int) string { return "vdisk" + strconv.Itoa(i) }
@@ -212,27 +298,16 @@ func (s Spec) Args(dir string) ([]string, error) {
 	if s.Incoming {
 		args = append(args, "-incoming", "defer")
 	}
-	delay := int64(0)
-	if s.ReconnectDelay > 0 {
-		delay = int64((s.ReconnectDelay + time.Second - 1) / time.Second)
-	}
 	for i, d := range s.Disks {
-		server, _ := d.server() // checked by Validate
-		node := map[string]any{
-			"driver":          "nbd",
-			"node-name":       nodeName(i),
-			"server":          server,
-			"export":          d.Export,
-			"reconnect-delay": delay,
-		}
-		if d.ReadOnly {
-			node["read-only"] = true
+		node, err := d.BlockdevOptions(s.node(i), s.ReconnectDelay)
+		if err != nil {
+			return nil, err
 		}
 		b, err := json.Marshal(node)
 		if err != nil {
 			return nil, fmt.Errorf("qemu: disk %d: %w", i, err)
 		}
-		dev := "virtio-blk-pci,id=" + deviceID(i) + ",drive=" + nodeName(i) + ",werror=stop,rerror=stop"
+		dev := "virtio-blk-pci,id=" + deviceID(i) + ",drive=" + s.node(i) + ",werror=stop,rerror=stop"
 		if i == 0 && s.Kernel == "" {
 			dev += ",bootindex=0"
 		}

@@ -46,12 +46,22 @@ func (l QEMULauncher) qemuSpec(s Spec) qemu.Spec {
 	qs := qemu.Spec{Name: s.Name, VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB, Incoming: s.Incoming,
 		ReconnectDelay: l.ReconnectDelay, ExtraArgs: l.ExtraArgs}
 	for _, d := range s.Disks {
-		qs.Disks = append(qs.Disks, qemu.Disk{Server: s.NBDAddr, Export: d.Export})
+		qs.Disks = append(qs.Disks, qemuDisk(d, s.NBDAddr))
 	}
 	if s.Boot.Kind == catalog.BootKernel {
 		qs.Kernel, qs.Initrd, qs.Cmdline = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
 	}
 	return qs
+}
+
+// qemuDisk returns d for package qemu; a volume is an export of the local
+// agent at nbdAddr.
+func qemuDisk(d Disk, nbdAddr string) qemu.Disk {
+	qd := qemu.Disk{Server: d.Server, Export: d.Export, File: d.File, Format: d.Format, Node: d.Node}
+	if d.File == "" && d.Server == "" {
+		qd.Server = nbdAddr
+	}
+	return qd
 }
 
 // Launch implements Launcher.

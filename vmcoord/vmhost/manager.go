@@ -3,6 +3,7 @@ package vmhost
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,12 +18,20 @@ import (
 	"github.com/tandem-project/tandem/volume"
 )
 
-// Disk is one disk of a VM to launch: an NBD export on the local agent.
+// Disk is one disk of a VM to launch: a volume (an NBD export on the
+// local agent) or an external source.
 type Disk struct {
-	// Volume is the volume's name; Export the NBD export name QEMU opens
-	// (the volume under the run's writer epoch).
+	// Volume is the volume's name ("" for an external disk); Export the
+	// NBD export name QEMU opens (a volume's under the run's writer epoch).
 	Volume string
 	Export string
+	// Server is an external NBD disk's server (host:port; "" for the
+	// local agent); File and Format an image file's path and format.
+	Server string
+	File   string
+	Format string
+	// Node is the disk's block node name in QEMU (diskNode).
+	Node string
 }
 
 // Spec is what a Launcher needs to start one QEMU process for a VM.
@@ -144,6 +153,10 @@ type want struct {
 	role int
 	spec Spec
 	mig  *catalog.Migration // roleSource, roleDest
+	// move is the VM's disk move (roleRun), moveSize the size of its
+	// target volume (0 for an external target).
+	move     *catalog.DiskMove
+	moveSize int64
 }
 
 func (w want) run() bool { return w.role != roleNone }
@@ -163,6 +176,8 @@ type run struct {
 	err      string
 	exited   bool                     // the goroutine ended (the VM left this host)
 	progress *admin.MigrationProgress // of the outgoing migration
+	moving   *admin.DiskMoveProgress  // of the disk move
+	pivot    *pivotOverride           // see diskmove.go
 }
 
 // Reconcile makes this host run exactly the VMs st places here: those in
@@ -187,7 +202,12 @@ func (m *Manager) Reconcile(st *catalog.State) {
 		case mg != nil && mg.From == me:
 			w = want{role: roleSource, spec: m.spec(vm, mg.FromEpoch), mig: mg}
 		case vm.Host == me && vm.State == catalog.VMRunning:
-			w = want{role: roleRun, spec: m.spec(vm, vm.Epoch)}
+			w = want{role: roleRun, spec: m.spec(vm, vm.Epoch), move: vm.DiskMove}
+			if mv := vm.DiskMove; mv != nil {
+				if v, ok := st.Volumes[mv.To]; ok {
+					w.moveSize = v.Size
+				}
+			}
 		default:
 			continue
 		}
@@ -222,14 +242,46 @@ func (m *Manager) sweep(keep map[string]bool) {
 	}
 }
 
-// spec returns the launch spec of vm's run under epoch.
+// spec returns the launch spec of vm's run under epoch. Once a disk move
+// is pivoting, its target is authoritative: the VM opens it.
 func (m *Manager) spec(vm *catalog.VM, epoch uint64) Spec {
 	s := Spec{Name: vm.Name, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, NBDAddr: m.cfg.NBDAddr, Boot: vm.Boot, Epoch: epoch,
 		Dir: filepath.Join(m.cfg.Dir, vm.Name)}
-	for _, d := range vm.Disks {
-		s.Disks = append(s.Disks, Disk{Volume: d, Export: volume.WriterExport(d, epoch)})
+	for i, d := range vm.Disks {
+		if mv := vm.DiskMove; mv != nil && mv.Disk == i && mv.Phase == catalog.DiskMovePivoting {
+			d = mv.To
+		}
+		s.Disks = append(s.Disks, launchDisk(i, d, epoch))
 	}
 	return s
+}
+
+// launchDisk returns disk i of a VM, d as the catalog records it, opened
+// under writer epoch.
+func launchDisk(i int, d string, epoch uint64) Disk {
+	out := Disk{Node: diskNode(i, d)}
+	p, err := catalog.ParseDisk(d)
+	if err != nil { // the catalog checked it; a volume name then
+		p = catalog.Disk{Kind: catalog.DiskVolume, Volume: d}
+	}
+	switch p.Kind {
+	case catalog.DiskRaw, catalog.DiskQcow2:
+		out.File, out.Format = p.Path, p.Kind
+	case catalog.DiskNBD:
+		out.Server, out.Export = p.Server, p.Export
+	default:
+		out.Volume, out.Export = d, volume.WriterExport(d, epoch)
+	}
+	return out
+}
+
+// diskNode is the block node name of disk i when it is d: a function of
+// both, so that whoever looks at a QEMU (an agent restarted during a disk
+// move) tells which of a move's two sides a device uses.
+func diskNode(i int, d string) string {
+	h := fnv.New32a()
+	h.Write([]byte(d))
+	return fmt.Sprintf("d%d-%08x", i, h.Sum32())
 }
 
 // set records w for VM name, starting its supervisor if needed; m.mu is
@@ -285,6 +337,11 @@ func (m *Manager) supervise(r *run) {
 		migOut    bool // the goroutine sends the VM (else receives it)
 		migCancel context.CancelFunc
 		migDone   chan struct{}
+		// The disk move this run drives (by ID), and how to stop it.
+		moveID     uint64
+		moveCancel context.CancelFunc
+		moveDone   chan struct{}
+		moveEnded  time.Time // when its goroutine last ended
 	)
 	endMigration := func() {
 		if migCancel != nil {
@@ -294,6 +351,14 @@ func (m *Manager) supervise(r *run) {
 		}
 	}
 	defer endMigration()
+	stopMove := func() {
+		if moveCancel != nil {
+			moveCancel()
+			<-moveDone
+			moveCancel, moveDone = nil, nil
+		}
+	}
+	defer stopMove()
 	for {
 		r.mu.Lock()
 		w, p := r.want, r.proc
@@ -313,16 +378,29 @@ func (m *Manager) supervise(r *run) {
 		if migCancel != nil && migOut && (w.mig == nil || w.mig.Epoch != migEpoch) {
 			endMigration()
 		}
+		if moveDone != nil {
+			select {
+			case <-moveDone: // finished by itself
+				moveCancel, moveDone, moveEnded = nil, nil, time.Now()
+			default:
+			}
+		}
+		// A disk move no longer in the catalog (cancelled, or ended by a
+		// stop): stop its goroutine, which undoes an unfinished copy.
+		if moveCancel != nil && (w.move == nil || w.move.ID != moveID) {
+			stopMove()
+		}
 		switch {
 		case p != nil && (!w.run() || r.epoch != w.spec.Epoch):
 			// Stopped, moved away, or restarted under a new epoch.
 			endMigration()
+			stopMove()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := p.Stop(ctx)
 			cancel()
 			log.Info("VM stopped on this host", "epoch", r.epoch, "err", err)
 			r.mu.Lock()
-			r.proc, r.state, r.progress = nil, admin.VMAbsent, nil
+			r.proc, r.state, r.progress, r.moving = nil, admin.VMAbsent, nil, nil
 			if err != nil {
 				r.err = fmt.Sprintf("stopping QEMU: %v", err)
 			}
@@ -358,6 +436,19 @@ func (m *Manager) supervise(r *run) {
 				defer close(done)
 				m.migrateOut(ctx, log, r, p, mg, disks)
 			}(*w.mig, w.spec.Disks, migDone)
+		case p != nil && w.role == roleRun && w.move != nil && moveCancel == nil &&
+			(moveID != w.move.ID || time.Since(moveEnded) > moveRetry):
+			// A move whose goroutine ended but is still in the catalog
+			// after moveRetry (its end was not recorded, or QEMU was
+			// started again) is looked at again: the driver starts from
+			// what QEMU shows.
+			ctx, cancel := context.WithCancel(context.Background())
+			moveID, moveCancel, moveDone = w.move.ID, cancel, make(chan struct{})
+			go func(mv catalog.DiskMove, size int64, epoch uint64, done chan struct{}) {
+				defer r.poke()
+				defer close(done)
+				m.moveDisk(ctx, log.With("disk_move", mv.ID), r, p, mv, size, epoch)
+			}(*w.move, w.moveSize, w.spec.Epoch, moveDone)
 		case p != nil && w.role == roleDest && migCancel == nil && migEpoch != w.mig.Epoch:
 			ctx, cancel := context.WithCancel(context.Background())
 			migEpoch, migOut, migCancel, migDone = w.mig.Epoch, false, cancel, make(chan struct{})
@@ -408,6 +499,10 @@ func (m *Manager) supervise(r *run) {
 	}
 }
 
+// moveRetry is how long a disk move whose driver ended may stay in the
+// catalog before the driver runs again.
+const moveRetry = 5 * time.Second
+
 // crashLoop is how long a QEMU must run for its exit not to count as one
 // more failure in a row.
 const crashLoop = 30 * time.Second
@@ -439,6 +534,9 @@ func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
 		log.Info("VM adopted: its QEMU ran on while the agent restarted", "epoch", w.spec.Epoch, "pid", p.PID())
 		return nil
 	}
+	r.mu.Lock()
+	w.spec = r.withPivot(w.spec)
+	r.mu.Unlock()
 	p, err = m.cfg.Launcher.Launch(ctx, w.spec)
 	if err == nil && w.role == roleDest {
 		var uri string
@@ -573,6 +671,9 @@ func (m *Manager) migrateOut(ctx context.Context, log *slog.Logger, r *run, p Pr
 	var wg sync.WaitGroup
 	errs := make([]error, len(disks))
 	for i, d := range disks {
+		if d.Volume == "" {
+			continue // an external disk: no fence
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -630,6 +731,10 @@ func (m *Manager) Local() []admin.LocalVM {
 	for _, r := range runs {
 		r.mu.Lock()
 		lv := admin.LocalVM{Name: r.name, State: r.state, Error: r.err}
+		if r.moving != nil {
+			mp := *r.moving
+			lv.DiskMove = &mp
+		}
 		if r.proc != nil {
 			lv.PID, lv.Epoch, lv.QMPSocket, lv.SerialLog, lv.Started = r.proc.PID(), r.epoch, r.proc.QMPSocket(), r.proc.SerialLog(), r.started
 		}
