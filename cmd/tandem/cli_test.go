@@ -336,6 +336,8 @@ func TestCLI(t *testing.T) {
 		wantErr string
 		// wantReqs are the requests the fake must have received, exactly.
 		wantReqs []seen
+		// polls: requests after the first are polls (GET), as many as time allows.
+		polls bool
 	}{
 		{
 			name:     "volume list",
@@ -769,9 +771,17 @@ func TestCLI(t *testing.T) {
 		},
 		{
 			name:     "vm stop",
-			args:     []string{"vm", "stop", "web", "--admin", "ADMIN", "--token-file", tokenFile},
+			args:     []string{"vm", "stop", "web", "--admin", "ADMIN", "--token-file", tokenFile, "--no-wait"},
 			wantOut:  []string{"Stopped VM web.\n\nName:        web\n", "State:       stopped\n", "web-root  -             1700\n"},
 			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/web/stop", Auth: auth}},
+		},
+		{
+			// The fake's VM keeps its QEMU running: the wait times out.
+			name:     "vm stop waits for QEMU",
+			args:     []string{"vm", "stop", "web", "--admin", "ADMIN", "--token-file", tokenFile, "--wait-timeout", "250ms"},
+			wantErr:  `VM web is recorded stopped but QEMU still runs on n2 (state running) after 250ms: see tandem vm show web`,
+			wantReqs: []seen{{Method: "POST", Path: "/v1/vms/web/stop", Auth: auth}},
+			polls:    true,
 		},
 		{
 			name:     "vm stop stopped",
@@ -885,7 +895,18 @@ func TestCLI(t *testing.T) {
 					t.Errorf("output does not contain %q:\n%s", w, out)
 				}
 			}
-			if got := f.requests(); !reflect.DeepEqual(got, tt.wantReqs) && len(got)+len(tt.wantReqs) > 0 {
+			got := f.requests()
+			if tt.polls && len(got) > 1 {
+				// The polls that follow the first request depend on timing:
+				// only their kind is checked.
+				for _, r := range got[1:] {
+					if r.Method != "GET" {
+						t.Errorf("a poll is %s %s", r.Method, r.Path)
+					}
+				}
+				got = got[:1]
+			}
+			if !reflect.DeepEqual(got, tt.wantReqs) && len(got)+len(tt.wantReqs) > 0 {
 				t.Errorf("requests:\n got %+v\nwant %+v", got, tt.wantReqs)
 			}
 		})

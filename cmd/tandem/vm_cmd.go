@@ -259,21 +259,34 @@ then starts QEMU ("tandem vm show" reports the process). The API refuses
 }
 
 func newVMStopCmd(a *adminFlags) *cobra.Command {
-	return &cobra.Command{
+	var (
+		noWait bool
+		wait   time.Duration
+	)
+	cmd := &cobra.Command{
 		Use:   "stop NAME",
 		Short: "Stop a VM",
 		Long: `Stop VM NAME: the catalog records it stopped, its writer epoch ends (its
-disks accept any writer again) and its host's agent stops QEMU. The VM
-keeps its host, where "tandem vm start" starts it next. The API refuses
-(409) a VM that is stopped already.
+disks accept any writer again) and its host's agent stops QEMU (QMP quit,
+then SIGKILL if it has not exited in time). The command returns once the
+host reports no QEMU process for the VM (its disks are then detached);
+--no-wait returns once the stop is recorded. The VM keeps its host, where
+"tandem vm start" starts it next. The API refuses (409) a VM that is
+stopped already.
 ` + adminHelp,
-		Example: `  tandem vm stop web`,
-		Args:    vmNameArg,
+		Example: `  tandem vm stop web
+  tandem vm stop web && tandem volume delete web-data`,
+		Args: vmNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, func(ctx context.Context, c *client.Client) error {
 				vm, err := c.StopVM(ctx, args[0])
 				if err != nil {
 					return err
+				}
+				if !noWait {
+					if vm, err = waitQEMUGone(ctx, c, vm, wait); err != nil {
+						return err
+					}
 				}
 				if a.output == outputJSON {
 					return printJSON(cmd.OutOrStdout(), vm)
@@ -283,6 +296,29 @@ keeps its host, where "tandem vm start" starts it next. The API refuses
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the stop is recorded, without waiting for QEMU to exit")
+	cmd.Flags().DurationVar(&wait, "wait-timeout", 2*time.Minute, "how long to wait for QEMU to exit")
+	return cmd
+}
+
+// waitQEMUGone polls VM vm until its host reports no QEMU process for it
+// (or that it cannot tell: its host is down), for at most timeout.
+func waitQEMUGone(ctx context.Context, c *client.Client, vm admin.VM, timeout time.Duration) (admin.VM, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for vm.Runtime.State != admin.VMAbsent && vm.Runtime.State != admin.VMUnknown {
+		select {
+		case <-ctx.Done():
+			return vm, fmt.Errorf("VM %s is recorded stopped but QEMU still runs on %s (state %s) after %v: see tandem vm show %s", vm.Name, vm.Host, vm.Runtime.State, timeout, vm.Name)
+		case <-time.After(100 * time.Millisecond):
+		}
+		next, err := c.VM(ctx, vm.Name)
+		if err != nil {
+			return vm, err
+		}
+		vm = next
+	}
+	return vm, nil
 }
 
 func newVMDeleteCmd(a *adminFlags) *cobra.Command {
