@@ -11,8 +11,8 @@
 // CPU than a copy (and it was most of the CPU of 1 MiB writes), which is why
 // the data stays out of it.
 //
-// Replication is pipelined (AppendEntriesPipeline), heartbeats take the
-// fast path raft asks for, and InstallSnapshot may take as long as the
+// Replication is not pipelined unless asked for (Config.MaxInFlight),
+// heartbeats take the fast path raft asks for, and InstallSnapshot may take as long as the
 // receiver needs (a replica pulling its volume) up to SnapshotTimeout.
 package transport
 
@@ -63,8 +63,15 @@ type Config struct {
 	SnapshotTimeout time.Duration
 	// MaxPool is the number of idle connections kept per target.
 	MaxPool int
-	// MaxInFlight is the number of AppendEntries a pipeline keeps in flight
-	// (at least 2).
+	// MaxInFlight is the number of AppendEntries a pipeline keeps in
+	// flight; 0 or 1 (the default) disables pipelining. Without a
+	// pipeline raft sends one AppendEntries at a time to each follower and,
+	// when one is behind, sends again as soon as it answers until it caught
+	// up. In pipeline mode raft sends one batch (MaxAppendEntries entries)
+	// per new log append or per CommitTimeout: a follower that fell
+	// thousands of entries behind (a partition, a restart) caught up at a
+	// few hundred entries per second once writes slowed, and never while
+	// they went on faster.
 	MaxInFlight int
 	// Logger receives connection errors.
 	Logger *slog.Logger
@@ -105,7 +112,7 @@ func New(cfg Config) *Transport {
 		cfg.MaxPool = 4
 	}
 	if cfg.MaxInFlight < 2 {
-		cfg.MaxInFlight = 2
+		cfg.MaxInFlight = 1
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -512,8 +519,12 @@ respond:
 	}
 }
 
-// AppendEntriesPipeline implements raft.Transport.
+// AppendEntriesPipeline implements raft.Transport. It returns
+// raft.ErrPipelineReplicationNotSupported unless MaxInFlight is 2 or more.
 func (t *Transport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	if t.cfg.MaxInFlight < 2 {
+		return nil, raft.ErrPipelineReplicationNotSupported
+	}
 	c, err := t.getConn(target)
 	if err != nil {
 		return nil, err

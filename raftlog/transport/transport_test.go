@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -79,7 +80,7 @@ func TestHeartbeatFastPath(t *testing.T) {
 // A pipeline whose peer stops answering must not block its sender once raft
 // stops reading responses (it would never get to Close).
 func TestPipelineFailureDoesNotBlock(t *testing.T) {
-	a := New(Config{Stream: newLayer(t), Timeout: 2 * time.Second})
+	a := New(Config{Stream: newLayer(t), Timeout: 2 * time.Second, MaxInFlight: 2})
 	defer a.Close()
 	peer := newLayer(t)
 	defer peer.Close()
@@ -144,7 +145,7 @@ func TestPipelineFailureDoesNotBlock(t *testing.T) {
 // sender may still call AppendEntries) must fail within Timeout rather
 // than block the sender, and with it raft's Shutdown, forever.
 func TestPipelineWithoutConsumerFails(t *testing.T) {
-	a := New(Config{Stream: newLayer(t), Timeout: time.Second})
+	a := New(Config{Stream: newLayer(t), Timeout: time.Second, MaxInFlight: 2})
 	defer a.Close()
 	peer := newLayer(t)
 	defer peer.Close()
@@ -186,5 +187,15 @@ func TestPipelineWithoutConsumerFails(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("AppendEntries blocked on a pipeline nobody consumes")
+	}
+}
+
+// Without MaxInFlight of 2 or more there is no pipeline: raft replicates
+// with one AppendEntries at a time, which catches a lagging follower up.
+func TestNoPipelineByDefault(t *testing.T) {
+	a := New(Config{Stream: newLayer(t)})
+	defer a.Close()
+	if _, err := a.AppendEntriesPipeline("peer", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Fatalf("AppendEntriesPipeline: %v, want %v", err, raft.ErrPipelineReplicationNotSupported)
 	}
 }
