@@ -52,6 +52,23 @@ type streamResponse struct {
 
 // serveStream answers one stream request on c for group g.
 func serveStream(g *Group, c net.Conn) error {
+	return serveFile(c, g.file, func(minIndex uint64) error {
+		ctx, cancel := context.WithTimeout(context.Background(), streamWaitMax)
+		err := g.fsm.waitApplied(ctx, minIndex)
+		cancel()
+		if err == nil {
+			err = g.fsm.err()
+		}
+		if err != nil {
+			return fmt.Errorf("replica %s cannot serve index %d: %w", g.cfg.Local, minIndex, err)
+		}
+		return nil
+	})
+}
+
+// serveFile answers one stream request on c from file, once ready says the
+// file holds the requested index.
+func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) error) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(streamIOTimout))
 	br := bufio.NewReader(c)
@@ -71,16 +88,9 @@ func serveStream(g *Group, c net.Conn) error {
 		}
 		return w.Flush()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), streamWaitMax)
-	err = g.fsm.waitApplied(ctx, req.MinIndex)
-	cancel()
-	if err == nil {
-		err = g.fsm.err()
+	if err := ready(req.MinIndex); err != nil {
+		return respond(streamResponse{Error: err.Error()})
 	}
-	if err != nil {
-		return respond(streamResponse{Error: fmt.Sprintf("replica %s cannot serve index %d: %v", g.cfg.Local, req.MinIndex, err)})
-	}
-	file := g.file
 	size := file.Size()
 	if err := respond(streamResponse{Size: size}); err != nil {
 		return err
