@@ -2,13 +2,16 @@ package raftlog
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
@@ -26,19 +29,45 @@ import (
 // Wire format, after the mux header (KindStream, volume name):
 //
 //	client: one JSON line streamRequest
-//	server: one JSON line streamResponse, then records:
+//	server: one JSON line streamResponse, then records in increasing offset
+//	order:
 //	  [kind u8][off u64][len u32] followed by len bytes for recData
 //	  recEnd has len 0 and ends the stream.
+//
+// Both ends are pipelined (see docs/mirror.md, "Copy speed"): the source
+// reads ahead into a few buffers while it sends, and sends chunks that read
+// as zeroes as recZero records; the destination receives into aligned
+// buffers that a writer goroutine writes with O_DIRECT, so that the copy
+// neither fills the page cache nor leaves a volume of dirty pages for the
+// final sync.
 
 const (
 	recData uint8 = 1 // bytes at off
-	recZero uint8 = 2 // [off, off+len) reads as zeroes (a hole at the source)
+	recZero uint8 = 2 // [off, off+len) reads as zeroes (a hole, or zero bytes, at the source)
 	recEnd  uint8 = 3 // end of stream
 
 	streamChunk    = 1 << 20
 	streamWaitMax  = 30 * time.Second
 	streamIOTimout = 60 * time.Second
+
+	// serveBuffers is how many chunks the source reads ahead of the
+	// connection (plus the one being sent); pullBuffers how many the
+	// destination receives ahead of its writer (plus the one being written).
+	serveBuffers = 2
+	pullBuffers  = 4
+	// pullWriters is how many writes the destination keeps in flight (the
+	// device is faster with more than one).
+	pullWriters = 2
 )
+
+// pullSyncEvery is how often (in bytes of the volume) the destination syncs
+// and records how far it got, for a resume after a crash (a variable for
+// tests).
+var pullSyncEvery int64 = 256 << 20
+
+// zeroChunk is compared with data chunks to find the ones that read as
+// zeroes. It is never written.
+var zeroChunk [streamChunk]byte
 
 type streamRequest struct {
 	MinIndex uint64 `json:"min_index"`
@@ -80,63 +109,146 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 	if err := json.Unmarshal(line, &req); err != nil {
 		return fmt.Errorf("raftlog: stream request: %w", err)
 	}
-	w := bufio.NewWriterSize(c, 256<<10)
 	respond := func(r streamResponse) error {
 		b, _ := json.Marshal(r)
-		if _, err := w.Write(append(b, '\n')); err != nil {
-			return err
+		if _, err := c.Write(append(b, '\n')); err != nil {
+			return fmt.Errorf("raftlog: stream response: %w", err)
 		}
-		return w.Flush()
+		return nil
 	}
 	if err := ready(req.MinIndex); err != nil {
 		return respond(streamResponse{Error: err.Error()})
 	}
 	size := file.Size()
+	if req.From < 0 || req.From > size {
+		return respond(streamResponse{Error: fmt.Sprintf("bad offset %d in a volume of %d bytes", req.From, size)})
+	}
 	if err := respond(streamResponse{Size: size}); err != nil {
 		return err
 	}
-	buf := make([]byte, streamChunk)
+
+	// The reader goroutine reads ahead; this one sends. A record's data
+	// goes from its read buffer to the socket in one writev, with no
+	// copy through a bufio.Writer.
+	stop := make(chan struct{})
+	defer close(stop)
+	recs := make(chan serveRec, serveBuffers)
+	free := make(chan []byte, serveBuffers+1)
+	for range serveBuffers + 1 {
+		free <- make([]byte, streamChunk)
+	}
+	go readAhead(file, req.From, size, recs, free, stop)
+
 	var hdr [13]byte
-	rec := func(kind uint8, off, n int64, data []byte) error {
-		hdr[0] = kind
-		binary.BigEndian.PutUint64(hdr[1:], uint64(off))
-		binary.BigEndian.PutUint32(hdr[9:], uint32(n))
-		if _, err := w.Write(hdr[:]); err != nil {
+	send := func(r serveRec) error {
+		hdr[0] = r.kind
+		binary.BigEndian.PutUint64(hdr[1:], uint64(r.off))
+		binary.BigEndian.PutUint32(hdr[9:], uint32(r.n))
+		_ = c.SetWriteDeadline(time.Now().Add(streamIOTimout))
+		bufs := net.Buffers{hdr[:]}
+		if r.kind == recData {
+			bufs = append(bufs, r.buf[:r.n])
+		}
+		if _, err := bufs.WriteTo(c); err != nil {
+			return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
+		}
+		return nil
+	}
+	// Consecutive zero records (holes, zero chunks) leave as one.
+	var zero serveRec
+	for r := range recs {
+		if r.err != nil {
+			return r.err
+		}
+		if r.kind == recZero && zero.n > 0 && zero.off+zero.n == r.off && zero.n+r.n <= math.MaxUint32 {
+			zero.n += r.n
+			continue
+		}
+		if zero.n > 0 {
+			if err := send(zero); err != nil {
+				return err
+			}
+			zero = serveRec{}
+		}
+		switch r.kind {
+		case recZero:
+			zero = r
+		case recData:
+			err := send(r)
+			free <- r.buf
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if zero.n > 0 {
+		if err := send(zero); err != nil {
 			return err
 		}
-		_, err := w.Write(data)
-		return err
+	}
+	return send(serveRec{kind: recEnd, off: size})
+}
+
+// serveRec is a record read by readAhead; err ends the stream.
+type serveRec struct {
+	kind   uint8
+	off, n int64
+	buf    []byte // recData: the data, to be returned to free once sent
+	err    error
+}
+
+// readAhead reads [from, size) of file into buffers taken from free and
+// hands them to recs in order: holes and all-zero chunks as recZero, data
+// as recData. It closes recs at the end or on an error (sent as a record),
+// and gives up when stop closes.
+func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, free chan []byte, stop <-chan struct{}) {
+	defer close(recs)
+	put := func(r serveRec) bool {
+		select {
+		case recs <- r:
+			return true
+		case <-stop:
+			return false
+		}
 	}
 	bg := context.Background()
-	for off := req.From; off < size; {
-		_ = c.SetDeadline(time.Now().Add(streamIOTimout))
+	for off := from; off < size; {
 		ext, err := file.Extents(bg, off, min(size-off, 64*streamChunk), 1)
 		if err != nil {
-			return err
+			put(serveRec{err: fmt.Errorf("raftlog: stream extents at %d: %w", off, err)})
+			return
 		}
 		e := ext[0]
 		if e.Flags&volume.Zero != 0 {
-			if err := rec(recZero, off, e.Length, nil); err != nil {
-				return err
+			if !put(serveRec{kind: recZero, off: off, n: e.Length}) {
+				return
 			}
 			off += e.Length
 			continue
 		}
 		for end := off + e.Length; off < end; {
 			n := min(end-off, streamChunk)
-			if err := file.ReadAt(bg, buf[:n], off); err != nil {
-				return err
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
 			}
-			if err := rec(recData, off, n, buf[:n]); err != nil {
-				return err
+			if err := file.ReadAt(bg, buf[:n], off); err != nil {
+				put(serveRec{err: fmt.Errorf("raftlog: stream read: %w", err)})
+				return
+			}
+			r := serveRec{kind: recData, off: off, n: n, buf: buf}
+			if bytes.Equal(buf[:n], zeroChunk[:n]) {
+				free <- buf
+				r = serveRec{kind: recZero, off: off, n: n}
+			}
+			if !put(r) {
+				return
 			}
 			off += n
 		}
 	}
-	if err := rec(recEnd, size, 0, nil); err != nil {
-		return err
-	}
-	return w.Flush()
 }
 
 // errStreamRefused is a source replica saying it cannot serve the stream.
@@ -145,23 +257,30 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 // pullVolume copies volume name from the replica at addr (a host's raft
 // address) into file, starting at byte from, as of at least minIndex.
 // progress is called now and then with the offset up to which the copy is
-// complete. It returns the number of bytes transferred.
+// complete and synced (the place to resume from). It returns the number of
+// bytes transferred.
 //
 // meter (nil for none) counts the bytes as they arrive and limits their rate.
+//
+// This goroutine receives records into aligned buffers; a pullWriter writes
+// them with O_DIRECT (blockfile.DirectWriter), syncs every pullSyncEvery
+// bytes of the volume and at the end, and reports progress.
 func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (int64, error) {
 	c, err := mux.Dial(addr, mux.KindStream, name, 10*time.Second)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
 	}
 	defer c.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	b, _ := json.Marshal(streamRequest{MinIndex: minIndex, From: from})
 	_ = c.SetDeadline(time.Now().Add(streamWaitMax + streamIOTimout))
 	if _, err := c.Write(append(b, '\n')); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("raftlog: stream request to %s: %w", addr, err)
 	}
-	br := bufio.NewReaderSize(c, 256<<10)
+	br := bufio.NewReaderSize(c, 64<<10)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		return 0, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
@@ -178,54 +297,203 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 			return 0, err
 		}
 	}
-	buf := make([]byte, streamChunk)
+
+	w := newPullWriter(ctx, file, from, progress)
+	// A failed write stops the receive.
+	stopW := context.AfterFunc(w.ctx, func() { c.Close() })
+	defer stopW()
 	var hdr [13]byte
-	var moved, lastReport int64
+	var moved int64
+	// fail stops the writers and returns the first error: a writer's if
+	// one failed (the receive then failed because the connection was
+	// closed).
+	fail := func(err error) (int64, error) {
+		if werr := w.finish(err); werr != nil {
+			return moved, werr
+		}
+		return moved, err
+	}
 	for {
 		_ = c.SetDeadline(time.Now().Add(streamIOTimout))
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return moved, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
+			return fail(fmt.Errorf("raftlog: stream from %s: %w", addr, err))
 		}
-		kind := hdr[0]
-		off := int64(binary.BigEndian.Uint64(hdr[1:]))
-		n := int64(binary.BigEndian.Uint32(hdr[9:]))
-		if off < 0 || n < 0 || off > resp.Size || n > resp.Size-off || (kind == recData && n > streamChunk) {
-			return moved, fmt.Errorf("raftlog: stream from %s: bad record %d at %d+%d", addr, kind, off, n)
+		r := pullRec{kind: hdr[0], off: int64(binary.BigEndian.Uint64(hdr[1:])), n: int64(binary.BigEndian.Uint32(hdr[9:]))}
+		if r.off < 0 || r.n < 0 || r.off > resp.Size || r.n > resp.Size-r.off || (r.kind == recData && r.n > streamChunk) {
+			return fail(fmt.Errorf("raftlog: stream from %s: bad record %d at %d+%d", addr, r.kind, r.off, r.n))
 		}
-		switch kind {
+		received := int64(0) // zero records take no time on the wire
+		switch r.kind {
 		case recData:
-			if _, err := io.ReadFull(br, buf[:n]); err != nil {
-				return moved, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
+			select {
+			case r.buf = <-w.free:
+			case <-w.ctx.Done():
+				return fail(context.Cause(w.ctx))
 			}
-			if err := file.WriteAt(ctx, buf[:n], off, 0); err != nil {
-				return moved, err
+			if _, err := io.ReadFull(br, r.buf[:r.n]); err != nil {
+				return fail(fmt.Errorf("raftlog: stream from %s: %w", addr, err))
 			}
-			moved += n
-			if err := meter.add(ctx, n, off+n); err != nil {
-				return moved, err
-			}
+			moved += r.n
+			received = r.n
 		case recZero:
-			if err := file.Zero(ctx, off, n, 0); err != nil {
+		case recEnd:
+			if err := w.finish(nil); err != nil {
 				return moved, err
 			}
-			_ = meter.add(ctx, 0, off+n)
-		case recEnd:
 			if err := file.Flush(ctx); err != nil {
-				return moved, err
+				return moved, fmt.Errorf("raftlog: stream copy: %w", err)
 			}
 			if progress != nil {
 				progress(resp.Size)
 			}
 			return moved, nil
 		default:
-			return moved, fmt.Errorf("raftlog: stream from %s: unknown record %d", addr, kind)
+			return fail(fmt.Errorf("raftlog: stream from %s: unknown record %d", addr, r.kind))
 		}
-		if progress != nil && off+n-lastReport >= 256<<20 {
-			if err := file.Flush(ctx); err != nil {
-				return moved, err
-			}
-			lastReport = off + n
-			progress(lastReport)
+		if err := w.put(r); err != nil {
+			return fail(err)
+		}
+		if err := meter.add(ctx, received, r.off+r.n); err != nil {
+			return fail(err)
 		}
 	}
+}
+
+// pullRec is a received record on its way to a writer.
+type pullRec struct {
+	kind   uint8
+	off, n int64
+	buf    []byte // recData: the data, returned to free once written
+	seq    uint64 // the record's place in the stream
+}
+
+// pullWriter writes the records of a stream into the volume file with
+// pullWriters goroutines (data with O_DIRECT, zero records by punching
+// holes), and tracks the prefix of the volume that is written: every
+// pullSyncEvery bytes of it, it syncs the file and reports progress.
+type pullWriter struct {
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	file     *blockfile.File
+	dw       *blockfile.DirectWriter
+	jobs     chan pullRec
+	free     chan []byte // pullBuffers aligned buffers
+	progress func(int64)
+	seq      uint64 // the next record's seq (receiver only)
+	wg       sync.WaitGroup
+
+	mu         sync.Mutex
+	next       uint64           // seq of the first record not known written
+	written    map[uint64]int64 // seq → end offset, for records after next
+	mark       int64            // the file is written up to here
+	lastReport int64
+	err        error // the first write error
+}
+
+func newPullWriter(ctx context.Context, file *blockfile.File, from int64, progress func(int64)) *pullWriter {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &pullWriter{
+		ctx: ctx, cancel: cancel, file: file, dw: file.DirectWriter(),
+		jobs:     make(chan pullRec, pullBuffers),
+		free:     make(chan []byte, pullBuffers),
+		progress: progress,
+		written:  map[uint64]int64{},
+		mark:     from, lastReport: from,
+	}
+	for range pullBuffers {
+		w.free <- blockfile.AlignedBuffer(streamChunk)
+	}
+	for range pullWriters {
+		w.wg.Add(1)
+		go w.run()
+	}
+	return w
+}
+
+// put hands r to the writers.
+func (w *pullWriter) put(r pullRec) error {
+	r.seq = w.seq
+	w.seq++
+	select {
+	case w.jobs <- r:
+		return nil
+	case <-w.ctx.Done():
+		return context.Cause(w.ctx)
+	}
+}
+
+// finish waits for the writers to write what they were given (or, with
+// err, tells them to stop), closes the O_DIRECT descriptor and returns the
+// first write error.
+func (w *pullWriter) finish(err error) error {
+	if err != nil {
+		w.cancel(err)
+	}
+	close(w.jobs)
+	w.wg.Wait()
+	w.cancel(nil)
+	cerr := w.dw.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	return cerr
+}
+
+func (w *pullWriter) run() {
+	defer w.wg.Done()
+	for r := range w.jobs {
+		if w.ctx.Err() != nil {
+			continue // stopping: drain
+		}
+		var err error
+		switch r.kind {
+		case recData:
+			err = w.dw.WriteAt(w.ctx, r.buf[:r.n], r.off)
+			w.free <- r.buf
+		case recZero:
+			err = w.file.Zero(w.ctx, r.off, r.n, 0)
+		}
+		if err == nil {
+			err = w.done(r.seq, r.off+r.n)
+		}
+		if err != nil {
+			w.mu.Lock()
+			if w.err == nil {
+				w.err = fmt.Errorf("raftlog: stream copy: %w", err)
+			}
+			w.mu.Unlock()
+			w.cancel(err)
+		}
+	}
+}
+
+// done records that record seq, ending at end, is written; when the written
+// prefix of the volume grew by pullSyncEvery since the last report, it
+// syncs the file and reports the prefix.
+func (w *pullWriter) done(seq uint64, end int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.written[seq] = end
+	for {
+		e, ok := w.written[w.next]
+		if !ok {
+			break
+		}
+		delete(w.written, w.next)
+		w.next++
+		w.mark = e
+	}
+	if w.progress == nil || w.mark-w.lastReport < pullSyncEvery {
+		return nil
+	}
+	// Everything below mark returned from its write before it was marked:
+	// the sync covers it.
+	if err := w.file.Flush(w.ctx); err != nil {
+		return err
+	}
+	w.lastReport = w.mark
+	w.progress(w.mark)
+	return nil
 }
