@@ -458,7 +458,7 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 		for _, src := range sources {
 			start := time.Now()
 			g.copying.begin(st.Done, g.file.Size())
-			n, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
+			ps, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
 				st.Done = done
 				if err := g.h.meta.PutJSON(key, st); err != nil {
 					g.log.Warn("recording copy progress", "err", err)
@@ -466,7 +466,8 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 			})
 			g.copying.end(err == nil)
 			if err == nil {
-				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", ps.Bytes, "took", time.Since(start).Round(time.Millisecond),
+					"setup", ps.Setup.Round(time.Millisecond), "receiving", ps.Receive.Round(time.Millisecond), "waiting_for_writes", ps.WriteWait.Round(time.Millisecond), "finishing", ps.Finish.Round(time.Millisecond))
 				return nil
 			}
 			g.log.Warn("volume copy failed; trying another replica", "from", src.ID, "err", err)

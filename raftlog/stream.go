@@ -2,7 +2,6 @@ package raftlog
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -12,6 +11,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
@@ -34,12 +34,13 @@ import (
 //	  [kind u8][off u64][len u32] followed by len bytes for recData
 //	  recEnd has len 0 and ends the stream.
 //
-// Both ends are pipelined (see docs/mirror.md, "Copy speed"): the source
-// reads ahead into a few buffers while it sends, and sends chunks that read
-// as zeroes as recZero records; the destination receives into aligned
-// buffers that a writer goroutine writes with O_DIRECT, so that the copy
-// neither fills the page cache nor leaves a volume of dirty pages for the
-// final sync.
+// Both ends are pipelined (see docs/mirror.md, "Copy speed"): at the
+// source, a reader goroutine walks the extents and finds the chunks that
+// read as zeroes (sent as recZero records) ahead of the sender, which sends
+// data from the page cache with sendfile; the destination receives into
+// aligned buffers that writer goroutines write with O_DIRECT, so that the
+// copy neither fills the page cache nor leaves a volume of dirty pages for
+// the final sync.
 
 const (
 	recData uint8 = 1 // bytes at off
@@ -50,11 +51,11 @@ const (
 	streamWaitMax  = 30 * time.Second
 	streamIOTimout = 60 * time.Second
 
-	// serveBuffers is how many chunks the source reads ahead of the
-	// connection (plus the one being sent); pullBuffers how many the
-	// destination receives ahead of its writer (plus the one being written).
-	serveBuffers = 2
-	pullBuffers  = 4
+	// serveAhead is how many records the source's reader finds ahead of
+	// the sender; pullBuffers how many chunks the destination can hold
+	// between the connection and its writers.
+	serveAhead  = 4
+	pullBuffers = 4
 	// pullWriters is how many writes the destination keeps in flight (the
 	// device is faster with more than one).
 	pullWriters = 2
@@ -64,10 +65,6 @@ const (
 // and records how far it got, for a resume after a crash (a variable for
 // tests).
 var pullSyncEvery int64 = 256 << 20
-
-// zeroChunk is compared with data chunks to find the ones that read as
-// zeroes. It is never written.
-var zeroChunk [streamChunk]byte
 
 type streamRequest struct {
 	MinIndex uint64 `json:"min_index"`
@@ -127,29 +124,53 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 		return err
 	}
 
-	// The reader goroutine reads ahead; this one sends. A record's data
-	// goes from its read buffer to the socket in one writev, with no
-	// copy through a bufio.Writer.
-	stop := make(chan struct{})
-	defer close(stop)
-	recs := make(chan serveRec, serveBuffers)
-	free := make(chan []byte, serveBuffers+1)
-	for range serveBuffers + 1 {
-		free <- make([]byte, streamChunk)
+	// The reader goroutine walks the extents and looks for zero chunks
+	// ahead of this one, which sends. Data goes from the page cache to the
+	// socket with sendfile, without a copy through user memory (or, where
+	// the kernel refuses sendfile, with a read and a write).
+	var rc syscall.RawConn
+	if sc, ok := c.(syscall.Conn); ok {
+		rc, _ = sc.SyscallConn()
 	}
-	go readAhead(file, req.From, size, recs, free, stop)
+	stop := make(chan struct{})
+	recs := make(chan serveRec, serveAhead)
+	defer func() {
+		close(stop)
+		for range recs { // wait for the reader to leave
+		}
+	}()
+	go readAhead(file, req.From, size, recs, stop)
 
 	var hdr [13]byte
+	var buf []byte // without sendfile
 	send := func(r serveRec) error {
 		hdr[0] = r.kind
 		binary.BigEndian.PutUint64(hdr[1:], uint64(r.off))
 		binary.BigEndian.PutUint32(hdr[9:], uint32(r.n))
 		_ = c.SetWriteDeadline(time.Now().Add(streamIOTimout))
-		bufs := net.Buffers{hdr[:]}
-		if r.kind == recData {
-			bufs = append(bufs, r.buf[:r.n])
+		if _, err := c.Write(hdr[:]); err != nil {
+			return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
 		}
-		if _, err := bufs.WriteTo(c); err != nil {
+		if r.kind != recData {
+			return nil
+		}
+		if rc != nil {
+			_, err := file.SendTo(rc, r.off, r.n)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, blockfile.ErrNoSendfile) {
+				return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
+			}
+			rc = nil // read and write from now on
+		}
+		if buf == nil {
+			buf = make([]byte, streamChunk)
+		}
+		if err := file.ReadAt(context.Background(), buf[:r.n], r.off); err != nil {
+			return fmt.Errorf("raftlog: stream read: %w", err)
+		}
+		if _, err := c.Write(buf[:r.n]); err != nil {
 			return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
 		}
 		return nil
@@ -170,15 +191,12 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 			}
 			zero = serveRec{}
 		}
-		switch r.kind {
-		case recZero:
+		if r.kind == recZero {
 			zero = r
-		case recData:
-			err := send(r)
-			free <- r.buf
-			if err != nil {
-				return err
-			}
+			continue
+		}
+		if err := send(r); err != nil {
+			return err
 		}
 	}
 	if zero.n > 0 {
@@ -189,19 +207,19 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 	return send(serveRec{kind: recEnd, off: size})
 }
 
-// serveRec is a record read by readAhead; err ends the stream.
+// serveRec is a record found by readAhead; err ends the stream.
 type serveRec struct {
 	kind   uint8
 	off, n int64
-	buf    []byte // recData: the data, to be returned to free once sent
 	err    error
 }
 
-// readAhead reads [from, size) of file into buffers taken from free and
-// hands them to recs in order: holes and all-zero chunks as recZero, data
-// as recData. It closes recs at the end or on an error (sent as a record),
-// and gives up when stop closes.
-func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, free chan []byte, stop <-chan struct{}) {
+// readAhead walks [from, size) of file and hands its records to recs in
+// order: holes and chunks that read as zeroes as recZero (IsZero, which
+// also has the kernel read in a chunk that is not cached, for the sender),
+// data chunks as recData. It closes recs at the end or after an error
+// (sent as a record), and gives up when stop closes.
+func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, stop <-chan struct{}) {
 	defer close(recs)
 	put := func(r serveRec) bool {
 		select {
@@ -212,6 +230,7 @@ func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, fre
 		}
 	}
 	bg := context.Background()
+	scratch := make([]byte, 64<<10)
 	for off := from; off < size; {
 		ext, err := file.Extents(bg, off, min(size-off, 64*streamChunk), 1)
 		if err != nil {
@@ -228,20 +247,14 @@ func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, fre
 		}
 		for end := off + e.Length; off < end; {
 			n := min(end-off, streamChunk)
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-stop:
-				return
-			}
-			if err := file.ReadAt(bg, buf[:n], off); err != nil {
+			zero, err := file.IsZero(off, n, scratch)
+			if err != nil {
 				put(serveRec{err: fmt.Errorf("raftlog: stream read: %w", err)})
 				return
 			}
-			r := serveRec{kind: recData, off: off, n: n, buf: buf}
-			if bytes.Equal(buf[:n], zeroChunk[:n]) {
-				free <- buf
-				r = serveRec{kind: recZero, off: off, n: n}
+			r := serveRec{kind: recData, off: off, n: n}
+			if zero {
+				r.kind = recZero
 			}
 			if !put(r) {
 				return
@@ -258,17 +271,19 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 // address) into file, starting at byte from, as of at least minIndex.
 // progress is called now and then with the offset up to which the copy is
 // complete and synced (the place to resume from). It returns the number of
-// bytes transferred.
+// bytes transferred and where the time went.
 //
 // meter (nil for none) counts the bytes as they arrive and limits their rate.
 //
 // This goroutine receives records into aligned buffers; a pullWriter writes
 // them with O_DIRECT (blockfile.DirectWriter), syncs every pullSyncEvery
 // bytes of the volume and at the end, and reports progress.
-func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (int64, error) {
+func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (pullStats, error) {
+	var st pullStats
+	start := time.Now()
 	c, err := mux.Dial(addr, mux.KindStream, name, 10*time.Second)
 	if err != nil {
-		return 0, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
+		return st, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
 	}
 	defer c.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -278,23 +293,24 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 	b, _ := json.Marshal(streamRequest{MinIndex: minIndex, From: from})
 	_ = c.SetDeadline(time.Now().Add(streamWaitMax + streamIOTimout))
 	if _, err := c.Write(append(b, '\n')); err != nil {
-		return 0, fmt.Errorf("raftlog: stream request to %s: %w", addr, err)
+		return st, fmt.Errorf("raftlog: stream request to %s: %w", addr, err)
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
-		return 0, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
+		return st, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
 	}
 	var resp streamResponse
 	if err := json.Unmarshal(line, &resp); err != nil {
-		return 0, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
+		return st, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
 	}
+	st.Setup = time.Since(start)
 	if resp.Error != "" {
-		return 0, fmt.Errorf("%w by %s: %s", errStreamRefused, addr, resp.Error)
+		return st, fmt.Errorf("%w by %s: %s", errStreamRefused, addr, resp.Error)
 	}
 	if resp.Size > file.Size() {
 		if err := file.Grow(resp.Size); err != nil {
-			return 0, err
+			return st, fmt.Errorf("raftlog: stream copy: %w", err)
 		}
 	}
 
@@ -303,50 +319,61 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 	stopW := context.AfterFunc(w.ctx, func() { c.Close() })
 	defer stopW()
 	var hdr [13]byte
-	var moved int64
+	next := from // where the next record starts
 	// fail stops the writers and returns the first error: a writer's if
 	// one failed (the receive then failed because the connection was
 	// closed).
-	fail := func(err error) (int64, error) {
+	fail := func(err error) (pullStats, error) {
 		if werr := w.finish(err); werr != nil {
-			return moved, werr
+			return st, werr
 		}
-		return moved, err
+		return st, err
 	}
 	for {
 		_ = c.SetDeadline(time.Now().Add(streamIOTimout))
+		t := time.Now()
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return fail(fmt.Errorf("raftlog: stream from %s: %w", addr, err))
 		}
+		st.Receive += time.Since(t)
 		r := pullRec{kind: hdr[0], off: int64(binary.BigEndian.Uint64(hdr[1:])), n: int64(binary.BigEndian.Uint32(hdr[9:]))}
-		if r.off < 0 || r.n < 0 || r.off > resp.Size || r.n > resp.Size-r.off || (r.kind == recData && r.n > streamChunk) {
-			return fail(fmt.Errorf("raftlog: stream from %s: bad record %d at %d+%d", addr, r.kind, r.off, r.n))
+		// Records must tile [from, size) in order: progress (the offset
+		// a restart resumes from) counts on it.
+		if r.off != next || r.n < 0 || r.n > resp.Size-r.off || (r.kind == recData && r.n > streamChunk) || (r.kind == recEnd && r.off != resp.Size) {
+			return fail(fmt.Errorf("raftlog: stream from %s: bad record %d at %d+%d (expected one at %d)", addr, r.kind, r.off, r.n, next))
 		}
+		next = r.off + r.n
 		received := int64(0) // zero records take no time on the wire
 		switch r.kind {
 		case recData:
+			tw := time.Now()
 			select {
 			case r.buf = <-w.free:
 			case <-w.ctx.Done():
 				return fail(context.Cause(w.ctx))
 			}
+			t1 := time.Now()
+			st.WriteWait += t1.Sub(tw)
 			if _, err := io.ReadFull(br, r.buf[:r.n]); err != nil {
 				return fail(fmt.Errorf("raftlog: stream from %s: %w", addr, err))
 			}
-			moved += r.n
+			st.Receive += time.Since(t1)
+			st.Bytes += r.n
 			received = r.n
 		case recZero:
 		case recEnd:
+			tf := time.Now()
 			if err := w.finish(nil); err != nil {
-				return moved, err
+				return st, err
 			}
 			if err := file.Flush(ctx); err != nil {
-				return moved, fmt.Errorf("raftlog: stream copy: %w", err)
+				return st, fmt.Errorf("raftlog: stream copy: %w", err)
 			}
+			st.Finish = time.Since(tf)
 			if progress != nil {
 				progress(resp.Size)
 			}
-			return moved, nil
+			return st, nil
 		default:
 			return fail(fmt.Errorf("raftlog: stream from %s: unknown record %d", addr, r.kind))
 		}
@@ -357,6 +384,18 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 			return fail(err)
 		}
 	}
+}
+
+// pullStats tells where a pull's time went, for the log.
+type pullStats struct {
+	Bytes int64 // data received
+	// Setup is the time until the source answered (it waits until it
+	// applied the index asked for), Receive the time spent reading
+	// records off the connection (waiting for the source and the
+	// network), WriteWait the time the receiver waited for a buffer the
+	// writers had not written yet (waiting for the disk), Finish the last
+	// writes and the final sync.
+	Setup, Receive, WriteWait, Finish time.Duration
 }
 
 // pullRec is a received record on its way to a writer.

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,18 +18,32 @@ import (
 	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
-// streamTestSource serves src as a volume stream on loopback.
-func streamTestSource(t *testing.T, src *blockfile.File) string {
+// plainConn hides the connection's file descriptor: the source then reads
+// and writes instead of using sendfile.
+type plainConn struct{ net.Conn }
+
+// streamTestSource serves src as a volume stream on loopback (with
+// sendfile unless plain).
+func streamTestSource(t *testing.T, src *blockfile.File, plain bool) string {
 	t.Helper()
 	l, err := mux.Listen("127.0.0.1:0", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var wg sync.WaitGroup
 	l.Handle(mux.KindStream, func(_ string, c net.Conn) {
+		wg.Add(1)
+		defer wg.Done()
+		if plain {
+			c = plainConn{c}
+		}
 		_ = serveFile(c, src, func(uint64) error { return nil })
 	})
 	go l.Serve()
-	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait() // before the files close
+	})
 	return l.Addr().String()
 }
 
@@ -52,7 +68,7 @@ func readAll(t *testing.T, f *blockfile.File) []byte {
 
 // TestStreamCopy copies a volume with data, holes, an allocated chunk of
 // zeroes and an unaligned tail into a destination holding stale data, in
-// one go and resumed from an offset, and checks the bytes, the count of
+// one go and resumed from an offset, with sendfile and without, and checks the bytes, the count of
 // bytes sent, the progress reports and that the zero chunk left a hole.
 func TestStreamCopy(t *testing.T) {
 	defer func(v int64) { pullSyncEvery = v }(pullSyncEvery)
@@ -83,10 +99,11 @@ func TestStreamCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := readAll(t, src)
-	addr := streamTestSource(t, src)
+	addrs := []string{streamTestSource(t, src, false), streamTestSource(t, src, true)}
 
-	for _, from := range []int64{0, 4 * streamChunk} {
-		dst := openTestFile(t, filepath.Join(dir, "dst"+string(rune('a'+from/streamChunk))), size)
+	for i, from := range []int64{0, 4 * streamChunk, 0, 5*streamChunk + 4096} {
+		addr := addrs[i/2]
+		dst := openTestFile(t, filepath.Join(dir, fmt.Sprintf("dst%d", i)), size)
 		// Stale data everywhere: the copy must overwrite or punch it all
 		// (beyond from; before it, the copy is taken as done).
 		stale := data(size)
@@ -94,7 +111,7 @@ func TestStreamCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 		var reports []int64
-		n, err := pullVolume(ctx, addr, "vol", 0, from, dst, nil, func(off int64) { reports = append(reports, off) })
+		st, err := pullVolume(ctx, addr, "vol", 0, from, dst, nil, func(off int64) { reports = append(reports, off) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,8 +141,8 @@ func TestStreamCopy(t *testing.T) {
 				}
 			}
 		}
-		if n != sent {
-			t.Errorf("from %d: %d bytes sent, want %d", from, n, sent)
+		if st.Bytes != sent {
+			t.Errorf("from %d: %d bytes sent, want %d", from, st.Bytes, sent)
 		}
 		ext, err := dst.Extents(ctx, 6*streamChunk, streamChunk, 1)
 		if err != nil {
@@ -147,7 +164,7 @@ func TestStreamCopyStops(t *testing.T) {
 	if err := src.WriteAt(ctx, bytes.Repeat([]byte{7}, size), 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	addr := streamTestSource(t, src)
+	addr := streamTestSource(t, src, false)
 	dst := openTestFile(t, filepath.Join(dir, "dst"), size)
 	m := &copyMeter{rate: 4 * streamChunk} // 4 s for the volume
 	m.begin(0, size)
