@@ -51,6 +51,9 @@ type Group struct {
 	peerList atomic.Pointer[[]Peer]
 	// copying reports the progress of a volume pull (membership.go).
 	copying copyMeter
+	// streams are the volume streams this replica serves (stream.go):
+	// close ends them before it closes the file.
+	streams streamSet
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -81,10 +84,14 @@ const (
 )
 
 // restoreState is kept in meta while a replica pulls its volume, so that a
-// crash in the middle is finished before the replica rejoins.
+// crash in the middle is finished before the replica rejoins; once the pull
+// completed, it stays with Complete set, so that raft sending the same
+// snapshot again (its leader retries an InstallSnapshot that failed when the
+// replica crashed) does not copy the whole volume once more.
 type restoreState struct {
-	Index uint64 `json:"index"`
-	Done  int64  `json:"done"` // bytes of the volume copied so far
+	Index    uint64 `json:"index"`
+	Done     int64  `json:"done"` // bytes of the volume copied so far
+	Complete bool   `json:"complete,omitempty"`
 }
 
 func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
@@ -408,23 +415,47 @@ func (g *Group) leader() (Peer, bool) {
 
 // restore is the FSM's Restore: pull the volume from the leader (or any
 // replica that has applied far enough) into the local file.
+//
+// Closing the group stops the pull (the restore fails; raft has already
+// stored the snapshot): the replica finishes it when it opens again, from
+// the offset recorded, as after a crash.
+//
+// A replica that completed a pull as of the snapshot's index (typically
+// finished by finishRestore after a crash) does not pull again: its file
+// holds every block as of that index or later, which is all the log replay
+// after the index needs (docs/replication.md).
 func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
 	key := restoreKeyPrefix + g.spec.Name
+	var prev restoreState
+	if err := g.h.meta.GetJSON(key, &prev); err == nil && prev.Complete && prev.Index == s.Index {
+		g.log.Info("volume already copied as of the snapshot's index: not copying it again", "index", s.Index)
+		return nil
+	}
 	st := restoreState{Index: s.Index}
 	if err := g.h.meta.PutJSON(key, st); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := g.pull(ctx, &st); err != nil {
 		return err
 	}
-	return g.h.meta.Delete([]byte(key))
+	st.Complete = true
+	return g.h.meta.PutJSON(key, st)
 }
 
 // finishRestore completes a pull interrupted by a crash.
 func (g *Group) finishRestore() error {
 	key := restoreKeyPrefix + g.spec.Name
 	var st restoreState
-	if err := g.h.meta.GetJSON(key, &st); err != nil {
+	if err := g.h.meta.GetJSON(key, &st); err != nil || st.Complete {
 		return nil // nothing to finish (or unreadable: meta reports it)
 	}
 	g.log.Warn("finishing an interrupted volume copy before rejoining", "index", st.Index, "done", st.Done)
@@ -433,7 +464,8 @@ func (g *Group) finishRestore() error {
 	if err := g.pull(ctx, &st); err != nil {
 		return fmt.Errorf("raftlog: volume %s: finishing interrupted copy: %w", g.spec.Name, err)
 	}
-	return g.h.meta.Delete([]byte(key))
+	st.Complete = true
+	return g.h.meta.PutJSON(key, st)
 }
 
 // pull copies the volume from a replica that has applied st.Index, resuming
@@ -485,6 +517,7 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 // close stops the group on this host; the volume file is flushed.
 func (g *Group) close() error {
 	close(g.stop)
+	g.streams.end()
 	var err error
 	if g.raft != nil {
 		err = g.raft.Shutdown().Error()

@@ -76,8 +76,57 @@ type streamResponse struct {
 	Size  int64  `json:"size"`
 }
 
+// streamSet tracks the streams a group serves, so that the group ends them
+// (and waits for them) before it closes its file.
+type streamSet struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// add registers c; false once the group is closing.
+func (s *streamSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[net.Conn]struct{}{}
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// done unregisters c.
+func (s *streamSet) done(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// end refuses new streams, closes the connections of those under way and
+// waits until they stopped.
+func (s *streamSet) end() {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
 // serveStream answers one stream request on c for group g.
 func serveStream(g *Group, c net.Conn) error {
+	if !g.streams.add(c) {
+		c.Close()
+		return errors.New("raftlog: stream refused: the replica is closing")
+	}
+	defer g.streams.done(c)
 	return serveFile(c, g.file, func(minIndex uint64) error {
 		ctx, cancel := context.WithTimeout(context.Background(), streamWaitMax)
 		err := g.fsm.waitApplied(ctx, minIndex)

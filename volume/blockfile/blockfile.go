@@ -1,7 +1,9 @@
 // Package blockfile implements volume.Backend on a sparse local file: reads
 // and writes are pread/pwrite through the page cache, Flush is fdatasync, FUA
 // is a RWF_DSYNC write, Trim and Zero punch holes (or zero a range in place
-// with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE.
+// with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE. For bulk copies,
+// DirectWriter writes with O_DIRECT and SendTo sends a range to a socket
+// with sendfile.
 //
 // It is the storage under every replica of a Tandem volume.
 package blockfile
