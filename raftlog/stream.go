@@ -2,6 +2,7 @@ package raftlog
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -11,7 +12,6 @@ import (
 	"math"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
@@ -35,12 +35,12 @@ import (
 //	  recEnd has len 0 and ends the stream.
 //
 // Both ends are pipelined (see docs/mirror.md, "Copy speed"): at the
-// source, a reader goroutine walks the extents and finds the chunks that
-// read as zeroes (sent as recZero records) ahead of the sender, which sends
-// data from the page cache with sendfile; the destination receives into
-// aligned buffers that writer goroutines write with O_DIRECT, so that the
-// copy neither fills the page cache nor leaves a volume of dirty pages for
-// the final sync.
+// source, a reader goroutine reads chunks ahead of the sender and turns
+// those that read as zeroes into recZero records; the sender writes each
+// record with one writev. The destination receives into aligned buffers
+// that writer goroutines write with O_DIRECT, so that the copy neither
+// fills the page cache nor leaves a volume of dirty pages for a final sync
+// that would stall the other replicas' log syncs on a shared disk.
 
 const (
 	recData uint8 = 1 // bytes at off
@@ -51,11 +51,11 @@ const (
 	streamWaitMax  = 30 * time.Second
 	streamIOTimout = 60 * time.Second
 
-	// serveAhead is how many records the source's reader finds ahead of
-	// the sender; pullBuffers how many chunks the destination can hold
+	// serveBuffers is how many chunks the source reads ahead of the one
+	// it sends; pullBuffers how many chunks the destination can hold
 	// between the connection and its writers.
-	serveAhead  = 4
-	pullBuffers = 4
+	serveBuffers = 2
+	pullBuffers  = 4
 	// pullWriters is how many writes the destination keeps in flight (the
 	// device is faster with more than one).
 	pullWriters = 2
@@ -173,53 +173,34 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 		return err
 	}
 
-	// The reader goroutine walks the extents and looks for zero chunks
-	// ahead of this one, which sends. Data goes from the page cache to the
-	// socket with sendfile, without a copy through user memory (or, where
-	// the kernel refuses sendfile, with a read and a write).
-	var rc syscall.RawConn
-	if sc, ok := c.(syscall.Conn); ok {
-		rc, _ = sc.SyscallConn()
-	}
+	// The reader goroutine reads ahead of this one, which sends: a
+	// record's header and data leave in one writev, with no copy through a
+	// bufio.Writer. (sendfile from the page cache measured slower over
+	// loopback here: docs/mirror.md, "Copy speed".)
 	stop := make(chan struct{})
-	recs := make(chan serveRec, serveAhead)
+	recs := make(chan serveRec, serveBuffers)
 	defer func() {
 		close(stop)
 		for range recs { // wait for the reader to leave
 		}
 	}()
-	go readAhead(file, req.From, size, recs, stop)
+	free := make(chan []byte, serveBuffers+1)
+	for range serveBuffers + 1 {
+		free <- make([]byte, streamChunk)
+	}
+	go readAhead(file, req.From, size, recs, free, stop)
 
 	var hdr [13]byte
-	var buf []byte // without sendfile
 	send := func(r serveRec) error {
 		hdr[0] = r.kind
 		binary.BigEndian.PutUint64(hdr[1:], uint64(r.off))
 		binary.BigEndian.PutUint32(hdr[9:], uint32(r.n))
 		_ = c.SetWriteDeadline(time.Now().Add(streamIOTimout))
-		if _, err := c.Write(hdr[:]); err != nil {
-			return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
+		bufs := net.Buffers{hdr[:]}
+		if r.kind == recData {
+			bufs = append(bufs, r.buf[:r.n])
 		}
-		if r.kind != recData {
-			return nil
-		}
-		if rc != nil {
-			_, err := file.SendTo(rc, r.off, r.n)
-			if err == nil {
-				return nil
-			}
-			if !errors.Is(err, blockfile.ErrNoSendfile) {
-				return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
-			}
-			rc = nil // read and write from now on
-		}
-		if buf == nil {
-			buf = make([]byte, streamChunk)
-		}
-		if err := file.ReadAt(context.Background(), buf[:r.n], r.off); err != nil {
-			return fmt.Errorf("raftlog: stream read: %w", err)
-		}
-		if _, err := c.Write(buf[:r.n]); err != nil {
+		if _, err := bufs.WriteTo(c); err != nil {
 			return fmt.Errorf("raftlog: stream record at %d: %w", r.off, err)
 		}
 		return nil
@@ -244,7 +225,9 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 			zero = r
 			continue
 		}
-		if err := send(r); err != nil {
+		err := send(r)
+		free <- r.buf
+		if err != nil {
 			return err
 		}
 	}
@@ -256,19 +239,24 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 	return send(serveRec{kind: recEnd, off: size})
 }
 
-// serveRec is a record found by readAhead; err ends the stream.
+// serveRec is a record read by readAhead; err ends the stream.
 type serveRec struct {
 	kind   uint8
 	off, n int64
+	buf    []byte // recData: the data, to be returned to free once sent
 	err    error
 }
 
-// readAhead walks [from, size) of file and hands its records to recs in
-// order: holes and chunks that read as zeroes as recZero (IsZero, which
-// also has the kernel read in a chunk that is not cached, for the sender),
-// data chunks as recData. It closes recs at the end or after an error
-// (sent as a record), and gives up when stop closes.
-func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, stop <-chan struct{}) {
+// zeroChunk is compared with data chunks to find those that read as
+// zeroes; never written.
+var zeroChunk [streamChunk]byte
+
+// readAhead reads [from, size) of file into buffers taken from free and
+// hands its records to recs in order: holes and chunks that read as zeroes
+// as recZero (the comparison stops at the first byte that is not zero, so
+// it costs little on data), data chunks as recData. It closes recs at the
+// end or after an error (sent as a record), and gives up when stop closes.
+func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, free chan []byte, stop <-chan struct{}) {
 	defer close(recs)
 	put := func(r serveRec) bool {
 		select {
@@ -279,7 +267,6 @@ func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, sto
 		}
 	}
 	bg := context.Background()
-	scratch := make([]byte, 64<<10)
 	for off := from; off < size; {
 		ext, err := file.Extents(bg, off, min(size-off, 64*streamChunk), 1)
 		if err != nil {
@@ -296,14 +283,20 @@ func readAhead(file *blockfile.File, from, size int64, recs chan<- serveRec, sto
 		}
 		for end := off + e.Length; off < end; {
 			n := min(end-off, streamChunk)
-			zero, err := file.IsZero(off, n, scratch)
-			if err != nil {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			if err := file.ReadAt(bg, buf[:n], off); err != nil {
 				put(serveRec{err: fmt.Errorf("raftlog: stream read: %w", err)})
 				return
 			}
-			r := serveRec{kind: recData, off: off, n: n}
-			if zero {
-				r.kind = recZero
+			r := serveRec{kind: recData, off: off, n: n, buf: buf}
+			if bytes.Equal(buf[:n], zeroChunk[:n]) {
+				free <- buf
+				r = serveRec{kind: recZero, off: off, n: n}
 			}
 			if !put(r) {
 				return

@@ -2,14 +2,12 @@
 // and writes are pread/pwrite through the page cache, Flush is fdatasync, FUA
 // is a RWF_DSYNC write, Trim and Zero punch holes (or zero a range in place
 // with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE. For bulk copies,
-// DirectWriter writes with O_DIRECT and SendTo sends a range to a socket
-// with sendfile.
+// DirectWriter writes with O_DIRECT.
 //
 // It is the storage under every replica of a Tandem volume.
 package blockfile
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,7 +15,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -543,97 +540,4 @@ func (d *DirectWriter) Close() error {
 		return fmt.Errorf("blockfile: close direct %s: %w", d.b.path, err)
 	}
 	return nil
-}
-
-// ErrNoSendfile reports that SendTo cannot send from this file to that
-// connection; nothing was sent.
-var ErrNoSendfile = errors.New("blockfile: sendfile not supported")
-
-// SendTo sends [off, off+n) of the file to the socket behind rc with
-// sendfile(2): the bytes go from the page cache to the socket without a
-// copy through user memory. It does not move the file offset. It honours
-// the socket's deadlines (rc comes from the net.Conn's SyscallConn). It
-// returns the number of bytes sent, and ErrNoSendfile if the kernel
-// refused before sending any.
-func (b *File) SendTo(rc syscall.RawConn, off, n int64) (int64, error) {
-	if err := volume.CheckRange(off, n, b.Size()); err != nil {
-		return 0, err
-	}
-	var sent int64
-	var serr error
-	err := rc.Write(func(fd uintptr) bool {
-		for sent < n {
-			o := off + sent
-			m, err := unix.Sendfile(int(fd), int(b.f.Fd()), &o, int(min(n-sent, 1<<30)))
-			if m > 0 {
-				sent += int64(m)
-			}
-			switch {
-			case err == unix.EAGAIN:
-				return false // wait until the socket takes more
-			case err == unix.EINTR:
-			case err != nil:
-				serr = err
-				return true
-			case m == 0:
-				serr = io.ErrUnexpectedEOF // the file is shorter than Size
-				return true
-			}
-		}
-		return true
-	})
-	if err == nil {
-		err = serr
-	}
-	switch {
-	case err == nil:
-		return sent, nil
-	case sent == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)):
-		return 0, fmt.Errorf("%w: %w", ErrNoSendfile, err)
-	default:
-		return sent, b.wrap("sendfile", off+sent, err)
-	}
-}
-
-// zeroPage is compared with file data by IsZero; never written.
-var zeroPage [64 << 10]byte
-
-// IsZero reports whether [off, off+n) reads as zeroes, reading it into
-// scratch (any size; 64 KiB is plenty) piece by piece: the first page
-// first, and it stops at the first piece that is not zero, so for data it
-// usually reads one page. When that page is not in the page cache, it also
-// asks the kernel to read the whole range in (posix_fadvise WILLNEED), for
-// whoever reads it next: IsZero is meant to run ahead of a sequential
-// reader such as SendTo.
-func (b *File) IsZero(off, n int64, scratch []byte) (bool, error) {
-	if err := volume.CheckRange(off, n, b.Size()); err != nil {
-		return false, err
-	}
-	if len(scratch) == 0 {
-		scratch = make([]byte, 4096)
-	}
-	first := true
-	for n > 0 {
-		k := min(n, int64(len(scratch)), int64(len(zeroPage)))
-		if first {
-			k = min(k, 4096)
-			if ok, err := b.ReadAtNowait(scratch[:k], off); err != nil {
-				return false, err
-			} else if !ok {
-				_ = b.Cache(context.Background(), off, n) // best effort
-				if err := b.ReadAt(context.Background(), scratch[:k], off); err != nil {
-					return false, err
-				}
-			}
-			first = false
-		} else if err := b.ReadAt(context.Background(), scratch[:k], off); err != nil {
-			return false, err
-		}
-		if !bytes.Equal(scratch[:k], zeroPage[:k]) {
-			return false, nil
-		}
-		off += k
-		n -= k
-	}
-	return true, nil
 }
