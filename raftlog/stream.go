@@ -37,10 +37,11 @@ import (
 // Both ends are pipelined (see docs/mirror.md, "Copy speed"): at the
 // source, a reader goroutine reads chunks ahead of the sender and turns
 // those that read as zeroes into recZero records; the sender writes each
-// record with one writev. The destination receives into aligned buffers
-// that writer goroutines write with O_DIRECT, so that the copy neither
-// fills the page cache nor leaves a volume of dirty pages for a final sync
-// that would stall the other replicas' log syncs on a shared disk.
+// record with one writev. The destination receives into a few buffers that
+// writer goroutines write, starting the writeback of each chunk at once and
+// keeping what is not yet on the device within pullDirtyMax, so that the
+// copy neither fills the page cache nor leaves a volume of dirty pages for
+// a final sync that would stall other writers' syncs on the same disk.
 
 const (
 	recData uint8 = 1 // bytes at off
@@ -56,9 +57,12 @@ const (
 	// between the connection and its writers.
 	serveBuffers = 2
 	pullBuffers  = 4
-	// pullWriters is how many writes the destination keeps in flight (the
-	// device is faster with more than one).
+	// pullWriters is how many writes the destination keeps in flight.
 	pullWriters = 2
+	// pullDirtyMax bounds the data the destination has written but the
+	// device has not: past it, a writer waits for the writeback of the
+	// older half (and drops it from the page cache).
+	pullDirtyMax = 16 << 20
 )
 
 // pullSyncEvery is how often (in bytes of the volume) the destination syncs
@@ -317,9 +321,9 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 //
 // meter (nil for none) counts the bytes as they arrive and limits their rate.
 //
-// This goroutine receives records into aligned buffers; a pullWriter writes
-// them with O_DIRECT (blockfile.DirectWriter), syncs every pullSyncEvery
-// bytes of the volume and at the end, and reports progress.
+// This goroutine receives records into buffers; a pullWriter writes them
+// (with bounded writeback), syncs every pullSyncEvery bytes of the volume
+// and at the end, and reports progress.
 func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (pullStats, error) {
 	var st pullStats
 	start := time.Now()
@@ -449,16 +453,16 @@ type pullRec struct {
 }
 
 // pullWriter writes the records of a stream into the volume file with
-// pullWriters goroutines (data with O_DIRECT, zero records by punching
-// holes), and tracks the prefix of the volume that is written: every
-// pullSyncEvery bytes of it, it syncs the file and reports progress.
+// pullWriters goroutines (data through the page cache, its writeback
+// started at once and waited for pullDirtyMax/2 behind; zero records by
+// punching holes), and tracks the prefix of the volume that is written:
+// every pullSyncEvery bytes of it, it syncs the file and reports progress.
 type pullWriter struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	file     *blockfile.File
-	dw       *blockfile.DirectWriter
 	jobs     chan pullRec
-	free     chan []byte // pullBuffers aligned buffers
+	free     chan []byte // pullBuffers buffers
 	progress func(int64)
 	seq      uint64 // the next record's seq (receiver only)
 	wg       sync.WaitGroup
@@ -467,6 +471,7 @@ type pullWriter struct {
 	next       uint64           // seq of the first record not known written
 	written    map[uint64]int64 // seq → end offset, for records after next
 	mark       int64            // the file is written up to here
+	settled    int64            // and written back up to here
 	lastReport int64
 	err        error // the first write error
 }
@@ -474,15 +479,15 @@ type pullWriter struct {
 func newPullWriter(ctx context.Context, file *blockfile.File, from int64, progress func(int64)) *pullWriter {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &pullWriter{
-		ctx: ctx, cancel: cancel, file: file, dw: file.DirectWriter(),
+		ctx: ctx, cancel: cancel, file: file,
 		jobs:     make(chan pullRec, pullBuffers),
 		free:     make(chan []byte, pullBuffers),
 		progress: progress,
 		written:  map[uint64]int64{},
-		mark:     from, lastReport: from,
+		mark:     from, lastReport: from, settled: from,
 	}
 	for range pullBuffers {
-		w.free <- blockfile.AlignedBuffer(streamChunk)
+		w.free <- make([]byte, streamChunk)
 	}
 	for range pullWriters {
 		w.wg.Add(1)
@@ -504,8 +509,7 @@ func (w *pullWriter) put(r pullRec) error {
 }
 
 // finish waits for the writers to write what they were given (or, with
-// err, tells them to stop), closes the O_DIRECT descriptor and returns the
-// first write error.
+// err, tells them to stop) and returns the first write error.
 func (w *pullWriter) finish(err error) error {
 	if err != nil {
 		w.cancel(err)
@@ -513,13 +517,9 @@ func (w *pullWriter) finish(err error) error {
 	close(w.jobs)
 	w.wg.Wait()
 	w.cancel(nil)
-	cerr := w.dw.Close()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.err != nil {
-		return w.err
-	}
-	return cerr
+	return w.err
 }
 
 func (w *pullWriter) run() {
@@ -531,7 +531,10 @@ func (w *pullWriter) run() {
 		var err error
 		switch r.kind {
 		case recData:
-			err = w.dw.WriteAt(w.ctx, r.buf[:r.n], r.off)
+			err = w.file.WriteAt(w.ctx, r.buf[:r.n], r.off, 0)
+			if err == nil {
+				_ = w.file.StartWriteback(r.off, r.n) // a hint: Flush makes it durable
+			}
 			w.free <- r.buf
 		case recZero:
 			err = w.file.Zero(w.ctx, r.off, r.n, 0)
@@ -565,6 +568,13 @@ func (w *pullWriter) done(seq uint64, end int64) error {
 		delete(w.written, w.next)
 		w.next++
 		w.mark = e
+	}
+	// Keep what is dirty or queued at the device within pullDirtyMax:
+	// wait for the writeback of what lies more than half of it behind.
+	if w.mark-w.settled >= pullDirtyMax {
+		end := w.mark - pullDirtyMax/2
+		_ = w.file.SettleWriteback(w.settled, end-w.settled) // a hint: Flush makes it durable
+		w.settled = end
 	}
 	if w.progress == nil || w.mark-w.lastReport < pullSyncEvery {
 		return nil

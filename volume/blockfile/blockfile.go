@@ -2,7 +2,7 @@
 // and writes are pread/pwrite through the page cache, Flush is fdatasync, FUA
 // is a RWF_DSYNC write, Trim and Zero punch holes (or zero a range in place
 // with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE. For bulk copies,
-// DirectWriter writes with O_DIRECT.
+// StartWriteback and SettleWriteback drive the writeback of a range.
 //
 // It is the storage under every replica of a Tandem volume.
 package blockfile
@@ -15,7 +15,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -453,91 +452,42 @@ func (b *File) wrap(op string, off int64, err error) error {
 	return fmt.Errorf("blockfile: %s %s at %d: %w", op, b.path, off, err)
 }
 
-// DirectAlign is the alignment of memory, offsets and lengths that
-// DirectWriter.WriteAt needs to bypass the page cache.
-const DirectAlign = 4096
-
-// AlignedBuffer returns a buffer of n bytes whose first byte is aligned to
-// DirectAlign.
-func AlignedBuffer(n int) []byte {
-	b := make([]byte, n+DirectAlign)
-	skip := 0
-	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % DirectAlign); r != 0 {
-		skip = DirectAlign - r
-	}
-	return b[skip : skip+n : skip+n]
+// StartWriteback asks the kernel to start writing [off, off+n) back to the
+// device (sync_file_range SYNC_FILE_RANGE_WRITE) and returns without
+// waiting. It makes nothing durable (Flush does): it spreads a bulk copy's
+// writeback over the copy instead of leaving it all to the final Flush.
+func (b *File) StartWriteback(off, n int64) error {
+	return b.syncRange(off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
-// DirectWriter writes bulk data into a File with O_DIRECT, bypassing the
-// page cache: no memory copy into the cache, no page cache to allocate and
-// no dirty pages to write back at the next Flush (the data goes to the
-// device from the caller's buffer). The File's Flush still makes the writes
-// durable (it commits the block allocations and the device's cache).
-//
-// Writes that are not aligned to DirectAlign (offset, length or memory), and
-// every write once the filesystem refused O_DIRECT, go through the File's
-// ordinary buffered path. The kernel keeps the two paths coherent.
-type DirectWriter struct {
-	b  *File
-	f  *os.File // nil when the filesystem has no O_DIRECT
-	ok atomic.Bool
-}
-
-// DirectWriter opens a second descriptor of the file with O_DIRECT. It
-// never fails: without O_DIRECT support every write is buffered. Close it
-// before the File.
-func (b *File) DirectWriter() *DirectWriter {
-	d := &DirectWriter{b: b}
-	if b.readOnly {
-		return d
-	}
-	f, err := os.OpenFile(b.path, os.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err == nil {
-		d.f = f
-		d.ok.Store(true)
-	}
-	return d
-}
-
-// Direct reports whether writes can bypass the page cache.
-func (d *DirectWriter) Direct() bool { return d.ok.Load() }
-
-// WriteAt writes p at off, bypassing the page cache when p, off and len(p)
-// are aligned to DirectAlign.
-func (d *DirectWriter) WriteAt(ctx context.Context, p []byte, off int64) error {
-	aligned := off%DirectAlign == 0 && len(p)%DirectAlign == 0 &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign == 0
-	if !aligned || !d.ok.Load() {
-		return d.b.WriteAt(ctx, p, off, 0)
-	}
-	if d.b.readOnly {
-		return volume.ErrReadOnly
-	}
-	if err := volume.CheckRange(off, int64(len(p)), d.b.Size()); err != nil {
+// SettleWriteback waits until [off, off+n) has been written back to the
+// device (sync_file_range WAIT_BEFORE|WRITE|WAIT_AFTER), then drops it from
+// the page cache (posix_fadvise DONTNEED): a bulk copy that settles the
+// range it wrote a few MiB ago keeps its dirty data, and what the device
+// queues ahead of other writers' syncs, bounded, and leaves the page cache
+// to others. It makes nothing durable (Flush does).
+func (b *File) SettleWriteback(off, n int64) error {
+	if err := b.syncRange(off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
 		return err
 	}
-	_, err := d.f.WriteAt(p, off)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-		// The device needs a larger alignment, or the filesystem takes
-		// O_DIRECT at open but not on write: write through the cache
-		// from now on.
-		d.ok.Store(false)
-		return d.b.WriteAt(ctx, p, off, 0)
-	}
-	if err != nil {
-		return d.b.wrap("direct write", off, err)
+	if err := unix.Fadvise(int(b.f.Fd()), off, n, unix.FADV_DONTNEED); err != nil {
+		return b.wrap("fadvise", off, err)
 	}
 	return nil
 }
 
-// Close closes the O_DIRECT descriptor; it does not sync (use the File's
-// Flush).
-func (d *DirectWriter) Close() error {
-	if d.f == nil {
+func (b *File) syncRange(off, n int64, flags int) error {
+	if b.readOnly || n <= 0 {
 		return nil
 	}
-	if err := d.f.Close(); err != nil {
-		return fmt.Errorf("blockfile: close direct %s: %w", d.b.path, err)
+	for {
+		err := unix.SyncFileRange(int(b.f.Fd()), off, n, flags)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return b.wrap("sync_file_range", off, err)
+		}
+		return nil
 	}
-	return nil
 }

@@ -229,42 +229,25 @@ func TestCloseTwice(t *testing.T) {
 	}
 }
 
-// TestDirectWriter writes aligned and unaligned data through a
-// DirectWriter over cached, dirty data and reads it back through the File.
-func TestDirectWriter(t *testing.T) {
+// TestWriteback writes a range over cached data, starts and settles its
+// writeback and reads it back.
+func TestWriteback(t *testing.T) {
 	ctx := context.Background()
 	b := open(t, 1<<20)
-	// Dirty cached pages under the direct writes: the kernel must keep
-	// the two paths coherent.
-	if err := b.WriteAt(ctx, bytes.Repeat([]byte{1}, 1<<20), 0, 0); err != nil {
+	want := bytes.Repeat([]byte{1}, 1<<20)
+	if err := b.WriteAt(ctx, want, 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	d := b.DirectWriter()
-	defer d.Close()
-	buf := AlignedBuffer(3 * DirectAlign)
-	if len(buf) != 3*DirectAlign || cap(buf) != len(buf) {
-		t.Fatalf("aligned buffer of %d bytes (cap %d)", len(buf), cap(buf))
+	p := bytes.Repeat([]byte("tandem"), 10000)
+	if err := b.WriteAt(ctx, p, 4096, 0); err != nil {
+		t.Fatal(err)
 	}
-	for i := range buf {
-		buf[i] = byte(i%251 + 2)
+	copy(want[4096:], p)
+	if err := b.StartWriteback(4096, int64(len(p))); err != nil {
+		t.Fatal(err)
 	}
-	want := bytes.Repeat([]byte{1}, 1<<20)
-	for _, w := range []struct {
-		p   []byte
-		off int64
-	}{
-		{buf, 8 * DirectAlign},        // aligned
-		{buf[1:], 16*DirectAlign + 7}, // unaligned memory and offset
-		{buf[:100], 32 * DirectAlign}, // unaligned length
-		{buf[:DirectAlign], 1<<20 - DirectAlign},
-	} {
-		if err := d.WriteAt(ctx, w.p, w.off); err != nil {
-			t.Fatal(err)
-		}
-		copy(want[w.off:], w.p)
-	}
-	if err := d.WriteAt(ctx, buf, 1<<20-DirectAlign); !errors.Is(err, volume.ErrOutOfRange) {
-		t.Errorf("write past the end: %v", err)
+	if err := b.SettleWriteback(0, 1<<20); err != nil {
+		t.Fatal(err)
 	}
 	got := make([]byte, 1<<20)
 	if err := b.ReadAt(ctx, got, 0); err != nil {
@@ -273,5 +256,4 @@ func TestDirectWriter(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("read back differs")
 	}
-	t.Logf("direct I/O: %v", d.Direct())
 }
