@@ -179,7 +179,7 @@ func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) err
 
 	// The reader goroutine reads ahead of this one, which sends: a
 	// record's header and data leave in one writev, with no copy through a
-	// bufio.Writer. (sendfile from the page cache measured slower over
+	// bufio.Writer. (sendfile from the page cache was no faster over
 	// loopback here: docs/mirror.md, "Copy speed".)
 	stop := make(chan struct{})
 	recs := make(chan serveRec, serveBuffers)
