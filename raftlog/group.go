@@ -51,6 +51,9 @@ type Group struct {
 	peerList atomic.Pointer[[]Peer]
 	// copying reports the progress of a volume pull (membership.go).
 	copying copyMeter
+	// streams are the volume streams this replica serves (stream.go):
+	// close ends them before it closes the file.
+	streams streamSet
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -412,6 +415,15 @@ func (g *Group) leader() (Peer, bool) {
 
 // restore is the FSM's Restore: pull the volume from the leader (or any
 // replica that has applied far enough) into the local file.
+//
+// Closing the group stops the pull (the restore fails; raft has already
+// stored the snapshot): the replica finishes it when it opens again, from
+// the offset recorded, as after a crash.
+//
+// A replica that completed a pull as of the snapshot's index (typically
+// finished by finishRestore after a crash) does not pull again: its file
+// holds every block as of that index or later, which is all the log replay
+// after the index needs (docs/replication.md).
 func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
 	key := restoreKeyPrefix + g.spec.Name
 	var st restoreState
@@ -433,8 +445,18 @@ func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
 	return g.pullAll(ctx, &st)
 }
 
-// pullAll runs pull and records its completion.
+// pullAll runs pull, stopped when the group closes (it resumes at the
+// next open, like after a crash), and records its completion.
 func (g *Group) pullAll(ctx context.Context, st *restoreState) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := g.pull(ctx, st); err != nil {
 		return err
 	}
@@ -480,7 +502,7 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 		for _, src := range sources {
 			start := time.Now()
 			g.copying.begin(st.Done, g.file.Size())
-			n, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
+			ps, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
 				st.Done = done
 				if err := g.h.meta.PutJSON(key, st); err != nil {
 					g.log.Warn("recording copy progress", "err", err)
@@ -488,7 +510,8 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 			})
 			g.copying.end(err == nil)
 			if err == nil {
-				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+				g.log.Info("volume copied from another replica", "from", src.ID, "index", st.Index, "bytes", ps.Bytes, "took", time.Since(start).Round(time.Millisecond),
+					"setup", ps.Setup.Round(time.Millisecond), "receiving", ps.Receive.Round(time.Millisecond), "waiting_for_writes", ps.WriteWait.Round(time.Millisecond), "finishing", ps.Finish.Round(time.Millisecond))
 				return nil
 			}
 			g.log.Warn("volume copy failed; trying another replica", "from", src.ID, "err", err)
@@ -506,6 +529,7 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 // close stops the group on this host; the volume file is flushed.
 func (g *Group) close() error {
 	close(g.stop)
+	g.streams.end()
 	var err error
 	if g.raft != nil {
 		err = g.raft.Shutdown().Error()

@@ -78,6 +78,14 @@ func TestMoveReplica(t *testing.T) {
 	if err := v1.Remove(ctx, "n1"); err == nil {
 		t.Fatal("the leader removed itself")
 	}
+	// As the agent does when the source leaves: a replica that stays
+	// becomes the preferred leader everywhere (otherwise n2 hands the
+	// leadership straight back to n1, the spec's preferred leader).
+	for _, i := range []int{0, 1, 2, 3} {
+		if err := c.hosts[i].vol["m"].SetPreferredLeader("n2"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := v1.TransferLeadershipTo("n2"); err != nil {
 		t.Fatal(err)
 	}
@@ -183,5 +191,88 @@ func TestRangeVersions(t *testing.T) {
 	r.reset(20)
 	if got := r.version(5); got != 20 {
 		t.Errorf("after reset: %d", got)
+	}
+}
+
+// TestCopyResumesAfterRestart stops a joining replica in the middle of its
+// (rate-limited) copy by stream: when it opens again it finishes the copy
+// from the offset it had recorded, not from the start, does not copy it
+// once more when raft sends the snapshot again, and catches up to the
+// leader's content.
+func TestCopyResumesAfterRestart(t *testing.T) {
+	defer func(v int64) { pullSyncEvery = v }(pullSyncEvery)
+	pullSyncEvery = 2 << 20
+	const size = 16 << 20
+	c := newTestCluster(t, 4, nil)
+	spec := VolumeSpec{Name: "r", Size: size, Peers: c.peers[:3], PreferredLeader: "n1"}
+	for i := range 3 {
+		c.open1(i, spec)
+	}
+	ctx := context.Background()
+	for c.leader("r") != 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	v1 := c.hosts[0].vol["r"]
+	for k := range size >> 20 {
+		if err := v1.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 1<<20), int64(k)<<20, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Enough entries that the join checkpoint drops the start of the log.
+	for k := range 300 {
+		if err := v1.WriteAt(ctx, bytes.Repeat([]byte{byte(k)}, 4096), int64(k)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	join := VolumeSpec{Name: "r", Size: size, Peers: c.peers, Join: true}
+	slow := join
+	slow.CopyRate = 4 << 20 // 4 s for the volume
+	c.open1(3, slow)
+	for try := 0; ; try++ { // leadership may move on a loaded machine
+		err := c.hosts[c.leader("r")].vol["r"].AddNonvoter(ctx, c.peers[3])
+		if err == nil {
+			break
+		}
+		if try == 5 {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for c.hosts[3].vol["r"].Copy().Offset < 7<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("copy %+v", c.hosts[3].vol["r"].Copy())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.stop(3)
+	c.start(3)
+	c.open1(3, join)
+	v4 := c.hosts[3].vol["r"]
+	cp := v4.Copy()
+	if !cp.OK || cp.Bytes == 0 || cp.Bytes > size-4<<20 {
+		t.Fatalf("copy after the restart: %+v (want a copy resumed past 4 MiB)", cp)
+	}
+	t.Logf("copy resumed: %d bytes after the restart", cp.Bytes)
+	// The leader sends the snapshot again (its InstallSnapshot failed):
+	// the replica, which has the volume as of that index, does not copy
+	// it again before it applies the next entries.
+	if err := v1.WriteAt(ctx, bytes.Repeat([]byte{0xee}, 4096), 3000*4096, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, v4, 3000, 0xee)
+	waitCaughtUp(t, v1, v4)
+	if got := v4.Copy(); got.Started != cp.Started {
+		t.Errorf("the volume was copied again after the resumed copy: %+v", got)
+	}
+	want, got := make([]byte, size), make([]byte, size)
+	if err := v1.g.file.ReadAt(ctx, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v4.g.file.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the resumed replica differs from the leader")
 	}
 }

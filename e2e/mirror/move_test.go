@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog"
 )
 
 const (
@@ -103,9 +106,59 @@ type load struct {
 	last    time.Time
 	maxGap  time.Duration
 	gapAt   time.Time
+	gaps    []gap // every gap of 10 ms or more
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	started time.Time
+}
+
+// localCopy returns the progress of the last copy by stream of volume's
+// replica on host, as its agent reports it (nil if it reports none).
+func localCopy(t *testing.T, c *testbin.Cluster, host, volume string) *raftlog.CopyStatus {
+	t.Helper()
+	n := c.Nodes[index(c, host)]
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+n.AdminAddr+"/v1/local/volumes", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Logf("local volumes of %s: %v", host, err)
+		return nil
+	}
+	defer resp.Body.Close()
+	var vs []admin.LocalVolume
+	if err := json.NewDecoder(resp.Body).Decode(&vs); err != nil {
+		t.Logf("local volumes of %s: %v", host, err)
+		return nil
+	}
+	for _, v := range vs {
+		if v.Name == volume {
+			return v.Copy
+		}
+	}
+	return nil
+}
+
+// gap is a time without completed writes.
+type gap struct{ from, to time.Time }
+
+// longestGap returns the longest time without a completed write within
+// [from, to] (gaps cut at the bounds); 0 if none reached 10 ms.
+func (l *load) longestGap(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var longest time.Duration
+	for _, g := range l.gaps {
+		a, b := g.from, g.to
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.Sub(a) > longest {
+			longest = b.Sub(a)
+		}
+	}
+	return longest
 }
 
 // startLoad starts the writers on host's agent; prev, if not nil, is an
@@ -171,8 +224,12 @@ func startLoadTo(t *testing.T, c *testbin.Cluster, host, writers int, blocks int
 				}
 				l.acked[blk] = p
 				l.writes++
-				if gap := now.Sub(l.last); gap > l.maxGap {
-					l.maxGap, l.gapAt = gap, now
+				g := now.Sub(l.last)
+				if g > l.maxGap {
+					l.maxGap, l.gapAt = g, now
+				}
+				if g >= 10*time.Millisecond {
+					l.gaps = append(l.gaps, gap{l.last, now})
 				}
 				l.last = now
 				l.mu.Unlock()
@@ -322,6 +379,11 @@ func TestMoveUnderWrites(t *testing.T) {
 	t.Logf("load: %d writes acknowledged, 0 errors, longest gap between completed writes %v (at +%v)",
 		l.writes, l.maxGap.Round(100*time.Microsecond), l.gapAt.Sub(l.started).Round(time.Millisecond))
 	l.mu.Unlock()
+	if cp := localCopy(t, c, free, volName); cp != nil && !cp.Finished.IsZero() {
+		t.Logf("during the copy (+%v to +%v): longest gap between completed writes %v (0: none of 10 ms)",
+			cp.Started.Sub(l.started).Round(time.Millisecond), cp.Finished.Sub(l.started).Round(time.Millisecond),
+			l.longestGap(cp.Started, cp.Finished).Round(100*time.Microsecond))
+	}
 	if r.Bytes < prefilled/2 {
 		t.Errorf("only %d bytes copied by stream: the new replica did not catch up by stream", r.Bytes)
 	}

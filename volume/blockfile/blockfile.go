@@ -1,7 +1,8 @@
 // Package blockfile implements volume.Backend on a sparse local file: reads
 // and writes are pread/pwrite through the page cache, Flush is fdatasync, FUA
 // is a RWF_DSYNC write, Trim and Zero punch holes (or zero a range in place
-// with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE.
+// with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE. For bulk copies,
+// StartWriteback and SettleWriteback drive the writeback of a range.
 //
 // It is the storage under every replica of a Tandem volume.
 package blockfile
@@ -449,4 +450,44 @@ func (b *File) wrap(op string, off int64, err error) error {
 		return fmt.Errorf("blockfile: %s %s at %d: %w (%w)", op, b.path, off, volume.ErrNoSpace, err)
 	}
 	return fmt.Errorf("blockfile: %s %s at %d: %w", op, b.path, off, err)
+}
+
+// StartWriteback asks the kernel to start writing [off, off+n) back to the
+// device (sync_file_range SYNC_FILE_RANGE_WRITE) and returns without
+// waiting. It makes nothing durable (Flush does): it spreads a bulk copy's
+// writeback over the copy instead of leaving it all to the final Flush.
+func (b *File) StartWriteback(off, n int64) error {
+	return b.syncRange(off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
+
+// SettleWriteback waits until [off, off+n) has been written back to the
+// device (sync_file_range WAIT_BEFORE|WRITE|WAIT_AFTER), then drops it from
+// the page cache (posix_fadvise DONTNEED): a bulk copy that settles the
+// range it wrote a few MiB ago keeps its dirty data, and what the device
+// queues ahead of other writers' syncs, bounded, and leaves the page cache
+// to others. It makes nothing durable (Flush does).
+func (b *File) SettleWriteback(off, n int64) error {
+	if err := b.syncRange(off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+		return err
+	}
+	if err := unix.Fadvise(int(b.f.Fd()), off, n, unix.FADV_DONTNEED); err != nil {
+		return b.wrap("fadvise", off, err)
+	}
+	return nil
+}
+
+func (b *File) syncRange(off, n int64, flags int) error {
+	if b.readOnly || n <= 0 {
+		return nil
+	}
+	for {
+		err := unix.SyncFileRange(int(b.f.Fd()), off, n, flags)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return b.wrap("sync_file_range", off, err)
+		}
+		return nil
+	}
 }

@@ -228,3 +228,32 @@ func TestCloseTwice(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// TestWriteback writes a range over cached data, starts and settles its
+// writeback and reads it back.
+func TestWriteback(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, 1<<20)
+	want := bytes.Repeat([]byte{1}, 1<<20)
+	if err := b.WriteAt(ctx, want, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte("tandem"), 10000)
+	if err := b.WriteAt(ctx, p, 4096, 0); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[4096:], p)
+	if err := b.StartWriteback(4096, int64(len(p))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SettleWriteback(0, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	if err := b.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read back differs")
+	}
+}
