@@ -326,10 +326,14 @@ func (s *server) onLeader(changes bool, h http.HandlerFunc) http.HandlerFunc {
 		addr, self, ok := s.waitLeader(r.Context())
 		switch {
 		case !ok:
+			// Retry-After marks a request that was not carried out at
+			// all: a client may send it again as is.
+			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusServiceUnavailable, "the control plane has no leader right now (a majority of the control voters must be up); retry in a few seconds")
 		case self:
 			h(w, r)
 		case r.Header.Get(forwardedHeader) != "":
+			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusServiceUnavailable, "the control leader moved while forwarding the request; retry")
 		default:
 			s.forward(w, r, addr)

@@ -398,20 +398,44 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		return err
 	}
 	u.RawQuery = q.Encode()
-	var body io.Reader
+	var reqBody []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		if reqBody, err = json.Marshal(in); err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
-		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	// A 503 with Retry-After is a request the cluster did not carry out
+	// at all (no control leader, or it moved while the request was
+	// forwarded): it is sent again, a few times.
+	for attempt := 1; ; attempt++ {
+		retry, err := c.send(ctx, method, u.String(), path, in != nil, reqBody, out)
+		if attempt >= retries || !retry {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+		}
+	}
+}
+
+// retries bounds the attempts of a request the cluster did not carry out.
+const retries = 5
+
+// send sends one request and decodes the response into out; retry reports
+// a 503 with Retry-After (the request was not carried out).
+func (c *Client) send(ctx context.Context, method, u, path string, hasBody bool, reqBody []byte, out any) (retry bool, err error) {
+	var body io.Reader
+	if hasBody {
+		body = bytes.NewReader(reqBody)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return err
+		return false, err
 	}
 	req.Header.Set("Accept", "application/json")
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -422,23 +446,23 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return c.transportError(ctx, err)
+		return false, c.transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return c.transportError(ctx, err)
+		return false, c.transportError(ctx, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return responseError(resp.StatusCode, b)
+		return resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "", responseError(resp.StatusCode, b)
 	}
 	if out == nil {
-		return nil
+		return false, nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("%s %s: bad response from %s (status %d): %w", method, path, c.addr, resp.StatusCode, err)
+		return false, fmt.Errorf("%s %s: bad response from %s (status %d): %w", method, path, c.addr, resp.StatusCode, err)
 	}
-	return nil
+	return false, nil
 }
 
 // transportError classifies an error of sending a request or reading its

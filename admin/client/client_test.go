@@ -534,3 +534,50 @@ func TestEmptyName(t *testing.T) {
 		t.Errorf("server saw %d requests, want 0", len(*got))
 	}
 }
+
+// A 503 with Retry-After (the cluster did not carry the request out) is
+// sent again, body included; one without it, and other errors, are not.
+func TestRetryNotCarriedOut(t *testing.T) {
+	tests := []struct {
+		name       string
+		fails      int  // 503s before the answer
+		retryAfter bool // the 503s carry Retry-After
+		wantReqs   int
+		wantErr    bool
+	}{
+		{"retried until it passes", 2, true, 3, false},
+		{"no Retry-After: not retried", 1, false, 1, true},
+		{"gives up after 5 attempts", 9, true, 5, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var reqs int
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reqs++
+				b, _ := io.ReadAll(r.Body)
+				if !strings.Contains(string(b), `"name":"v1"`) {
+					t.Errorf("request %d: body %q", reqs, b)
+				}
+				if reqs <= tt.fails {
+					if tt.retryAfter {
+						w.Header().Set("Retry-After", "1")
+					}
+					w.WriteHeader(http.StatusServiceUnavailable)
+					io.WriteString(w, `{"error":"the control leader moved while forwarding the request; retry"}`)
+					return
+				}
+				w.WriteHeader(http.StatusCreated)
+				io.WriteString(w, `{"name":"v1","size":1048576}`)
+			}))
+			defer srv.Close()
+			c, err := client.New(srv.URL, "t")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.CreateVolume(context.Background(), admin.CreateVolume{Name: "v1", Size: 1 << 20})
+			if (err != nil) != tt.wantErr || reqs != tt.wantReqs {
+				t.Fatalf("error %v after %d requests, want error %v after %d", err, reqs, tt.wantErr, tt.wantReqs)
+			}
+		})
+	}
+}
