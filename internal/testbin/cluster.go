@@ -72,6 +72,8 @@ type Cluster struct {
 	// Token is the admin token (managed mode); TokenFile and KeyFile hold
 	// the token and the gossip key.
 	Token, TokenFile, KeyFile string
+	// picked holds the addresses port handed out already.
+	picked map[string]bool
 }
 
 // Node is one host of a Cluster. Its addresses and data directory stay the
@@ -167,12 +169,24 @@ func (c *Cluster) port(t testing.TB, ip string, fixed int) int {
 	if fixed != 0 {
 		return fixed
 	}
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatalf("testbin: picking a free port on %s: %v", ip, err)
+	// A port is free once its listener is closed: the kernel may hand it
+	// out again to the next pick, which would give one agent the same
+	// port for two listeners.
+	if c.picked == nil {
+		c.picked = map[string]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatalf("testbin: picking a free port on %s: %v", ip, err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !c.picked[addr] {
+			c.picked[addr] = true
+			return l.Addr().(*net.TCPAddr).Port
+		}
+	}
 }
 
 func (c *Cluster) cleanup() {
