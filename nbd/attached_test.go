@@ -16,9 +16,13 @@ func TestAttachedAndDisconnect(t *testing.T) {
 	a1 := dial(t, srv, nbdclient.Options{Export: "a"})
 	dial(t, srv, nbdclient.Options{Export: "a"})
 	b := dial(t, srv, nbdclient.Options{Export: "b"})
+	// The server records a connection's export once it has answered the
+	// handshake, a moment after the client has seen the answer.
 	want := map[string]int{"a": 2, "b": 1}
-	if got := srv.Attached(); !maps.Equal(got, want) {
-		t.Fatalf("Attached() = %v, want %v", got, want)
+	for wait := time.Now().Add(5 * time.Second); !maps.Equal(srv.Attached(), want); time.Sleep(time.Millisecond) {
+		if time.Now().After(wait) {
+			t.Fatalf("Attached() = %v, want %v", srv.Attached(), want)
+		}
 	}
 	if n := srv.Disconnect("a"); n != 2 {
 		t.Fatalf("Disconnect(a) closed %d connections, want 2", n)

@@ -188,7 +188,11 @@ func TestLiveMigration(t *testing.T) {
 	// The guest goes on on the destination: its serial output continues the
 	// source's, its counters grow.
 	wantStatus(t, dst, StateRunning)
-	l := waitLog(t, 20*time.Second, func(l testguest.Log) bool { return l.LastSeq >= at.LastSeq+100 }, src, dst)
+	// The guest writes on after the migration: 100 more writes, and at
+	// least a whole ring (the disk check wants every slot written).
+	l := waitLog(t, 20*time.Second, func(l testguest.Log) bool {
+		return l.LastSeq >= at.LastSeq+100 && l.LastSeq > c.Ring
+	}, src, dst)
 	if l.Boots != 1 {
 		t.Fatalf("guest log %+v: the guest rebooted", l)
 	}
