@@ -189,6 +189,8 @@ const (
 	VMAbsent = "absent"
 	// VMUnknown: the VM's host did not answer (its Error says why).
 	VMUnknown = "unknown"
+	// VMLaunching: the VM's host is starting QEMU for it.
+	VMLaunching = "launching"
 )
 
 // Boot kinds.
@@ -268,9 +270,9 @@ type VMDisk struct {
 // object of a VM body.
 type LocalVM struct {
 	Name string `json:"name"`
-	// State is QEMU's run state (running, paused, io-error, ...), absent
-	// when no QEMU process runs the VM there, or unknown when its host did
-	// not answer.
+	// State is QEMU's run state (running, paused, io-error, ...),
+	// launching while its host starts QEMU, absent when no QEMU process
+	// runs the VM there, or unknown when its host did not answer.
 	State string `json:"state"`
 	// PID is the QEMU process's.
 	PID int `json:"pid,omitempty"`

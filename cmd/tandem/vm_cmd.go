@@ -284,7 +284,7 @@ stopped already.
 					return err
 				}
 				if !noWait {
-					if vm, err = waitQEMUGone(ctx, c, vm, wait); err != nil {
+					if vm, err = waitQEMUGone(ctx, c, vm, wait, cmd.ErrOrStderr()); err != nil {
 						return err
 					}
 				}
@@ -301,25 +301,44 @@ stopped already.
 	return cmd
 }
 
-// waitQEMUGone polls VM vm until its host reports no QEMU process for it
-// (or that it cannot tell: its host is down), for at most timeout.
-func waitQEMUGone(ctx context.Context, c *client.Client, vm admin.VM, timeout time.Duration) (admin.VM, error) {
+// waitQEMUGone polls VM vm until its host reports no QEMU process for it,
+// for at most timeout. A host that does not answer for unknownGrace (it
+// may be down) ends the wait with a warning on warn.
+func waitQEMUGone(ctx context.Context, c *client.Client, vm admin.VM, timeout time.Duration, warn io.Writer) (admin.VM, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for vm.Runtime.State != admin.VMAbsent && vm.Runtime.State != admin.VMUnknown {
+	var unknownSince time.Time
+	for {
+		// The stop's own answer does not ask the VM's host: poll.
+		next, err := c.VM(ctx, vm.Name)
+		if err != nil && ctx.Err() == nil {
+			return vm, err
+		}
+		if err == nil {
+			vm = next
+		}
+		switch st := vm.Runtime.State; {
+		case st == admin.VMAbsent:
+			return vm, nil
+		case st == admin.VMUnknown && unknownSince.IsZero():
+			unknownSince = time.Now()
+		case st == admin.VMUnknown && time.Since(unknownSince) >= unknownGrace:
+			fmt.Fprintf(warn, "warning: host %s does not answer (%s): QEMU may still run VM %s there\n", vm.Host, oneLine(vm.Runtime.Error), vm.Name)
+			return vm, nil
+		case st != admin.VMUnknown:
+			unknownSince = time.Time{}
+		}
 		select {
 		case <-ctx.Done():
 			return vm, fmt.Errorf("VM %s is recorded stopped but QEMU still runs on %s (state %s) after %v: see tandem vm show %s", vm.Name, vm.Host, vm.Runtime.State, timeout, vm.Name)
 		case <-time.After(100 * time.Millisecond):
 		}
-		next, err := c.VM(ctx, vm.Name)
-		if err != nil {
-			return vm, err
-		}
-		vm = next
 	}
-	return vm, nil
 }
+
+// unknownGrace is how long vm stop waits for a VM's host that does not
+// answer.
+const unknownGrace = 10 * time.Second
 
 func newVMDeleteCmd(a *adminFlags) *cobra.Command {
 	return &cobra.Command{

@@ -536,6 +536,8 @@ func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
 	}
 	r.mu.Lock()
 	w.spec = r.withPivot(w.spec)
+	// Not absent while QEMU starts: a stop must wait for this process too.
+	r.state = admin.VMLaunching
 	r.mu.Unlock()
 	p, err = m.cfg.Launcher.Launch(ctx, w.spec)
 	if err == nil && w.role == roleDest {
@@ -555,7 +557,7 @@ func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
-		r.err = fmt.Sprintf("starting QEMU: %v", err)
+		r.err, r.state = fmt.Sprintf("starting QEMU: %v", err), admin.VMAbsent
 		log.Warn("starting the VM", "epoch", w.spec.Epoch, "err", err)
 		return err
 	}
