@@ -346,7 +346,7 @@ func TestMoveUnderWrites(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 
 	start := time.Now()
-	out, err := cli(t, c, client, "volume", "move", volName, "--from", from, "--to", free)
+	out, err := cli(t, c, client, "volume", "move", volName, "--from", from, "--to", free, "--wait-timeout", "90s")
 	if err != nil {
 		l.end(t)
 		t.Fatal(err)
@@ -469,7 +469,7 @@ func TestMoveDestinationKilled(t *testing.T) {
 	c.WaitManaged(30 * time.Second)
 	// The move again, to completion, under writes.
 	l = startLoad(t, c, client, 2, size/blockSize, l)
-	out, err := cli(t, c, client, "volume", "move", volName, "--from", from, "--to", free)
+	out, err := cli(t, c, client, "volume", "move", volName, "--from", from, "--to", free, "--wait-timeout", "90s")
 	l.end(t)
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func TestMoveReplicaSet(t *testing.T) {
 	prefillVolume(t, c, client, control, size)
 	l := startLoadTo(t, c, client, 2, size/blockSize, nil, control)
 	start := time.Now()
-	out, err := cli(t, c, client, "volume", "move", volName, "--to", strings.Join(to, ","))
+	out, err := cli(t, c, client, "volume", "move", volName, "--to", strings.Join(to, ","), "--wait-timeout", "2m")
 	took := time.Since(start)
 	l.end(t)
 	if err != nil {
