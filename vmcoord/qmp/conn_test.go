@@ -394,8 +394,15 @@ func TestSlowSubscriber(t *testing.T) {
 	slow, fast := c.Subscribe(), c.Subscribe()
 	defer fast.Close()
 	const n = EventBuffer + 10
+	// The sender keeps at most half a buffer ahead of the fast subscriber
+	// (a loaded machine may run the reader late), while the slow one
+	// reads nothing and must be cut off.
+	took := make(chan struct{}, n)
 	go func() {
 		for i := range n {
+			if i >= EventBuffer/2 {
+				<-took
+			}
 			f.send(event("MIGRATION_PASS", fmt.Sprintf(`{"pass": %d}`, i)))
 		}
 	}()
@@ -404,6 +411,7 @@ func TestSlowSubscriber(t *testing.T) {
 		if err != nil {
 			t.Fatalf("fast subscriber, event %d: %v", i, err)
 		}
+		took <- struct{}{}
 		var d struct{ Pass int }
 		if err := json.Unmarshal(ev.Data, &d); err != nil || d.Pass != i {
 			t.Fatalf("fast subscriber: event %d has %s", i, ev.Data)
