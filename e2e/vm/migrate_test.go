@@ -142,7 +142,15 @@ func startGuestVM(t *testing.T) *guestVM {
 		t.Fatal(err)
 	}
 	testbin.Run(t, 30*time.Second, "nbdcopy", imgPath, c.URI(0, "g-disk"))
-	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{"g-disk"}, Memory: 32 << 20}); err != nil {
+	return launchGuest(t, c, api, gc, "g-disk")
+}
+
+// launchGuest creates VM g with disk (the test guest's image, made with
+// gc), starts it on n1 and returns once the guest writes.
+func launchGuest(t *testing.T, c *testbin.Cluster, api *client.Client, gc testguest.Config, disk string) *guestVM {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{disk}, Memory: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := api.StartVM(ctx, "g", "n1"); err != nil {
@@ -161,12 +169,10 @@ func startGuestVM(t *testing.T) *guestVM {
 	return &guestVM{c: c, api: api, gc: gc, serial: serial}
 }
 
-// checkDisk stops the VM and checks its disk: every write the guest
-// completed (last, at least) is there, in order.
-func (g *guestVM) checkDisk(t *testing.T, last uint64) testguest.Result {
+// stop stops VM g and waits until no host runs a QEMU for it.
+func (g *guestVM) stop(t *testing.T) {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := g.api.StopVM(ctx, "g"); err != nil {
+	if _, err := g.api.StopVM(context.Background(), "g"); err != nil {
 		t.Fatal(err)
 	}
 	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
@@ -183,6 +189,13 @@ func (g *guestVM) checkDisk(t *testing.T, last uint64) testguest.Result {
 		}
 		return nil
 	})
+}
+
+// checkDisk stops the VM and checks its disk: every write the guest
+// completed (last, at least) is there, in order.
+func (g *guestVM) checkDisk(t *testing.T, last uint64) testguest.Result {
+	t.Helper()
+	g.stop(t)
 	diskPath := filepath.Join(t.TempDir(), "disk.raw")
 	testbin.Run(t, 60*time.Second, "nbdcopy", g.c.URI(2, "g-disk"), diskPath)
 	f, err := os.Open(diskPath)

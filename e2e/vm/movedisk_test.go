@@ -16,7 +16,6 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testguest"
-	"github.com/tandem-project/tandem/vmcoord/qemu"
 )
 
 // moveDiskSize is the test guest's disk.
@@ -37,7 +36,6 @@ func startExternalGuest(t *testing.T, disk func(path string) string) (*guestVM, 
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy", "qemu-img")
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
 	c.WaitManaged(30 * time.Second)
-	ctx := context.Background()
 	api := c.Admin(0)
 	gc := testguest.Config{RunID: rand.Uint32(), Base: 8, Ring: 2000, ReportEvery: 1, CounterPages: 16}
 	img, err := testguest.Image(gc)
@@ -64,23 +62,7 @@ func startExternalGuest(t *testing.T, disk func(path string) string) (*guestVM, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := api.CreateVM(ctx, admin.CreateVM{Name: "g", Disks: []string{disk(src)}, Memory: 32 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := api.StartVM(ctx, "g", "n1"); err != nil {
-		t.Fatal(err)
-	}
-	serial := make([]string, len(c.Nodes))
-	for i, n := range c.Nodes {
-		serial[i] = filepath.Join(n.DataDir, "vms", "g", qemu.SerialLogFile)
-	}
-	testbin.WaitFor(t, 60*time.Second, "the guest writing on n1", func() error {
-		if s, booted := serialSeq(serial[0]); !booted || s < 20 {
-			return fmt.Errorf("serial log of n1: seq %d, started %v", s, booted)
-		}
-		return nil
-	})
-	return &guestVM{c: c, api: api, gc: gc, serial: serial}, src
+	return launchGuest(t, c, api, gc, disk(src)), src
 }
 
 // boots counts the guest's starts in the serial log at path.
@@ -244,21 +226,7 @@ func TestMoveDisk(t *testing.T) {
 	// Stop the VM: the new file holds every write the guest reported.
 	stopWatch()
 	last, _ := serialSeq(g.serial[0])
-	if _, err := g.api.StopVM(ctx, "g"); err != nil {
-		t.Fatal(err)
-	}
-	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
-		lv, err := localVMs(c, 0)
-		if err != nil {
-			return err
-		}
-		for _, v := range lv {
-			if v.PID != 0 {
-				return fmt.Errorf("n1 still runs %s", v.Name)
-			}
-		}
-		return nil
-	})
+	g.stop(t)
 	checkImage(t, "the first exported file", out1, g.gc, before)
 	raw := filepath.Join(t.TempDir(), "final.raw")
 	testbin.Run(t, 60*time.Second, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", out2, raw)
@@ -367,21 +335,7 @@ func TestMoveDiskCancelAndCrash(t *testing.T) {
 
 	// Stop the VM and check the disk the catalog names.
 	last, _ := serialSeq(g.serial[0])
-	if _, err := g.api.StopVM(ctx, "g"); err != nil {
-		t.Fatal(err)
-	}
-	testbin.WaitFor(t, 20*time.Second, "the VM stopped", func() error {
-		lv, err := localVMs(c, 0)
-		if err != nil {
-			return err
-		}
-		for _, v := range lv {
-			if v.PID != 0 {
-				return fmt.Errorf("n1 still runs %s", v.Name)
-			}
-		}
-		return nil
-	})
+	g.stop(t)
 	path := src
 	if vm.Disks[0].Volume == "g-disk" {
 		path = filepath.Join(t.TempDir(), "vol.raw")
