@@ -12,6 +12,20 @@ func apply(t *testing.T, s *State, i uint64, c Command) error {
 	return s.Apply(i, c.Encode())
 }
 
+// roundTrip returns s as restored from its snapshot.
+func roundTrip(t *testing.T, s *State) *State {
+	t.Helper()
+	b, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Restore(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func threeHosts(t *testing.T) *State {
 	s := New()
 	for i, n := range []string{"n1", "n2", "n3"} {

@@ -152,14 +152,7 @@ func TestDiskMoveCommands(t *testing.T) {
 					t.Fatalf("step %d: last disk move %+v, want %s", i, vm.LastDiskMove, st.result)
 				}
 			}
-			b, err := s.Snapshot()
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := Restore(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := roundTrip(t, s)
 			if got, want := r.VMs["vm"], s.VMs["vm"]; (got.DiskMove == nil) != (want.DiskMove == nil) || (got.LastDiskMove == nil) != (want.LastDiskMove == nil) {
 				t.Fatalf("restored %+v, want %+v", got, want)
 			}

@@ -99,14 +99,7 @@ func TestMigrationCommands(t *testing.T) {
 				}
 			}
 			// Snapshots keep migrations.
-			b, err := s.Snapshot()
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := Restore(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := roundTrip(t, s)
 			if got, want := r.VMs["vm"], s.VMs["vm"]; (got.Migration == nil) != (want.Migration == nil) || (got.LastMigration == nil) != (want.LastMigration == nil) {
 				t.Fatalf("restored %+v, want %+v", got, want)
 			}

@@ -118,14 +118,7 @@ func TestMoveCommands(t *testing.T) {
 					t.Fatalf("step %d: the move record is shared with an older clone", i)
 				}
 			}
-			b, err := s.Snapshot()
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := Restore(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := roundTrip(t, s)
 			if got, want := r.Volumes["v"], s.Volumes["v"]; (got.Move == nil) != (want.Move == nil) || (got.LastMove == nil) != (want.LastMove == nil) {
 				t.Fatalf("restored %+v, want %+v", got, want)
 			}
