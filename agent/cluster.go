@@ -193,8 +193,9 @@ func (e *exportSet) addProxy(p *raftlog.Proxy) {
 }
 
 // set makes b the backend of export name, through the export's handoff,
-// and returns the wait for the old backend's requests in flight.
-func (e *exportSet) set(name, desc string, b volume.Backend) (drain func()) {
+// and returns the wait for the old backend's requests in flight (which
+// reports false if it gave up after handoffDrainTimeout).
+func (e *exportSet) set(name, desc string, b volume.Backend) (drain func() bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.listed(name)
@@ -202,12 +203,11 @@ func (e *exportSet) set(name, desc string, b volume.Backend) (drain func()) {
 		if h, ok := x.Backend.(*handoff); ok {
 			x.Description = desc
 			e.byName[name] = x
-			d := h.switchTo(b)
-			return func() { d() }
+			return h.switchTo(b)
 		}
 	}
 	e.byName[name] = nbd.Export{Name: name, Description: desc, Backend: newHandoff(b)}
-	return func() {}
+	return func() bool { return true }
 }
 
 // serves reports whether export name's backend is b.
