@@ -205,6 +205,15 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%.1f%s", v, sizeUnits[i])
 }
 
+// copyRate renders n bytes copied in d as a rate ("512MiB/s"), "" when d
+// is not positive.
+func copyRate(n int64, d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return humanSize(int64(float64(n)/d.Seconds())) + "/s"
+}
+
 // orDash returns s, or "-" when it is empty.
 func orDash(s string) string {
 	if s == "" {

@@ -132,8 +132,8 @@ VM keeps its disk; once pivoting, it is too late.
 				return fmt.Errorf("move of disk %d of VM %s to %s %s: %s (the disk is still %s)", r.Disk, name, r.To, r.Result, orDash(r.Error), r.From)
 			}
 			rate := ""
-			if r.Copy > 0 {
-				rate = fmt.Sprintf(" (%s/s)", humanSize(int64(float64(r.Bytes)/r.Copy.Seconds())))
+			if cr := copyRate(r.Bytes, r.Copy); cr != "" {
+				rate = " (" + cr + ")"
 			}
 			_, err = fmt.Fprintf(out, "Moved disk %d of VM %s from %s to %s: %s copied in %v%s, pivot %v.\n",
 				r.Disk, name, r.From, r.To, humanSize(r.Bytes), r.Copy.Round(time.Millisecond), rate, r.Pivot.Round(time.Millisecond))

@@ -119,10 +119,7 @@ volume switches between its replica and a proxy under them.
 			if r.Result != "completed" || r.Error != "" {
 				return fmt.Errorf("move of volume %s's replica from %s to %s %s: %s (replicas: %s)", name, r.From, r.To, r.Result, orDash(r.Error), strings.Join(v.Hosts, ", "))
 			}
-			rateS := "-"
-			if r.Copy > 0 {
-				rateS = humanSize(int64(float64(r.Bytes)/r.Copy.Seconds())) + "/s"
-			}
+			rateS := orDash(copyRate(r.Bytes, r.Copy))
 			check := "not run"
 			if ck := r.Check; ck != nil {
 				check = fmt.Sprintf("%d of %d ranges of %s identical at log index %d", ck.Compared-ck.Mismatched, ck.Ranges, humanSize(ck.RangeBytes), ck.Index)
