@@ -212,8 +212,14 @@ func (c *Control) Leader() (string, bool) {
 
 // CaughtUp reports whether this agent's catalog is current as far as it
 // can tell: it knows a leader, has heard from it since it started (or
-// leads), and has applied every entry it knows committed. A restarted
-// agent's catalog is behind until then.
+// leads), and its catalog holds every command it knows committed. A
+// restarted agent's catalog is behind until then.
+//
+// raft's AppliedIndex is no proof: raft advances it when it hands entries
+// to the FSM's goroutine, before they are applied, so a restarted agent
+// that has just learnt the commit index would pass for current with the
+// catalog of its last snapshot. The catalog's own index is compared with
+// the last command at or below the commit index instead.
 func (c *Control) CaughtUp() bool {
 	if _, id := c.raft.LeaderWithID(); id == "" {
 		return false
@@ -221,7 +227,39 @@ func (c *Control) CaughtUp() bool {
 	if c.raft.State() != raft.Leader && c.raft.LastContact().IsZero() {
 		return false
 	}
-	return c.raft.AppliedIndex() >= c.raft.CommitIndex()
+	commit := c.raft.CommitIndex()
+	if c.raft.AppliedIndex() < commit {
+		return false
+	}
+	last, err := lastCommand(c.logs, commit)
+	if err != nil {
+		c.log.Warn("reading the control log", "err", err)
+		return false
+	}
+	return c.fsm.index() >= last
+}
+
+// lastCommand returns the index of the last command entry at or below
+// index in logs, or 0 if there is none there: entries before the log's
+// first index are in the snapshot the FSM was restored from.
+func lastCommand(logs raft.LogStore, index uint64) (uint64, error) {
+	first, err := logs.FirstIndex()
+	if err != nil {
+		return 0, fmt.Errorf("control: the log's first index: %w", err)
+	}
+	for i := index; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := logs.GetLog(i, &l); err != nil {
+			if errors.Is(err, raft.ErrLogNotFound) {
+				return 0, nil // compacted since FirstIndex: in the snapshot
+			}
+			return 0, fmt.Errorf("control: reading entry %d: %w", i, err)
+		}
+		if l.Type == raft.LogCommand {
+			return i, nil
+		}
+	}
+	return 0, nil
 }
 
 // IsLeader reports whether this agent leads the control group.
@@ -367,6 +405,13 @@ func (f *fsm) state() *catalog.State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.st.Clone()
+}
+
+// index returns the log index of the last command the catalog applied.
+func (f *fsm) index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.Index
 }
 
 func (f *fsm) changes() <-chan struct{} {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/raftlog"
 )
@@ -182,6 +184,31 @@ func TestValidateVoters(t *testing.T) {
 	} {
 		if err := ValidateVoters(tc.voters); (err == nil) != tc.ok {
 			t.Errorf("ValidateVoters(%q) = %v", tc.voters, err)
+		}
+	}
+}
+
+// TestLastCommand checks the index CaughtUp compares the catalog's with:
+// the last command at or below the commit index, skipping the entries the
+// FSM never sees (a new leader's no-op, configurations, barriers), and 0
+// when the log holds none (they are in the snapshot).
+func TestLastCommand(t *testing.T) {
+	store := raft.NewInmemStore()
+	types := map[uint64]raft.LogType{
+		5: raft.LogConfiguration, 6: raft.LogNoop, 7: raft.LogCommand, 8: raft.LogCommand,
+		9: raft.LogNoop, 10: raft.LogBarrier, 11: raft.LogCommand,
+	}
+	for i := uint64(5); i <= 11; i++ {
+		if err := store.StoreLog(&raft.Log{Index: i, Term: 1, Type: types[i]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ commit, want uint64 }{
+		{11, 11}, {10, 8}, {9, 8}, {8, 8}, {7, 7}, {6, 0}, {5, 0}, {4, 0},
+	} {
+		got, err := lastCommand(store, tc.commit)
+		if err != nil || got != tc.want {
+			t.Errorf("lastCommand(commit %d) = %d, %v; want %d", tc.commit, got, err, tc.want)
 		}
 	}
 }
