@@ -13,8 +13,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Name is the file in a VM's run directory that holds its QEMU's process
@@ -68,19 +69,50 @@ func Live(run string) int {
 func Kill(run string, log *slog.Logger) error {
 	if pid := Live(run); pid != 0 {
 		log.Warn("killing a QEMU left by a previous run of the agent", "vm", filepath.Base(run), "pid", pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		deadline := time.Now().Add(10 * time.Second)
-		for ours(pid, run) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if ours(pid, run) {
-			return fmt.Errorf("pidfile: QEMU %d of %s survived SIGKILL", pid, run)
+		if err := killWait(pid, run, 10*time.Second); err != nil {
+			return err
 		}
 	}
 	if err := os.Remove(filepath.Join(run, Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("pidfile: %w", err)
 	}
 	return nil
+}
+
+// killWait sends SIGKILL to pid, QEMU of run directory run, and waits up
+// to timeout until it has exited. It waits on a pidfd, which is readable
+// once the process has exited, its files (the QMP socket among them)
+// closed: its command line, which ours reads, is gone earlier, while the
+// process is still tearing down, and a pid may be reused at once.
+func killWait(pid int, run string, timeout time.Duration) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pidfile: opening QEMU %d of %s: %w", pid, run, err)
+	}
+	defer unix.Close(fd)
+	// The pidfd names this process for good: check it is still ours.
+	if !ours(pid, run) {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("pidfile: killing QEMU %d of %s: %w", pid, run, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(max(time.Until(deadline), 0).Milliseconds()))
+		switch {
+		case n > 0:
+			return nil
+		case err != nil && !errors.Is(err, unix.EINTR):
+			return fmt.Errorf("pidfile: waiting for QEMU %d of %s: %w", pid, run, err)
+		case err == nil && time.Now().After(deadline):
+			return fmt.Errorf("pidfile: QEMU %d of %s survived SIGKILL for %v", pid, run, timeout)
+		}
+	}
 }
 
 // ours reports whether process pid is alive (not a zombie) and its
