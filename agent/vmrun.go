@@ -38,6 +38,7 @@ func (a *clusterAgent) startVMs() error {
 		Log:           a.log,
 		Commit:        a.commitMigration,
 		Fence:         a.fenceVolume,
+		ExportReady:   func(name string) bool { _, err := a.exps.Lookup(name); return err == nil },
 	})
 	return nil
 }

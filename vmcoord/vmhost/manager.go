@@ -105,6 +105,13 @@ type Config struct {
 	// gen for writer epoch (applied by its leader), and asks the volume's
 	// leadership to move to host leader if it holds a replica ("" : stay).
 	Fence func(ctx context.Context, volume string, gen, epoch uint64, leader string) error
+	// ExportReady, if set, reports whether the local agent serves NBD
+	// export name (a volume disk's, with its writer epoch). A QEMU started
+	// before its disks' exports exist fails at once ("Requested export not
+	// available"), so launch waits for them (at most exportWait) first:
+	// a restarted agent opens its volumes while the catalog already
+	// places VMs on it.
+	ExportReady func(name string) bool
 	// RestartDelay is the pause before a VM whose QEMU died is started
 	// again (default 2 s).
 	RestartDelay time.Duration
@@ -517,6 +524,46 @@ func (m *Manager) backoff(n int) time.Duration {
 	return min(d, time.Minute)
 }
 
+// exportWait bounds how long launch waits for a VM's exports.
+const exportWait = 15 * time.Second
+
+// waitExports waits until the local agent serves every volume disk of s
+// (see Config.ExportReady), at most exportWait or until ctx ends. It
+// gives up silently: QEMU then reports what is missing.
+func (m *Manager) waitExports(ctx context.Context, log *slog.Logger, s Spec) {
+	ready := m.cfg.ExportReady
+	if ready == nil {
+		return
+	}
+	missing := func() string {
+		for _, d := range s.Disks {
+			if d.Server == "" && d.File == "" && d.Export != "" && !ready(d.Export) {
+				return d.Export
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(exportWait)
+	logged := false
+	for x := missing(); x != ""; x = missing() {
+		if !logged {
+			log.Info("waiting for the local agent to serve the VM's disk", "export", x)
+			logged = true
+		}
+		if time.Now().After(deadline) {
+			log.Warn("starting the VM without its disk's export", "export", x, "waited", exportWait)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.stop:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // launch starts QEMU for w. A destination is started paused, listening
 // for the migration stream, and records its address in the catalog.
 func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
@@ -539,6 +586,7 @@ func (m *Manager) launch(log *slog.Logger, r *run, w want) error {
 	// Not absent while QEMU starts: a stop must wait for this process too.
 	r.state = admin.VMLaunching
 	r.mu.Unlock()
+	m.waitExports(ctx, log, w.spec)
 	p, err = m.cfg.Launcher.Launch(ctx, w.spec)
 	if err == nil && w.role == roleDest {
 		var uri string

@@ -213,3 +213,31 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestManagerWaitsForExports checks that a VM is launched only once the
+// local agent serves its disks' exports (a restarted agent opens its
+// volumes while the catalog already places VMs on it), and reports
+// "launching" meanwhile.
+func TestManagerWaitsForExports(t *testing.T) {
+	l := &fakeLauncher{}
+	var mu sync.Mutex
+	served := map[string]bool{"d1@3": true}
+	ready := func(name string) bool { mu.Lock(); defer mu.Unlock(); return served[name] }
+	m := New(Config{Host: "n1", Dir: t.TempDir(), Launcher: l, Log: slog.New(slog.DiscardHandler), ExportReady: ready})
+	defer m.Close()
+	m.Reconcile(catalogWith(&catalog.VM{Name: "vm1", Disks: []string{"d1", "d2"}, Host: "n1", State: catalog.VMRunning, Epoch: 3}))
+	waitUntil(t, "launching", func() error {
+		if lv := m.Local(); len(lv) != 1 || lv[0].State != admin.VMLaunching {
+			return fmt.Errorf("local %+v", lv)
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	if n := len(l.launched()); n != 0 {
+		t.Fatalf("launched %d times before d2@3 was served", n)
+	}
+	mu.Lock()
+	served["d2@3"] = true
+	mu.Unlock()
+	waitUntil(t, "started once its exports are served", liveIs(l, "vm1:3"))
+}
