@@ -237,9 +237,19 @@ func (c *Cluster) cleanup() {
 			}
 		}
 		if c.t.Failed() {
-			c.t.Logf("%s: last lines of the agent log:\n%s", n.Name, lastLines(log, 40))
+			c.t.Logf("%s: last lines of the agent log:\n%s", n.Name, lastLines(beforeDump(log), 40))
 		}
 	}
+}
+
+// beforeDump returns log up to the goroutine dump SIGQUIT made the agent
+// print at the end (the dump is in the saved log file): the lines that
+// tell what happened come before it.
+func beforeDump(log string) string {
+	if i := strings.LastIndex(log, "SIGQUIT: quit"); i >= 0 {
+		return log[:i] + "[goroutine dump (SIGQUIT) in the full log]\n"
+	}
+	return log
 }
 
 func lastLines(s string, n int) string {
