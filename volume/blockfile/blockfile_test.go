@@ -257,3 +257,25 @@ func TestWriteback(t *testing.T) {
 		t.Fatal("read back differs")
 	}
 }
+
+// TestLargeWrites checks writes that WriteAt splits into pieces of
+// writeChunk: every byte lands where it belongs, at any alignment.
+func TestLargeWrites(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, 4<<20)
+	for _, tc := range []struct{ off, n int64 }{
+		{0, writeChunk}, {0, writeChunk + 1}, {4096, 1 << 20}, {12345, 3*writeChunk - 7}, {4<<20 - 2*writeChunk - 1, 2*writeChunk + 1},
+	} {
+		p := make([]byte, tc.n)
+		for i := range p {
+			p[i] = byte(int64(i)*7 + tc.off)
+		}
+		if err := b.WriteAt(ctx, p, tc.off, 0); err != nil {
+			t.Fatalf("write %d at %d: %v", tc.n, tc.off, err)
+		}
+		got := make([]byte, tc.n)
+		if err := b.ReadAt(ctx, got, tc.off); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("write %d at %d: read back differs (%v)", tc.n, tc.off, err)
+		}
+	}
+}
