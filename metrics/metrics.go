@@ -54,7 +54,7 @@ func New() *Metrics {
 		}, []string{"volume", "op"}),
 		commit: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tandem_raft_commit_seconds",
-			Help:    "Time for a log entry to be committed on a majority and applied on the leader, by volume.",
+			Help:    "Time for a log entry to be committed on a majority and answered on the leader (writes at commit, other entries once applied), by volume.",
 			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16), // 100 µs .. 3.3 s
 		}, []string{"volume"}),
 		obs: map[[2]string]requestObs{},

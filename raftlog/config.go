@@ -67,7 +67,8 @@ type Config struct {
 	// Logger receives the layer's logs (raft's included). Nil discards.
 	Logger *slog.Logger
 	// ObserveCommit, if set, is called for every entry this host committed
-	// as leader, with the time from Apply to applied.
+	// as leader, with the time from Apply to its answer (at commit for
+	// writes and zeroes, else once applied).
 	ObserveCommit func(volume string, took time.Duration)
 }
 

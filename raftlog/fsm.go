@@ -70,6 +70,14 @@ type fsm struct {
 	// by the fence of generation writerGen. Only the FSM goroutine
 	// changes them (docs/fencing.md).
 	writer, writerGen atomic.Uint64
+
+	// committed, if set, is told of each entry of writes and zeroes once
+	// it is committed and its ranges locked, before they are written
+	// (with the ops refused as fenced): the group answers its requests
+	// then. Set before raft starts.
+	committed func(l *raft.Log, res *applyResult)
+	// scratch holds an entry's ops while Apply runs (FSM goroutine only).
+	scratch []op
 }
 
 // applyResult is what Apply returns for an entry it applied: the ids of
@@ -184,6 +192,14 @@ func newFSM(file *blockfile.File, log *slog.Logger) *fsm {
 }
 
 // Apply implements raft.FSM.
+//
+// It decides every op of the entry first (a retry already applied, a
+// write of a fenced-off writer, or one to apply; fences take effect in
+// order), then applies them. An entry of writes and zeroes only is
+// reported committed (see committed) as soon as the ranges it changes are
+// locked, before the file is written: its requests are answered while the
+// file catches up, and a read of those ranges waits for the locks, so no
+// client that saw the answer reads older data.
 func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -192,8 +208,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return *p
 	}
 	ctx := context.Background()
-	var bytes int64
 	var res *applyResult
+	ops := f.scratch[:0]
+	early := f.committed != nil
 	err := decodeEntry(l.Data, func(o op) error {
 		if o.id != 0 && f.seen.has(o.id) {
 			return nil // a retry of a request already applied
@@ -210,48 +227,109 @@ func (f *fsm) Apply(l *raft.Log) any {
 		if o.id != 0 {
 			f.seen.add(o.id)
 		}
-		bytes += o.n
 		switch o.kind {
-		case opWrite:
-			unlock := f.lockRange(o.off, o.n, true)
-			defer unlock()
-			f.versions.touch(o.off, o.n, l.Index)
-			return f.file.WriteAt(ctx, o.data, o.off, 0)
-		case opZero:
-			flags := volume.NoHole
-			if o.flags&flagPunch != 0 {
-				flags = 0
-			}
-			unlock := f.lockRange(o.off, o.n, true)
-			defer unlock()
-			f.versions.touch(o.off, o.n, l.Index)
-			return f.file.Zero(ctx, o.off, o.n, flags)
-		case opGrow:
-			if old := f.file.Size(); o.off > old {
-				f.versions.touch(old, o.off-old, l.Index)
-				return f.file.Grow(o.off)
-			}
 		case opFence:
 			if gen := uint64(o.off); gen > f.writerGen.Load() {
 				f.writer.Store(o.epoch)
 				f.writerGen.Store(gen)
 				f.log.Info("volume writer fenced", "index", l.Index, "writer_epoch", o.epoch, "writer_gen", gen)
 			}
+			return nil
+		case opWrite, opZero:
+		default:
+			early = false
 		}
+		ops = append(ops, o)
 		return nil
 	})
+	if err == nil {
+		if early {
+			unlock := f.lockOps(ops)
+			f.committed(l, res)
+			err = f.applyOps(ctx, l.Index, ops, false)
+			unlock()
+		} else {
+			err = f.applyOps(ctx, l.Index, ops, true)
+		}
+	}
+	clear(ops) // no references to the entry's data stay behind
+	f.scratch = ops[:0]
 	if err != nil {
 		err = fmt.Errorf("%w: entry %d: %w", errReplicaFailed, l.Index, err)
 		f.failed.CompareAndSwap(nil, &err)
 		f.log.Error("replica failed: cannot apply committed entry; this replica stops serving", "index", l.Index, "err", err)
 		return err
 	}
-	f.sinceSnapshot.Add(bytes)
 	f.setApplied(l.Index)
 	if res != nil {
 		return res
 	}
 	return nil
+}
+
+// applyOps applies the ops of entry index to the file, in order, each
+// under the lock of its range if lock is set (else the caller holds them:
+// see lockOps).
+func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) error {
+	for _, o := range ops {
+		var unlock func()
+		if lock && (o.kind == opWrite || o.kind == opZero) {
+			unlock = f.lockRange(o.off, o.n, true)
+		}
+		var err error
+		switch o.kind {
+		case opWrite:
+			f.versions.touch(o.off, o.n, index)
+			err = f.file.WriteAt(ctx, o.data, o.off, 0)
+		case opZero:
+			flags := volume.NoHole
+			if o.flags&flagPunch != 0 {
+				flags = 0
+			}
+			f.versions.touch(o.off, o.n, index)
+			err = f.file.Zero(ctx, o.off, o.n, flags)
+		case opGrow:
+			if old := f.file.Size(); o.off > old {
+				f.versions.touch(old, o.off-old, index)
+				err = f.file.Grow(o.off)
+			}
+		}
+		if unlock != nil {
+			unlock()
+		}
+		if err != nil {
+			return err
+		}
+		f.sinceSnapshot.Add(o.n)
+	}
+	return nil
+}
+
+// lockOps locks, exclusively and in stripe order, every stripe a write or
+// zero of ops covers, and returns the unlock function.
+func (f *fsm) lockOps(ops []op) func() {
+	var set [numStripes]bool
+	for _, o := range ops {
+		first, last := o.off>>stripeShift, (o.off+max(o.n, 1)-1)>>stripeShift
+		if last-first+1 >= numStripes {
+			first, last = 0, numStripes-1
+		}
+		for s := first; s <= last; s++ {
+			set[s%numStripes] = true
+		}
+	}
+	for i := range set {
+		if set[i] {
+			f.stripes[i].Lock()
+		}
+	}
+	return func() {
+		for i := range set {
+			if set[i] {
+				f.stripes[i].Unlock()
+			}
+		}
+	}
 }
 
 func (f *fsm) setApplied(i uint64) {

@@ -228,3 +228,60 @@ func TestFenceSurvivesCheckpoint(t *testing.T) {
 		t.Fatalf("after restart, a write of a fenced epoch got %v, want refused", res)
 	}
 }
+
+// TestFSMAnswersAtCommit checks the early answer: an entry of writes is
+// reported committed before the file holds it (with the fenced ops), a read
+// of its range issued from then on returns the new data, and an entry with
+// another kind of op (a grow) is reported only through Apply's result.
+func TestFSMAnswersAtCommit(t *testing.T) {
+	f := testFSM(t)
+	ctx := context.Background()
+	a := bytes.Repeat([]byte{'a'}, 4096)
+	type call struct {
+		index   uint64
+		fenced  []uint64
+		inFile  []byte // the file's bytes at the answer, read past the locks
+		readErr chan error
+		read    []byte
+	}
+	var calls []*call
+	f.committed = func(l *raft.Log, res *applyResult) {
+		c := &call{index: l.Index, inFile: make([]byte, 4096), read: make([]byte, 4096), readErr: make(chan error, 1)}
+		if res != nil {
+			c.fenced = res.fenced
+		}
+		if err := f.file.ReadAt(ctx, c.inFile, 65536); err != nil {
+			t.Error(err)
+		}
+		go func() { c.readErr <- f.readAt(ctx, c.read, 65536) }() // a client that saw the answer
+		calls = append(calls, c)
+	}
+	f.writer.Store(5)
+	res := f.Apply(entry(1,
+		&op{kind: opWrite, off: 65536, n: 4096, data: a, id: 1, epoch: 5},
+		&op{kind: opWrite, off: 0, n: 4096, data: a, id: 2, epoch: 4}, // fenced off
+	))
+	if r, ok := res.(*applyResult); !ok || !slices.Equal(r.fenced, []uint64{2}) {
+		t.Fatalf("Apply returned %#v, want op 2 fenced", res)
+	}
+	if len(calls) != 1 || calls[0].index != 1 || !slices.Equal(calls[0].fenced, []uint64{2}) {
+		t.Fatalf("committed calls %+v, want one for entry 1 with op 2 fenced", calls)
+	}
+	if !bytes.Equal(calls[0].inFile, make([]byte, 4096)) {
+		t.Fatal("the answer came after the file was written")
+	}
+	if err := <-calls[0].readErr; err != nil || !bytes.Equal(calls[0].read, a) {
+		t.Fatalf("a read issued at the answer returned old data (%v)", err)
+	}
+	// A grow is applied in order with the writes around it: no early answer.
+	if err, _ := f.Apply(entry(2, &op{kind: opGrow, off: 2 << 20}, &op{kind: opWrite, off: 1<<20 + 4096, n: 4096, data: a, epoch: 5})).(error); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 {
+		t.Fatalf("an entry with a grow was answered early")
+	}
+	got := make([]byte, 4096)
+	if err := f.readAt(ctx, got, 1<<20+4096); err != nil || !bytes.Equal(got, a) {
+		t.Fatalf("the write after the grow: %v", err)
+	}
+}

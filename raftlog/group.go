@@ -41,8 +41,13 @@ type Group struct {
 	layer   *mux.Layer
 
 	batch *batcher
-	lease *lease
-	fwd   *forwarder
+	// commits maps the first data byte of each entry this host's batcher
+	// is committing to the channel its applyEntry waits on, for the FSM to
+	// answer it at commit (see fsm.committed).
+	commitMu sync.Mutex
+	commits  map[*byte]chan applyOutcome
+	lease    *lease
+	fwd      *forwarder
 	// preferred is the host that should lead the volume ("" for any): the
 	// spec's, then what SetPreferredLeader sets.
 	preferred atomic.Pointer[string]
@@ -120,6 +125,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.setPeers(gc.Peers)
 	g.copying.rate = spec.CopyRate
 	g.fsm = newFSM(g.file, g.log)
+	g.fsm.committed = g.entryCommitted
 	g.fsm.restore = g.restore
 	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
 	if err != nil {
@@ -249,17 +255,50 @@ func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, []uint
 	return readSnapshot(rc)
 }
 
-// applyEntry commits one entry and returns once the local FSM applied it,
-// with the ids of the ops the FSM refused as fenced.
+// applyOutcome is how an entry of the batcher ended: the FSM's result
+// (an *applyResult, or an error if this replica failed), or raft's error.
+type applyOutcome struct {
+	res any
+	err error
+}
+
+// applyEntry commits one entry and returns once it is committed (as the
+// FSM reports it, before it writes the file: see fsm.committed) or once
+// raft returns, with the ids of the ops the FSM refused as fenced.
 func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 	start := time.Now()
-	f := g.raft.Apply(data, applyTimeout)
-	if err := f.Error(); err != nil {
-		return nil, err
+	key := &data[0]
+	ch := make(chan applyOutcome, 2)
+	g.commitMu.Lock()
+	if g.commits == nil {
+		g.commits = map[*byte]chan applyOutcome{}
 	}
-	switch r := f.Response().(type) {
+	g.commits[key] = ch
+	g.commitMu.Unlock()
+	f := g.raft.Apply(data, applyTimeout)
+	// raft's answer comes after the FSM wrote the file; it is awaited
+	// even when the FSM answered first: a failure to write the file takes
+	// this replica out of service (the answered writes are safe in the
+	// logs of a majority).
+	go func() {
+		out := applyOutcome{err: f.Error()}
+		if out.err == nil {
+			out.res = f.Response()
+			if err, ok := out.res.(error); ok {
+				g.failed(err)
+			}
+		}
+		ch <- out
+	}()
+	out := <-ch
+	g.commitMu.Lock()
+	delete(g.commits, key)
+	g.commitMu.Unlock()
+	if out.err != nil {
+		return nil, out.err
+	}
+	switch r := out.res.(type) {
 	case error:
-		g.failed(r)
 		return nil, r
 	case *applyResult:
 		fenced = r.fenced
@@ -270,6 +309,24 @@ func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 		obs(g.spec.Name, time.Since(start))
 	}
 	return fenced, nil
+}
+
+// entryCommitted is the FSM's fsm.committed: it answers the applyEntry
+// waiting for l, if this host's batcher sent it.
+func (g *Group) entryCommitted(l *raft.Log, res *applyResult) {
+	if len(l.Data) == 0 {
+		return
+	}
+	g.commitMu.Lock()
+	ch := g.commits[&l.Data[0]]
+	g.commitMu.Unlock()
+	if ch != nil {
+		if res != nil {
+			ch <- applyOutcome{res: res}
+		} else {
+			ch <- applyOutcome{}
+		}
+	}
 }
 
 // failed takes a replica whose volume file diverged out of service: it
