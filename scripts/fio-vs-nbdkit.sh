@@ -18,8 +18,12 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 mkdir -p "$work/tandem/groups/vol0"
-head -c 1G /dev/urandom > "$work/nbdkit.img"
-cp "$work/nbdkit.img" "$work/tandem/groups/vol0/volume.img"   # the replica's volume file
+# Both files are written the same way, in 64 KiB writes: Linux caches a
+# file in folios as large as the writes that filled it, and small writes
+# into large folios cost more (docs/replication.md, "Volume files"); cp
+# would give the volume file larger folios than nbdkit's.
+dd if=/dev/urandom of="$work/nbdkit.img" bs=64k count=16384 status=none
+dd if="$work/nbdkit.img" of="$work/tandem/groups/vol0/volume.img" bs=64k status=none   # the replica's volume file
 nbdkit -f -p 10899 --exit-with-parent file "$work/nbdkit.img" & pids+=($!)
 "$tandem" agent --data "$work/tandem" --volume vol0=1G --nbd-listen 127.0.0.1:10898 2>"$work/tandem.log" & pids+=($!)
 sleep 1
