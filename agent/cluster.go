@@ -780,6 +780,12 @@ func (a *clusterAgent) Leader() (string, bool, bool) {
 		return "", false, false
 	}
 	if name == a.cfg.Name {
+		// A new leader answers once its catalog is current (see
+		// control.CaughtUp): until then it would serve, and decide on,
+		// the catalog of its last snapshot. The admin API waits.
+		if !a.ctl.CaughtUp() {
+			return "", false, false
+		}
 		return a.adminAddr, true, true
 	}
 	m, ok := a.members.Member(name)

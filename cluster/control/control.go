@@ -219,7 +219,8 @@ func (c *Control) Leader() (string, bool) {
 // to the FSM's goroutine, before they are applied, so a restarted agent
 // that has just learnt the commit index would pass for current with the
 // catalog of its last snapshot. The catalog's own index is compared with
-// the last command at or below the commit index instead.
+// the last command at or below the commit index instead; and a leader
+// counts only once an entry of its own term is committed.
 func (c *Control) CaughtUp() bool {
 	if _, id := c.raft.LeaderWithID(); id == "" {
 		return false
@@ -230,6 +231,15 @@ func (c *Control) CaughtUp() bool {
 	commit := c.raft.CommitIndex()
 	if c.raft.AppliedIndex() < commit {
 		return false
+	}
+	if c.raft.State() == raft.Leader {
+		// A new leader learns how far the log is committed only once an
+		// entry of its own term is (its no-op): until then its commit
+		// index is whatever it knew before, 0 after a restart.
+		var l raft.Log
+		if commit == 0 || c.logs.GetLog(commit, &l) != nil || l.Term != c.raft.CurrentTerm() {
+			return false
+		}
 	}
 	last, err := lastCommand(c.logs, commit)
 	if err != nil {

@@ -167,6 +167,36 @@ func TestControlGroup(t *testing.T) {
 	waitCatalog(t, m, "the resize made while it was down", func(s *catalog.State) bool {
 		return s.Volumes["v"] != nil && s.Volumes["v"].Size == 2<<20
 	})
+
+	// CaughtUp never holds on a catalog that misses a committed command,
+	// whoever leads: restart the leader and watch every member until all
+	// are caught up.
+	for n, mm := range g.members {
+		if mm == l {
+			g.stop(n)
+			g.start(n)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		all := true
+		for n, mm := range g.members {
+			if !mm.ctl.CaughtUp() {
+				all = false
+				continue
+			}
+			if v := mm.ctl.State().Volumes["v"]; v == nil || v.Size != 2<<20 {
+				t.Fatalf("%s reports itself caught up with a catalog that misses the resize", n)
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not every member caught up within 30 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func TestValidateVoters(t *testing.T) {
