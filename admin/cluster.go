@@ -456,7 +456,8 @@ func catalogStatus(err error) (int, bool) {
 	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrShrinking):
 		return http.StatusBadRequest, true
 	case errors.Is(err, catalog.ErrExists), errors.Is(err, catalog.ErrNoPlace), errors.Is(err, catalog.ErrInUse),
-		errors.Is(err, catalog.ErrRunning), errors.Is(err, catalog.ErrStopped), errors.Is(err, catalog.ErrNoDiskMove):
+		errors.Is(err, catalog.ErrRunning), errors.Is(err, catalog.ErrStopped), errors.Is(err, catalog.ErrNoDiskMove),
+		errors.Is(err, catalog.ErrNoMigration), errors.Is(err, catalog.ErrNoMove):
 		return http.StatusConflict, true
 	}
 	return 0, false
