@@ -133,12 +133,19 @@ func (s *seenSet) list() []uint64 {
 	return append(slices.Clone(s.ring[s.next:]), s.ring[:s.next]...)
 }
 
+// stripeSpan returns the stripes [off, off+n) covers, from first to last
+// (modulo numStripes), or all of them.
+func stripeSpan(off, n int64) (first, last int64, all bool) {
+	first, last = off>>stripeShift, (off+max(n, 1)-1)>>stripeShift
+	return first, last, last-first+1 >= numStripes
+}
+
 // lockRange locks the stripes of [off, off+n), exclusively or shared, in a
 // fixed order, and returns the unlock function.
 func (f *fsm) lockRange(off, n int64, write bool) func() {
-	first, last := off>>stripeShift, (off+max(n, 1)-1)>>stripeShift
+	first, last, all := stripeSpan(off, n)
 	var idx []int
-	if last-first+1 >= numStripes {
+	if all {
 		idx = make([]int, numStripes)
 		for i := range idx {
 			idx[i] = i
@@ -310,8 +317,8 @@ func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) e
 func (f *fsm) lockOps(ops []op) func() {
 	var set [numStripes]bool
 	for _, o := range ops {
-		first, last := o.off>>stripeShift, (o.off+max(o.n, 1)-1)>>stripeShift
-		if last-first+1 >= numStripes {
+		first, last, all := stripeSpan(o.off, o.n)
+		if all {
 			first, last = 0, numStripes-1
 		}
 		for s := first; s <= last; s++ {

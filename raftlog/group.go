@@ -106,6 +106,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		cfg:     gc,
 		log:     h.log.With("volume", spec.Name),
 		lease:   newLease(time.Duration(float64(h.cfg.HeartbeatTimeout) * h.cfg.LeaseFraction)),
+		commits: map[*byte]chan applyOutcome{},
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
@@ -270,9 +271,6 @@ func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 	key := &data[0]
 	ch := make(chan applyOutcome, 2)
 	g.commitMu.Lock()
-	if g.commits == nil {
-		g.commits = map[*byte]chan applyOutcome{}
-	}
 	g.commits[key] = ch
 	g.commitMu.Unlock()
 	f := g.raft.Apply(data, applyTimeout)
@@ -320,13 +318,14 @@ func (g *Group) entryCommitted(l *raft.Log, res *applyResult) {
 	g.commitMu.Lock()
 	ch := g.commits[&l.Data[0]]
 	g.commitMu.Unlock()
-	if ch != nil {
-		if res != nil {
-			ch <- applyOutcome{res: res}
-		} else {
-			ch <- applyOutcome{}
-		}
+	if ch == nil {
+		return
 	}
+	var out applyOutcome
+	if res != nil { // a nil *applyResult would make out.res non-nil
+		out.res = res
+	}
+	ch <- out
 }
 
 // failed takes a replica whose volume file diverged out of service: it
