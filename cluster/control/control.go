@@ -232,44 +232,45 @@ func (c *Control) CaughtUp() bool {
 	if c.raft.AppliedIndex() < commit {
 		return false
 	}
-	if c.raft.State() == raft.Leader {
-		// A new leader learns how far the log is committed only once an
-		// entry of its own term is (its no-op): until then its commit
-		// index is whatever it knew before, 0 after a restart.
-		var l raft.Log
-		if commit == 0 || c.logs.GetLog(commit, &l) != nil || l.Term != c.raft.CurrentTerm() {
-			return false
-		}
-	}
-	last, err := lastCommand(c.logs, commit)
+	last, term, err := lastCommand(c.logs, commit)
 	if err != nil {
 		c.log.Warn("reading the control log", "err", err)
+		return false
+	}
+	// A new leader learns how far the log is committed only once an entry
+	// of its own term is (its no-op): until then its commit index is
+	// whatever it knew before, 0 after a restart.
+	if c.raft.State() == raft.Leader && (commit == 0 || term != c.raft.CurrentTerm()) {
 		return false
 	}
 	return c.fsm.index() >= last
 }
 
 // lastCommand returns the index of the last command entry at or below
-// index in logs, or 0 if there is none there: entries before the log's
-// first index are in the snapshot the FSM was restored from.
-func lastCommand(logs raft.LogStore, index uint64) (uint64, error) {
+// index in logs, or 0 if there is none there (entries before the log's
+// first index are in the snapshot the FSM was restored from), and the term
+// of the entry at index (0 if the log does not hold it).
+func lastCommand(logs raft.LogStore, index uint64) (last, term uint64, err error) {
 	first, err := logs.FirstIndex()
 	if err != nil {
-		return 0, fmt.Errorf("control: the log's first index: %w", err)
+		return 0, 0, fmt.Errorf("control: the log's first index: %w", err)
 	}
 	for i := index; i >= first && i > 0; i-- {
 		var l raft.Log
 		if err := logs.GetLog(i, &l); err != nil {
 			if errors.Is(err, raft.ErrLogNotFound) {
-				return 0, nil // compacted since FirstIndex: in the snapshot
+				return 0, term, nil // compacted since FirstIndex: in the snapshot
 			}
-			return 0, fmt.Errorf("control: reading entry %d: %w", i, err)
+			return 0, 0, fmt.Errorf("control: reading entry %d: %w", i, err)
+		}
+		if i == index {
+			term = l.Term
 		}
 		if l.Type == raft.LogCommand {
-			return i, nil
+			return i, term, nil
 		}
 	}
-	return 0, nil
+	return 0, term, nil
 }
 
 // IsLeader reports whether this agent leads the control group.

@@ -236,9 +236,12 @@ func TestLastCommand(t *testing.T) {
 	for _, tc := range []struct{ commit, want uint64 }{
 		{11, 11}, {10, 8}, {9, 8}, {8, 8}, {7, 7}, {6, 0}, {5, 0}, {4, 0},
 	} {
-		got, err := lastCommand(store, tc.commit)
+		got, term, err := lastCommand(store, tc.commit)
 		if err != nil || got != tc.want {
 			t.Errorf("lastCommand(commit %d) = %d, %v; want %d", tc.commit, got, err, tc.want)
+		}
+		if wantTerm := uint64(min(tc.commit/5, 1)); term != wantTerm {
+			t.Errorf("lastCommand(commit %d): term %d, want %d", tc.commit, term, wantTerm)
 		}
 	}
 }
