@@ -18,14 +18,8 @@ import (
 func TestMoveReplica(t *testing.T) {
 	c := newTestCluster(t, 4, nil)
 	spec := VolumeSpec{Name: "m", Size: 16 << 20, Peers: c.peers[:3], PreferredLeader: "n1"}
-	for i := range 3 {
-		c.open1(i, spec)
-	}
+	v1 := c.openLedByN1(spec)
 	ctx := context.Background()
-	for c.leader("m") != 0 {
-		time.Sleep(50 * time.Millisecond)
-	}
-	v1 := c.hosts[0].vol["m"]
 	// Enough entries that the join checkpoint drops the start of the log.
 	for k := range 300 {
 		if err := v1.WriteAt(ctx, bytes.Repeat([]byte{byte(k)}, 4096), int64(k)*4096, 0); err != nil {
@@ -205,14 +199,8 @@ func TestCopyResumesAfterRestart(t *testing.T) {
 	const size = 16 << 20
 	c := newTestCluster(t, 4, nil)
 	spec := VolumeSpec{Name: "r", Size: size, Peers: c.peers[:3], PreferredLeader: "n1"}
-	for i := range 3 {
-		c.open1(i, spec)
-	}
+	v1 := c.openLedByN1(spec)
 	ctx := context.Background()
-	for c.leader("r") != 0 {
-		time.Sleep(50 * time.Millisecond)
-	}
-	v1 := c.hosts[0].vol["r"]
 	for k := range size >> 20 {
 		if err := v1.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 1<<20), int64(k)<<20, 0); err != nil {
 			t.Fatal(err)
@@ -275,4 +263,16 @@ func TestCopyResumesAfterRestart(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("the resumed replica differs from the leader")
 	}
+}
+
+// openLedByN1 opens spec on the first three hosts and returns n1's replica
+// once n1 leads it (spec.PreferredLeader must be n1).
+func (c *testCluster) openLedByN1(spec VolumeSpec) *Volume {
+	for i := range 3 {
+		c.open1(i, spec)
+	}
+	for c.leader(spec.Name) != 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return c.hosts[0].vol[spec.Name]
 }

@@ -5,15 +5,11 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
@@ -40,24 +36,7 @@ func streamBenchSource(tb testing.TB, size, data int64) (addr string, src *block
 	if err := src.Flush(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
-	l, err := mux.Listen("127.0.0.1:0", slog.New(slog.DiscardHandler))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	l.Handle(mux.KindStream, func(_ string, c net.Conn) {
-		wg.Add(1)
-		defer wg.Done()
-		if err := serveFile(c, src, func(uint64) error { return nil }); err != nil {
-			tb.Logf("serve: %v", err)
-		}
-	})
-	go l.Serve()
-	tb.Cleanup(func() {
-		l.Close()
-		wg.Wait() // before the files close
-	})
-	return l.Addr().String(), src
+	return streamTestSource(tb, src), src
 }
 
 // BenchmarkStreamCopy measures a replica copy by stream over loopback: a

@@ -19,7 +19,7 @@ import (
 )
 
 // streamTestSource serves src as a volume stream on loopback.
-func streamTestSource(t *testing.T, src *blockfile.File) string {
+func streamTestSource(t testing.TB, src *blockfile.File) string {
 	t.Helper()
 	l, err := mux.Listen("127.0.0.1:0", slog.New(slog.DiscardHandler))
 	if err != nil {
