@@ -480,7 +480,7 @@ type checkpoint struct {
 
 // Persist implements raft.FSMSnapshot.
 func (c *checkpoint) Persist(sink raft.SnapshotSink) error {
-	if err := c.f.file.Flush(context.Background()); err != nil {
+	if err := c.f.file.FlushPaced(context.Background(), checkpointFlushWindow); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("raftlog: checkpoint: %w", err)
 	}
@@ -498,6 +498,13 @@ func (c *checkpoint) Persist(sink raft.SnapshotSink) error {
 	}
 	return sink.Close()
 }
+
+// checkpointFlushWindow is how much of the volume file a checkpoint writes
+// back at a time before its final sync (blockfile.File.FlushPaced): the
+// replicas' log syncs on the same device wait behind one window at most
+// instead of behind all the dirty data (about 3 ms of this disk's
+// bandwidth).
+const checkpointFlushWindow = 4 << 20
 
 // Release implements raft.FSMSnapshot.
 func (c *checkpoint) Release() {}

@@ -394,6 +394,33 @@ func (b *File) Flush(context.Context) error {
 	}
 }
 
+// FlushPaced is Flush for a file that may hold much dirty data while
+// other writers sync on the same device: it writes the file back one
+// window at a time, waiting for each (sync_file_range
+// WAIT_BEFORE|WRITE|WAIT_AFTER), then calls Flush, which has little left.
+// A single fdatasync would queue all the dirty data on the device at once
+// and hold every other sync behind it (a checkpoint of a volume with
+// 256 MiB dirty held its replicas' log syncs for 150-250 ms); paced, they
+// wait for one window at most. Windows are window bytes, or larger for a
+// large file (at most 4096 of them). It stops with ctx's error when ctx
+// ends, having made nothing durable.
+func (b *File) FlushPaced(ctx context.Context, window int64) error {
+	if b.readOnly {
+		return nil
+	}
+	size := b.Size()
+	window = max(window, size/4096, 1<<20)
+	for off := int64(0); off < size; off += window {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("blockfile: flush %s: %w", b.path, err)
+		}
+		if err := b.syncRange(off, min(window, size-off), unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil {
+			return err
+		}
+	}
+	return b.Flush(ctx)
+}
+
 // Cache implements volume.Backend with posix_fadvise(WILLNEED).
 func (b *File) Cache(_ context.Context, off, n int64) error {
 	if err := volume.CheckRange(off, n, b.Size()); err != nil {

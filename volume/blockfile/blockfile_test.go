@@ -279,3 +279,49 @@ func TestLargeWrites(t *testing.T) {
 		}
 	}
 }
+
+// dirtyPages returns how many of b's pages are dirty or under writeback
+// (cachestat(2)); the test is skipped where the kernel lacks it.
+func dirtyPages(t *testing.T, b *File) uint64 {
+	t.Helper()
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(b.f.Fd()), &unix.CachestatRange{Off: 0, Len: uint64(b.Size())}, &st, 0); err != nil {
+		t.Skipf("cachestat: %v", err)
+	}
+	return st.Dirty + st.Writeback
+}
+
+// TestFlushPaced checks that FlushPaced leaves no dirty page behind, and
+// that a cancelled one stops before writing anything back.
+func TestFlushPaced(t *testing.T) {
+	b := open(t, 8<<20)
+	p := bytes.Repeat([]byte("paced"), 8<<20/5)
+	write := func() {
+		t.Helper()
+		if err := b.WriteAt(context.Background(), p, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n := dirtyPages(t, b); n == 0 {
+			t.Fatal("no dirty pages after writing 8 MiB")
+		}
+	}
+	write()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.FlushPaced(ctx, 1<<20); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled flush: %v", err)
+	}
+	if n := dirtyPages(t, b); n == 0 {
+		t.Fatal("a cancelled flush wrote the file back")
+	}
+	if err := b.FlushPaced(context.Background(), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if n := dirtyPages(t, b); n != 0 {
+		t.Fatalf("%d pages dirty or under writeback after FlushPaced", n)
+	}
+	got := make([]byte, len(p))
+	if err := b.ReadAt(context.Background(), got, 0); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("read back differs (%v)", err)
+	}
+}
