@@ -88,6 +88,7 @@ func TestHeal(t *testing.T) {
 	t.Logf("healed %v after the kill (delay %v): %s copied in %v; during the rebuild %d writes, longest gap %v, 0 errors",
 		healed.Round(100*time.Millisecond), healAfter, humanBytes(r.Bytes), r.Copy.Round(time.Millisecond), l.writes, l.maxGap.Round(100*time.Microsecond))
 	l.mu.Unlock()
+	l.logLongGaps(t, 50*time.Millisecond)
 	verify(t, c, got.Hosts, l, size, size)
 
 	// The dead host comes back late: it removes its old replica and serves

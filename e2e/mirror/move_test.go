@@ -161,6 +161,21 @@ func (l *load) longestGap(from, to time.Time) time.Duration {
 	return longest
 }
 
+// logLongGaps logs every gap between completed writes of at least min,
+// with its wall-clock time (to find it in the agents' logs) and its offset
+// from the load's start.
+func (l *load) logLongGaps(t *testing.T, min time.Duration) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, g := range l.gaps {
+		if d := g.to.Sub(g.from); d >= min {
+			t.Logf("write gap of %v from %s (+%v)", d.Round(100*time.Microsecond),
+				g.from.UTC().Format("15:04:05.000"), g.from.Sub(l.started).Round(time.Millisecond))
+		}
+	}
+}
+
 // startLoad starts the writers on host's agent; prev, if not nil, is an
 // earlier load whose acknowledged blocks this one starts from.
 func startLoad(t *testing.T, c *testbin.Cluster, host, writers int, blocks int64, prev *load) *load {
