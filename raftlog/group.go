@@ -115,7 +115,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	}
 	defer func() {
 		if err != nil {
-			g.closeStores()
+			g.closeStores(false)
 		}
 	}()
 	g.file, err = blockfile.Open(filepath.Join(gc.Dir, "volume.img"), blockfile.Options{Size: spec.Size, Create: true})
@@ -601,8 +601,12 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 	}
 }
 
-// close stops the group on this host; the volume file is flushed.
-func (g *Group) close() error {
+// close stops the group on this host; the volume file is flushed, unless
+// discard says it is about to be deleted: flushing a replica that is
+// being removed wrote all its dirty data back for nothing, and held every
+// log sync on the device behind it (a 256 MiB replica removed at the end
+// of a move held its host's syncs for 120-140 ms).
+func (g *Group) close(discard bool) error {
 	close(g.stop)
 	g.streams.end()
 	var err error
@@ -613,13 +617,13 @@ func (g *Group) close() error {
 	if g.fwd != nil {
 		g.fwd.close()
 	}
-	if cerr := g.closeStores(); err == nil {
+	if cerr := g.closeStores(discard); err == nil {
 		err = cerr
 	}
 	return err
 }
 
-func (g *Group) closeStores() error {
+func (g *Group) closeStores(discard bool) error {
 	var err error
 	if c, ok := g.trans.(io.Closer); ok {
 		c.Close()
@@ -633,7 +637,11 @@ func (g *Group) closeStores() error {
 		}
 	}
 	if g.file != nil {
-		if cerr := g.file.Close(); err == nil {
+		closeFile := g.file.Close
+		if discard {
+			closeFile = g.file.Discard
+		}
+		if cerr := closeFile(); err == nil {
 			err = cerr
 		}
 	}

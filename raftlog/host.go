@@ -190,7 +190,7 @@ func (h *Host) CloseVolume(name string, remove bool) error {
 	if !ok {
 		return fmt.Errorf("raftlog: volume %s is not open", name)
 	}
-	err := g.close()
+	err := g.close(remove)
 	if !remove {
 		return err
 	}
@@ -242,7 +242,7 @@ func (h *Host) Close() error {
 	h.mu.Unlock()
 	var errs []error
 	for _, g := range groups {
-		if err := g.close(); err != nil {
+		if err := g.close(false); err != nil {
 			errs = append(errs, fmt.Errorf("volume %s: %w", g.spec.Name, err))
 		}
 	}

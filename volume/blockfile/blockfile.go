@@ -492,6 +492,20 @@ func (b *File) Close() error {
 	return err
 }
 
+// Discard closes the file without flushing it, for a file about to be
+// deleted: what was written and not yet flushed may be lost. Closing a
+// closed file returns volume.ErrClosed.
+func (b *File) Discard() error {
+	err := volume.ErrClosed
+	b.closeOnce.Do(func() {
+		err = b.f.Close()
+		if err != nil {
+			err = fmt.Errorf("blockfile: close %s: %w", b.path, err)
+		}
+	})
+	return err
+}
+
 // wrap annotates an I/O error with the operation and offset, and marks
 // out-of-space conditions with volume.ErrNoSpace.
 func (b *File) wrap(op string, off int64, err error) error {

@@ -325,3 +325,41 @@ func TestFlushPaced(t *testing.T) {
 		t.Fatalf("read back differs (%v)", err)
 	}
 }
+
+// TestDiscard checks that Discard closes without writing the file back,
+// where Close writes it back.
+func TestDiscard(t *testing.T) {
+	for _, discard := range []bool{true, false} {
+		path := filepath.Join(t.TempDir(), "vol.img")
+		b, err := Open(path, Options{Size: 4 << 20, Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WriteAt(context.Background(), bytes.Repeat([]byte{7}, 4<<20), 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		closeFile := b.Close
+		if discard {
+			closeFile = b.Discard
+		}
+		if err := closeFile(); err != nil {
+			t.Fatal(err)
+		}
+		if err := closeFile(); !errors.Is(err, volume.ErrClosed) {
+			t.Fatalf("second close (discard %v): %v", discard, err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Cachestat_t
+		err = unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Len: 4 << 20}, &st, 0)
+		f.Close()
+		if err != nil {
+			t.Skipf("cachestat: %v", err)
+		}
+		if dirty := st.Dirty + st.Writeback; discard != (dirty > 0) {
+			t.Errorf("discard %v: %d pages dirty or under writeback after closing", discard, dirty)
+		}
+	}
+}
