@@ -519,16 +519,18 @@ func (a *clusterAgent) reconcileLoop() {
 }
 
 func (a *clusterAgent) reconcile() {
+	// What destroys something (VMs stopped, replica files deleted) follows
+	// a current catalog only: a restarted agent must not act on the stale
+	// copy of its last snapshot. The state is read after the check, so
+	// that it is at least as new as what the check saw.
+	current := a.ctl.CaughtUp()
 	st := a.ctl.State()
 	me := a.cfg.Name
 	a.reconcileProxies(st)
-	// VMs follow a current catalog only: a restarted agent must not stop
-	// (or start) VMs on its stale copy. The state is read again after the
-	// check: st may predate the catch-up.
-	if a.ctl.CaughtUp() {
-		a.vms.Reconcile(a.ctl.State())
+	if current {
+		a.vms.Reconcile(st)
 	}
-	a.reconcileMoves(st)
+	a.reconcileMoves(st, current)
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
@@ -567,7 +569,11 @@ func (a *clusterAgent) reconcile() {
 			cancel()
 		}
 	}
-	// Replicas to remove: only on proof that their volume is gone.
+	// Replicas to remove: only on proof that their volume is gone, from a
+	// current catalog.
+	if !current {
+		return
+	}
 	a.mu.Lock()
 	open := make(map[string]uint64, len(a.ids))
 	for k, id := range a.ids {

@@ -111,7 +111,11 @@ func peersOf(st *catalog.State, cv *catalog.Volume, except string) []raftlog.Pee
 
 // reconcileMoves is the moves' part of reconcile: it runs after the
 // proxies are reconciled and before the replicas placed here are opened.
-func (a *clusterAgent) reconcileMoves(st *catalog.State) {
+// It deletes a replica (one joining, or one a cancelled move left) only
+// if st is current: a restarted agent's stale catalog does not show the
+// move its replica is joining for, and deleting it lost the copy made
+// so far (the copy then started again from zero).
+func (a *clusterAgent) reconcileMoves(st *catalog.State, current bool) {
 	me := a.cfg.Name
 	ms := a.moves()
 	for _, name := range st.VolumeNames() {
@@ -134,7 +138,7 @@ func (a *clusterAgent) reconcileMoves(st *catalog.State) {
 		case j != nil && slices.Contains(cv.Replicas, me) && a.replicaID(name) == cv.ID:
 			a.adopt(name, cv.ID, j)
 			v = j
-		case j != nil && (cv.Move == nil || cv.Move.To != me):
+		case j != nil && current && (cv.Move == nil || cv.Move.To != me):
 			a.dropJoining(name, "the move to this host ended without it")
 		case j != nil:
 			j.SetPeers(peersOf(st, cv, ""))
@@ -147,7 +151,7 @@ func (a *clusterAgent) reconcileMoves(st *catalog.State) {
 					}
 				}()
 			}
-		case v == nil && !slices.Contains(cv.Replicas, me) && (cv.Move == nil || cv.Move.To != me) && a.replicaID(name) == cv.ID:
+		case current && v == nil && !slices.Contains(cv.Replicas, me) && (cv.Move == nil || cv.Move.To != me) && a.replicaID(name) == cv.ID:
 			// Left by a move cancelled while this host was down.
 			if ms.flag(ms.opening, name) {
 				if err := a.host.RemoveVolumeFiles(name); err != nil {
