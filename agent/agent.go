@@ -1,5 +1,6 @@
 // Package agent runs the Tandem agent of one host: it opens the host's
-// replicas of the volumes (raftlog), serves every volume as an NBD export on
+// replicas of the volumes (raftlog) and its local volumes (files served as
+// they are), serves every volume as an NBD export on
 // TCP and unix-socket listeners, and shuts down cleanly when its context
 // ends.
 package agent
@@ -50,6 +51,8 @@ type Config struct {
 	NBDSocket string
 	// Volumes lists the volumes to serve.
 	Volumes []VolumeSpec
+	// LocalVolumes lists the local (not replicated) volumes to serve.
+	LocalVolumes []LocalVolumeSpec
 	// DefaultExport is served to clients that ask for the empty export name.
 	DefaultExport string
 	// NBD tunes the NBD server.
@@ -106,14 +109,14 @@ func (c Config) Validate() error {
 			return err
 		}
 		switch {
-		case len(c.Volumes) > 0 || len(c.Peers) > 0:
+		case len(c.Volumes) > 0 || len(c.LocalVolumes) > 0 || len(c.Peers) > 0:
 			return errors.New("agent: in cluster mode the catalog holds the volumes and membership finds the peers: drop --volume and --peer")
 		case c.RaftAddr == "":
 			return errors.New("agent: cluster mode needs a replication address (--raft-listen)")
 		case c.AdminAddr == "":
 			return errors.New("agent: cluster mode needs the admin endpoint (--admin-listen)")
 		}
-	} else if len(c.Volumes) == 0 {
+	} else if len(c.Volumes) == 0 && len(c.LocalVolumes) == 0 {
 		return errors.New("agent: no volumes to serve")
 	}
 	if len(c.Peers) > 0 && c.RaftAddr == "" {
@@ -130,6 +133,18 @@ func (c Config) Validate() error {
 		seen[v.Name] = true
 		if v.Size <= 0 {
 			return fmt.Errorf("agent: volume %q: size must be positive, got %d", v.Name, v.Size)
+		}
+	}
+	for _, v := range c.LocalVolumes {
+		if err := volume.ValidateName(v.Name); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		if seen[v.Name] {
+			return fmt.Errorf("agent: volume %q declared twice", v.Name)
+		}
+		seen[v.Name] = true
+		if v.Size <= 0 {
+			return fmt.Errorf("agent: local volume %q: size must be positive, got %d", v.Name, v.Size)
 		}
 	}
 	if c.DefaultExport != "" && !seen[c.DefaultExport] && c.Cluster == nil {
@@ -200,6 +215,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 
+	if err := checkKinds(cfg.DataDir, cfg.Volumes, cfg.LocalVolumes); err != nil {
+		return err
+	}
+
 	mets := metrics.New()
 	rcfg := cfg.replication()
 	rcfg.ObserveCommit = mets.ObserveCommit
@@ -220,6 +239,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		exps.add(v)
 		log.Info("volume ready", "name", spec.Name, "size", volume.FormatSize(spec.Size), "read_only", spec.ReadOnly)
+	}
+	for _, spec := range cfg.LocalVolumes {
+		f, oerr := openLocal(cfg.DataDir, spec)
+		if oerr != nil {
+			return oerr
+		}
+		defer func() {
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("agent: closing local volume %s: %w", spec.Name, cerr)
+			}
+		}()
+		exps.addLocal(spec.Name, f)
+		log.Info("local volume ready (not replicated)", "name", spec.Name, "size", volume.FormatSize(f.Size()), "read_only", spec.ReadOnly)
 	}
 
 	mets.WatchHost(host)

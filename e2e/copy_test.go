@@ -98,13 +98,20 @@ type fioResult struct {
 	} `json:"jobs"`
 }
 
-// TestFio runs fio's nbd engine against an export: 4 KiB random writes at
-// queue depth 32 and 1 MiB sequential writes, each verified with crc32c by
-// reading everything back.
+// TestFio runs fio's nbd engine against a replicated and a local volume:
+// 4 KiB random writes at queue depth 32 and 1 MiB sequential writes, each
+// verified with crc32c by reading everything back.
 func TestFio(t *testing.T) {
 	t.Parallel()
 	testbin.Require(t, "fio")
-	a := startAgent(t, "--volume", "vol0=64M")
+	a := startAgent(t, "--volume", "vol0=64M", "--volume", "scratch=64M,local")
+	for _, export := range []string{"vol0", "scratch"} {
+		t.Run(export, func(t *testing.T) { runFio(t, a.URI(export)) })
+	}
+}
+
+// runFio runs TestFio's jobs against uri.
+func runFio(t *testing.T, uri string) {
 	for _, c := range []struct {
 		name string
 		args []string
@@ -116,7 +123,7 @@ func TestFio(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "fio.json")
 			args := append([]string{
-				"--name=" + c.name, "--ioengine=nbd", "--uri=" + a.URI("vol0"),
+				"--name=" + c.name, "--ioengine=nbd", "--uri=" + uri,
 				"--size=64M", "--verify=crc32c", "--do_verify=1",
 				"--output-format=json", "--output=" + out,
 				// No verify state files in the working directory.

@@ -26,9 +26,9 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Tandem agent of this host",
-		Long: `Run the Tandem agent of this host. Every volume is a replicated log: a
-write is acknowledged once it is durable on a majority of the volume's
-replicas. Every agent serves every volume over NBD; an agent that does not
+		Long: `Run the Tandem agent of this host. A volume is a replicated log (or a
+local volume, below): a write is acknowledged once it is durable on a
+majority of the volume's replicas. Every agent serves every volume over NBD; an agent that does not
 lead a volume forwards its I/O to the one that does, and re-sends requests
 in flight when the leader changes.
 
@@ -52,6 +52,12 @@ should lead it while healthy. A volume's replica files live under
 --data/groups/NAME and are created on first use; a read-only volume must
 already exist. One agent at a time may use a data directory.
 
+NAME=SIZE[,ro],local is a local volume: the sparse file --data/local/NAME.img
+served as it is, with no write log and no replicas. Its writes are durable
+once the client sends FLUSH or FUA (like nbdkit's file plugin or qemu-nbd
+with a writeback cache): a crash loses the writes since the last FLUSH,
+and losing the host loses the volume. For scratch disks.
+
 --config FILE reads the flags from a YAML file, one key per flag named
 like the flag ("raft-listen: 10.0.0.1:10810"), lists for the repeatable
 ones ("join: [10.0.0.2:7946]"); flags given on the command line override
@@ -74,6 +80,9 @@ closed cleanly.`,
 
   # a single host
   tandem agent --data /var/lib/tandem --volume vm1=20G
+
+  # a single host with a local scratch volume beside it
+  tandem agent --data /var/lib/tandem --volume vm1=20G --volume scratch=50G,local
 
   # host n1 of three (run the same on n2 and n3 with their --name and --raft-listen)
   tandem agent --name n1 --data /var/lib/tandem --raft-listen 10.0.0.1:10810 \
@@ -99,9 +108,13 @@ closed cleanly.`,
 				cfg.Peers = append(cfg.Peers, peer)
 			}
 			for _, v := range vols {
-				spec, err := parseVolumeFlag(v)
+				spec, local, err := parseVolumeFlag(v)
 				if err != nil {
 					return err
+				}
+				if local {
+					cfg.LocalVolumes = append(cfg.LocalVolumes, agent.LocalVolumeSpec{Name: spec.Name, Size: spec.Size, ReadOnly: spec.ReadOnly})
+					continue
 				}
 				cfg.Volumes = append(cfg.Volumes, spec)
 			}
@@ -129,7 +142,7 @@ closed cleanly.`,
 	f.StringVar(&cfg.NBDAddr, "nbd-listen", cfg.NBDAddr, `TCP address for NBD ("" to disable)`)
 	f.StringVar(&cfg.NBDSocket, "nbd-socket", "", "unix socket path for NBD")
 	f.StringVar(&cfg.AdminAddr, "admin-listen", "", `address of the admin HTTP endpoint: /healthz, /readyz, /metrics, /v1/ ("" for none)`)
-	f.StringArrayVar(&vols, "volume", nil, "volume to serve, NAME=SIZE[,ro][,replicas=H1+H2][,leader=H] (repeatable)")
+	f.StringArrayVar(&vols, "volume", nil, "volume to serve, NAME=SIZE[,ro][,replicas=H1+H2][,leader=H], or NAME=SIZE[,ro],local for a local volume (repeatable)")
 	f.StringVar(&cfg.DefaultExport, "default-export", "", "volume served to clients asking for the empty export name")
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
@@ -143,35 +156,42 @@ closed cleanly.`,
 	return cmd
 }
 
-// parseVolumeFlag parses NAME=SIZE[,ro][,replicas=A+B][,leader=A].
-func parseVolumeFlag(s string) (agent.VolumeSpec, error) {
+// parseVolumeFlag parses NAME=SIZE[,ro][,replicas=A+B][,leader=A] and
+// NAME=SIZE[,ro],local (a local volume: local is true).
+func parseVolumeFlag(s string) (spec agent.VolumeSpec, local bool, err error) {
+	const want = "NAME=SIZE[,ro][,replicas=H1+H2][,leader=H] or NAME=SIZE[,ro],local"
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: want NAME=SIZE[,ro][,replicas=H1+H2][,leader=H]", s)
+		return agent.VolumeSpec{}, false, fmt.Errorf("--volume %q: want %s", s, want)
 	}
 	if err := volume.ValidateName(name); err != nil {
-		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: %w", s, err)
+		return agent.VolumeSpec{}, false, fmt.Errorf("--volume %q: %w", s, err)
 	}
 	parts := strings.Split(rest, ",")
 	size, err := volume.ParseSize(parts[0])
 	if err != nil {
-		return agent.VolumeSpec{}, fmt.Errorf("--volume %q: %w", s, err)
+		return agent.VolumeSpec{}, false, fmt.Errorf("--volume %q: %w", s, err)
 	}
-	spec := agent.VolumeSpec{Name: name, Size: size}
+	spec = agent.VolumeSpec{Name: name, Size: size}
 	for _, p := range parts[1:] {
 		k, v, _ := strings.Cut(p, "=")
 		switch {
 		case p == "ro":
 			spec.ReadOnly = true
+		case p == "local":
+			local = true
 		case k == "replicas" && v != "":
 			spec.Replicas = strings.Split(v, "+")
 		case k == "leader" && v != "":
 			spec.PreferredLeader = v
 		default:
-			return agent.VolumeSpec{}, fmt.Errorf("--volume %q: unknown option %q (known: ro, replicas=H1+H2, leader=H)", s, p)
+			return agent.VolumeSpec{}, false, fmt.Errorf("--volume %q: unknown option %q (known: ro, replicas=H1+H2, leader=H, local)", s, p)
 		}
 	}
-	return spec, nil
+	if local && (len(spec.Replicas) > 0 || spec.PreferredLeader != "") {
+		return agent.VolumeSpec{}, false, fmt.Errorf("--volume %q: a local volume has no replicas and no leader", s)
+	}
+	return spec, local, nil
 }
 
 // parsePeerFlag parses NAME,raft=ADDR,nbd=ADDR.
@@ -304,9 +324,12 @@ func (c *clusterFlags) config() (*agent.ClusterConfig, error) {
 		cc.AdminToken = c.token
 	}
 	if c.volume != "" {
-		spec, err := parseVolumeFlag(c.volume)
+		spec, local, err := parseVolumeFlag(c.volume)
 		if err != nil {
 			return nil, fmt.Errorf("--initial-volume: %w", err)
+		}
+		if local {
+			return nil, fmt.Errorf("--initial-volume %q: the catalog holds replicated volumes only (local volumes are for fixed mode)", c.volume)
 		}
 		cc.InitialVolumes = []agent.InitialVolume{{Name: spec.Name, Size: spec.Size, PreferredLeader: spec.PreferredLeader, Replicas: len(spec.Replicas)}}
 	}
