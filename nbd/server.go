@@ -246,6 +246,7 @@ func (s *Server) serveConn(nc net.Conn) error {
 		cancel: ccancel,
 		out:    newReplyWriter(sess.conn),
 		slots:  make(chan struct{}, s.cfg.MaxInflight),
+		work:   make(chan job),
 		budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes),
 	}
 	c.nowait, _ = c.b.(volume.NowaitReader)
