@@ -31,6 +31,22 @@ type Config struct {
 	Token string
 	// Self is this agent's name (marks forwarded requests).
 	Self string
+	// Local lists the agent's local volumes (fixed mode; nil: none), shown
+	// with the replicated ones by /v1/volumes with state "Local".
+	Local func() []raftlog.VolumeStatus
+}
+
+// allVolumes returns the status of every volume this host serves in fixed
+// mode: its replicas, then its local volumes.
+func (s *server) allVolumes() []raftlog.VolumeStatus {
+	out := []raftlog.VolumeStatus{}
+	for _, v := range s.cfg.Host.Volumes() {
+		out = append(out, v.Status())
+	}
+	if s.cfg.Local != nil {
+		out = append(out, s.cfg.Local()...)
+	}
+	return out
 }
 
 // Handler returns the admin HTTP handler.
@@ -121,7 +137,7 @@ func (s *server) cluster(w http.ResponseWriter, _ *http.Request) {
 	if n == 0 {
 		n = 1
 	}
-	writeJSON(w, http.StatusOK, ClusterInfo{Host: s.cfg.Host.ID(), Version: s.cfg.Version, Hosts: n, Volumes: len(s.cfg.Host.Volumes())})
+	writeJSON(w, http.StatusOK, ClusterInfo{Host: s.cfg.Host.ID(), Version: s.cfg.Version, Hosts: n, Volumes: len(s.allVolumes())})
 }
 
 // HostInfo is one element of GET /v1/hosts.
@@ -145,18 +161,14 @@ func (s *server) hosts(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *server) volumes(w http.ResponseWriter, _ *http.Request) {
-	out := []raftlog.VolumeStatus{}
-	for _, v := range s.cfg.Host.Volumes() {
-		out = append(out, v.Status())
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, s.allVolumes())
 }
 
 func (s *server) volume(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	for _, v := range s.cfg.Host.Volumes() {
-		if v.Name() == name {
-			writeJSON(w, http.StatusOK, v.Status())
+	for _, st := range s.allVolumes() {
+		if st.Name == name {
+			writeJSON(w, http.StatusOK, st)
 			return
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -232,6 +233,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}()
 	exps := newExportSet(cfg.DefaultExport)
+	var locals []raftlog.VolumeStatus // filled below; read by the admin API
 	for _, spec := range cfg.Volumes {
 		v, err := host.OpenVolume(spec)
 		if err != nil {
@@ -251,6 +253,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}()
 		exps.addLocal(spec.Name, f)
+		locals = append(locals, raftlog.VolumeStatus{Name: spec.Name, Size: f.Size(), ReadOnly: spec.ReadOnly, State: "Local", Serving: true})
 		log.Info("local volume ready (not replicated)", "name", spec.Name, "size", volume.FormatSize(f.Size()), "read_only", spec.ReadOnly)
 	}
 
@@ -297,7 +300,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("agent: admin listener: %w", err)
 		}
 		where.AdminAddr = al.Addr()
-		acfg := admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log, Self: cfg.Name}
+		acfg := admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log, Self: cfg.Name,
+			Local: func() []raftlog.VolumeStatus { return slices.Clone(locals) }}
 		if cfg.Cluster != nil {
 			nbdAddr := ""
 			if where.NBDAddr != nil {

@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/raftlog"
 )
 
 // TestLocalVolume serves a local volume (--volume NAME=SIZE,local) beside
@@ -52,7 +56,8 @@ func TestLocalVolume(t *testing.T) {
 	}
 
 	a.Kill()
-	b := testbin.StartAgent(t, dir, args...)
+	b := testbin.StartAgent(t, dir, append(args, "--admin-listen", "127.0.0.1:0")...)
+	checkLocalStatus(t, b)
 	qemuIO(t, b.URI("scratch"),
 		"read -P 0 0 64k",
 		"read -P 0x61 64k 960k",
@@ -80,4 +85,33 @@ func TestLocalVolume(t *testing.T) {
 	c := testbin.StartAgent(t, dir, "--volume", "scratch=16M,ro,local")
 	qemuIOReadOnly(t, c.URI("scratch"), "read -P 0x62 5M 4k")
 	qemuIOFails(t, c.URI("scratch"), "write -P 0x65 0 4k")
+}
+
+// checkLocalStatus checks that the admin API of agent a lists the local
+// volume scratch (state Local) beside the replicated vol0.
+func checkLocalStatus(t *testing.T, a *testbin.Agent) {
+	t.Helper()
+	m := regexp.MustCompile(`msg="serving admin API" addr=(\S+)`).FindStringSubmatch(a.Log())
+	if m == nil {
+		t.Fatalf("no admin address in the agent's log:\n%s", a.Log())
+	}
+	resp, err := http.Get("http://" + m[1] + "/v1/volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var vs []raftlog.VolumeStatus
+	if err := json.NewDecoder(resp.Body).Decode(&vs); err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, v := range vs {
+		states[v.Name] = v.State
+		if v.Name == "scratch" && v.Size != 16*mib {
+			t.Errorf("scratch: size %d", v.Size)
+		}
+	}
+	if states["scratch"] != "Local" || states["vol0"] == "" || states["vol0"] == "Local" {
+		t.Errorf("/v1/volumes: %+v", vs)
+	}
 }

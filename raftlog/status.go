@@ -16,7 +16,8 @@ type VolumeStatus struct {
 	// Leader is the host that leads the volume, as far as this host knows.
 	Leader string `json:"leader"`
 	// State is this replica's raft state: Leader, Follower, Candidate,
-	// Shutdown; "Failed" once it could not apply a committed entry.
+	// Shutdown; "Failed" once it could not apply a committed entry;
+	// "Local" for an agent's local volume (no log, no replicas).
 	State string `json:"state"`
 	// Serving is true when this host answers reads itself (it leads and
 	// holds its lease).
