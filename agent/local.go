@@ -58,8 +58,15 @@ func openLocal(dataDir string, spec LocalVolumeSpec) (*blockfile.File, error) {
 			return nil, fmt.Errorf("agent: local volume %s is declared read-only but %s does not exist: serve it writable first, or check --data", spec.Name, path)
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		// The directory's name must survive a crash like the files in it.
+		if err := blockfile.SyncDir(dataDir); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	f, err := blockfile.Open(path, blockfile.Options{Size: spec.Size, Create: true, ReadOnly: spec.ReadOnly})
 	if err != nil {

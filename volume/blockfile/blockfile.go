@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -71,6 +72,10 @@ func Open(path string, opts Options) (*File, error) {
 		return nil, fmt.Errorf("blockfile: %w", err)
 	}
 	b, err := setup(f, path, opts)
+	if err == nil && created {
+		// A file made durable by Flush must not lose its name in a crash.
+		err = SyncDir(filepath.Dir(path))
+	}
 	if err != nil {
 		f.Close()
 		if created {
@@ -79,6 +84,20 @@ func Open(path string, opts Options) (*File, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// SyncDir fsyncs directory dir, making the creation of a file in it
+// durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("blockfile: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("blockfile: sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // setup checks and sizes an opened file.
