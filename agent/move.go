@@ -48,6 +48,12 @@ const (
 	// checkRounds bounds the integrity check's rounds over ranges that
 	// changed while they were read.
 	checkRounds = 10
+	// checkBatch bounds the ranges hashed by one request to each side
+	// (64 MiB, well under a second): the whole volume in one request
+	// outlasted the admin client's 60 s timeout for volumes of a few
+	// hundred GiB (SHA-256 and the reads run at about 1-2 GB/s), and the
+	// check could then never conclude.
+	checkBatch = 64
 )
 
 // moveState is the agent's part of the moves.
@@ -378,7 +384,7 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 		if !dest.Voter {
 			return time.Second, v.Promote(ctx, m.To)
 		}
-		check := a.checkReplica(ctx, v, cv.Name, to)
+		check := a.checkReplica(ctx, v, cv.Name, to, m.MaxRate)
 		switch {
 		case check.Mismatched > 0:
 			_, err := a.commitMove(ctx, catalog.Command{Kind: catalog.CmdEndMove, Name: cv.Name, Move: &catalog.MoveCommand{ID: m.ID,
@@ -474,8 +480,10 @@ func (a *clusterAgent) localOf(ctx context.Context, h *catalog.Host, name string
 // leader's (v) range by range: both hash their file once they applied a
 // barrier index, each range tagged with the log indexes over which it held
 // its bytes; ranges whose two intervals do not overlap (written between
-// the two reads) are read again, up to checkRounds rounds.
-func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name string, to *catalog.Host) catalog.MoveCheck {
+// the two reads) are read again, up to checkRounds rounds. With rate > 0
+// (the move's --max-rate) it reads at most rate bytes a second on each
+// side, so that the check, like the copy, leaves the disks to the VMs.
+func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name string, to *catalog.Host, rate int64) catalog.MoveCheck {
 	check := catalog.MoveCheck{RangeBytes: raftlog.ChecksumRange}
 	c, err := client.New(to.AdminAddr, a.cc.AdminToken, client.WithTimeout(60*time.Second))
 	if err != nil {
@@ -495,14 +503,20 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		pending[i] = int64(i)
 	}
 	var bad []int64
+	start, hashed := time.Now(), int64(0)
 	for round := 0; round < checkRounds && len(pending) > 0; round++ {
 		var next []int64
 		for len(pending) > 0 {
+			if err := pace(ctx, start, hashed, rate); err != nil {
+				check.Error = err.Error()
+				return check
+			}
 			// A run of consecutive ranges, one request each side.
 			first, count := pending[0], int64(1)
-			for int(count) < len(pending) && pending[count] == first+count {
+			for int(count) < len(pending) && pending[count] == first+count && count < checkBatch {
 				count++
 			}
+			hashed += count * raftlog.ChecksumRange
 			pending = pending[count:]
 			// The destination first: it is behind, the leader reads later
 			// at a larger index.
@@ -544,6 +558,26 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		check.Error = fmt.Sprintf("%d ranges changed during every one of %d reads", check.Ranges-check.Compared, checkRounds)
 	}
 	return check
+}
+
+// pace waits until done bytes since start are within rate bytes a second
+// (rate ≤ 0: no limit), or ctx ends.
+func pace(ctx context.Context, start time.Time, done, rate int64) error {
+	if rate <= 0 {
+		return nil
+	}
+	wait := time.Until(start.Add(time.Duration(float64(done) / float64(rate) * float64(time.Second))))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // commitMove commits a move step on the control leader.

@@ -139,7 +139,7 @@ volume switches between its replica and a proxy under them.
 	cmd.Flags().BoolVar(&cancel, "cancel", false, "cancel the volume's replica move")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the move is recorded")
 	cmd.Flags().DurationVar(&wait, "wait-timeout", 30*time.Minute, "how long to follow the move")
-	cmd.Flags().StringVar(&rate, "max-rate", "", "limit the volume copy, in bytes per second (e.g. 100M; default: no limit)")
+	cmd.Flags().StringVar(&rate, "max-rate", "", "limit the volume copy and the integrity check after it, in bytes per second (e.g. 100M; default: no limit)")
 	return cmd
 }
 
