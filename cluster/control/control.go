@@ -221,6 +221,12 @@ func (c *Control) Leader() (string, bool) {
 // catalog of its last snapshot. The catalog's own index is compared with
 // the last command at or below the commit index instead; and a leader
 // counts only once an entry of its own term is committed.
+//
+// A follower knows only the commit index the leader last sent it: its
+// catalog may miss the latest commands for raft's CommitTimeout (50 ms),
+// or until a new leader commits if the old one died before sending it
+// the new commit index. A restarted member is never caught up on the
+// catalog of its last snapshot.
 func (c *Control) CaughtUp() bool {
 	if _, id := c.raft.LeaderWithID(); id == "" {
 		return false
@@ -228,8 +234,13 @@ func (c *Control) CaughtUp() bool {
 	if c.raft.State() != raft.Leader && c.raft.LastContact().IsZero() {
 		return false
 	}
+	// A restarted member's commit index is 0 until it learns the
+	// leader's: a follower from its first AppendEntries with entries,
+	// which may come after a heartbeat has already told it the leader
+	// (heartbeats carry no commit index); a leader once its no-op is
+	// committed. Until then it holds the catalog of its last snapshot.
 	commit := c.raft.CommitIndex()
-	if c.raft.AppliedIndex() < commit {
+	if commit == 0 || c.raft.AppliedIndex() < commit {
 		return false
 	}
 	last, term, err := lastCommand(c.logs, commit)
@@ -239,8 +250,8 @@ func (c *Control) CaughtUp() bool {
 	}
 	// A new leader learns how far the log is committed only once an entry
 	// of its own term is (its no-op): until then its commit index is
-	// whatever it knew before, 0 after a restart.
-	if c.raft.State() == raft.Leader && (commit == 0 || term != c.raft.CurrentTerm()) {
+	// whatever it knew before.
+	if c.raft.State() == raft.Leader && term != c.raft.CurrentTerm() {
 		return false
 	}
 	return c.fsm.index() >= last
