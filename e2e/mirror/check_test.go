@@ -20,12 +20,7 @@ import (
 func TestMoveCheckFails(t *testing.T) {
 	const size = 32 << 20
 	c, v := startCluster(t, size)
-	from, to := v.Hosts[2], ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			to = n.Name
-		}
-	}
+	from, to := v.Hosts[2], spareHost(c, v)
 	client := index(c, v.Hosts[0])
 	prefill(t, c, client, size)
 	m := startMove(t, c, client, from, to, 8<<20, 8<<20)

@@ -32,12 +32,7 @@ func TestHeal(t *testing.T) {
 	// first): the harder case, leadership moves before the rebuild.
 	victim := v.Hosts[0]
 	client := index(c, v.Hosts[1])
-	spare := ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			spare = n.Name
-		}
-	}
+	spare := spareHost(c, v)
 	prefill(t, c, client, size)
 	api := c.Admin(client)
 	l := startLoad(t, c, client, 2, size/blockSize, nil)

@@ -52,6 +52,28 @@ func startCluster(t *testing.T, size int64, args ...string) (*testbin.Cluster, a
 	return c, v
 }
 
+// spareHosts returns the hosts of the cluster that hold no replica of v,
+// in cluster order.
+func spareHosts(c *testbin.Cluster, v admin.Volume) []string {
+	var out []string
+	for _, n := range c.Nodes {
+		if !slices.Contains(v.Hosts, n.Name) {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
+// spareHost returns the last of spareHosts ("" if none): the only one in
+// startCluster's cluster.
+func spareHost(c *testbin.Cluster, v admin.Volume) string {
+	s := spareHosts(c, v)
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
+}
+
 // index returns the index of host name in the cluster.
 func index(c *testbin.Cluster, name string) int {
 	for i, n := range c.Nodes {
@@ -344,12 +366,7 @@ func TestMoveUnderWrites(t *testing.T) {
 	const size, prefilled = 128 << 20, 96 << 20
 	c, v := startCluster(t, size)
 	from := v.Leader
-	free := ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			free = n.Name
-		}
-	}
+	free := spareHost(c, v)
 	client := -1 // a replica host that stays
 	for _, h := range v.Hosts {
 		if h != from && client < 0 {
@@ -423,12 +440,7 @@ func TestMoveDestinationKilled(t *testing.T) {
 	c, v := startCluster(t, size)
 	ctx := context.Background()
 	from := v.Hosts[len(v.Hosts)-1]
-	free := ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			free = n.Name
-		}
-	}
+	free := spareHost(c, v)
 	client := index(c, v.Hosts[0])
 	if v.Hosts[0] == from {
 		client = index(c, v.Hosts[1])

@@ -64,12 +64,7 @@ func waitMoved(t *testing.T, c *testbin.Cluster, api int, id uint64, timeout tim
 func TestMoveDestinationRestarted(t *testing.T) {
 	const size = 64 << 20
 	c, v := startCluster(t, size)
-	from, to := v.Hosts[2], ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			to = n.Name
-		}
-	}
+	from, to := v.Hosts[2], spareHost(c, v)
 	client := index(c, v.Hosts[0])
 	prefill(t, c, client, size)
 	l := startLoad(t, c, client, 2, size/blockSize, nil)
@@ -105,12 +100,7 @@ func TestMoveDestinationRestarted(t *testing.T) {
 func TestMoveSourceKilled(t *testing.T) {
 	const size = 64 << 20
 	c, v := startCluster(t, size)
-	from, to := v.Leader, ""
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			to = n.Name
-		}
-	}
+	from, to := v.Leader, spareHost(c, v)
 	client := -1
 	for _, h := range v.Hosts {
 		if h != from && client < 0 {

@@ -47,12 +47,7 @@ func TestMoveReplicaSet(t *testing.T) {
 		}
 		return nil
 	})
-	var to []string
-	for _, n := range c.Nodes {
-		if !slices.Contains(v.Hosts, n.Name) {
-			to = append(to, n.Name)
-		}
-	}
+	to := spareHosts(c, v)
 	client := index(c, v.Hosts[0])
 	prefillVolume(t, c, client, volName, size)
 	prefillVolume(t, c, client, control, size)
