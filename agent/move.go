@@ -36,6 +36,7 @@ import (
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/cluster/control"
 	"github.com/tandem-project/tandem/cluster/membership"
+	"github.com/tandem-project/tandem/internal/pace"
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/volume"
@@ -507,7 +508,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 	for round := 0; round < checkRounds && len(pending) > 0; round++ {
 		var next []int64
 		for len(pending) > 0 {
-			if err := pace(ctx, start, hashed, rate); err != nil {
+			if err := pace.Wait(ctx, start, hashed, rate); err != nil {
 				check.Error = err.Error()
 				return check
 			}
@@ -558,26 +559,6 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		check.Error = fmt.Sprintf("%d ranges changed during every one of %d reads", check.Ranges-check.Compared, checkRounds)
 	}
 	return check
-}
-
-// pace waits until done bytes since start are within rate bytes a second
-// (rate ≤ 0: no limit), or ctx ends.
-func pace(ctx context.Context, start time.Time, done, rate int64) error {
-	if rate <= 0 {
-		return nil
-	}
-	wait := time.Until(start.Add(time.Duration(float64(done) / float64(rate) * float64(time.Second))))
-	if wait <= 0 {
-		return nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // commitMove commits a move step on the control leader.

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/internal/pace"
 )
 
 // ChecksumRange is the size of the ranges Checksums hashes.
@@ -298,18 +300,10 @@ func (m *copyMeter) add(ctx context.Context, n, off int64) error {
 	m.st.Offset = off
 	bytes, started := m.st.Bytes, m.st.Started
 	m.mu.Unlock()
-	if m.rate <= 0 || n == 0 {
+	if n == 0 {
 		return nil
 	}
-	due := started.Add(time.Duration(float64(bytes) / float64(m.rate) * float64(time.Second)))
-	if wait := time.Until(due); wait > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-	}
-	return nil
+	return pace.Wait(ctx, started, bytes, m.rate)
 }
 
 // end records the end of a pull.

@@ -1,4 +1,4 @@
-package agent
+package pace
 
 import (
 	"context"
@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// TestPace checks when pace lets the integrity check go on: at once when
+// TestWait checks when Wait lets the work go on: at once when
 // there is no limit or the check is behind its rate, and only after a wait
 // (here cut short by the context) when it is ahead.
-func TestPace(t *testing.T) {
+func TestWait(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
 	start := time.Now().Add(-10 * time.Second)
@@ -23,9 +23,9 @@ func TestPace(t *testing.T) {
 		{"behind the rate", 50 << 20, 10 << 20, nil},                 // 5 s of work in 10 s
 		{"ahead of the rate", 200 << 20, 10 << 20, context.Canceled}, // 20 s of work in 10 s: waits
 	} {
-		// The context is already cancelled: pace returns nil only if it
+		// The context is already cancelled: Wait returns nil only if it
 		// does not wait at all.
-		if err := pace(cancelled, start, tc.done, tc.rate); !errors.Is(err, tc.wantErr) {
+		if err := Wait(cancelled, start, tc.done, tc.rate); !errors.Is(err, tc.wantErr) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.wantErr)
 		}
 	}
