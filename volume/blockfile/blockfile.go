@@ -496,30 +496,25 @@ func (b *File) Extents(_ context.Context, off, n int64, max int) ([]volume.Exten
 	return out, nil
 }
 
-// Close implements volume.Backend.
-func (b *File) Close() error {
-	err := volume.ErrClosed
-	b.closeOnce.Do(func() {
-		err = nil
-		if !b.readOnly {
-			err = b.Flush(context.Background())
-		}
-		if cerr := b.f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("blockfile: close %s: %w", b.path, cerr)
-		}
-	})
-	return err
-}
+// Close implements volume.Backend: the file is flushed, then closed.
+func (b *File) Close() error { return b.close(!b.readOnly) }
 
 // Discard closes the file without flushing it, for a file about to be
 // deleted: what was written and not yet flushed may be lost. Closing a
 // closed file returns volume.ErrClosed.
-func (b *File) Discard() error {
+func (b *File) Discard() error { return b.close(false) }
+
+// close closes the file once, flushing it first if flush is set; a second
+// call returns volume.ErrClosed.
+func (b *File) close(flush bool) error {
 	err := volume.ErrClosed
 	b.closeOnce.Do(func() {
-		err = b.f.Close()
-		if err != nil {
-			err = fmt.Errorf("blockfile: close %s: %w", b.path, err)
+		err = nil
+		if flush {
+			err = b.Flush(context.Background())
+		}
+		if cerr := b.f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("blockfile: close %s: %w", b.path, cerr)
 		}
 	})
 	return err
