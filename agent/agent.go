@@ -124,28 +124,27 @@ func (c Config) Validate() error {
 		return errors.New("agent: peers are set but the replication address is not")
 	}
 	seen := map[string]bool{}
-	for _, v := range c.Volumes {
-		if err := volume.ValidateName(v.Name); err != nil {
+	declare := func(kind, name string, size int64) error {
+		if err := volume.ValidateName(name); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
-		if seen[v.Name] {
-			return fmt.Errorf("agent: volume %q declared twice", v.Name)
+		if seen[name] {
+			return fmt.Errorf("agent: volume %q declared twice", name)
 		}
-		seen[v.Name] = true
-		if v.Size <= 0 {
-			return fmt.Errorf("agent: volume %q: size must be positive, got %d", v.Name, v.Size)
+		seen[name] = true
+		if size <= 0 {
+			return fmt.Errorf("agent: %s %q: size must be positive, got %d", kind, name, size)
+		}
+		return nil
+	}
+	for _, v := range c.Volumes {
+		if err := declare("volume", v.Name, v.Size); err != nil {
+			return err
 		}
 	}
 	for _, v := range c.LocalVolumes {
-		if err := volume.ValidateName(v.Name); err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		if seen[v.Name] {
-			return fmt.Errorf("agent: volume %q declared twice", v.Name)
-		}
-		seen[v.Name] = true
-		if v.Size <= 0 {
-			return fmt.Errorf("agent: local volume %q: size must be positive, got %d", v.Name, v.Size)
+		if err := declare("local volume", v.Name, v.Size); err != nil {
+			return err
 		}
 	}
 	if c.DefaultExport != "" && !seen[c.DefaultExport] && c.Cluster == nil {
