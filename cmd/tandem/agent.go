@@ -28,9 +28,9 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 		Short: "Run the Tandem agent of this host",
 		Long: `Run the Tandem agent of this host. A volume is a replicated log (or a
 local volume, below): a write is acknowledged once it is durable on a
-majority of the volume's replicas. Every agent serves every volume over NBD; an agent that does not
-lead a volume forwards its I/O to the one that does, and re-sends requests
-in flight when the leader changes.
+majority of the volume's replicas. Every agent serves every volume over
+NBD; an agent that does not lead a volume forwards its I/O to the one that
+does, and re-sends requests in flight when the leader changes.
 
 Cluster mode (--control-voters): the agents find each other by gossip
 (--join), keep a replicated catalog of hosts and volumes, and open the
