@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -94,7 +95,8 @@ const (
 	// maxSeen is how many applied op ids the FSM remembers; retries happen
 	// within seconds, while this covers at least 65536 requests.
 	maxSeen = 1 << 16
-	// Stripes of the volume for read/apply exclusion.
+	// Stripes of the volume for read/apply exclusion (numStripes: a
+	// multiple of 64, see stripeSet).
 	numStripes  = 256
 	stripeShift = 16 // 64 KiB
 )
@@ -133,46 +135,60 @@ func (s *seenSet) list() []uint64 {
 	return append(slices.Clone(s.ring[s.next:]), s.ring[:s.next]...)
 }
 
-// stripeSpan returns the stripes [off, off+n) covers, from first to last
-// (modulo numStripes), or all of them.
-func stripeSpan(off, n int64) (first, last int64, all bool) {
-	first, last = off>>stripeShift, (off+max(n, 1)-1)>>stripeShift
-	return first, last, last-first+1 >= numStripes
+// stripeSet is a set of stripes (bit i: stripe i).
+type stripeSet [numStripes / 64]uint64
+
+// add adds the stripes [off, off+n) covers.
+func (s *stripeSet) add(off, n int64) {
+	first, last := off>>stripeShift, (off+max(n, 1)-1)>>stripeShift
+	if last-first+1 >= numStripes {
+		for i := range s {
+			s[i] = ^uint64(0)
+		}
+		return
+	}
+	for st := first; st <= last; st++ {
+		i := st % numStripes
+		s[i/64] |= 1 << (i % 64)
+	}
 }
 
-// lockRange locks the stripes of [off, off+n), exclusively or shared, in a
-// fixed order, and returns the unlock function.
-func (f *fsm) lockRange(off, n int64, write bool) func() {
-	first, last, all := stripeSpan(off, n)
-	var idx []int
-	if all {
-		idx = make([]int, numStripes)
-		for i := range idx {
-			idx[i] = i
+// each calls fn for each stripe of s, in ascending order.
+func (s *stripeSet) each(fn func(i int)) {
+	for w, word := range s {
+		for ; word != 0; word &= word - 1 {
+			fn(w*64 + bits.TrailingZeros64(word))
 		}
-	} else {
-		for s := first; s <= last; s++ {
-			idx = append(idx, int(s%numStripes))
-		}
-		slices.Sort(idx)
-		idx = slices.Compact(idx)
 	}
-	for _, i := range idx {
+}
+
+// lockStripes locks the stripes of s, exclusively or shared, in ascending
+// order (the one order every locker uses), and returns the unlock function.
+func (f *fsm) lockStripes(s stripeSet, write bool) func() {
+	s.each(func(i int) {
 		if write {
 			f.stripes[i].Lock()
 		} else {
 			f.stripes[i].RLock()
 		}
-	}
+	})
 	return func() {
-		for _, i := range idx {
+		s.each(func(i int) {
 			if write {
 				f.stripes[i].Unlock()
 			} else {
 				f.stripes[i].RUnlock()
 			}
-		}
+		})
 	}
+}
+
+// lockRange locks the stripes of [off, off+n), exclusively or shared, and
+// returns the unlock function.
+func (f *fsm) lockRange(off, n int64, write bool) func() {
+	var s stripeSet
+	s.add(off, n)
+	return f.lockStripes(s, write)
 }
 
 // readAt reads from the volume file without overlapping an op being applied.
@@ -312,31 +328,14 @@ func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) e
 	return nil
 }
 
-// lockOps locks, exclusively and in stripe order, every stripe a write or
-// zero of ops covers, and returns the unlock function.
+// lockOps locks, exclusively, every stripe an op of ops covers, and
+// returns the unlock function.
 func (f *fsm) lockOps(ops []op) func() {
-	var set [numStripes]bool
+	var s stripeSet
 	for _, o := range ops {
-		first, last, all := stripeSpan(o.off, o.n)
-		if all {
-			first, last = 0, numStripes-1
-		}
-		for s := first; s <= last; s++ {
-			set[s%numStripes] = true
-		}
+		s.add(o.off, o.n)
 	}
-	for i := range set {
-		if set[i] {
-			f.stripes[i].Lock()
-		}
-	}
-	return func() {
-		for i := range set {
-			if set[i] {
-				f.stripes[i].Unlock()
-			}
-		}
-	}
+	return f.lockStripes(s, true)
 }
 
 func (f *fsm) setApplied(i uint64) {
