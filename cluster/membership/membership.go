@@ -213,11 +213,38 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	m.leaving = true
 	m.mu.Unlock()
 	_ = m.ml.UpdateNode(timeout)
+	m.pushState(timeout)
 	err := m.ml.Leave(timeout)
 	if serr := m.ml.Shutdown(); err == nil {
 		err = serr
 	}
 	return err
+}
+
+// pushState sends this agent's state to every live member over TCP (a
+// push/pull sync), waiting at most timeout. A gossiped update is spent
+// after a few transmissions, and those may all piggyback on probes of dead
+// members; the push makes sure the live ones know this agent is leaving,
+// so they record it as left even if the leave broadcast is lost too.
+func (m *Membership) pushState(timeout time.Duration) {
+	var addrs []string
+	for _, n := range m.ml.Members() {
+		if n.Name != m.cfg.Name {
+			addrs = append(addrs, n.Address())
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = m.ml.Join(addrs)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
 }
 
 // Shutdown stops gossiping without telling anyone (the others will see

@@ -1,11 +1,40 @@
 package membership
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
+
+// testLog keeps memberlist's logs and shows them if the test fails.
+// memberlist's goroutines may still log after Shutdown, so writes after
+// the test has ended are kept but never reach t.Log.
+type testLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func newTestLog(t *testing.T) *testLog {
+	l := &testLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			t.Log("memberlist logs:\n" + l.buf.String())
+		}
+	})
+	return l
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -21,7 +50,8 @@ var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 func start(t *testing.T, name, bind string, join []string) *Membership {
 	t.Helper()
-	m, err := Start(Config{Name: name, Bind: bind, Join: join, Key: testKey, Fast: true,
+	logger := slog.New(slog.NewTextHandler(newTestLog(t), &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", name)
+	m, err := Start(Config{Name: name, Bind: bind, Join: join, Key: testKey, Fast: true, Logger: logger,
 		Meta: func() Meta { return Meta{Raft: "raft-" + name, NBD: "nbd-" + name, Capacity: 1 << 30} }})
 	if err != nil {
 		t.Fatal(err)
