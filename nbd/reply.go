@@ -17,6 +17,9 @@ const smallPayload = 16 << 10
 // requests (TCP pushes back) instead of growing the queue.
 const maxPending = 4 << 20
 
+// asyncMin is the smallest batch that flush leaves to the background writer.
+const asyncMin = 256 << 10
+
 // replyWriter sends replies from many goroutines over one connection.
 //
 // Replies queued while a write is in progress are batched into the next
@@ -24,7 +27,11 @@ const maxPending = 4 << 20
 // a timer: a goroutine that finds the writer idle writes until the queue is
 // empty. The request reader may also queue replies without writing them
 // (sendLater) and flush once it has no more requests buffered, so that the
-// replies to a burst of requests answered inline leave in one writev.
+// replies to a burst of requests answered inline leave in one writev. Once
+// asyncMin bytes of such replies are queued, a background goroutine writes
+// them while the reader goes on reading the next requests' data: reading
+// from the page cache and writing to the socket then overlap on two cores,
+// as they do in a threaded server.
 type replyWriter struct {
 	conn net.Conn
 
@@ -38,10 +45,14 @@ type replyWriter struct {
 	pending int         // bytes queued and not yet taken by a writer
 	release []func()    // run once the queued output has been written
 	spare   []byte      // arena of the previous batch, for reuse
+
+	kick    chan struct{} // wakes the background writer
+	started bool          // the background writer runs
+	closed  bool          // kick is closed: no more background writes
 }
 
 func newReplyWriter(c net.Conn) *replyWriter {
-	w := &replyWriter{conn: c}
+	w := &replyWriter{conn: c, kick: make(chan struct{}, 1)}
 	w.drained.L = &w.mu
 	return w
 }
@@ -60,11 +71,59 @@ func (w *replyWriter) sendLater(hdr, payload []byte, release func()) {
 }
 
 // flush writes out queued replies unless a write is already in progress
-// (which will take them).
+// (which will take them). Large batches are handed to the background
+// writer, so that the caller can go on reading while they are sent.
 func (w *replyWriter) flush() {
 	w.mu.Lock()
 	if !w.writing && w.pending > 0 && w.err == nil {
+		if w.pending >= asyncMin {
+			w.kickLocked()
+		} else {
+			w.drainLocked()
+		}
+	}
+	w.mu.Unlock()
+}
+
+// kickLocked hands the queued output to the background writer.
+func (w *replyWriter) kickLocked() {
+	if w.closed {
 		w.drainLocked()
+		return
+	}
+	w.writing = true
+	if !w.started {
+		w.started = true
+		go w.background()
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// background writes what kickLocked hands it until close.
+func (w *replyWriter) background() {
+	for range w.kick {
+		w.mu.Lock()
+		w.drainLocked()
+		w.mu.Unlock()
+	}
+}
+
+// close writes out what is queued, waits for writes in progress and stops
+// the background writer.
+func (w *replyWriter) close() {
+	w.mu.Lock()
+	for w.writing {
+		w.drained.Wait()
+	}
+	if w.pending > 0 && w.err == nil {
+		w.drainLocked()
+	}
+	if !w.closed {
+		w.closed = true
+		close(w.kick)
 	}
 	w.mu.Unlock()
 }
@@ -98,8 +157,10 @@ func (w *replyWriter) put(hdr, payload []byte, release func(), now bool) {
 	switch {
 	case w.writing:
 		// The writer in progress takes it.
-	case now || w.pending >= maxPending:
+	case now:
 		w.drainLocked()
+	case w.pending >= asyncMin:
+		w.kickLocked()
 	}
 	w.mu.Unlock()
 }

@@ -253,7 +253,7 @@ func (s *Server) serveConn(nc net.Conn) error {
 	c.obs = s.cfg.Observer
 	c.log.Debug("nbd: transmission started", "flags", sess.flags, "structured", sess.structured)
 	err = c.serve()
-	c.out.flush()
+	c.out.close()
 	if werr := c.out.failed(); err == nil && werr != nil {
 		err = werr
 	}
