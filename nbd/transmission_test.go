@@ -85,6 +85,28 @@ func TestInlineReads(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+		// Large replies go out through the background writer, while the
+		// reader serves the next ones.
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := bytes.Repeat([]byte{byte(i + 100)}, 1<<20)
+				off := int64(i) << 20
+				if err := c.WriteAt(ctx, p, off, 0); err != nil {
+					t.Error(err)
+					return
+				}
+				for range 4 {
+					got := make([]byte, len(p))
+					if err := c.ReadAt(ctx, got, off, 0); err != nil || !bytes.Equal(got, p) {
+						t.Errorf("read 1 MiB at %d: %v", off, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
 		// Errors on the inline path are reported like any other.
 		mem.setFail(errDisk)
 		for range 2 {
