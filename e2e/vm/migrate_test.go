@@ -160,6 +160,18 @@ func launchGuest(t *testing.T, c *testbin.Cluster, api *client.Client, gc testgu
 	for i, n := range c.Nodes {
 		serial[i] = filepath.Join(n.DataDir, "vms", "g", qemu.SerialLogFile)
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// QEMU's own messages (NBD reconnects, migration errors) are in
+		// its log, which goes with the test's directories.
+		for _, n := range c.Nodes {
+			if b, err := os.ReadFile(filepath.Join(n.DataDir, "vms", "g", qemu.QEMULogFile)); err == nil {
+				t.Logf("%s: QEMU's log of VM g:\n%s", n.Name, b)
+			}
+		}
+	})
 	testbin.WaitFor(t, 60*time.Second, "the guest writing on n1", func() error {
 		if s, booted := serialSeq(serial[0]); !booted || s < 20 {
 			return fmt.Errorf("serial log of n1: seq %d, started %v", s, booted)

@@ -111,7 +111,14 @@ func (p *Process) resume(ctx context.Context, sub *qmp.Subscription) {
 			return
 		}
 		if err == nil {
-			p.log.Debug("disk error again after cont", "attempt", attempt)
+			// Every tenth attempt at the longest delay says so, so that a
+			// VM that stays paused shows in the log.
+			if delay == resumeMaxDelay && attempt%10 == 0 {
+				p.log.Warn("VM still paused: its disk fails again after each cont",
+					"attempts", attempt, "paused", time.Since(start).Round(time.Second))
+			} else {
+				p.log.Debug("disk error again after cont", "attempt", attempt)
+			}
 			delay = min(2*delay, resumeMaxDelay)
 			continue
 		}
