@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -417,5 +418,48 @@ func TestGrowAndRemove(t *testing.T) {
 	}
 	if s := c.hosts[l].vol["g"].Size(); s != 1<<20 {
 		t.Fatalf("recreated volume size %d, want %d", s, 1<<20)
+	}
+}
+
+// TestLeaderRetriesFailedBarrier: a new leader whose barrier fails (raft
+// refuses it while a timed-out leadership transfer still waits for its
+// TimeoutNow call) tries again, and serves once it succeeds, instead of
+// refusing every request while it leads.
+func TestLeaderRetriesFailedBarrier(t *testing.T) {
+	const faults = 3
+	var failed atomic.Int32
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		if cfg.ID != "n2" {
+			return
+		}
+		cfg.barrierFault = func(string) error {
+			if failed.Load() < faults {
+				failed.Add(1)
+				return raft.ErrLeadershipTransferInProgress
+			}
+			return nil
+		}
+	})
+	c.open(VolumeSpec{Name: "vol", Size: 1 << 20})
+	if l := c.leader("vol"); l != 1 {
+		if err := c.hosts[l].vol["vol"].TransferLeadershipTo("n2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := c.hosts[1].vol["vol"]
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := v.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, 0); err != nil {
+		t.Fatalf("write through n2: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !v.g.ready.Load() || c.leader("vol") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 leads: %v, ready: %v, barriers failed: %d", c.leader("vol") == 1, v.g.ready.Load(), failed.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := failed.Load(); n != faults {
+		t.Fatalf("%d barriers failed, want %d", n, faults)
 	}
 }

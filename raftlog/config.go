@@ -70,6 +70,10 @@ type Config struct {
 	// as leader, with the time from Apply to its answer (at commit for
 	// writes and zeroes, else once applied).
 	ObserveCommit func(volume string, took time.Duration)
+
+	// barrierFault, if set (by this package's tests), is asked before each
+	// leader's barrier and fails it with the error it returns.
+	barrierFault func(volume string) error
 }
 
 // DefaultConfig returns the tuning used by the agent; the caller fills in

@@ -69,6 +69,9 @@ type Group struct {
 	ready   atomic.Bool
 	changed chan struct{} // closed and replaced at every leadership change
 
+	// barrier runs a raft barrier (g.raft.Barrier; tests make it fail).
+	barrier func(timeout time.Duration) error
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -121,6 +124,14 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.file, err = blockfile.Open(filepath.Join(gc.Dir, "volume.img"), blockfile.Options{Size: spec.Size, Create: true})
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
+	}
+	g.barrier = func(timeout time.Duration) error {
+		if f := h.cfg.barrierFault; f != nil {
+			if err := f(spec.Name); err != nil {
+				return err
+			}
+		}
+		return g.raft.Barrier(timeout).Error()
 	}
 	g.preferred.Store(&spec.PreferredLeader)
 	g.setPeers(gc.Peers)
@@ -396,21 +407,7 @@ func (g *Group) checkLeadership() {
 		g.leading = g.gen
 		gen := g.gen
 		g.log.Info("leading volume", "term", g.raft.Stats()["term"])
-		go func() {
-			start := time.Now()
-			err := g.raft.Barrier(applyTimeout).Error()
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			if err != nil || g.leading != gen {
-				return
-			}
-			if g.fsm.err() != nil {
-				return
-			}
-			g.lease.renew(start)
-			g.ready.Store(true)
-			g.notifyLocked()
-		}()
+		go g.becomeReady(gen)
 	case !isLeader && g.leading != 0:
 		g.leading = 0
 		g.ready.Store(false)
@@ -420,6 +417,41 @@ func (g *Group) checkLeadership() {
 		return
 	}
 	g.notifyLocked()
+}
+
+// becomeReady runs the barrier of leadership generation gen and then lets
+// the leader serve. A barrier that fails while this host still leads in
+// gen is tried again: raft refuses it, for instance, while a leadership
+// transfer that already timed out still waits for its TimeoutNow call,
+// and a leader left unready would refuse every write until it lost the
+// leadership, which nothing else would make it do.
+func (g *Group) becomeReady(gen uint64) {
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		start := time.Now()
+		err := g.barrier(applyTimeout)
+		g.mu.Lock()
+		if g.leading != gen || g.fsm.err() != nil {
+			g.mu.Unlock()
+			return
+		}
+		if err == nil {
+			g.lease.renew(start)
+			g.ready.Store(true)
+			g.notifyLocked()
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		if errors.Is(err, raft.ErrRaftShutdown) {
+			return
+		}
+		g.log.Info("leader's barrier failed; trying again", "err", err, "in", delay)
+		select {
+		case <-g.stop:
+			return
+		case <-time.After(delay):
+		}
+	}
 }
 
 func (g *Group) notifyLocked() {
