@@ -69,9 +69,6 @@ type Group struct {
 	ready   atomic.Bool
 	changed chan struct{} // closed and replaced at every leadership change
 
-	// barrier runs a raft barrier (g.raft.Barrier; tests make it fail).
-	barrier func(timeout time.Duration) error
-
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -124,14 +121,6 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.file, err = blockfile.Open(filepath.Join(gc.Dir, "volume.img"), blockfile.Options{Size: spec.Size, Create: true})
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
-	}
-	g.barrier = func(timeout time.Duration) error {
-		if f := h.cfg.barrierFault; f != nil {
-			if err := f(spec.Name); err != nil {
-				return err
-			}
-		}
-		return g.raft.Barrier(timeout).Error()
 	}
 	g.preferred.Store(&spec.PreferredLeader)
 	g.setPeers(gc.Peers)
@@ -428,7 +417,7 @@ func (g *Group) checkLeadership() {
 func (g *Group) becomeReady(gen uint64) {
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
 		start := time.Now()
-		err := g.barrier(applyTimeout)
+		err := g.barrier()
 		g.mu.Lock()
 		if g.leading != gen || g.fsm.err() != nil {
 			g.mu.Unlock()
@@ -452,6 +441,17 @@ func (g *Group) becomeReady(gen uint64) {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// barrier applies a raft barrier (failed first by Config.barrierFault in
+// this package's tests).
+func (g *Group) barrier() error {
+	if f := g.h.cfg.barrierFault; f != nil {
+		if err := f(g.spec.Name); err != nil {
+			return err
+		}
+	}
+	return g.raft.Barrier(applyTimeout).Error()
 }
 
 func (g *Group) notifyLocked() {
