@@ -77,6 +77,34 @@ func (c *LogCache) StoreLogs(logs []*Log) error {
 	return nil
 }
 
+// StoreLogsNoSync implements DeferredSyncLogStore: it stores logs with the
+// underlying store's StoreLogsNoSync (StoreLogs if it has none) and caches
+// them.
+func (c *LogCache) StoreLogsNoSync(logs []*Log) error {
+	ds, ok := c.store.(DeferredSyncLogStore)
+	if !ok {
+		return c.StoreLogs(logs)
+	}
+	if err := ds.StoreLogsNoSync(logs); err != nil {
+		return fmt.Errorf("unable to store logs within log store, err: %q", err)
+	}
+	c.l.Lock()
+	for _, l := range logs {
+		c.cache[l.Index%uint64(len(c.cache))] = l
+	}
+	c.l.Unlock()
+	return nil
+}
+
+// SyncLogs implements DeferredSyncLogStore: it calls the underlying store's
+// SyncLogs, if it has one (its StoreLogs already synced otherwise).
+func (c *LogCache) SyncLogs() error {
+	if ds, ok := c.store.(DeferredSyncLogStore); ok {
+		return ds.SyncLogs()
+	}
+	return nil
+}
+
 func (c *LogCache) FirstIndex() (uint64, error) {
 	return c.store.FirstIndex()
 }

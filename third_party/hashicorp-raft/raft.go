@@ -94,6 +94,7 @@ type leaderState struct {
 	replState                    map[ServerID]*followerReplication
 	notify                       map[*verifyFuture]struct{}
 	stepDown                     chan struct{}
+	syncer                       *leaderSyncer // nil unless the LogStore defers syncs
 }
 
 // setLeader is used to modify the current leader Address and ID of the cluster
@@ -461,6 +462,9 @@ func (r *Raft) setupLeaderState() {
 	r.leaderState.replState = make(map[ServerID]*followerReplication)
 	r.leaderState.notify = make(map[*verifyFuture]struct{})
 	r.leaderState.stepDown = make(chan struct{}, 1)
+	if ds := deferredSyncStore(r.logs); ds != nil {
+		r.leaderState.syncer = newLeaderSyncer(ds, r.leaderState.commitment, r.localID, r.leaderState.stepDown, r.logger)
+	}
 }
 
 // runLeader runs the main loop while in leader state. Do the setup here and drop into
@@ -501,6 +505,14 @@ func (r *Raft) runLeader() {
 	// Cleanup state on step down
 	defer func() {
 		close(stopCh)
+
+		// Make our own entries durable before anything else: replication
+		// and commit counting stop, and the log is synced before we act
+		// as a follower or candidate.
+		if r.leaderState.syncer != nil {
+			r.leaderState.syncer.close()
+			r.leaderState.syncer = nil
+		}
 
 		// Since we were the leader previously, we update our
 		// last contact time when we step down, so that we are not
@@ -1260,6 +1272,26 @@ func (r *Raft) dispatchLogs(applyLogs []*logFuture) {
 		applyLog.log.AppendedAt = now
 		logs[idx] = &applyLog.log
 		r.leaderState.inflight.PushBack(applyLog)
+	}
+
+	if s := r.leaderState.syncer; s != nil {
+		// Write the entries locally without waiting for the sync, send
+		// them to the followers at once, and count our own copy once
+		// the syncer has made it durable.
+		if err := s.store.StoreLogsNoSync(logs); err != nil {
+			r.logger.Error("failed to commit logs", "error", err)
+			for _, applyLog := range applyLogs {
+				applyLog.respond(err)
+			}
+			r.setState(Follower)
+			return
+		}
+		r.setLastLog(lastIndex, term)
+		for _, f := range r.leaderState.replState {
+			asyncNotifyCh(f.triggerCh)
+		}
+		s.synced(lastIndex)
+		return
 	}
 
 	// Write the log entry locally
