@@ -69,7 +69,9 @@
 // Config.InlineThreshold, into one pooled buffer, and passes larger entries'
 // Data to pwritev as their own iovecs, so large payloads are never copied and
 // no memory is allocated per call in the steady state. It then calls
-// fdatasync once.
+// fdatasync once. StoreLogsNoSync (raft.DeferredSyncLogStore, used by a
+// raft leader to replicate its entries while it syncs them) writes the same
+// way and leaves the fdatasync to SyncLogs.
 //
 // New segments come from spares. Segments dropped by compaction are recycled
 // (up to Config.MaxRecycled): renamed to spare names and reused, so appends
@@ -90,9 +92,12 @@
 //
 // # Recovery and the crash-safety argument
 //
-// Invariant: StoreLogs calls are serialized and each one's fdatasync returns
-// before the next call writes, and nothing is ever written over or after
-// existing records except at the current end of the last segment. Hence at
+// Invariant: appends are serialized and each batch's fdatasync returns
+// before the next batch is written (StoreLogs syncs its own batch;
+// StoreLogsNoSync leaves it to SyncLogs or to the next StoreLogs,
+// StoreLogsNoSync or DeleteRange, which sync it before doing anything
+// else), and nothing is ever written over or after existing records except
+// at the current end of the last segment. Hence at
 // a crash only the batch being written may be incomplete, and it is the last
 // thing in the last segment. Under kill -9 a partial pwritev is a prefix of
 // the batch; under power loss any subset of its pages may have reached the

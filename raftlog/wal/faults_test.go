@@ -16,6 +16,7 @@ type faultFS struct {
 	mu     sync.Mutex
 	fail   map[string]error // op name ("datasync", "writev", "truncate", "rename", "remove") → error
 	spares map[string]*faultFile
+	syncs  atomic.Int64 // fdatasyncs of segment files
 }
 
 var errInjected = errors.New("injected fault")
@@ -95,9 +96,13 @@ func (f *faultFile) WriteV(b [][]byte, off int64) error {
 }
 
 func (f *faultFile) Datasync() error {
-	if err := f.fs.err("datasync"); err != nil && !f.spare.Load() {
+	if f.spare.Load() {
+		return f.file.Datasync()
+	}
+	if err := f.fs.err("datasync"); err != nil {
 		return err
 	}
+	f.fs.syncs.Add(1)
 	return f.file.Datasync()
 }
 
@@ -117,6 +122,12 @@ func TestFailClosed(t *testing.T) {
 		mutate func(l *Log) error
 	}{
 		{"datasync", func(l *Log) error { return l.StoreLogs(makeEntries(41, 45, 1)) }},
+		{"datasync", func(l *Log) error {
+			if err := l.StoreLogsNoSync(makeEntries(41, 45, 1)); err != nil {
+				return err
+			}
+			return l.SyncLogs()
+		}},
 		{"writev", func(l *Log) error { return l.StoreLogs(makeEntries(41, 45, 1)) }},
 		{"truncate", func(l *Log) error { return l.DeleteRange(35, 40) }},
 		{"rename", func(l *Log) error { return l.StoreLogs(makeEntries(41, 41+200, 1)) }}, // forces a new segment

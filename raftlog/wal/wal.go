@@ -39,6 +39,7 @@ type Log struct {
 	writeMu   sync.Mutex
 	failed    error    // sticky: first failed write/sync/truncate
 	metaFirst uint64   // durable lower bound (meta file); 0 if none
+	unsynced  *segment // holds a batch written by StoreLogsNoSync, not yet synced
 	enc       []byte   // pooled encode buffer for headers and small entries
 	bufs      [][]byte // pooled iovec list
 	pad       [recAlign]byte
@@ -352,9 +353,54 @@ func (l *Log) StoreLog(entry *raft.Log) error {
 // a copy. If the write or sync fails the log enters the failed state
 // (ErrFailed) until it is reopened.
 func (l *Log) StoreLogs(entries []*raft.Log) error {
+	return l.store(entries, true)
+}
+
+// StoreLogsNoSync implements raft.DeferredSyncLogStore (Tandem's copy of
+// hashicorp/raft): it appends entries like StoreLogs, but returns once they
+// are written, before they are durable. GetLog and LastIndex see them at
+// once. They become durable when SyncLogs returns, or when the next
+// StoreLogs, StoreLogsNoSync or DeleteRange starts: each of those first
+// syncs what an earlier call left unsynced, so a batch is never written
+// before the one before it is durable (the invariant recovery relies on).
+func (l *Log) StoreLogsNoSync(entries []*raft.Log) error {
+	return l.store(entries, false)
+}
+
+// SyncLogs implements raft.DeferredSyncLogStore: when it returns nil, every
+// entry stored before the call is durable. A failed sync puts the log in
+// the failed state (ErrFailed).
+func (l *Log) SyncLogs() error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	if err := l.writable(); err != nil {
+		return err
+	}
+	return l.syncPending()
+}
+
+// syncPending makes the batch written by StoreLogsNoSync durable, if one is
+// still unsynced. Called with writeMu held.
+func (l *Log) syncPending() error {
+	s := l.unsynced
+	if s == nil {
+		return nil
+	}
+	l.unsynced = nil
+	if err := s.f.Datasync(); err != nil {
+		return l.fail(fmt.Errorf("wal: sync %s: %w", s.path, err))
+	}
+	return nil
+}
+
+// store appends entries; with sync it returns once they are durable.
+func (l *Log) store(entries []*raft.Log, sync bool) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if err := l.writable(); err != nil {
+		return err
+	}
+	if err := l.syncPending(); err != nil {
 		return err
 	}
 	if len(entries) == 0 {
@@ -461,6 +507,8 @@ func (l *Log) StoreLogs(entries []*raft.Log) error {
 	err := seg.f.WriteV(bufs, off)
 	if err != nil {
 		err = fmt.Errorf("wal: append entries %d-%d to %s: %w", first, first+uint64(len(entries))-1, seg.path, err)
+	} else if !sync {
+		l.unsynced = seg
 	} else if err = seg.f.Datasync(); err != nil {
 		err = fmt.Errorf("wal: sync %s: %w", seg.path, err)
 	}
@@ -531,6 +579,9 @@ func (l *Log) DeleteRange(min, max uint64) error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	if err := l.writable(); err != nil {
+		return err
+	}
+	if err := l.syncPending(); err != nil {
 		return err
 	}
 	switch {
@@ -714,10 +765,15 @@ func (l *Log) Close() error {
 	if l.closed {
 		return nil
 	}
+	var errs []error
+	if l.failed == nil {
+		if err := l.syncPending(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	l.sparer.close()
 	l.mu.Lock()
 	l.closed = true
-	var errs []error
 	for _, s := range l.segs {
 		if err := s.f.Close(); err != nil {
 			errs = append(errs, err)
@@ -735,6 +791,7 @@ func (l *Log) Close() error {
 }
 
 var (
-	_ raft.LogStore          = (*Log)(nil)
-	_ raft.MonotonicLogStore = (*Log)(nil)
+	_ raft.LogStore             = (*Log)(nil)
+	_ raft.MonotonicLogStore    = (*Log)(nil)
+	_ raft.DeferredSyncLogStore = (*Log)(nil)
 )
