@@ -75,9 +75,9 @@ func newLeaderSyncer(store DeferredSyncLogStore, c *commitment, id ServerID, ste
 	return s
 }
 
-// synced asks for the entries up to index, which the caller has stored with
-// StoreLogsNoSync, to be made durable and counted.
-func (s *leaderSyncer) synced(index uint64) {
+// sync asks for the entries up to index, which the caller has stored with
+// StoreLogsNoSync, to be made durable and then counted.
+func (s *leaderSyncer) sync(index uint64) {
 	s.want.Store(index)
 	asyncNotifyCh(s.kick)
 }

@@ -1274,28 +1274,14 @@ func (r *Raft) dispatchLogs(applyLogs []*logFuture) {
 		r.leaderState.inflight.PushBack(applyLog)
 	}
 
-	if s := r.leaderState.syncer; s != nil {
-		// Write the entries locally without waiting for the sync, send
-		// them to the followers at once, and count our own copy once
-		// the syncer has made it durable.
-		if err := s.store.StoreLogsNoSync(logs); err != nil {
-			r.logger.Error("failed to commit logs", "error", err)
-			for _, applyLog := range applyLogs {
-				applyLog.respond(err)
-			}
-			r.setState(Follower)
-			return
-		}
-		r.setLastLog(lastIndex, term)
-		for _, f := range r.leaderState.replState {
-			asyncNotifyCh(f.triggerCh)
-		}
-		s.synced(lastIndex)
-		return
+	// Write the log entry locally. Tandem: with a syncer, without waiting
+	// for the sync; the syncer counts our own copy once it is durable.
+	store := r.logs.StoreLogs
+	syncer := r.leaderState.syncer
+	if syncer != nil {
+		store = syncer.store.StoreLogsNoSync
 	}
-
-	// Write the log entry locally
-	if err := r.logs.StoreLogs(logs); err != nil {
+	if err := store(logs); err != nil {
 		r.logger.Error("failed to commit logs", "error", err)
 		for _, applyLog := range applyLogs {
 			applyLog.respond(err)
@@ -1303,7 +1289,9 @@ func (r *Raft) dispatchLogs(applyLogs []*logFuture) {
 		r.setState(Follower)
 		return
 	}
-	r.leaderState.commitment.match(r.localID, lastIndex)
+	if syncer == nil {
+		r.leaderState.commitment.match(r.localID, lastIndex)
+	}
 
 	// Update the last log since it's on disk now
 	r.setLastLog(lastIndex, term)
@@ -1311,6 +1299,9 @@ func (r *Raft) dispatchLogs(applyLogs []*logFuture) {
 	// Notify the replicators of the new log
 	for _, f := range r.leaderState.replState {
 		asyncNotifyCh(f.triggerCh)
+	}
+	if syncer != nil {
+		syncer.sync(lastIndex)
 	}
 }
 
