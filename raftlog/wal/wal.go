@@ -21,12 +21,14 @@ const (
 )
 
 // Log is a segmented, checksummed, fdatasync'd write-ahead log that
-// implements raft.LogStore and raft.MonotonicLogStore. See the package
-// documentation for the file format and the crash-safety argument.
+// implements raft.LogStore, raft.MonotonicLogStore and
+// raft.DeferredSyncLogStore. See the package documentation for the file
+// format and the crash-safety argument.
 //
-// All methods are safe for concurrent use. Writers (StoreLogs, DeleteRange,
-// Close) are serialized; GetLog, FirstIndex and LastIndex run concurrently
-// with each other and with the I/O of a writer.
+// All methods are safe for concurrent use. Writers (StoreLogs,
+// StoreLogsNoSync, SyncLogs, DeleteRange, Close) are serialized; GetLog,
+// FirstIndex and LastIndex run concurrently with each other and with the
+// I/O of a writer.
 type Log struct {
 	dir    string
 	cfg    Config
