@@ -67,11 +67,12 @@ func (g *gatedStore) StoreLogs(logs []*raft.Log) error {
 
 func (g *gatedStore) StoreLog(l *raft.Log) error { return g.StoreLogs([]*raft.Log{l}) }
 
-type countFSM struct{}
+// nopFSM applies nothing: the test looks at commits only.
+type nopFSM struct{}
 
-func (countFSM) Apply(*raft.Log) any                 { return nil }
-func (countFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, fmt.Errorf("no snapshots") }
-func (countFSM) Restore(io.ReadCloser) error         { return nil }
+func (nopFSM) Apply(*raft.Log) any                 { return nil }
+func (nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, fmt.Errorf("no snapshots") }
+func (nopFSM) Restore(io.ReadCloser) error         { return nil }
 
 type syncNode struct {
 	r     *raft.Raft
@@ -84,7 +85,7 @@ type syncNode struct {
 // sends new entries to its followers before its own sync returns, so an
 // entry commits once two followers have it durable even while the leader's
 // disk is slow; and the leader counts its own copy only once it is synced,
-// so an entry durable on the leader's follower alone, with the leader's
+// so an entry durable on one follower alone, with the leader's
 // sync pending, is not committed.
 func TestLeaderSyncOverlapsReplication(t *testing.T) {
 	nodes := make([]*syncNode, 3)
@@ -118,7 +119,7 @@ func TestLeaderSyncOverlapsReplication(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if n.r, err = raft.NewRaft(c, countFSM{}, logs, n.store, raft.NewInmemSnapshotStore(), n.trans); err != nil {
+		if n.r, err = raft.NewRaft(c, nopFSM{}, logs, n.store, raft.NewInmemSnapshotStore(), n.trans); err != nil {
 			t.Fatal(err)
 		}
 		defer n.r.Shutdown()
