@@ -69,12 +69,17 @@ func (c *LogCache) StoreLogs(logs []*Log) error {
 	if err != nil {
 		return fmt.Errorf("unable to store logs within log store, err: %q", err)
 	}
+	c.insert(logs)
+	return nil
+}
+
+// insert puts logs into the ring buffer (Tandem: shared with StoreLogsNoSync).
+func (c *LogCache) insert(logs []*Log) {
 	c.l.Lock()
 	for _, l := range logs {
 		c.cache[l.Index%uint64(len(c.cache))] = l
 	}
 	c.l.Unlock()
-	return nil
 }
 
 // StoreLogsNoSync implements DeferredSyncLogStore: it stores logs with the
@@ -88,11 +93,7 @@ func (c *LogCache) StoreLogsNoSync(logs []*Log) error {
 	if err := ds.StoreLogsNoSync(logs); err != nil {
 		return fmt.Errorf("unable to store logs within log store, err: %q", err)
 	}
-	c.l.Lock()
-	for _, l := range logs {
-		c.cache[l.Index%uint64(len(c.cache))] = l
-	}
-	c.l.Unlock()
+	c.insert(logs)
 	return nil
 }
 
