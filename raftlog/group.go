@@ -418,20 +418,7 @@ func (g *Group) becomeReady(gen uint64) {
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, time.Second) {
 		start := time.Now()
 		err := g.barrier()
-		g.mu.Lock()
-		if g.leading != gen || g.fsm.err() != nil {
-			g.mu.Unlock()
-			return
-		}
-		if err == nil {
-			g.lease.renew(start)
-			g.ready.Store(true)
-			g.notifyLocked()
-			g.mu.Unlock()
-			return
-		}
-		g.mu.Unlock()
-		if errors.Is(err, raft.ErrRaftShutdown) {
+		if g.barrierDone(gen, start, err) || errors.Is(err, raft.ErrRaftShutdown) {
 			return
 		}
 		g.log.Info("leader's barrier failed; trying again", "err", err, "in", delay)
@@ -441,6 +428,24 @@ func (g *Group) becomeReady(gen uint64) {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// barrierDone settles a barrier of generation gen started at start that
+// returned err: on success the leader serves from now on. It reports false
+// only when the host still leads in gen and the barrier failed.
+func (g *Group) barrierDone(gen uint64, start time.Time, err error) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.leading != gen || g.fsm.err() != nil {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	g.lease.renew(start)
+	g.ready.Store(true)
+	g.notifyLocked()
+	return true
 }
 
 // barrier applies a raft barrier (failed first by Config.barrierFault in
