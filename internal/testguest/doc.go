@@ -41,7 +41,8 @@
 // Each counter page starts with four little-endian uint32: the counter, the
 // magic "TNDC", the run id and the page index. Every counter counts the
 // loop iterations whose disk write completed; since one loop increments the
-// pages in order, a snapshot of the region (QMP pmemsave) taken at any
+// pages in order, a snapshot of the region (QMP pmemsave, with the vCPU
+// stopped: pmemsave is not atomic against a running vCPU) taken at any
 // moment shows counters that are equal or, during an increment pass, one
 // higher on the first pages than on the rest. CheckCounters verifies this,
 // which is what a live migration must preserve.
