@@ -164,3 +164,33 @@ func (m *nowaitMem) ReadAtNowait(p []byte, off int64) (bool, error) {
 	}
 	return true, m.ReadAt(context.Background(), p, off)
 }
+
+// mappedMem adds volume.MappedReader to memBackend: every third view is
+// refused (so that both paths run), the others are copies of the range,
+// counted until released.
+type mappedMem struct {
+	*memBackend
+	calls, given, released atomic.Int64
+	small                  atomic.Int64 // views asked for at most smallPayload bytes
+}
+
+func (m *mappedMem) ReadMapped(off, n int64) ([]byte, func(), error) {
+	if n <= smallPayload {
+		m.small.Add(1)
+	}
+	if m.calls.Add(1)%3 == 0 {
+		return nil, nil, nil
+	}
+	p := make([]byte, n)
+	if err := m.ReadAt(context.Background(), p, off); err != nil {
+		return nil, nil, err
+	}
+	m.given.Add(1)
+	var once atomic.Bool
+	return p, func() {
+		if !once.CompareAndSwap(false, true) {
+			panic("view released twice")
+		}
+		m.released.Add(1)
+	}, nil
+}

@@ -50,6 +50,9 @@ type conn struct {
 	// nowait is the backend's non-blocking read, if it has one: small
 	// cached reads are then answered on the reader goroutine.
 	nowait volume.NowaitReader
+	// mapped is the backend's page-cache view, if it has one: large cached
+	// reads are then written to the socket from the page cache.
+	mapped volume.MappedReader
 	// obs is told about every answered request (nil: nobody listens).
 	obs Observer
 }
@@ -139,6 +142,9 @@ func (c *conn) dispatch(r request) error {
 		if err := c.budget.Acquire(c.ctx, weight); err != nil {
 			return err
 		}
+		if c.mapped != nil && r.length > smallPayload && c.readMapped(r, weight) {
+			return nil
+		}
 		if c.nowait != nil && r.length <= inlineReadMax && c.readInline(r, weight) {
 			return nil
 		}
@@ -213,6 +219,29 @@ func (c *conn) readInline(r request, weight int64) bool {
 		return true
 	}
 	c.replyRead(r, buf, weight, c.out.sendLater)
+	return true
+}
+
+// readMapped answers a large READ on the reader goroutine with a view of
+// the backend's page cache, which the reply writer hands to writev: the
+// kernel copies the data once, from the page cache into the socket. It
+// reports false, having done nothing, when the range is not all cached.
+// The view is never copied here (the reply writer copies only payloads of
+// at most smallPayload bytes).
+func (c *conn) readMapped(r request, weight int64) bool {
+	view, release, err := c.mapped.ReadMapped(int64(r.off), int64(r.length))
+	if err != nil {
+		c.budget.Release(weight)
+		c.backendError(r, err)
+		return true
+	}
+	if view == nil {
+		return false
+	}
+	c.sendRead(r, view, func() {
+		release()
+		c.budget.Release(weight)
+	}, c.out.sendLater)
 	return true
 }
 
@@ -296,13 +325,19 @@ func (c *conn) backendError(r request, err error) {
 	c.replyError(r, errno, err.Error())
 }
 
-// replyRead sends the successful reply to a READ with send or sendLater.
+// replyRead sends the successful reply to a READ with send or sendLater;
+// buf comes from the buffer pool.
 func (c *conn) replyRead(r request, buf []byte, weight int64, send func(hdr, payload []byte, release func())) {
-	c.observe(r, 0)
-	release := func() {
+	c.sendRead(r, buf, func() {
 		c.srv.bufs.put(buf)
 		c.budget.Release(weight)
-	}
+	}, send)
+}
+
+// sendRead sends the successful reply to a READ carrying buf with send or
+// sendLater; release runs once buf is no longer needed.
+func (c *conn) sendRead(r request, buf []byte, release func(), send func(hdr, payload []byte, release func())) {
+	c.observe(r, 0)
 	if c.s.structured {
 		if len(buf) == 0 {
 			send(chunkHeader(nil, wire.ReplyFlagDone, wire.ChunkNone, r.handle, 0), nil, release)

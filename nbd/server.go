@@ -250,6 +250,11 @@ func (s *Server) serveConn(nc net.Conn) error {
 		budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes),
 	}
 	c.nowait, _ = c.b.(volume.NowaitReader)
+	if _, ok := sess.conn.(syscall.Conn); ok {
+		// A plain socket: the kernel copies views to it. (TLS would
+		// read them in the process.)
+		c.mapped, _ = c.b.(volume.MappedReader)
+	}
 	c.obs = s.cfg.Observer
 	c.log.Debug("nbd: transmission started", "flags", sess.flags, "structured", sess.structured)
 	err = c.serve()

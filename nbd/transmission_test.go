@@ -57,6 +57,76 @@ func TestReadWriteRoundTrip(t *testing.T) {
 	}
 }
 
+// TestMappedReads reads through a backend that hands out views of its
+// data (volume.MappedReader): large reads are answered from the views,
+// which are all released once sent; small ones never ask for a view;
+// errors are reported like any other.
+func TestMappedReads(t *testing.T) {
+	mem := &mappedMem{memBackend: newMem(16 << 20)}
+	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
+	ctx := context.Background()
+	for _, structured := range []bool{true, false} {
+		c := dial(t, srv, nbdclient.Options{Export: "a", NoStructured: !structured})
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				size := 1 + i*(1<<20)/16 // 1 byte to almost 1 MiB
+				p := bytes.Repeat([]byte{byte(i + 1)}, size)
+				off := int64(i) << 20
+				if err := c.WriteAt(ctx, p, off, 0); err != nil {
+					t.Error(err)
+					return
+				}
+				for range 6 {
+					got := make([]byte, size)
+					if err := c.ReadAt(ctx, got, off, 0); err != nil || !bytes.Equal(got, p) {
+						t.Errorf("read %d bytes at %d: %v", size, off, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		mem.setFail(errDisk)
+		if err := c.ReadAt(ctx, make([]byte, 64<<10), 0, 0); errnoOfClient(err) != wire.ErrIO {
+			t.Fatalf("mapped read error: %v, want EIO", err)
+		}
+		mem.setFail(nil)
+	}
+	if mem.small.Load() != 0 {
+		t.Errorf("%d views asked for reads of at most %d bytes (copied by the reply writer)", mem.small.Load(), smallPayload)
+	}
+	if mem.given.Load() == 0 {
+		t.Fatal("no read was answered from a view")
+	}
+	// Replies are written before the client sees them, and views are
+	// released right after.
+	deadline := time.Now().Add(5 * time.Second)
+	for mem.released.Load() != mem.given.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if g, r := mem.given.Load(), mem.released.Load(); g != r {
+		t.Fatalf("%d views given, %d released", g, r)
+	}
+}
+
+// TestMappedReadsNotOverTLS checks that a TLS connection never asks for a
+// view: encryption would read it in the process.
+func TestMappedReadsNotOverTLS(t *testing.T) {
+	srvTLS, cliTLS := selfSigned(t)
+	cfg := DefaultConfig()
+	cfg.TLS = srvTLS
+	mem := &mappedMem{memBackend: newMem(4 << 20)}
+	srv := testServer(t, &cfg, Export{Name: "a", Backend: mem})
+	c := dial(t, srv, nbdclient.Options{Export: "a", TLS: cliTLS})
+	if err := c.ReadAt(context.Background(), make([]byte, 1<<20), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := mem.calls.Load(); n != 0 {
+		t.Fatalf("%d views asked for over TLS", n)
+	}
+}
+
 func TestInlineReads(t *testing.T) {
 	mem := &nowaitMem{memBackend: newMem(8 << 20)}
 	srv := testServer(t, nil, Export{Name: "a", Backend: mem})

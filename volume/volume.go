@@ -114,6 +114,27 @@ type NowaitReader interface {
 	ReadAtNowait(p []byte, off int64) (done bool, err error)
 }
 
+// MappedReader is implemented by backends whose data is a file mapped in
+// memory, so that the NBD server can write a large cached read to its
+// socket straight from the page cache instead of first copying it into a
+// buffer of its own.
+type MappedReader interface {
+	// ReadMapped returns the n bytes at off as a view of the page cache,
+	// when they are all cached, and release, to be called once the view
+	// is no longer used. Otherwise it returns a nil view and a nil error,
+	// and the caller uses ReadAt. The range has been validated by the
+	// caller.
+	//
+	// The view is not a copy: it shows later writes as they happen. The
+	// caller passes it to the kernel once (a write to a socket) before it
+	// answers the request, so what is sent is what ReadAt would have
+	// returned at that moment: the content at some time between the
+	// request and the reply. Nothing in the process may read the view
+	// itself, since a fault there is fatal where the kernel's copy gets
+	// EFAULT.
+	ReadMapped(off, n int64) (p []byte, release func(), err error)
+}
+
 var (
 	// ErrReadOnly is returned by write-like operations on a read-only backend.
 	ErrReadOnly = errors.New("volume is read-only")

@@ -3,6 +3,8 @@
 // is a RWF_DSYNC write, Trim and Zero punch holes (or zero a range in place
 // with NoHole) and Extents walks SEEK_DATA/SEEK_HOLE. For bulk copies,
 // StartWriteback and SettleWriteback drive the writeback of a range.
+// ReadMapped hands out cached ranges as views of mapped windows of the file,
+// for the NBD server to write to a socket without copying them first.
 //
 // It is the storage under every replica of a Tandem volume.
 package blockfile
@@ -16,6 +18,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -35,6 +38,12 @@ type File struct {
 	canZeroRange atomic.Bool
 	canDsync     atomic.Bool
 	canNowait    atomic.Bool
+	canCachestat atomic.Bool
+
+	// maps holds the windows of the file mapped for ReadMapped; raw gives
+	// it the descriptor safely against a concurrent Close.
+	maps windows
+	raw  syscall.RawConn
 
 	closeOnce sync.Once
 }
@@ -135,12 +144,17 @@ func setup(f *os.File, path string, opts Options) (*File, error) {
 	// were faster without it (1 MiB at QD8: 564-595 vs 1829-2065 MiB/s).
 	// Advisory: an error changes nothing.
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
-	b := &File{f: f, path: path, readOnly: opts.ReadOnly}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("blockfile: %s: %w", path, err)
+	}
+	b := &File{f: f, path: path, readOnly: opts.ReadOnly, raw: raw}
 	b.size.Store(size)
 	b.canPunch.Store(true)
 	b.canZeroRange.Store(true)
 	b.canDsync.Store(true)
 	b.canNowait.Store(true)
+	b.canCachestat.Store(true)
 	return b, nil
 }
 
@@ -516,6 +530,7 @@ func (b *File) close(flush bool) error {
 		if cerr := b.f.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("blockfile: close %s: %w", b.path, cerr)
 		}
+		b.maps.close()
 	})
 	return err
 }
