@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +26,13 @@ import (
 //	P <max>                it returned nil
 //	b S <min>              about to DeleteRange(min, last)
 //	S <min>                it returned nil
+//
+// With WAL_CRASH_LEADER=1 it writes like a raft leader instead: appends
+// with StoreLogsNoSync while another goroutine calls SyncLogs in a loop,
+// and deletes only prefixes (compaction):
+//
+//	N <from> <to> <term>   StoreLogsNoSync(from..to) returned nil (not an acknowledgement)
+//	D <index>              a SyncLogs begun after every entry up to index was stored returned nil
 //
 // The parent SIGKILLs it at random moments (sometimes right after a "b"
 // line, i.e. inside DeleteRange), reopens the log and checks that every
@@ -52,10 +60,39 @@ func TestCrashChild(t *testing.T) {
 		os.Exit(2)
 	}
 	out := os.Stdout // unbuffered: a printed line is an acknowledgement
+	leader := os.Getenv("WAL_CRASH_LEADER") == "1"
+	var stored atomic.Uint64 // leader: the last index stored
+	if leader {
+		go func() {
+			var durable uint64
+			for {
+				idx := stored.Load()
+				if idx <= durable {
+					time.Sleep(20 * time.Microsecond)
+					continue
+				}
+				if err := l.SyncLogs(); err != nil {
+					fmt.Fprintf(out, "E %v\n", err)
+					os.Exit(2)
+				}
+				durable = idx
+				fmt.Fprintf(out, "D %d\n", idx)
+			}
+		}()
+	}
 	for {
 		first, _ := l.FirstIndex()
 		last, _ := l.LastIndex()
 		switch r := rng.Intn(100); {
+		case leader && r >= 8:
+			from := last + 1
+			to := from + uint64(rng.Intn(16))
+			if err := l.StoreLogsNoSync(makeEntries(from, to, term)); err != nil {
+				fmt.Fprintf(out, "E %v\n", err)
+				os.Exit(2)
+			}
+			fmt.Fprintf(out, "N %d %d %d\n", from, to, term)
+			stored.Store(to)
 		case r < 8 && last-first > 60:
 			max := first + uint64(rng.Int63n(int64(last-first-30)))
 			fmt.Fprintf(out, "b P %d\n", max)
@@ -96,6 +133,7 @@ func TestKill9(t *testing.T) {
 
 	acked := map[uint64]uint64{} // index → term of acknowledged entries present
 	var floor uint64             // acknowledged prefix deletions: first must be > floor
+	stored := map[uint64]uint64{} // leader runs: stored, not yet acknowledged
 	const runs = 24
 	for run := 1; run <= runs; run++ {
 		// Every run uses fresh terms so re-appended indexes differ.
@@ -103,7 +141,9 @@ func TestKill9(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), "WAL_CRASH_DIR="+dir,
 			"WAL_CRASH_SEED="+strconv.FormatInt(rng.Int63(), 10),
-			"WAL_CRASH_TERM="+strconv.FormatUint(term, 10))
+			"WAL_CRASH_TERM="+strconv.FormatUint(term, 10),
+			"WAL_CRASH_LEADER="+strconv.Itoa(run%2))
+		clear(stored)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -146,6 +186,21 @@ func TestKill9(t *testing.T) {
 				for i := from; i <= to; i++ {
 					acked[i] = tm
 				}
+			case "N":
+				from, _ := strconv.ParseUint(f[1], 10, 64)
+				to, _ := strconv.ParseUint(f[2], 10, 64)
+				tm, _ := strconv.ParseUint(f[3], 10, 64)
+				for i := from; i <= to; i++ {
+					stored[i] = tm
+				}
+			case "D":
+				x, _ := strconv.ParseUint(f[1], 10, 64)
+				for i, tm := range stored {
+					if i <= x {
+						acked[i] = tm
+						delete(stored, i)
+					}
+				}
 			case "b":
 				pending = f[1:]
 				if inDelete && rng.Intn(3) == 0 {
@@ -159,6 +214,11 @@ func TestKill9(t *testing.T) {
 				for i := range acked {
 					if i <= x {
 						delete(acked, i)
+					}
+				}
+				for i := range stored {
+					if i <= x {
+						delete(stored, i)
 					}
 				}
 				floor = max(floor, x)
