@@ -53,6 +53,11 @@ type conn struct {
 	// mapped is the backend's page-cache view, if it has one: large cached
 	// reads are then written to the socket from the page cache.
 	mapped volume.MappedReader
+	// durable is set when the backend's writes are durable once they
+	// return (volume.Caps.DurableWrites): FLUSH is then answered by the
+	// reader at once, since every write it must cover has been answered,
+	// hence is durable.
+	durable bool
 	// obs is told about every answered request (nil: nobody listens).
 	obs Observer
 }
@@ -136,6 +141,11 @@ func (c *conn) dispatch(r request) error {
 			c.budget.Release(weight)
 		}
 		c.replyError(r, rej.errno, rej.msg)
+		return nil
+	}
+	if r.typ == wire.CmdFlush && c.durable {
+		c.observe(r, 0)
+		c.out.sendLater(simpleReply(r.handle, 0), nil, nil)
 		return nil
 	}
 	if r.typ == wire.CmdRead {

@@ -250,6 +250,7 @@ func (s *Server) serveConn(nc net.Conn) error {
 		budget: semaphore.NewWeighted(s.cfg.MaxInflightBytes),
 	}
 	c.nowait, _ = c.b.(volume.NowaitReader)
+	c.durable = c.b.Caps().DurableWrites
 	if _, ok := sess.conn.(syscall.Conn); ok {
 		// A plain socket: the kernel copies views to it. (TLS would
 		// read them in the process.)

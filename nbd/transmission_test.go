@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,6 +215,38 @@ func TestCommandsReachBackendWithFlags(t *testing.T) {
 		if got := log[len(log)-1]; got != s.want {
 			t.Errorf("step %d: backend saw %q, want %q", i, got, s.want)
 		}
+	}
+}
+
+// TestFlushDurableWrites checks that FLUSH on a backend whose writes are
+// durable once answered (volume.Caps.DurableWrites) is answered without
+// calling the backend, even when the backend fails, and still validated.
+func TestFlushDurableWrites(t *testing.T) {
+	mem := newMem(1 << 20)
+	mem.caps.DurableWrites = true
+	srv := testServer(t, nil, Export{Name: "a", Backend: mem})
+	c := dial(t, srv, nbdclient.Options{Export: "a"})
+	ctx := context.Background()
+	if err := c.WriteAt(ctx, []byte("x"), 10, 0); err != nil {
+		t.Fatal(err)
+	}
+	mem.setFail(errDisk)
+	for range 3 {
+		if err := c.Flush(ctx); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+	}
+	mem.setFail(nil)
+	for _, call := range mem.callLog() {
+		if strings.HasPrefix(call, "flush") {
+			t.Fatalf("the backend saw %q", call)
+		}
+	}
+	r := newRaw(t, srv)
+	r.goSimple("a")
+	r.write(reqBytes(wire.CmdFlush, 0, 7, 1, 0))
+	if errno, handle := r.simple(); errno != wire.ErrInval || handle != 7 {
+		t.Fatalf("flush with an offset: errno %d handle %d, want EINVAL for 7", errno, handle)
 	}
 }
 

@@ -81,7 +81,7 @@ func (p *Proxy) SetSize(n int64) { p.size.Store(n) }
 
 // Caps implements volume.Backend.
 func (p *Proxy) Caps() volume.Caps {
-	return volume.Caps{ReadOnly: p.ro, Trim: true, Extents: true, MultiConn: true}
+	return volume.Caps{ReadOnly: p.ro, Trim: true, Extents: true, MultiConn: true, DurableWrites: true}
 }
 
 // get returns the connection to the replica host that answered last, or

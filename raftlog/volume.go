@@ -129,7 +129,7 @@ func (v *Volume) Fenced() (epoch, gen uint64) {
 
 // Caps implements volume.Backend.
 func (v *Volume) Caps() volume.Caps {
-	return volume.Caps{ReadOnly: v.g.spec.ReadOnly, Trim: true, Extents: true, MultiConn: true}
+	return volume.Caps{ReadOnly: v.g.spec.ReadOnly, Trim: true, Extents: true, MultiConn: true, DurableWrites: true}
 }
 
 // errStalled is returned when no leader could serve a request in time.

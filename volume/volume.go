@@ -50,6 +50,10 @@ type Caps struct {
 	// every other user of the backend once they return (a shared cache or no
 	// cache at all), so an NBD client may spread I/O over several connections.
 	MultiConn bool
+	// DurableWrites is true when every write-like operation is durable
+	// once it returns, FUA or not: Flush then has nothing to do, and the
+	// NBD server answers FLUSH at once without calling it.
+	DurableWrites bool
 }
 
 // ExtentFlags describes one extent, with the meaning of the NBD
