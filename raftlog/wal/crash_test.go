@@ -131,8 +131,8 @@ func TestKill9(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewSource(seed))
 
-	acked := map[uint64]uint64{} // index → term of acknowledged entries present
-	var floor uint64             // acknowledged prefix deletions: first must be > floor
+	acked := map[uint64]uint64{}  // index → term of acknowledged entries present
+	var floor uint64              // acknowledged prefix deletions: first must be > floor
 	stored := map[uint64]uint64{} // leader runs: stored, not yet acknowledged
 	const runs = 24
 	for run := 1; run <= runs; run++ {
