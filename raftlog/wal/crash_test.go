@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -178,25 +179,19 @@ func TestKill9(t *testing.T) {
 		}
 		apply := func(line string) {
 			f := strings.Fields(line)
+			num := func(i int) uint64 { n, _ := strconv.ParseUint(f[i], 10, 64); return n }
 			switch f[0] {
-			case "A":
-				from, _ := strconv.ParseUint(f[1], 10, 64)
-				to, _ := strconv.ParseUint(f[2], 10, 64)
-				tm, _ := strconv.ParseUint(f[3], 10, 64)
-				for i := from; i <= to; i++ {
-					acked[i] = tm
+			case "A", "N": // acknowledged, or only stored
+				m := acked
+				if f[0] == "N" {
+					m = stored
 				}
-			case "N":
-				from, _ := strconv.ParseUint(f[1], 10, 64)
-				to, _ := strconv.ParseUint(f[2], 10, 64)
-				tm, _ := strconv.ParseUint(f[3], 10, 64)
-				for i := from; i <= to; i++ {
-					stored[i] = tm
+				for i := num(1); i <= num(2); i++ {
+					m[i] = num(3)
 				}
 			case "D":
-				x, _ := strconv.ParseUint(f[1], 10, 64)
 				for i, tm := range stored {
-					if i <= x {
+					if i <= num(1) {
 						acked[i] = tm
 						delete(stored, i)
 					}
@@ -210,26 +205,12 @@ func TestKill9(t *testing.T) {
 					kill()
 				}
 			case "P":
-				x, _ := strconv.ParseUint(f[1], 10, 64)
-				for i := range acked {
-					if i <= x {
-						delete(acked, i)
-					}
-				}
-				for i := range stored {
-					if i <= x {
-						delete(stored, i)
-					}
-				}
-				floor = max(floor, x)
+				maps.DeleteFunc(acked, func(i, _ uint64) bool { return i <= num(1) })
+				maps.DeleteFunc(stored, func(i, _ uint64) bool { return i <= num(1) })
+				floor = max(floor, num(1))
 				pending = nil
 			case "S":
-				x, _ := strconv.ParseUint(f[1], 10, 64)
-				for i := range acked {
-					if i >= x {
-						delete(acked, i)
-					}
-				}
+				maps.DeleteFunc(acked, func(i, _ uint64) bool { return i >= num(1) })
 				pending = nil
 			case "E":
 				t.Fatalf("child failed: %s", line)
