@@ -952,3 +952,20 @@ func TestCLIHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestDevProcs(t *testing.T) {
+	for _, tc := range []struct {
+		env   string
+		procs int
+		want  int
+		set   bool
+	}{
+		{"", 2, 4, true},
+		{"", 1, 2, true},
+		{"3", 3, 3, false}, // the user's choice stands
+	} {
+		if got, set := devProcs(tc.env, tc.procs); got != tc.want || set != tc.set {
+			t.Errorf("devProcs(%q, %d) = %d, %v; want %d, %v", tc.env, tc.procs, got, set, tc.want, tc.set)
+		}
+	}
+}
