@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/internal/testguest"
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 )
 
 // TestAttach lets go of a running guest as a crashed supervisor would (its
@@ -17,6 +18,10 @@ func TestAttach(t *testing.T) {
 	_, disk := tandemDisk(t, c)
 	spec := guestSpec("attach", disk)
 	p := start(t, spec, Options{})
+	// QEMU recorded its pid itself (nobody else writes it in this package).
+	if pid := pidfile.Live(p.Dir()); pid != p.PID() {
+		t.Fatalf("pid file names %d, QEMU is %d", pid, p.PID())
+	}
 	before := waitLog(t, 20*time.Second, func(l testguest.Log) bool { return l.LastSeq >= 20 }, p)
 
 	// The old supervisor goes away; QEMU stays.

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tandem-project/tandem/vmcoord/pidfile"
 )
 
 // Defaults of Spec fields left zero.
@@ -265,7 +267,7 @@ func deviceID(i int) string { return "vdisk" + strconv.Itoa(i) }
 // Args returns QEMU's command line (without the program name) for s, with
 // its run directory dir (whose files are named by QMPSocketFile, SerialLogFile
 // and QEMULogFile): TCG, no default devices, no display, QMP on a unix socket, COM1
-// to a file, every disk a -blockdev nbd node with reconnect-delay under a
+// to a file, its pid in pidfile.Name, every disk a -blockdev nbd node with reconnect-delay under a
 // virtio-blk-pci device with werror=stop,rerror=stop. QEMU starts paused
 // (-S): Start resumes it once it watches its events.
 func (s Spec) Args(dir string) ([]string, error) {
@@ -293,6 +295,10 @@ func (s Spec) Args(dir string) ([]string, error) {
 		"-mon", "chardev=qmp,mode=control",
 		"-chardev", "file,id=serial0,path=" + escapeOpt(filepath.Join(dir, SerialLogFile)),
 		"-serial", "chardev:serial0",
+		// QEMU records its own pid, before it opens any socket: a QEMU
+		// whose starter was killed before it could record the pid is
+		// still found (and killed) by the next run (package pidfile).
+		"-pidfile", filepath.Join(dir, pidfile.Name),
 		"-S",
 	}
 	if s.Incoming {

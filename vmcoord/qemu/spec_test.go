@@ -42,6 +42,7 @@ func TestArgs(t *testing.T) {
 				"-name": {"guest=vm1"}, "-machine": {"pc"}, "-accel": {"tcg"}, "-m": {"128"}, "-smp": {"1"},
 				"-display": {"none"}, "-mon": {"chardev=qmp,mode=control"}, "-serial": {"chardev:serial0"},
 				"-chardev": {"socket,id=qmp,server=on,wait=off,path=/run/vm1/qmp.sock", "file,id=serial0,path=/run/vm1/serial.log"},
+				"-pidfile": {"/run/vm1/qemu.pid"},
 			},
 			has: []string{"-nodefaults", "-no-user-config", "-S"},
 			not: []string{"-incoming", "-kernel"},
