@@ -1,7 +1,9 @@
 // Package pidfile records the process ids of the QEMU processes an agent
 // starts, one file per VM run directory, so that the next run of the
 // agent finds and kills the processes a previous one left (VMs outlive
-// the agent that started them).
+// the agent that started them). QEMU writes the file itself at start
+// (-pidfile, see package qemu), so that a QEMU whose agent died while
+// starting it is found too; the agent writes it again once QEMU runs.
 package pidfile
 
 import (
