@@ -265,11 +265,12 @@ func (s Spec) node(i int) string {
 func deviceID(i int) string { return "vdisk" + strconv.Itoa(i) }
 
 // Args returns QEMU's command line (without the program name) for s, with
-// its run directory dir (whose files are named by QMPSocketFile, SerialLogFile
-// and QEMULogFile): TCG, no default devices, no display, QMP on a unix socket, COM1
-// to a file, its pid in pidfile.Name, every disk a -blockdev nbd node with reconnect-delay under a
-// virtio-blk-pci device with werror=stop,rerror=stop. QEMU starts paused
-// (-S): Start resumes it once it watches its events.
+// its run directory dir (whose files are named by QMPSocketFile,
+// SerialLogFile and QEMULogFile): TCG, no default devices, no display, QMP
+// on a unix socket, COM1 to a file, its pid in pidfile.Name, every disk a
+// -blockdev nbd node with reconnect-delay under a virtio-blk-pci device
+// with werror=stop,rerror=stop. QEMU starts paused (-S): Start resumes it
+// once it watches its events.
 func (s Spec) Args(dir string) ([]string, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
