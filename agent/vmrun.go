@@ -15,6 +15,7 @@ import (
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/vmcoord/vmhost"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // vmDir is where an agent keeps its VMs' run directories (QMP socket,
@@ -30,17 +31,29 @@ func (a *clusterAgent) startVMs() error {
 		return fmt.Errorf("agent: the raft address %q: %w", a.host.RaftAddr(), err)
 	}
 	a.vms = vmhost.New(vmhost.Config{
-		Host:          a.cfg.Name,
-		Dir:           dir,
-		NBDAddr:       a.nbdAddr,
-		MigrationHost: migHost,
-		Launcher:      vmhost.QEMULauncher{Options: qemu.Options{Logger: a.log}},
-		Log:           a.log,
-		Commit:        a.commitMigration,
-		Fence:         a.fenceVolume,
-		ExportReady:   func(name string) bool { _, err := a.exps.Lookup(name); return err == nil },
+		Host:           a.cfg.Name,
+		Dir:            dir,
+		NBDAddr:        a.nbdAddr,
+		MigrationHost:  migHost,
+		Launcher:       vmhost.QEMULauncher{Options: qemu.Options{Logger: a.log}},
+		Log:            a.log,
+		Commit:         a.commitMigration,
+		Fence:          a.fenceVolume,
+		ExportReady:    func(name string) bool { _, err := a.exps.Lookup(name); return err == nil },
+		WriterAttached: a.writerAttached,
 	})
 	return nil
+}
+
+// writerAttached reports whether an NBD connection opened a volume under
+// writer epoch (a VM run's) and is still open on this agent.
+func (a *clusterAgent) writerAttached(epoch uint64) bool {
+	for name := range a.srv.AttachedAs() {
+		if _, e, err := volume.SplitExport(name); err == nil && e == epoch {
+			return true
+		}
+	}
+	return false
 }
 
 // commitMigration commits a migration or disk move step on the control

@@ -32,6 +32,7 @@ type session struct {
 	conn       net.Conn
 	r          *bufio.Reader
 	export     Export
+	requested  string // the export name the client asked for
 	flags      uint16 // transmission flags sent to the client
 	structured bool   // structured replies negotiated
 	metaBase   bool   // base:allocation selected for this export
@@ -208,6 +209,7 @@ func (h *handshake) session(name string, exp Export, flags uint16) *session {
 		conn:       h.conn,
 		r:          h.r,
 		export:     exp,
+		requested:  name,
 		flags:      flags,
 		structured: h.structured,
 		metaBase:   h.structured && h.metaSet && h.metaBase && h.metaExport == name,

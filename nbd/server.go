@@ -94,8 +94,8 @@ type Server struct {
 	closing atomic.Bool
 	mu      sync.Mutex
 	lns     map[net.Listener]struct{}
-	conns   map[net.Conn]string // the export each connection uses ("" while negotiating)
-	active  sync.WaitGroup      // connections being served
+	conns   map[net.Conn]attachment // what each connection uses (zero while negotiating)
+	active  sync.WaitGroup          // connections being served
 
 	inflightCount atomic.Int64 // requests being served, all connections
 }
@@ -118,7 +118,7 @@ func NewServer(exports Exports, cfg Config) *Server {
 		ctx:     ctx,
 		cancel:  cancel,
 		lns:     make(map[net.Listener]struct{}),
-		conns:   make(map[net.Conn]string),
+		conns:   make(map[net.Conn]attachment),
 	}
 }
 
@@ -184,7 +184,7 @@ func (s *Server) track(nc net.Conn) bool {
 	if s.closing.Load() {
 		return false
 	}
-	s.conns[nc] = ""
+	s.conns[nc] = attachment{}
 	s.active.Add(1)
 	return true
 }
@@ -232,7 +232,7 @@ func (s *Server) serveConn(nc net.Conn) error {
 	_ = sess.conn.SetDeadline(time.Time{})
 	s.mu.Lock()
 	if _, ok := s.conns[nc]; ok {
-		s.conns[nc] = sess.export.Name
+		s.conns[nc] = attachment{export: sess.export.Name, requested: sess.requested}
 	}
 	s.mu.Unlock()
 	cctx, ccancel := context.WithCancel(s.ctx)
@@ -321,12 +321,35 @@ func (s *Server) Attached() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int{}
-	for _, name := range s.conns {
-		if name != "" {
-			out[name]++
+	for _, a := range s.conns {
+		if a.export != "" {
+			out[a.export]++
 		}
 	}
 	return out
+}
+
+// AttachedAs returns how many connections opened an export under each
+// name, as the clients asked for it (a volume's with a writer epoch, say,
+// which only one VM run uses; names without connections are absent). A
+// connection counts until it is fully closed, its requests in flight
+// finished.
+func (s *Server) AttachedAs() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, a := range s.conns {
+		if a.export != "" {
+			out[a.requested]++
+		}
+	}
+	return out
+}
+
+// attachment is what one connection uses: the export, and the name the
+// client asked for it by.
+type attachment struct {
+	export, requested string
 }
 
 // Disconnect closes every connection that uses one of the named exports
@@ -336,8 +359,8 @@ func (s *Server) Disconnect(exports ...string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for nc, name := range s.conns {
-		if name != "" && slices.Contains(exports, name) {
+	for nc, a := range s.conns {
+		if a.export != "" && slices.Contains(exports, a.export) {
 			nc.Close()
 			n++
 		}

@@ -112,6 +112,13 @@ type Config struct {
 	// a restarted agent opens its volumes while the catalog already
 	// places VMs on it.
 	ExportReady func(name string) bool
+	// WriterAttached, if set, reports whether a connection that opened a
+	// volume under writer epoch (a VM run's disks) is still open on the
+	// local agent. QEMU's sockets close when it exits, but the agent
+	// notices a moment later; a stopped VM is reported absent only once
+	// its disks are detached (at most detachWait), so that a volume
+	// delete right after "vm stop" does not find them attached.
+	WriterAttached func(epoch uint64) bool
 	// RestartDelay is the pause before a VM whose QEMU died is started
 	// again (default 2 s).
 	RestartDelay time.Duration
@@ -405,6 +412,9 @@ func (m *Manager) supervise(r *run) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := p.Stop(ctx)
 			cancel()
+			if err == nil {
+				m.waitDetached(log, r.epoch)
+			}
 			log.Info("VM stopped on this host", "epoch", r.epoch, "err", err)
 			r.mu.Lock()
 			r.proc, r.state, r.progress, r.moving = nil, admin.VMAbsent, nil, nil
@@ -560,6 +570,31 @@ func (m *Manager) waitExports(ctx context.Context, log *slog.Logger, s Spec) {
 		case <-m.stop:
 			return
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// detachWait bounds how long a stop waits for the local agent to see the
+// VM's disk connections closed.
+const detachWait = 10 * time.Second
+
+// waitDetached waits until the local agent has no connection open under
+// writer epoch (see Config.WriterAttached), at most detachWait.
+func (m *Manager) waitDetached(log *slog.Logger, epoch uint64) {
+	attached := m.cfg.WriterAttached
+	if attached == nil || epoch == 0 {
+		return
+	}
+	deadline := time.Now().Add(detachWait)
+	for attached(epoch) {
+		if time.Now().After(deadline) {
+			log.Warn("the stopped VM's disk connections are still open", "epoch", epoch, "waited", detachWait)
+			return
+		}
+		select {
+		case <-m.stop:
+			return
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }

@@ -241,3 +241,41 @@ func TestManagerWaitsForExports(t *testing.T) {
 	mu.Unlock()
 	waitUntil(t, "started once its exports are served", liveIs(l, "vm1:3"))
 }
+
+// TestManagerStopWaitsForDetach checks that a stopped VM is reported gone
+// only once the local agent has closed its disks' connections (QEMU's
+// sockets close when it exits; the agent notices a moment later).
+func TestManagerStopWaitsForDetach(t *testing.T) {
+	l := &fakeLauncher{}
+	var mu sync.Mutex
+	open := map[uint64]bool{}
+	attached := func(epoch uint64) bool { mu.Lock(); defer mu.Unlock(); return open[epoch] }
+	m := New(Config{Host: "n1", Dir: t.TempDir(), Launcher: l, Log: slog.New(slog.DiscardHandler), WriterAttached: attached})
+	defer m.Close()
+	vm := &catalog.VM{Name: "vm1", Disks: []string{"d1"}, Host: "n1", State: catalog.VMRunning, Epoch: 3}
+	m.Reconcile(catalogWith(vm))
+	waitUntil(t, "running", liveIs(l, "vm1:3"))
+	mu.Lock()
+	open[3], open[2] = true, true // epoch 2: another run's connection
+	mu.Unlock()
+
+	stopped := *vm
+	stopped.State, stopped.Epoch = catalog.VMStopped, 0
+	m.Reconcile(catalogWith(&stopped))
+	waitUntil(t, "QEMU stopped", liveIs(l))
+	time.Sleep(100 * time.Millisecond)
+	if lv := m.Local(); len(lv) != 1 || lv[0].State == admin.VMAbsent || lv[0].Epoch != 3 {
+		t.Fatalf("with its disk still attached the VM is reported %+v", lv)
+	}
+	mu.Lock()
+	open[3] = false
+	mu.Unlock()
+	waitUntil(t, "reported gone once detached", func() error {
+		for _, lv := range m.Local() {
+			if lv.State != admin.VMAbsent {
+				return fmt.Errorf("local %+v", lv)
+			}
+		}
+		return nil
+	})
+}
