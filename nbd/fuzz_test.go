@@ -1,30 +1,13 @@
 package nbd
 
 import (
-	"bytes"
 	"encoding/binary"
-	"io"
-	"net"
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/internal/fuzzconn"
 	"github.com/tandem-project/tandem/nbd/wire"
 )
-
-// fuzzConn is a net.Conn whose input is a fixed byte string and whose
-// output is discarded: the server sees exactly what the fuzzer wrote.
-type fuzzConn struct {
-	r io.Reader
-}
-
-func (c *fuzzConn) Read(b []byte) (int, error)       { return c.r.Read(b) }
-func (c *fuzzConn) Write(b []byte) (int, error)      { return len(b), nil }
-func (c *fuzzConn) Close() error                     { return nil }
-func (c *fuzzConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *fuzzConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *fuzzConn) SetDeadline(time.Time) error      { return nil }
-func (c *fuzzConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
 
 // handshakePrefix is a client's side of a successful negotiation of export
 // "a": structured replies, base:allocation, NBD_OPT_GO.
@@ -104,7 +87,7 @@ func FuzzServe(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			_ = srv.ServeConn(&fuzzConn{r: bytes.NewReader(data)})
+			_ = srv.ServeConn(fuzzconn.New(data))
 		}()
 		select {
 		case <-done:

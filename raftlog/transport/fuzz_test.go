@@ -10,19 +10,9 @@ import (
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/internal/fuzzconn"
 )
-
-// fuzzConn is a net.Conn that reads the fuzzer's bytes and discards writes.
-type fuzzConn struct{ r io.Reader }
-
-func (c *fuzzConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
-func (c *fuzzConn) Write(p []byte) (int, error)      { return len(p), nil }
-func (c *fuzzConn) Close() error                     { return nil }
-func (c *fuzzConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *fuzzConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *fuzzConn) SetDeadline(time.Time) error      { return nil }
-func (c *fuzzConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *fuzzConn) SetWriteDeadline(time.Time) error { return nil }
 
 // noLayer is a raft.StreamLayer that accepts nothing until closed.
 type noLayer struct{ closed chan struct{} }
@@ -133,7 +123,7 @@ func FuzzHandleConn(f *testing.F) {
 		tr.wg.Add(1)
 		go func() {
 			defer close(done)
-			tr.handleConn(&fuzzConn{r: bytes.NewReader(data)})
+			tr.handleConn(fuzzconn.New(data))
 		}()
 		select {
 		case <-done:
