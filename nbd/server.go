@@ -318,15 +318,7 @@ func (s *Server) inflight() int {
 // Attached returns how many connections use each export (exports without
 // connections are absent).
 func (s *Server) Attached() map[string]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]int{}
-	for _, a := range s.conns {
-		if a.export != "" {
-			out[a.export]++
-		}
-	}
-	return out
+	return s.countAttached(func(a attachment) string { return a.export })
 }
 
 // AttachedAs returns how many connections opened an export under each
@@ -335,12 +327,17 @@ func (s *Server) Attached() map[string]int {
 // connection counts until it is fully closed, its requests in flight
 // finished.
 func (s *Server) AttachedAs() map[string]int {
+	return s.countAttached(func(a attachment) string { return a.requested })
+}
+
+// countAttached counts the connections past their handshake by key.
+func (s *Server) countAttached(key func(attachment) string) map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int{}
 	for _, a := range s.conns {
 		if a.export != "" {
-			out[a.requested]++
+			out[key(a)]++
 		}
 	}
 	return out
