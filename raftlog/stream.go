@@ -74,6 +74,9 @@ const (
 // writeback of all but pullDirtyMax of the data is under way already.
 var pullSyncEvery int64 = 64 << 20
 
+// maxStreamLine bounds a stream request line (bufio's minimum buffer).
+const maxStreamLine = 4096
+
 type streamRequest struct {
 	MinIndex uint64 `json:"min_index"`
 	From     int64  `json:"from"`
@@ -154,8 +157,11 @@ func serveStream(g *Group, c net.Conn) error {
 func serveFile(c net.Conn, file *blockfile.File, ready func(minIndex uint64) error) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(streamIOTimout))
-	br := bufio.NewReader(c)
-	line, err := br.ReadBytes('\n')
+	// A request is one short JSON line: ReadSlice bounds it by the
+	// reader's buffer, so a peer that never sends a newline is turned
+	// away instead of growing a line until the deadline.
+	br := bufio.NewReaderSize(c, maxStreamLine)
+	line, err := br.ReadSlice('\n')
 	if err != nil {
 		return fmt.Errorf("raftlog: stream request: %w", err)
 	}
@@ -346,7 +352,7 @@ func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from in
 		return st, fmt.Errorf("raftlog: stream request to %s: %w", addr, err)
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
-	line, err := br.ReadBytes('\n')
+	line, err := br.ReadSlice('\n') // bounded by the buffer, like the request
 	if err != nil {
 		return st, fmt.Errorf("raftlog: stream response from %s: %w", addr, err)
 	}

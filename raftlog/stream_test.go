@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,5 +192,24 @@ func TestStreamCopyStops(t *testing.T) {
 	}
 	if !bytes.Equal(readAll(t, dst), readAll(t, src)) {
 		t.Fatal("destination differs after the second pull")
+	}
+}
+
+// TestStreamRequestBounded checks that a stream request line that never
+// ends is refused once it exceeds the bound, not read until the deadline.
+func TestStreamRequestBounded(t *testing.T) {
+	src := openTestFile(t, filepath.Join(t.TempDir(), "src"), 1<<20)
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	done := make(chan error, 1)
+	go func() { done <- serveFile(srv, src, func(uint64) error { return nil }) }()
+	go func() { _, _ = cli.Write(bytes.Repeat([]byte{'x'}, 2*maxStreamLine)) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "stream request") {
+			t.Fatalf("serveFile: %v, want a refused request", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serveFile still reads a request line of 8 KiB")
 	}
 }
