@@ -198,6 +198,18 @@ func (f *fsm) readAt(ctx context.Context, p []byte, off int64) error {
 	return f.file.ReadAt(ctx, p, off)
 }
 
+// extents reports the allocation of [off, off+n) (at most max extents)
+// without overlapping an op being applied. Like a read it must wait: a
+// write is answered once its ranges are locked, before the file holds it,
+// and an extent still a hole there would tell a client that skips holes
+// (nbdcopy, qemu-img convert) to copy zeros over data it was told is
+// written.
+func (f *fsm) extents(ctx context.Context, off, n int64, max int) ([]volume.Extent, error) {
+	unlock := f.lockRange(off, n, false)
+	defer unlock()
+	return f.file.Extents(ctx, off, n, max)
+}
+
 // readAtNowait is readAt for cached data only (see volume.NowaitReader).
 func (f *fsm) readAtNowait(p []byte, off int64) (bool, error) {
 	unlock := f.lockRange(off, int64(len(p)), false)

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/tandem-project/tandem/volume"
 	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
@@ -231,7 +233,8 @@ func TestFenceSurvivesCheckpoint(t *testing.T) {
 
 // TestFSMAnswersAtCommit checks the early answer: an entry of writes is
 // reported committed before the file holds it (with the fenced ops), a read
-// of its range issued from then on returns the new data, and an entry with
+// or block status of its range issued from then on sees the new data, and
+// an entry with
 // another kind of op (a grow) is reported only through Apply's result.
 func TestFSMAnswersAtCommit(t *testing.T) {
 	f := testFSM(t)
@@ -243,10 +246,11 @@ func TestFSMAnswersAtCommit(t *testing.T) {
 		inFile  []byte // the file's bytes at the answer, read past the locks
 		readErr chan error
 		read    []byte
+		extents chan []volume.Extent
 	}
 	var calls []*call
 	f.committed = func(l *raft.Log, res *applyResult) {
-		c := &call{index: l.Index, inFile: make([]byte, 4096), read: make([]byte, 4096), readErr: make(chan error, 1)}
+		c := &call{index: l.Index, inFile: make([]byte, 4096), read: make([]byte, 4096), readErr: make(chan error, 1), extents: make(chan []volume.Extent, 1)}
 		if res != nil {
 			c.fenced = res.fenced
 		}
@@ -254,6 +258,16 @@ func TestFSMAnswersAtCommit(t *testing.T) {
 			t.Error(err)
 		}
 		go func() { c.readErr <- f.readAt(ctx, c.read, 65536) }() // a client that saw the answer
+		go func() { // one that asks for block status first (nbdcopy)
+			ext, err := f.extents(ctx, 65536, 4096, 1)
+			if err != nil {
+				t.Error(err)
+			}
+			c.extents <- ext
+		}()
+		// Give both the time to finish early, which they must not: the
+		// file does not hold the write yet.
+		time.Sleep(50 * time.Millisecond)
 		calls = append(calls, c)
 	}
 	f.writer.Store(5)
@@ -272,6 +286,9 @@ func TestFSMAnswersAtCommit(t *testing.T) {
 	}
 	if err := <-calls[0].readErr; err != nil || !bytes.Equal(calls[0].read, a) {
 		t.Fatalf("a read issued at the answer returned old data (%v)", err)
+	}
+	if ext := <-calls[0].extents; len(ext) != 1 || ext[0].Length != 4096 || ext[0].Flags&volume.Hole != 0 {
+		t.Fatalf("block status issued at the answer: %+v, want the written block as data", ext)
 	}
 	// A grow is applied in order with the writes around it: no early answer.
 	if err, _ := f.Apply(entry(2, &op{kind: opGrow, off: 2 << 20}, &op{kind: opWrite, off: 1<<20 + 4096, n: 4096, data: a, epoch: 5})).(error); err != nil {

@@ -293,7 +293,7 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, max int) ([]volume.E
 	var out []volume.Extent
 	err := v.run(ctx, true, func() error {
 		var err error
-		out, err = v.g.file.Extents(ctx, off, n, max)
+		out, err = v.g.fsm.extents(ctx, off, n, max)
 		return err
 	}, func(c *nbdclient.Conn) error {
 		var err error
