@@ -258,7 +258,8 @@ func TestFSMAnswersAtCommit(t *testing.T) {
 			t.Error(err)
 		}
 		go func() { c.readErr <- f.readAt(ctx, c.read, 65536) }() // a client that saw the answer
-		go func() {                                               // one that asks for block status first (nbdcopy)
+		// One that asks for block status first (nbdcopy).
+		go func() {
 			ext, err := f.extents(ctx, 65536, 4096, 1)
 			if err != nil {
 				t.Error(err)
