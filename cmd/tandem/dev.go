@@ -220,18 +220,16 @@ Press Ctrl-C to stop.
 	return cmd
 }
 
-// devAddr returns ip:port, picking a free port when port is "0" (the dev
-// cluster needs every address before any host starts).
 // devProcs returns the GOMAXPROCS for the dev cluster, and whether to set
 // it: twice the default procs, unless the user set GOMAXPROCS. The three
 // agents share this process's Go scheduler, where three hosts would each
 // have their own. Each replica's log sync blocks a thread in fdatasync, and
 // the runtime hands that thread's P on only once its monitor notices: with
 // one P per CPU the other agents' network and raft goroutines wait for a P
-// more often. Two Ps per CPU gave 11.4k–13.6k
-// durable 4 KiB writes per second at QD32 against 10.3k–10.9k with one,
-// in alternating runs of tandem bench on the 2-CPU development machine;
-// three per CPU did no better (docs/benchmarks.md).
+// more often. Two Ps per CPU gave 11.4k–13.6k durable 4 KiB writes per
+// second at QD32 against 10.3k–10.9k with one, in alternating runs of
+// tandem bench on the 2-CPU development machine; three per CPU did no
+// better (docs/benchmarks.md).
 func devProcs(env string, procs int) (int, bool) {
 	if env != "" {
 		return procs, false
@@ -239,6 +237,8 @@ func devProcs(env string, procs int) (int, bool) {
 	return 2 * procs, true
 }
 
+// devAddr returns ip:port, picking a free port when port is "0" (the dev
+// cluster needs every address before any host starts).
 func devAddr(ip, port string) (string, error) {
 	if port != "0" {
 		return net.JoinHostPort(ip, port), nil
