@@ -56,12 +56,16 @@ func TestCrashChild(t *testing.T) {
 	seed, _ := strconv.ParseInt(os.Getenv("WAL_CRASH_SEED"), 10, 64)
 	term, _ := strconv.ParseUint(os.Getenv("WAL_CRASH_TERM"), 10, 64)
 	rng := rand.New(rand.NewSource(seed))
-	l, err := Open(dir, crashConfig())
-	if err != nil {
-		fmt.Printf("E open: %v\n", err)
-		os.Exit(2)
-	}
 	out := os.Stdout // unbuffered: a printed line is an acknowledgement
+	// check reports a failed call as an "E" line, which fails the parent.
+	check := func(err error) {
+		if err != nil {
+			fmt.Fprintf(out, "E %v\n", err)
+			os.Exit(2)
+		}
+	}
+	l, err := Open(dir, crashConfig())
+	check(err)
 	leader := os.Getenv("WAL_CRASH_LEADER") == "1"
 	var stored atomic.Uint64 // leader: the last index stored
 	if leader {
@@ -73,10 +77,7 @@ func TestCrashChild(t *testing.T) {
 					time.Sleep(20 * time.Microsecond)
 					continue
 				}
-				if err := l.SyncLogs(); err != nil {
-					fmt.Fprintf(out, "E %v\n", err)
-					os.Exit(2)
-				}
+				check(l.SyncLogs())
 				durable = idx
 				fmt.Fprintf(out, "D %d\n", idx)
 			}
@@ -89,36 +90,24 @@ func TestCrashChild(t *testing.T) {
 		case leader && r >= 8:
 			from := last + 1
 			to := from + uint64(rng.Intn(16))
-			if err := l.StoreLogsNoSync(makeEntries(from, to, term)); err != nil {
-				fmt.Fprintf(out, "E %v\n", err)
-				os.Exit(2)
-			}
+			check(l.StoreLogsNoSync(makeEntries(from, to, term)))
 			fmt.Fprintf(out, "N %d %d %d\n", from, to, term)
 			stored.Store(to)
 		case r < 8 && last-first > 60:
 			max := first + uint64(rng.Int63n(int64(last-first-30)))
 			fmt.Fprintf(out, "b P %d\n", max)
-			if err := l.DeleteRange(first, max); err != nil {
-				fmt.Fprintf(out, "E %v\n", err)
-				os.Exit(2)
-			}
+			check(l.DeleteRange(first, max))
 			fmt.Fprintf(out, "P %d\n", max)
 		case !leader && r < 16 && last-first > 20: // a leader never cuts its own tail
 			min := last - uint64(rng.Intn(15))
 			fmt.Fprintf(out, "b S %d\n", min)
-			if err := l.DeleteRange(min, last); err != nil {
-				fmt.Fprintf(out, "E %v\n", err)
-				os.Exit(2)
-			}
+			check(l.DeleteRange(min, last))
 			fmt.Fprintf(out, "S %d\n", min)
 			term++ // re-appended indexes get different contents
 		default:
 			from := last + 1
 			to := from + uint64(rng.Intn(16))
-			if err := l.StoreLogs(makeEntries(from, to, term)); err != nil {
-				fmt.Fprintf(out, "E %v\n", err)
-				os.Exit(2)
-			}
+			check(l.StoreLogs(makeEntries(from, to, term)))
 			fmt.Fprintf(out, "A %d %d %d\n", from, to, term)
 		}
 	}
