@@ -234,8 +234,8 @@ func TestFenceSurvivesCheckpoint(t *testing.T) {
 // TestFSMAnswersAtCommit checks the early answer: an entry of writes is
 // reported committed before the file holds it (with the fenced ops), a read
 // or block status of its range issued from then on sees the new data, and
-// an entry with
-// another kind of op (a grow) is reported only through Apply's result.
+// an entry with another kind of op (a grow) is reported only through
+// Apply's result.
 func TestFSMAnswersAtCommit(t *testing.T) {
 	f := testFSM(t)
 	ctx := context.Background()
