@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/tandem-project/tandem/raftlog/mux"
 )
 
 // Peer is one host of the cluster as the replication layer sees it.
@@ -32,6 +34,10 @@ type Config struct {
 	RaftAddr string
 	// Peers lists every host of the (fixed) cluster, this one included.
 	Peers []Peer
+	// PeerTLS, if set, makes the mux port speak mutual TLS: raft, volume
+	// streams and forwarded I/O then pass only between hosts whose
+	// certificates the peer CA signed.
+	PeerTLS *mux.TLS
 
 	// HeartbeatTimeout bounds how long followers wait for the leader before
 	// electing another; it also sets the read lease (LeaseFraction of it).

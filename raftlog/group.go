@@ -614,7 +614,7 @@ func (g *Group) pull(ctx context.Context, st *restoreState) error {
 		for _, src := range sources {
 			start := time.Now()
 			g.copying.begin(st.Done, g.file.Size())
-			ps, err := pullVolume(ctx, src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
+			ps, err := pullVolume(ctx, g.h.dialer(), src.Raft, g.spec.Name, st.Index, st.Done, g.file, &g.copying, func(done int64) {
 				st.Done = done
 				if err := g.h.meta.PutJSON(key, st); err != nil {
 					g.log.Warn("recording copy progress", "err", err)

@@ -66,7 +66,7 @@ func OpenHost(cfg Config) (*Host, error) {
 	}
 	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, opened: time.Now(), idBase: rand.Uint64()}
 	if cfg.RaftAddr != "" {
-		h.mux, err = mux.Listen(cfg.RaftAddr, log)
+		h.mux, err = mux.Listen(cfg.RaftAddr, cfg.PeerTLS, log)
 		if err != nil {
 			db.Close()
 			return nil, err
@@ -74,7 +74,7 @@ func OpenHost(cfg Config) (*Host, error) {
 		h.mux.Handle(mux.KindStream, h.serveStream)
 		h.done = make(chan error, 1)
 		go func() { h.done <- h.mux.Serve() }()
-		log.Info("replication listening", "addr", h.mux.Addr().String())
+		log.Info("replication listening", "addr", h.mux.Addr().String(), "mutual_tls", cfg.PeerTLS != nil)
 	}
 	return h, nil
 }
@@ -204,6 +204,14 @@ func (h *Host) CloseVolume(name string, remove bool) error {
 		return fmt.Errorf("raftlog: volume %s: %w", name, derr)
 	}
 	return nil
+}
+
+// dialer returns the dialer of connections to other hosts' mux ports.
+func (h *Host) dialer() mux.Dialer {
+	if h.mux == nil {
+		return mux.Dialer{}
+	}
+	return h.mux.Dialer()
 }
 
 // RaftLayer returns the stream layer of a group other than a volume's on

@@ -334,10 +334,12 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 // This goroutine receives records into buffers; a pullWriter writes them
 // (with bounded writeback), syncs every pullSyncEvery bytes of the volume
 // and at the end, and reports progress.
-func pullVolume(ctx context.Context, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (pullStats, error) {
+func pullVolume(ctx context.Context, d mux.Dialer, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (pullStats, error) {
 	var st pullStats
 	start := time.Now()
-	c, err := mux.Dial(addr, mux.KindStream, name, 10*time.Second)
+	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := d.Dial(dctx, addr, mux.KindStream, name)
+	dcancel()
 	if err != nil {
 		return st, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
@@ -64,7 +65,7 @@ func BenchmarkStreamCopy(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		st, err := pullVolume(context.Background(), addr, "vol", 0, 0, dst, nil, nil)
+		st, err := pullVolume(context.Background(), mux.Dialer{}, addr, "vol", 0, 0, dst, nil, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -22,7 +22,7 @@ import (
 // streamTestSource serves src as a volume stream on loopback.
 func streamTestSource(t testing.TB, src *blockfile.File) string {
 	t.Helper()
-	l, err := mux.Listen("127.0.0.1:0", slog.New(slog.DiscardHandler))
+	l, err := mux.Listen("127.0.0.1:0", nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestStreamCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 		var reports []int64
-		st, err := pullVolume(ctx, addr, "vol", 0, from, dst, nil, func(off int64) { reports = append(reports, off) })
+		st, err := pullVolume(ctx, mux.Dialer{}, addr, "vol", 0, from, dst, nil, func(off int64) { reports = append(reports, off) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,14 +180,14 @@ func TestStreamCopyStops(t *testing.T) {
 		}
 		cancel()
 	}()
-	if _, err := pullVolume(ctx, addr, "vol", 0, 0, dst, m, func(int64) { calls++ }); err == nil {
+	if _, err := pullVolume(ctx, mux.Dialer{}, addr, "vol", 0, 0, dst, m, func(int64) { calls++ }); err == nil {
 		t.Fatal("a cancelled pull succeeded")
 	}
 	if calls != 0 {
 		t.Errorf("a cancelled pull reported progress %d times", calls)
 	}
 	// Resumes to the end.
-	if _, err := pullVolume(context.Background(), addr, "vol", 0, 0, dst, nil, nil); err != nil {
+	if _, err := pullVolume(context.Background(), mux.Dialer{}, addr, "vol", 0, 0, dst, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(readAll(t, dst), readAll(t, src)) {

@@ -5,9 +5,16 @@
 //
 // Raft groups use Layer, a hashicorp/raft StreamLayer, so that each group
 // runs an ordinary raft.NetworkTransport while the host listens on one port.
+//
+// With a TLS identity (Config.TLS) the port speaks mutual TLS only: both
+// ends present a certificate signed by the cluster's peer CA before the
+// header is read, so that only the cluster's hosts can reach a group.
 package mux
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -26,6 +33,9 @@ const (
 	KindRaft byte = 1
 	// KindStream carries a volume stream to a catching-up replica.
 	KindStream byte = 2
+	// KindNBD carries NBD from an agent forwarding a volume's I/O to the
+	// agent of its leader.
+	KindNBD byte = 3
 )
 
 const (
@@ -44,10 +54,41 @@ type route struct {
 	name string
 }
 
+// TLS is a host's identity among its peers: its certificate and the CA
+// that signed every peer's certificate. Each certificate must name its
+// host's replication address (an IP address or DNS name) and may be used
+// both to serve and to dial.
+type TLS struct {
+	Cert tls.Certificate
+	CA   *x509.CertPool
+}
+
+// serverConfig is the listener's side: the client must present a
+// certificate of the CA.
+func (t *TLS) serverConfig() *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{t.Cert},
+		ClientCAs:    t.CA,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}
+}
+
+// clientConfig is the dialer's side, to the host named host.
+func (t *TLS) clientConfig(host string) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{t.Cert},
+		RootCAs:      t.CA,
+		ServerName:   host,
+		MinVersion:   tls.VersionTLS13,
+	}
+}
+
 // Listener accepts the connections of one host port and routes them.
 type Listener struct {
 	ln  net.Listener
 	log *slog.Logger
+	tls *TLS
 
 	mu       sync.Mutex
 	layers   map[route]*Layer
@@ -56,8 +97,9 @@ type Listener struct {
 	done     chan struct{}
 }
 
-// Listen listens on addr ("host:port"). Call Serve to start routing.
-func Listen(addr string, log *slog.Logger) (*Listener, error) {
+// Listen listens on addr ("host:port"), with mutual TLS if id is not nil.
+// Call Serve to start routing.
+func Listen(addr string, id *TLS, log *slog.Logger) (*Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("mux: listen %s: %w", addr, err)
@@ -65,6 +107,7 @@ func Listen(addr string, log *slog.Logger) (*Listener, error) {
 	return &Listener{
 		ln:       ln,
 		log:      log,
+		tls:      id,
 		layers:   map[route]*Layer{},
 		handlers: map[byte]func(string, net.Conn){},
 		done:     make(chan struct{}),
@@ -73,6 +116,10 @@ func Listen(addr string, log *slog.Logger) (*Listener, error) {
 
 // Addr returns the address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Dialer returns a Dialer with the listener's TLS identity, for
+// connections to the other hosts' ports.
+func (l *Listener) Dialer() Dialer { return Dialer{TLS: l.tls} }
 
 // Serve accepts connections until Close; it returns nil after Close.
 func (l *Listener) Serve() error {
@@ -103,14 +150,23 @@ func (l *Listener) route(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
+	_ = c.SetDeadline(time.Now().Add(headerTimeout))
+	if l.tls != nil {
+		tc := tls.Server(c, l.tls.serverConfig())
+		if err := tc.Handshake(); err != nil {
+			l.log.Warn("mux: TLS handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		c = tc
+	}
 	kind, name, err := readHeader(c)
 	if err != nil {
 		l.log.Debug("mux: bad connection header", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetDeadline(time.Time{})
 	l.mu.Lock()
 	layer := l.layers[route{kind, name}]
 	handler := l.handlers[kind]
@@ -229,33 +285,68 @@ func (y *Layer) Addr() net.Addr { return y.l.Addr() }
 // Dial implements raft.StreamLayer: it connects to the host at address and
 // asks for this layer's group.
 func (y *Layer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return Dial(string(address), y.r.kind, y.r.name, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return y.l.Dialer().Dial(ctx, string(address), y.r.kind, y.r.name)
 }
 
-// Dial connects to the host port at addr and sends the header for kind and
-// name. The returned connection is ready for the kind's own protocol.
-func Dial(addr string, kind byte, name string, timeout time.Duration) (net.Conn, error) {
-	if len(name) > maxNameLen {
-		return nil, fmt.Errorf("mux: name of %d bytes", len(name))
-	}
-	c, err := net.DialTimeout("tcp", addr, timeout)
+// Dialer opens connections to hosts' mux ports. The zero Dialer speaks
+// plain TCP, for ports without TLS.
+type Dialer struct {
+	// TLS, if set, is this host's identity for ports that speak mutual TLS.
+	TLS *TLS
+}
+
+// Dial connects to the host port at addr and asks for kind and name. The
+// returned connection is ready for the kind's own protocol.
+func (d Dialer) Dial(ctx context.Context, addr string, kind byte, name string) (net.Conn, error) {
+	var nd net.Dialer
+	c, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mux: dial %s: %w", addr, err)
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+	}
+	return d.Open(ctx, c, addr, kind, name)
+}
+
+// Open starts the port's protocol on c, a new connection to addr (from a
+// dialer of the caller's own): the TLS handshake if d has an identity,
+// then the header for kind and name. It closes c if that fails.
+func (d Dialer) Open(ctx context.Context, c net.Conn, addr string, kind byte, name string) (net.Conn, error) {
+	if len(name) > maxNameLen {
+		c.Close()
+		return nil, fmt.Errorf("mux: name of %d bytes", len(name))
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(headerTimeout)
+	}
+	_ = c.SetDeadline(deadline)
+	if d.TLS != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("mux: dial %s: %w", addr, err)
+		}
+		tc := tls.Client(c, d.TLS.clientConfig(host))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("mux: dial %s: TLS: %w", addr, err)
+		}
+		c = tc
 	}
 	hdr := make([]byte, 0, 8+len(name))
 	hdr = append(hdr, magic...)
 	hdr = append(hdr, version, kind)
 	hdr = binary.BigEndian.AppendUint16(hdr, uint16(len(name)))
 	hdr = append(hdr, name...)
-	_ = c.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(hdr); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("mux: dial %s: %w", addr, err)
 	}
-	_ = c.SetWriteDeadline(time.Time{})
+	_ = c.SetDeadline(time.Time{})
 	return c, nil
 }
 

@@ -1,15 +1,26 @@
 package mux
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/internal/testpki"
 )
 
+func dial(t *testing.T, d Dialer, addr string, kind byte, name string) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return d.Dial(ctx, addr, kind, name)
+}
+
 func TestRouting(t *testing.T) {
-	l, err := Listen("127.0.0.1:0", slog.New(slog.DiscardHandler))
+	l, err := Listen("127.0.0.1:0", nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +42,7 @@ func TestRouting(t *testing.T) {
 	})
 
 	send := func(kind byte, name, msg string) {
-		c, err := Dial(l.Addr().String(), kind, name, time.Second)
+		c, err := dial(t, Dialer{}, l.Addr().String(), kind, name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +72,7 @@ func TestRouting(t *testing.T) {
 	}
 
 	// Unknown groups and garbage are closed without harm.
-	c, _ := Dial(l.Addr().String(), KindRaft, "nope", time.Second)
+	c, _ := dial(t, Dialer{}, l.Addr().String(), KindRaft, "nope")
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("connection for an unknown group was not closed")
@@ -80,5 +91,74 @@ func TestRouting(t *testing.T) {
 	}
 	if _, err := l.Layer("vol-a"); err != nil {
 		t.Errorf("re-registering a closed group: %v", err)
+	}
+}
+
+// TestTLS: a port with a TLS identity serves only hosts whose certificate
+// its CA signed, and a dialer accepts only a listener whose certificate
+// names the address it dialed.
+func TestTLS(t *testing.T) {
+	ca := testpki.NewCA(t, "peers")
+	id := &TLS{Cert: ca.Issue("n1", "127.0.0.1").TLS(t), CA: ca.Pool()}
+	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go l.Serve()
+	got := make(chan string, 8)
+	l.Handle(KindNBD, func(name string, c net.Conn) {
+		defer c.Close()
+		msg, _ := io.ReadAll(c)
+		got <- name + ":" + string(msg)
+	})
+	addr := l.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+
+	// refused reports whether the listener dropped a connection after a
+	// message was sent on it, instead of routing it.
+	refused := func(c net.Conn) bool {
+		c.Write([]byte("hello"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		c.Close()
+		select {
+		case m := <-got:
+			t.Errorf("routed: %q", m)
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+		return err != nil
+	}
+
+	peer := Dialer{TLS: &TLS{Cert: ca.Issue("n2", "127.0.0.2").TLS(t), CA: ca.Pool()}}
+	c, err := dial(t, peer, addr, KindNBD, "vol")
+	if err != nil {
+		t.Fatalf("a peer with a certificate of the CA: %v", err)
+	}
+	c.Write([]byte("over tls"))
+	c.Close()
+	if m := <-got; m != "vol:over tls" {
+		t.Errorf("handler got %q", m)
+	}
+
+	// Without TLS, the header is taken for a bad TLS handshake.
+	if c, err := dial(t, Dialer{}, addr, KindNBD, "vol"); err == nil && !refused(c) {
+		t.Error("a plain connection was served on a TLS port")
+	}
+	// A certificate of another CA.
+	other := testpki.NewCA(t, "other")
+	stranger := Dialer{TLS: &TLS{Cert: other.Issue("n9", "127.0.0.2").TLS(t), CA: ca.Pool()}}
+	if c, err := dial(t, stranger, addr, KindNBD, "vol"); err == nil && !refused(c) {
+		t.Error("a certificate of another CA was accepted")
+	}
+	// The listener's certificate does not name 127.0.0.1 under this name.
+	if _, err := dial(t, peer, "localhost:"+port, KindNBD, "vol"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("dialing by a name the listener's certificate lacks: %v", err)
+	}
+	// The dialer does not trust a listener of another CA.
+	lost := Dialer{TLS: &TLS{Cert: ca.Issue("n2", "127.0.0.2").TLS(t), CA: other.Pool()}}
+	if _, err := dial(t, lost, addr, KindNBD, "vol"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("dialing a listener of another CA: %v", err)
 	}
 }
