@@ -260,7 +260,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	ncfg := cfg.NBD
 	ncfg.Logger = log
 	ncfg.Observer = mets
-	srv := nbd.NewServer(exps, ncfg)
+	srv := nbd.NewServer(exportView{exps, false}, ncfg)
+	// Other agents forward I/O to the volumes led here over the
+	// replication port, which has its own protection (mutual TLS or a
+	// private network): no NBD TLS there.
+	fcfg := ncfg
+	fcfg.TLS, fcfg.TLSRequired = nil, false
+	fwd := nbd.NewServer(exportView{exps, true}, fcfg)
+	host.ServeForwarded(func(c net.Conn) { fwd.ServeConn(c) })
 
 	var lns []net.Listener
 	where := Listening{RaftAddr: host.RaftAddr()}
@@ -306,7 +313,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if where.NBDAddr != nil {
 				nbdAddr = where.NBDAddr.String()
 			}
-			ca, err := startCluster(cfg, host, srv, exps, nbdAddr, al.Addr().String())
+			ca, err := startCluster(cfg, host, srv, fwd, exps, nbdAddr, al.Addr().String())
 			if err != nil {
 				al.Close()
 				closeAll()
@@ -345,6 +352,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil && err == nil {
+		err = serr
+	}
+	if serr := fwd.Shutdown(sctx); serr != nil && err == nil {
 		err = serr
 	}
 	if errors.Is(err, nbd.ErrServerClosed) {

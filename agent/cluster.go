@@ -170,6 +170,31 @@ func (e *exportSet) listed(name string) {
 	}
 }
 
+// exportView is what one of the agent's NBD servers offers of an
+// exportSet: to clients the volumes, to other agents (on the replication
+// port) only the forwarding views (ForwardPrefix), through which they
+// reach the leader's replica directly.
+type exportView struct {
+	set   *exportSet
+	peers bool
+}
+
+// Lookup implements nbd.Exports.
+func (v exportView) Lookup(name string) (nbd.Export, error) {
+	if strings.HasPrefix(name, raftlog.ForwardPrefix) != v.peers {
+		return nbd.Export{}, nbd.ErrUnknownExport
+	}
+	return v.set.Lookup(name)
+}
+
+// List implements nbd.Exports: the volumes, to clients only.
+func (v exportView) List() []string {
+	if v.peers {
+		return nil
+	}
+	return v.set.List()
+}
+
 // add exports a volume and its forwarding view. If the volume was
 // exported through a proxy, its clients go on with the replica: add
 // returns once the proxy's requests in flight returned (or
@@ -240,7 +265,8 @@ type clusterAgent struct {
 	cc      *ClusterConfig
 	log     *slog.Logger
 	host    *raftlog.Host
-	srv     *nbd.Server
+	srv     *nbd.Server // clients' (the NBD listeners)
+	fwd     *nbd.Server // other agents' (forwarding views, on the replication port)
 	exps    *exportSet
 	members *membership.Membership
 	ctl     *control.Control
@@ -276,9 +302,9 @@ const catalogIDFile = "catalog-id"
 // startCluster joins the gossip, opens the control group and starts the
 // loops that keep this agent's replicas and exports in line with the
 // catalog.
-func startCluster(cfg Config, host *raftlog.Host, srv *nbd.Server, exps *exportSet, nbdAddr, adminAddr string) (*clusterAgent, error) {
+func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *exportSet, nbdAddr, adminAddr string) (*clusterAgent, error) {
 	a := &clusterAgent{
-		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, exps: exps,
+		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, fwd: fwd, exps: exps,
 		nbdAddr: nbdAddr, adminAddr: adminAddr, started: time.Now(),
 		http:    &http.Client{Timeout: 3 * time.Second},
 		vols:    map[string]*raftlog.Volume{},
@@ -597,14 +623,14 @@ func (a *clusterAgent) reconcile() {
 		if p != nil {
 			a.exps.addProxy(p)
 			a.exps.removeForward(name)
-			n = a.srv.Disconnect(raftlog.ForwardPrefix + name)
+			n = a.fwd.Disconnect(raftlog.ForwardPrefix + name)
 		} else {
 			if a.exps.serves(name, v) {
 				a.exps.remove(name)
 				n = a.srv.Disconnect(name)
 			}
 			a.exps.removeForward(name)
-			n += a.srv.Disconnect(raftlog.ForwardPrefix + name)
+			n += a.fwd.Disconnect(raftlog.ForwardPrefix + name)
 		}
 		a.mu.Lock()
 		delete(a.vols, name)

@@ -276,7 +276,7 @@ func (a *clusterAgent) dropJoining(name, why string) {
 	a.exps.mu.Lock()
 	delete(a.exps.byName, raftlog.ForwardPrefix+name)
 	a.exps.mu.Unlock()
-	a.srv.Disconnect(raftlog.ForwardPrefix + name)
+	a.fwd.Disconnect(raftlog.ForwardPrefix + name)
 	if err := a.host.CloseVolume(name, true); err != nil {
 		a.log.Warn("removing a joining replica", "volume", name, "err", err)
 		return

@@ -8,13 +8,11 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
-	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/vmcoord/vmhost"
 	"github.com/tandem-project/tandem/volume"
@@ -47,14 +45,11 @@ func (a *clusterAgent) startVMs() error {
 	return nil
 }
 
-// writerAttached reports whether a client (not another agent forwarding)
-// opened a volume under writer epoch (a VM run's) on this agent and is
-// still connected.
+// writerAttached reports whether a client opened a volume under writer
+// epoch (a VM run's) on this agent and is still connected. (Other agents
+// forwarding to this one are on a server of their own.)
 func (a *clusterAgent) writerAttached(epoch uint64) bool {
 	for name := range a.srv.AttachedAs() {
-		if strings.HasPrefix(name, raftlog.ForwardPrefix) {
-			continue
-		}
 		if _, e, err := volume.SplitExport(name); err == nil && e == epoch {
 			return true
 		}

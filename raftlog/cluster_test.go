@@ -121,7 +121,10 @@ func (c *testCluster) serve(i int) {
 	for name, v := range th.vol {
 		exps = append(exps, nbd.Export{Name: name, Backend: v}, nbd.Export{Name: ForwardPrefix + name, Backend: v.Direct(), PassHandle: true})
 	}
-	th.srv = nbd.NewServer(epochExports{nbd.NewStaticExports("", exps...)}, nbd.DefaultConfig())
+	srv := nbd.NewServer(epochExports{nbd.NewStaticExports("", exps...)}, nbd.DefaultConfig())
+	th.srv = srv
+	// Other hosts forward to the leader on its replication port.
+	th.h.ServeForwarded(func(c net.Conn) { srv.ServeConn(c) })
 	var err error
 	for try := 0; try < 50; try++ {
 		if th.ln, err = net.Listen("tcp", c.peers[i].NBD); err == nil {

@@ -17,7 +17,8 @@ type Peer struct {
 	ID string
 	// Raft is the host's replication address (its mux port).
 	Raft string
-	// NBD is the host's NBD address, used to forward I/O to a leader there.
+	// NBD is the host's NBD address, where its clients connect. (I/O
+	// forwarded to a leader goes to its Raft address.)
 	NBD string
 }
 

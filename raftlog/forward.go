@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -43,9 +44,9 @@ func (l *leaderConn) healthy() *nbdclient.Conn {
 	return nil
 }
 
-// get returns the connection to p's agent, dialing it (and aborting one to
-// another host) if needed.
-func (l *leaderConn) get(ctx context.Context, p Peer, timeout time.Duration) (*nbdclient.Conn, error) {
+// get returns the connection to p's agent, dialing it on p's replication
+// port with d (and aborting one to another host) if needed.
+func (l *leaderConn) get(ctx context.Context, d mux.Dialer, p Peer, timeout time.Duration) (*nbdclient.Conn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -61,12 +62,17 @@ func (l *leaderConn) get(ctx context.Context, p Peer, timeout time.Duration) (*n
 	}
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := nbdclient.Dial(dctx, "tcp", p.NBD, nbdclient.Options{
+	nc, err := d.Dial(dctx, p.Raft, mux.KindNBD, "")
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: volume %s: connecting to the agent of %s: %w", l.volume, p.ID, err)
+	}
+	c, err := nbdclient.Handshake(dctx, nc, nbdclient.Options{
 		Export:       ForwardPrefix + volume.WriterExport(l.volume, l.epoch),
 		MetaContexts: []string{nbdclient.MetaContextBase},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("raftlog: volume %s: connecting to the agent of %s (%s): %w", l.volume, p.ID, p.NBD, err)
+		nc.Close()
+		return nil, fmt.Errorf("raftlog: volume %s: connecting to the agent of %s (%s): %w", l.volume, p.ID, p.Raft, err)
 	}
 	l.conn, l.to = c, p.ID
 	return c, nil
@@ -186,7 +192,7 @@ func (f *forwarder) get(ctx context.Context, epoch uint64) (*nbdclient.Conn, err
 	if !ok || p.ID == f.g.cfg.Local {
 		return nil, errNoLeader
 	}
-	return f.of(epoch).get(ctx, p, 5*time.Second)
+	return f.of(epoch).get(ctx, f.g.h.dialer(), p, 5*time.Second)
 }
 
 // drop forgets c, a connection of epoch, after it failed.

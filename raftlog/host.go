@@ -214,6 +214,17 @@ func (h *Host) dialer() mux.Dialer {
 	return h.mux.Dialer()
 }
 
+// ServeForwarded makes serve the handler of the NBD connections that other
+// hosts' agents open on this host's replication port to forward I/O to
+// the volumes this host leads (ForwardPrefix exports). serve owns the
+// connection. It does nothing on a host without a replication address.
+func (h *Host) ServeForwarded(serve func(c net.Conn)) {
+	if h.mux == nil {
+		return
+	}
+	h.mux.Handle(mux.KindNBD, func(_ string, c net.Conn) { serve(c) })
+}
+
 // RaftLayer returns the stream layer of a group other than a volume's on
 // the host's mux port (the control plane's, named "_control"), or nil on
 // a host without a replication address.

@@ -94,7 +94,7 @@ func (p *Proxy) get(ctx context.Context, lc *leaderConn) (*nbdclient.Conn, error
 	pe := p.peers[p.next]
 	p.next = (p.next + 1) % len(p.peers)
 	p.mu.Unlock()
-	return lc.get(ctx, pe, 3*time.Second)
+	return lc.get(ctx, p.h.dialer(), pe, 3*time.Second)
 }
 
 // run sends a request until a replica's agent answers it, or StallTimeout.

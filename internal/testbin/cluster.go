@@ -3,6 +3,7 @@ package testbin
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/vmcoord/pidfile"
 )
 
@@ -35,6 +37,9 @@ type ClusterConfig struct {
 	Volumes []string
 	// Args are extra flags given to every agent (e.g. --heartbeat-timeout).
 	Args []string
+	// HostArgs, if set, returns extra flags for host i alone (e.g. its
+	// certificate).
+	HostArgs func(i int) []string
 	// IPs are the hosts' addresses. Default: 127.A.B.1, 127.A.B.2... on
 	// loopback, with A and B picked at random so that parallel clusters do
 	// not share addresses (every address of 127.0.0.0/8 is local).
@@ -50,6 +55,12 @@ type ClusterConfig struct {
 	// Dial, if set, opens a TCP connection to addr as a client on host i
 	// (for hosts in network namespaces). Default: net.Dialer.
 	Dial func(ctx context.Context, i int, addr string) (net.Conn, error)
+	// NBDTLS, if set, is the TLS configuration of NBD clients (Dial): for
+	// agents started with --tls-required.
+	NBDTLS *tls.Config
+	// PeerTLS, if set, is the identity LeaderOf presents on the hosts'
+	// replication ports: for agents started with --peer-tls-*.
+	PeerTLS *mux.TLS
 	// Managed runs the agents in cluster mode (tandem agent
 	// --control-voters ...): gossip, the control plane and the admin API
 	// on every host, volumes created through the API. Volumes must then
@@ -276,7 +287,7 @@ func (n *Node) args() []string {
 		args = append(args, "--admin-listen", n.AdminAddr, "--gossip-listen", n.GossipAddr,
 			"--join", strings.Join(join, ","), "--control-voters", strings.Join(voters, ","),
 			"--gossip-key-file", c.KeyFile, "--admin-token-file", c.TokenFile, "--fast-gossip")
-		return append(args, c.cfg.Args...)
+		return append(append(args, c.cfg.Args...), n.hostArgs()...)
 	}
 	for _, p := range c.Nodes {
 		args = append(args, "--peer", fmt.Sprintf("%s,raft=%s,nbd=%s", p.Name, p.RaftAddr, p.NBDAddr))
@@ -284,7 +295,15 @@ func (n *Node) args() []string {
 	for _, v := range c.cfg.Volumes {
 		args = append(args, "--volume", v)
 	}
-	return append(args, c.cfg.Args...)
+	return append(append(args, c.cfg.Args...), n.hostArgs()...)
+}
+
+// hostArgs returns ClusterConfig.HostArgs of n, if any.
+func (n *Node) hostArgs() []string {
+	if n.c.cfg.HostArgs == nil {
+		return nil
+	}
+	return n.c.cfg.HostArgs(n.Index)
 }
 
 // spawn starts the agent process of n without waiting for it to serve.
@@ -596,14 +615,25 @@ func (c *Cluster) VolumePath(i int, vol string) string {
 // goroutine.
 func (c *Cluster) Dial(ctx context.Context, i int, export string) (*nbdclient.Conn, error) {
 	addr := c.Nodes[i].NBDAddr
+	opts := nbdclient.Options{Export: export}
+	if c.cfg.NBDTLS != nil {
+		host, _, _ := net.SplitHostPort(addr)
+		opts.TLS = c.cfg.NBDTLS.Clone()
+		opts.TLS.ServerName = host
+	}
 	if c.cfg.Dial == nil {
-		return nbdclient.Dial(ctx, "tcp", addr, nbdclient.Options{Export: export})
+		return nbdclient.Dial(ctx, "tcp", addr, opts)
 	}
 	nc, err := c.cfg.Dial(ctx, i, addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: dial %s: %w", addr, err)
 	}
-	conn, err := nbdclient.Handshake(ctx, nc, nbdclient.Options{Export: export})
+	return handshake(ctx, nc, opts)
+}
+
+// handshake starts NBD on nc, closing it on failure.
+func handshake(ctx context.Context, nc net.Conn, opts nbdclient.Options) (*nbdclient.Conn, error) {
+	conn, err := nbdclient.Handshake(ctx, nc, opts)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -611,9 +641,29 @@ func (c *Cluster) Dial(ctx context.Context, i int, export string) (*nbdclient.Co
 	return conn, nil
 }
 
-// forwardPrefix is the export prefix under which an agent serves a volume
-// only while it leads it (raftlog.ForwardPrefix; see docs/replication.md).
-const forwardPrefix = "_fwd/"
+// DialForward opens export on host i's replication port, as an agent
+// forwarding to it does: only the forwarding views (ForwardPrefix) are
+// served there. Safe from any goroutine.
+func (c *Cluster) DialForward(ctx context.Context, i int, export string) (*nbdclient.Conn, error) {
+	addr := c.Nodes[i].RaftAddr
+	d := mux.Dialer{TLS: c.cfg.PeerTLS}
+	var nc net.Conn
+	var err error
+	if c.cfg.Dial == nil {
+		nc, err = d.Dial(ctx, addr, mux.KindNBD, "")
+	} else if nc, err = c.cfg.Dial(ctx, i, addr); err == nil {
+		nc, err = d.Open(ctx, nc, addr, mux.KindNBD, "")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return handshake(ctx, nc, nbdclient.Options{Export: export})
+}
+
+// ForwardPrefix is the export prefix under which an agent serves a volume
+// to the other agents only while it leads it (raftlog.ForwardPrefix; see
+// docs/replication.md).
+const ForwardPrefix = "_fwd/"
 
 // LeaderOf probes which running host leads volume vol and can serve it
 // now: the one whose leader-only export (_fwd/vol) answers a read. It
@@ -633,7 +683,7 @@ func (c *Cluster) LeaderOf(vol string) int {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
-			conn, err := c.Dial(ctx, i, forwardPrefix+vol)
+			conn, err := c.DialForward(ctx, i, ForwardPrefix+vol)
 			if err != nil {
 				ch <- res{i, false}
 				return
