@@ -102,16 +102,25 @@ func TestTLS(t *testing.T) {
 // TestTLSFlags: bad TLS flag combinations are refused with a clear message.
 func TestTLSFlags(t *testing.T) {
 	t.Parallel()
-	_, cert, _ := writeTLSFiles(t)
-	for _, args := range [][]string{
-		{"--tls-required"},
-		{"--tls-cert", cert},
-		{"--tls-cert", cert, "--tls-key", "/nonexistent"},
+	dir, cert, key := writeTLSFiles(t)
+	ca := filepath.Join(dir, "ca-cert.pem")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tls-required"}, "--tls-required and --tls-client-ca need --tls-cert"},
+		{[]string{"--tls-cert", cert}, "--tls-cert and --tls-key go together"},
+		{[]string{"--tls-cert", cert, "--tls-key", "/nonexistent"}, "--tls-cert/--tls-key:"},
+		{[]string{"--peer-tls-cert", cert}, "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"},
+		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", "/nonexistent"}, "--peer-tls-ca: open /nonexistent"},
+		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", cert + "x"}, "--peer-tls-ca: open"},
+		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", key}, "--peer-tls-ca: no certificate in"},
+		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca}, "it needs --raft-listen"},
 	} {
-		full := append([]string{"agent", "--data", t.TempDir(), "--nbd-listen", "127.0.0.1:0", "--volume", "v=1M"}, args...)
+		full := append([]string{"agent", "--data", t.TempDir(), "--nbd-listen", "127.0.0.1:0", "--volume", "v=1M"}, tc.args...)
 		out, err := testbin.RunErr(10*time.Second, testbin.Binary(t), full...)
-		if err == nil || !strings.Contains(out, "--tls") {
-			t.Errorf("tandem %v: %v\n%s", args, err, out)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("tandem %v: %v, want an error with %q:\n%s", tc.args, err, tc.want, out)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tandem-project/tandem/agent"
+	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -21,6 +22,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var vols, peers []string
 	var tlsFlags tlsOptions
+	var peerTLS peerTLSOptions
 	var cl clusterFlags
 	var configPath string
 	cmd := &cobra.Command{
@@ -122,6 +124,12 @@ closed cleanly.`,
 				return err
 			}
 			cfg.NBD.TLSRequired = tlsFlags.required
+			if cfg.Replication.PeerTLS, err = peerTLS.config(); err != nil {
+				return err
+			}
+			if cfg.Replication.PeerTLS != nil && cfg.RaftAddr == "" {
+				return errors.New("--peer-tls-cert protects the replication port: it needs --raft-listen")
+			}
 			if cfg.Cluster, err = cl.config(); err != nil {
 				return err
 			}
@@ -146,6 +154,7 @@ closed cleanly.`,
 	f.StringVar(&cfg.DefaultExport, "default-export", "", "volume served to clients asking for the empty export name")
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
+	peerTLS.register(f)
 	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
@@ -256,6 +265,40 @@ func (o *tlsOptions) config() (*tls.Config, error) {
 		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
 	return c, nil
+}
+
+// peerTLSOptions are the flags of mutual TLS between the hosts.
+type peerTLSOptions struct {
+	cert, key, ca string
+}
+
+func (o *peerTLSOptions) register(f *pflag.FlagSet) {
+	f.StringVar(&o.cert, "peer-tls-cert", "", "PEM certificate of this host on the replication port, naming its --raft-listen address; enables mutual TLS there (every host needs it)")
+	f.StringVar(&o.key, "peer-tls-key", "", "PEM private key of --peer-tls-cert")
+	f.StringVar(&o.ca, "peer-tls-ca", "", "PEM CA bundle that signed every host's --peer-tls-cert")
+}
+
+// config loads the host's identity, or nil without the flags.
+func (o *peerTLSOptions) config() (*mux.TLS, error) {
+	if o.cert == "" && o.key == "" && o.ca == "" {
+		return nil, nil
+	}
+	if o.cert == "" || o.key == "" || o.ca == "" {
+		return nil, errors.New("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together")
+	}
+	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-tls-cert/--peer-tls-key: %w", err)
+	}
+	pem, err := os.ReadFile(o.ca)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--peer-tls-ca: no certificate in %s", o.ca)
+	}
+	return &mux.TLS{Cert: pair, CA: pool}, nil
 }
 
 // clusterFlags are the flags of cluster mode.

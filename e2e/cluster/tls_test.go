@@ -1,0 +1,163 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/internal/testpki"
+	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog/mux"
+)
+
+// TestMutualTLS runs three agents the way the deployment guide advises
+// for untrusted networks: NBD only over TLS with client certificates
+// (--tls-required, --tls-client-ca) and mutual TLS on the replication
+// port (--peer-tls-*), each host with a certificate of its own.
+//   - A client with a certificate writes through a follower: the follower
+//     forwards to the leader over the replication port (it needs no NBD
+//     client certificate) and every host reads the data back; qemu-io
+//     does the same over QEMU's TLS.
+//   - The forwarding views are not served on the clients' NBD port, and
+//     the replication port refuses a connection without a certificate and
+//     one with a certificate of another CA (the clients' CA).
+//   - A follower down long enough for the log to be trimmed catches up
+//     from a volume streamed over the replication port.
+func TestMutualTLS(t *testing.T) {
+	testbin.Require(t, "qemu-io")
+	r := newRand(seed(t), 11)
+	peerCA := testpki.NewCA(t, "tandem peers")
+	clientCA := testpki.NewCA(t, "tandem clients")
+	a, b := 1+rand.IntN(254), 1+rand.IntN(254)
+	var ips []string
+	for i := range 3 {
+		ips = append(ips, fmt.Sprintf("127.%d.%d.%d", a, b, i+1))
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "peer-ca.pem")
+	testpki.WriteFile(t, caFile, peerCA.PEM())
+	clientCAFile := filepath.Join(dir, "client-ca.pem")
+	testpki.WriteFile(t, clientCAFile, clientCA.PEM())
+	hostArgs := make([][]string, 3)
+	for i, ip := range ips {
+		// One certificate per host serves both ports here; the NBD
+		// port's could come from another CA.
+		cert, key := peerCA.Issue(fmt.Sprintf("n%d", i+1), ip).Write(t, dir, fmt.Sprintf("n%d.pem", i+1), fmt.Sprintf("n%d-key.pem", i+1))
+		hostArgs[i] = []string{
+			"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", caFile,
+			"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", clientCAFile, "--tls-required",
+		}
+	}
+	client := clientCA.Issue("a client")
+	c := testbin.StartCluster(t, testbin.ClusterConfig{
+		Volumes: []string{fmt.Sprintf("%s=%d", vol, volSize)},
+		Args: append(fastArgs,
+			"--checkpoint-interval", "200ms", "--checkpoint-entries", "64", "--trailing-entries", "128"),
+		IPs:      ips,
+		HostArgs: func(i int) []string { return hostArgs[i] },
+		NBDTLS: &tls.Config{
+			RootCAs:      peerCA.Pool(),
+			Certificates: []tls.Certificate{client.TLS(t)},
+			MinVersion:   tls.VersionTLS12,
+		},
+		PeerTLS: &mux.TLS{Cert: peerCA.Issue("test", "127.0.0.1").TLS(t), CA: peerCA.Pool()},
+	})
+	l := c.Leader(vol)
+	fs := c.Followers(l)
+	k := r.IntN(2)
+	f, o := fs[k], fs[1-k]
+	t.Logf("leader n%d; writing through follower n%d", l+1, f+1)
+	ctx := context.Background()
+
+	// Through a follower, which forwards over the replication port.
+	conn := dial(t, c, f)
+	m := newModel()
+	seq := uint64(0)
+	write := func(conn *nbdclient.Conn, blk int64) {
+		t.Helper()
+		seq++
+		tag := tagOf(0, seq)
+		if err := writeBlock(ctx, conn, blk, tag); err != nil {
+			t.Fatalf("writing block %d: %v", blk, err)
+		}
+		m.settle(blk, tag)
+	}
+	for blk := range int64(256) {
+		write(conn, blk)
+	}
+	verifyThrough(t, c, m)
+
+	// qemu-io, with QEMU's TLS credentials (ca-cert.pem, client-cert.pem,
+	// client-key.pem), through the other follower. QEMU checks its own
+	// certificate against ca-cert.pem too.
+	qdir := t.TempDir()
+	testpki.WriteFile(t, filepath.Join(qdir, "ca-cert.pem"), append(peerCA.PEM(), clientCA.PEM()...))
+	client.Write(t, qdir, "client-cert.pem", "client-key.pem")
+	host, port, _ := net.SplitHostPort(c.Nodes[o].NBDAddr)
+	const qoff = 8 << 20 // past the stamped blocks
+	out, err := testbin.RunErr(30*time.Second, "qemu-io",
+		"--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+qdir,
+		"--image-opts", "driver=nbd,host="+host+",port="+port+",export="+vol+",tls-creds=tls0",
+		"-c", "write -P 0x5c "+strconv.Itoa(qoff)+" 1M", "-c", "read -P 0x5c "+strconv.Itoa(qoff)+" 1M")
+	if err != nil || strings.Contains(out, "Pattern verification failed") || !strings.Contains(out, "read 1048576/1048576") {
+		t.Fatalf("qemu-io over TLS through n%d: %v\n%s", o+1, err, out)
+	}
+	lconn := dial(t, c, l)
+	got := make([]byte, 1<<20)
+	if err := lconn.ReadAt(ctx, got, qoff, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0x5c}, 1<<20)) {
+		t.Fatalf("qemu-io's write read back through the leader n%d: %v", l+1, err)
+	}
+
+	// Where the forwarding views are not served.
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if fc, err := c.Dial(dctx, l, testbin.ForwardPrefix+vol); err == nil {
+		fc.Close()
+		t.Errorf("the leader's forwarding view was served on its NBD port")
+	}
+	stranger := mux.TLS{Cert: clientCA.Issue("stranger", "127.0.0.1").TLS(t), CA: peerCA.Pool()}
+	for what, d := range map[string]mux.Dialer{"without TLS": {}, "with a certificate of the clients' CA": {TLS: &stranger}} {
+		nc, err := d.Dial(dctx, c.Nodes[l].RaftAddr, mux.KindNBD, "")
+		if err == nil {
+			var fc *nbdclient.Conn
+			if fc, err = nbdclient.Handshake(dctx, nc, nbdclient.Options{Export: testbin.ForwardPrefix + vol}); err == nil {
+				fc.Close()
+			}
+			nc.Close()
+		}
+		if err == nil {
+			t.Errorf("the replication port served a forwarding view to a connection %s", what)
+		}
+	}
+	if fc, err := c.DialForward(dctx, l, testbin.ForwardPrefix+vol); err != nil {
+		t.Errorf("the replication port refused a peer certificate: %v", err)
+	} else {
+		fc.Close()
+	}
+
+	// A long outage: the returned follower gets the volume streamed.
+	c.Kill(f)
+	offs := map[int]int{l: c.Nodes[l].LogLen(), o: c.Nodes[o].LogLen()}
+	oconn := dial(t, c, o)
+	deadline := time.Now().Add(60 * time.Second)
+	for n := 0; !trimmedPast(c, l, offs[l]) || !trimmedPast(c, o, offs[o]); n++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log was not trimmed after %d writes in 60 s", n)
+		}
+		write(oconn, r.Int64N(256))
+	}
+	c.Start(f)
+	if _, err := c.Nodes[f].WaitLog(copiedRE, 0, 60*time.Second); err != nil {
+		t.Fatalf("n%d did not copy the volume after a long outage: %v", f+1, err)
+	}
+	waitReplicaFile(t, c, f, m, 30*time.Second)
+}
