@@ -5,10 +5,10 @@ set -euo pipefail
 declare -A pkg=(
   [qemu-io]=qemu-utils [qemu-img]=qemu-utils [qemu-system-x86_64]=qemu-system-x86
   [nbdinfo]=libnbd-bin [nbdsh]=libnbd-bin [nbdcopy]=libnbd-bin
-  [nbdkit]=nbdkit [fio]=fio [ip]=iproute2
+  [nbdkit]=nbdkit [fio]=fio [ip]=iproute2 [openssl]=openssl
 )
 case "${1:-test}" in
-  test)  need=(qemu-io qemu-img qemu-system-x86_64 nbdinfo nbdsh nbdcopy nbdkit fio) ;;
+  test)  need=(qemu-io qemu-img qemu-system-x86_64 nbdinfo nbdsh nbdcopy nbdkit fio openssl) ;;
   bench) need=(nbdkit fio) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

@@ -8,7 +8,9 @@
 // volume with the CLI, writes it with qemu-io through one host and reads
 // it through the others.
 //
-// It needs root, the ip command and qemu-io: it skips otherwise, and fails
+// The replication port runs with mutual TLS, its certificates made by the
+// openssl commands of deploy/README.md. It needs root, the ip command,
+// qemu-io and openssl: it skips otherwise, and fails
 // instead with TANDEM_REQUIRE_TOOLS=1. The namespaces it creates
 // (tdd<random>-br, -n1, -n2, -n3) are removed when it ends.
 package deploy
@@ -20,6 +22,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -41,7 +44,8 @@ import (
 // pathKeys are the config keys holding paths, which the test moves to
 // temporary directories. A config key with an absolute path that is not
 // listed here fails the test, so that it never writes to /etc or /var.
-var pathKeys = []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "tls-cert", "tls-key", "tls-client-ca"}
+var pathKeys = []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "tls-cert", "tls-key", "tls-client-ca",
+	"peer-tls-cert", "peer-tls-key", "peer-tls-ca"}
 
 // host is one host of the example cluster: its config as the test runs
 // it, its namespace and its agent process.
@@ -61,7 +65,7 @@ type host struct {
 func TestExampleCluster(t *testing.T) {
 	start := time.Now()
 	requireNetns(t)
-	testbin.Require(t, "qemu-io")
+	testbin.Require(t, "qemu-io", "openssl")
 	bin := testbin.Binary(t)
 	t.Logf("tandem built in %v", time.Since(start).Round(time.Millisecond))
 	start = time.Now()
@@ -71,10 +75,20 @@ func TestExampleCluster(t *testing.T) {
 	keyFile, tokenFile := filepath.Join(secrets, "gossip.key"), filepath.Join(secrets, "admin-token")
 	writeFile(t, keyFile, base64.StdEncoding.EncodeToString(randBytes(t, 32))+"\n")
 	writeFile(t, tokenFile, base64.StdEncoding.EncodeToString(randBytes(t, 32))+"\n")
+	// The replication port's certificates, made by the commands of
+	// deploy/README.md (without the copies to the hosts).
+	if out, err := exec.Command("bash", "-euc", "cd \"$1\"\n"+certScript(t), "certs", secrets).CombinedOutput(); err != nil {
+		t.Fatalf("the certificate commands of deploy/README.md: %v\n%s", err, out)
+	}
 
 	var hosts []*host
 	for i := 1; i <= 3; i++ {
-		hosts = append(hosts, loadConfig(t, i, keyFile, tokenFile))
+		hosts = append(hosts, loadConfig(t, i, map[string]string{
+			"gossip-key-file": keyFile, "admin-token-file": tokenFile,
+			"peer-tls-cert": filepath.Join(secrets, fmt.Sprintf("n%d-peer.crt", i)),
+			"peer-tls-key":  filepath.Join(secrets, fmt.Sprintf("n%d-peer.key", i)),
+			"peer-tls-ca":   filepath.Join(secrets, "peer-ca.crt"),
+		}))
 	}
 	newNetns(t, hosts)
 	for _, h := range hosts {
@@ -153,9 +167,34 @@ func TestExampleCluster(t *testing.T) {
 	}
 }
 
+// certScript returns the first sh block of deploy/README.md's section
+// "3. Certificates", without its scp lines.
+func certScript(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(b), "\n## 3. Certificates")
+	_, block, ok2 := strings.Cut(sec, "\n```sh\n")
+	block, _, ok3 := strings.Cut(block, "\n```\n")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("deploy/README.md: no sh block in section 3. Certificates")
+	}
+	var lines []string
+	for _, l := range strings.Split(block, "\n") {
+		if !strings.Contains(l, "scp ") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
 // loadConfig reads deploy/config/nI.yaml, moves its paths to temporary
-// directories and writes the result for the agent of host nI.
-func loadConfig(t *testing.T, i int, keyFile, tokenFile string) *host {
+// directories or to the files in secrets (by key) and writes the result
+// for the agent of host nI.
+func loadConfig(t *testing.T, i int, secrets map[string]string) *host {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	src := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "config", fmt.Sprintf("n%d.yaml", i))
@@ -172,11 +211,10 @@ func loadConfig(t *testing.T, i int, keyFile, tokenFile string) *host {
 	}
 	dir := t.TempDir()
 	newPath := map[string]string{
-		"data":             filepath.Join(dir, "data"),
-		"nbd-socket":       filepath.Join(dir, "nbd.sock"),
-		"gossip-key-file":  keyFile,
-		"admin-token-file": tokenFile,
+		"data":       filepath.Join(dir, "data"),
+		"nbd-socket": filepath.Join(dir, "nbd.sock"),
 	}
+	maps.Copy(newPath, secrets)
 	h := &host{cfg: map[string]string{}, cfgPath: filepath.Join(dir, "agent.yaml"), log: &syncBuffer{}, exited: make(chan struct{})}
 	m := doc.Content[0]
 	for j := 0; j+1 < len(m.Content); j += 2 {
@@ -194,7 +232,7 @@ func loadConfig(t *testing.T, i int, keyFile, tokenFile string) *host {
 			h.cfg[k.Value] = v.Value
 		}
 	}
-	for _, k := range []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file"} {
+	for _, k := range []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "peer-tls-cert", "peer-tls-key", "peer-tls-ca"} {
 		if _, ok := h.cfg[k]; !ok {
 			t.Fatalf("%s does not set %s", src, k)
 		}
