@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/tandem-project/tandem/raftlog"
 )
@@ -31,6 +32,9 @@ type Config struct {
 	Token string
 	// Self is this agent's name (marks forwarded requests).
 	Self string
+	// Peers reaches the other agents' admin APIs, where requests for the
+	// control leader are forwarded (nil: plain HTTP).
+	Peers *Peers
 	// Local lists the agent's local volumes (fixed mode; nil: none), shown
 	// with the replicated ones by /v1/volumes with state "Local".
 	Local func() []raftlog.VolumeStatus
@@ -51,7 +55,10 @@ func (s *server) allVolumes() []raftlog.VolumeStatus {
 
 // Handler returns the admin HTTP handler.
 func Handler(cfg Config) http.Handler {
-	s := &server{cfg: cfg, log: cfg.Logger, client: newClient()}
+	if cfg.Peers == nil {
+		cfg.Peers = NewPeers(nil)
+	}
+	s := &server{cfg: cfg, log: cfg.Logger, client: cfg.Peers.Client(30 * time.Second)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -371,7 +371,11 @@ func (s *server) authorized(r *http.Request) bool {
 
 // forward proxies r to the control leader's admin endpoint.
 func (s *server) forward(w http.ResponseWriter, r *http.Request, addr string) {
-	target := &url.URL{Scheme: "http", Host: addr}
+	target, err := url.Parse(s.cfg.Peers.URL(addr))
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("control leader address %q: %v", addr, err))
+		return
+	}
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -461,12 +465,4 @@ func catalogStatus(err error) (int, bool) {
 		return http.StatusConflict, true
 	}
 	return 0, false
-}
-
-// newClient returns the HTTP client used to forward requests.
-func newClient() *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     30 * time.Second,
-	}}
 }

@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,12 @@ type Config struct {
 	// AdminAddr is the address of the admin HTTP endpoint (health,
 	// metrics, /v1/ API); "" for none.
 	AdminAddr string
+	// AdminTLS, if set, makes the admin endpoint HTTPS only.
+	AdminTLS *tls.Config
+	// AdminPeerTLS, if set, is the client configuration with which this
+	// agent reaches the other agents' admin APIs over HTTPS (RootCAs: the
+	// CA of their certificates); without it, over plain HTTP.
+	AdminPeerTLS *tls.Config
 	// Version is reported by the admin API.
 	Version string
 	// Replication tunes the replication layer; its ID, DataDir, RaftAddr,
@@ -306,14 +313,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("agent: admin listener: %w", err)
 		}
 		where.AdminAddr = al.Addr()
+		if cfg.AdminTLS != nil {
+			al = tls.NewListener(al, cfg.AdminTLS)
+		}
+		peers := admin.NewPeers(cfg.AdminPeerTLS)
 		acfg := admin.Config{Host: host, Metrics: mets.Handler(), Version: cfg.Version, Logger: log, Self: cfg.Name,
-			Local: func() []raftlog.VolumeStatus { return slices.Clone(locals) }}
+			Local: func() []raftlog.VolumeStatus { return slices.Clone(locals) }, Peers: peers}
 		if cfg.Cluster != nil {
 			nbdAddr := ""
 			if where.NBDAddr != nil {
 				nbdAddr = where.NBDAddr.String()
 			}
-			ca, err := startCluster(cfg, host, srv, fwd, exps, nbdAddr, al.Addr().String())
+			ca, err := startCluster(cfg, host, srv, fwd, exps, peers, nbdAddr, al.Addr().String())
 			if err != nil {
 				al.Close()
 				closeAll()
@@ -327,7 +338,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			Handler:           admin.Handler(acfg),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
-		log.Info("serving admin API", "addr", al.Addr().String())
+		log.Info("serving admin API", "addr", al.Addr().String(), "tls", cfg.AdminTLS != nil)
 		go func() {
 			if err := hs.Serve(al); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("agent: admin endpoint: %w", err)

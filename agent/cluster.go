@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/cluster/control"
 	"github.com/tandem-project/tandem/cluster/membership"
@@ -270,7 +271,8 @@ type clusterAgent struct {
 	exps    *exportSet
 	members *membership.Membership
 	ctl     *control.Control
-	http    *http.Client
+	peers   *admin.Peers // the other agents' admin APIs
+	http    *http.Client // peers' client for quick reads
 
 	nbdAddr, adminAddr string
 	// started is when the agent started (gossip has had time to find the
@@ -295,6 +297,12 @@ type clusterAgent struct {
 	wg   sync.WaitGroup
 }
 
+// adminClient returns a client of the admin API of the agent at addr
+// (host:port), with this cluster's token, whose requests timeout bounds.
+func (a *clusterAgent) adminClient(addr string, timeout time.Duration) (*client.Client, error) {
+	return client.New(a.peers.URL(addr), a.cc.AdminToken, client.WithHTTPClient(a.peers.Client(timeout)))
+}
+
 // catalogIDFile records, in a replica's directory, the catalog ID of the
 // volume it belongs to.
 const catalogIDFile = "catalog-id"
@@ -302,11 +310,12 @@ const catalogIDFile = "catalog-id"
 // startCluster joins the gossip, opens the control group and starts the
 // loops that keep this agent's replicas and exports in line with the
 // catalog.
-func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *exportSet, nbdAddr, adminAddr string) (*clusterAgent, error) {
+func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *exportSet, peers *admin.Peers, nbdAddr, adminAddr string) (*clusterAgent, error) {
 	a := &clusterAgent{
 		cfg: cfg, cc: cfg.Cluster, log: cfg.Logger, host: host, srv: srv, fwd: fwd, exps: exps,
 		nbdAddr: nbdAddr, adminAddr: adminAddr, started: time.Now(),
-		http:    &http.Client{Timeout: 3 * time.Second},
+		peers:   peers,
+		http:    peers.Client(3 * time.Second),
 		vols:    map[string]*raftlog.Volume{},
 		ids:     map[string]uint64{},
 		proxies: map[string]*raftlog.Proxy{},
@@ -916,7 +925,7 @@ func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.AdminAddr+"/v1/local/volumes", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(h.AdminAddr)+"/v1/local/volumes", nil)
 			resp, err := a.http.Do(req)
 			if err != nil {
 				return

@@ -459,7 +459,7 @@ func (a *clusterAgent) localOf(ctx context.Context, h *catalog.Host, name string
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.AdminAddr+"/v1/local/volumes", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(h.AdminAddr)+"/v1/local/volumes", nil)
 	resp, err := a.http.Do(req)
 	if err != nil {
 		return admin.LocalVolume{}, false
@@ -486,7 +486,7 @@ func (a *clusterAgent) localOf(ctx context.Context, h *catalog.Host, name string
 // side, so that the check, like the copy, leaves the disks to the VMs.
 func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name string, to *catalog.Host, rate int64) catalog.MoveCheck {
 	check := catalog.MoveCheck{RangeBytes: raftlog.ChecksumRange}
-	c, err := client.New(to.AdminAddr, a.cc.AdminToken, client.WithTimeout(60*time.Second))
+	c, err := a.adminClient(to.AdminAddr, 60*time.Second)
 	if err != nil {
 		check.Error = err.Error()
 		return check

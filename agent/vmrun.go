@@ -78,7 +78,7 @@ func (a *clusterAgent) commitOnLeader(ctx context.Context, cmd catalog.Command, 
 			idx, err = a.ctl.Commit(ctx, cmd)
 		} else if addr, _, ok := a.Leader(); ok {
 			var c *client.Client
-			if c, err = client.New(addr, a.cc.AdminToken, client.WithTimeout(10*time.Second)); err == nil {
+			if c, err = a.adminClient(addr, 10*time.Second); err == nil {
 				idx, err = remote(ctx, c)
 			}
 			// A refusal (409, 400) is the catalog's verdict: no retry.
@@ -170,7 +170,7 @@ func (a *clusterAgent) fenceVolume(ctx context.Context, volume string, gen, epoc
 				if h == a.cfg.Name || !ok || host.AdminAddr == "" {
 					continue
 				}
-				c, err := client.New(host.AdminAddr, a.cc.AdminToken, client.WithTimeout(5*time.Second))
+				c, err := a.adminClient(host.AdminAddr, 5*time.Second)
 				if err == nil {
 					if err = c.Fence(ctx, volume, req); err == nil {
 						return nil

@@ -141,7 +141,7 @@ func (a *clusterAgent) gatherVMs(ctx context.Context, st *catalog.State, hosts [
 
 // fetchLocalVMs reads GET /v1/local/vms of the agent at addr.
 func (a *clusterAgent) fetchLocalVMs(ctx context.Context, addr string) ([]admin.LocalVM, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/local/vms", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(addr)+"/v1/local/vms", nil)
 	if err != nil {
 		return nil, err
 	}

@@ -4,13 +4,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +103,42 @@ func TestTLS(t *testing.T) {
 	}
 }
 
+// TestAdminTLS: with --admin-tls-cert the admin API speaks HTTPS only.
+// (The CLI's --admin-ca is tested in cmd/tandem and, against a cluster,
+// in e2e/deploy.)
+func TestAdminTLS(t *testing.T) {
+	t.Parallel()
+	caDir, cert, key := writeTLSFiles(t)
+	a := startAgent(t, "--volume", "vol0=16M", "--admin-listen", "127.0.0.1:0", "--admin-tls-cert", cert, "--admin-tls-key", key)
+	m := regexp.MustCompile(`msg="serving admin API" addr=(\S+) tls=true`).FindStringSubmatch(a.Log())
+	if m == nil {
+		t.Fatalf("no HTTPS admin API in the log:\n%s", a.Log())
+	}
+	pem, err := os.ReadFile(filepath.Join(caDir, "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	get := func(hc *http.Client, url string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if code, body := get(hc, "https://"+m[1]+"/v1/volumes"); code != http.StatusOK || !strings.Contains(body, `"vol0"`) {
+		t.Errorf("GET /v1/volumes over HTTPS: %d %s", code, body)
+	}
+	if code, body := get(&http.Client{Timeout: 10 * time.Second}, "http://"+m[1]+"/v1/volumes"); code != http.StatusBadRequest {
+		t.Errorf("GET /v1/volumes over plain HTTP: %d %s", code, body)
+	}
+}
+
 // TestTLSFlags: bad TLS flag combinations are refused with a clear message.
 func TestTLSFlags(t *testing.T) {
 	t.Parallel()
@@ -116,6 +156,10 @@ func TestTLSFlags(t *testing.T) {
 		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", cert + "x"}, "--peer-tls-ca: open"},
 		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", key}, "--peer-tls-ca: no certificate in"},
 		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca}, "it needs --raft-listen"},
+		{[]string{"--admin-tls-key", key}, "--admin-tls-cert and --admin-tls-key go together"},
+		{[]string{"--admin-tls-cert", cert, "--admin-tls-key", key}, "it needs --admin-listen"},
+		{[]string{"--admin-tls-cert", cert, "--admin-tls-key", key, "--admin-tls-ca", ca, "--admin-listen", "127.0.0.1:0"}, "--admin-tls-ca is for cluster mode"},
+		{[]string{"--admin-tls-cert", cert, "--admin-tls-key", "/nonexistent", "--admin-listen", "127.0.0.1:0"}, "--admin-tls-cert/--admin-tls-key:"},
 	} {
 		full := append([]string{"agent", "--data", t.TempDir(), "--nbd-listen", "127.0.0.1:0", "--volume", "v=1M"}, tc.args...)
 		out, err := testbin.RunErr(10*time.Second, testbin.Binary(t), full...)

@@ -23,6 +23,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	var vols, peers []string
 	var tlsFlags tlsOptions
 	var peerTLS peerTLSOptions
+	var adminTLS adminTLSOptions
 	var cl clusterFlags
 	var configPath string
 	cmd := &cobra.Command{
@@ -133,6 +134,12 @@ closed cleanly.`,
 			if cfg.Cluster, err = cl.config(); err != nil {
 				return err
 			}
+			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLS.config(cfg.Cluster != nil); err != nil {
+				return err
+			}
+			if cfg.AdminTLS != nil && cfg.AdminAddr == "" {
+				return errors.New("--admin-tls-cert protects the admin API: it needs --admin-listen")
+			}
 			// The election and leader-lease timeouts follow the heartbeat.
 			r := &cfg.Replication
 			r.ElectionTimeout, r.LeaderLeaseTimeout = r.HeartbeatTimeout, r.HeartbeatTimeout/2
@@ -155,6 +162,7 @@ closed cleanly.`,
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
 	peerTLS.register(f)
+	adminTLS.register(f)
 	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
@@ -224,6 +232,19 @@ func parsePeerFlag(s string) (agent.Peer, error) {
 	return p, nil
 }
 
+// loadCAPool reads a PEM CA bundle named by flag.
+func loadCAPool(flag, path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no certificate in %s", flag, path)
+	}
+	return pool, nil
+}
+
 // tlsOptions are the NBD TLS flags.
 type tlsOptions struct {
 	cert, key, clientCA string
@@ -254,13 +275,9 @@ func (o *tlsOptions) config() (*tls.Config, error) {
 	}
 	c := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	if o.clientCA != "" {
-		pem, err := os.ReadFile(o.clientCA)
+		pool, err := loadCAPool("--tls-client-ca", o.clientCA)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-client-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--tls-client-ca: no certificate in %s", o.clientCA)
+			return nil, err
 		}
 		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
@@ -290,15 +307,51 @@ func (o *peerTLSOptions) config() (*mux.TLS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--peer-tls-cert/--peer-tls-key: %w", err)
 	}
-	pem, err := os.ReadFile(o.ca)
+	pool, err := loadCAPool("--peer-tls-ca", o.ca)
 	if err != nil {
-		return nil, fmt.Errorf("--peer-tls-ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--peer-tls-ca: no certificate in %s", o.ca)
+		return nil, err
 	}
 	return &mux.TLS{Cert: pair, CA: pool}, nil
+}
+
+// adminTLSOptions are the flags of HTTPS on the admin API.
+type adminTLSOptions struct {
+	cert, key, ca string
+}
+
+func (o *adminTLSOptions) register(f *pflag.FlagSet) {
+	f.StringVar(&o.cert, "admin-tls-cert", "", "PEM certificate of the admin API, naming its --admin-listen address; makes it HTTPS only")
+	f.StringVar(&o.key, "admin-tls-key", "", "PEM private key of --admin-tls-cert")
+	f.StringVar(&o.ca, "admin-tls-ca", "", "cluster mode: PEM CA bundle that signed every agent's --admin-tls-cert, for the agents' calls to each other")
+}
+
+// config returns the admin API's server configuration and the client
+// configuration of calls to the other agents' admin APIs (nil, nil
+// without the flags).
+func (o *adminTLSOptions) config(cluster bool) (server, peers *tls.Config, err error) {
+	switch {
+	case o.cert == "" && o.key == "" && o.ca == "":
+		return nil, nil, nil
+	case o.cert == "" || o.key == "":
+		return nil, nil, errors.New("--admin-tls-cert and --admin-tls-key go together")
+	case cluster && o.ca == "":
+		return nil, nil, errors.New("--admin-tls-cert in cluster mode needs --admin-tls-ca: the agents call each other's admin APIs")
+	case !cluster && o.ca != "":
+		return nil, nil, errors.New("--admin-tls-ca is for cluster mode (--control-voters), where the agents call each other's admin APIs")
+	}
+	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--admin-tls-cert/--admin-tls-key: %w", err)
+	}
+	server = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if o.ca != "" {
+		pool, err := loadCAPool("--admin-tls-ca", o.ca)
+		if err != nil {
+			return nil, nil, err
+		}
+		peers = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return server, peers, nil
 }
 
 // clusterFlags are the flags of cluster mode.

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,9 +24,11 @@ import (
 )
 
 const (
-	// envAdmin and envToken give --admin and --token their defaults.
+	// envAdmin, envToken and envCA give --admin, --token and --admin-ca
+	// their defaults.
 	envAdmin = "TANDEM_ADMIN"
 	envToken = "TANDEM_ADMIN_TOKEN"
+	envCA    = "TANDEM_ADMIN_CA"
 	// defaultAdmin is n1's admin address in tandem dev.
 	defaultAdmin = "127.0.0.1:7480"
 )
@@ -42,6 +45,7 @@ type adminFlags struct {
 	admin     string
 	token     string
 	tokenFile string
+	ca        string
 	output    string
 	timeout   time.Duration
 }
@@ -50,6 +54,7 @@ func (a *adminFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&a.admin, "admin", "", "admin API of any agent, host:port or http(s)://host:port (default $"+envAdmin+", else "+defaultAdmin+")")
 	f.StringVar(&a.token, "token", "", "admin token, needed to change anything (default $"+envToken+")")
 	f.StringVar(&a.tokenFile, "token-file", "", "read the admin token from this file, e.g. DATA/admin-token of tandem dev")
+	f.StringVar(&a.ca, "admin-ca", "", "PEM CA bundle that signed the agents' admin certificates: HTTPS, even for a host:port --admin (default $"+envCA+")")
 	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
 	f.DurationVar(&a.timeout, "timeout", 30*time.Second, "how long to wait for the admin API")
 }
@@ -101,6 +106,29 @@ func (a *adminFlags) adminToken() (string, error) {
 	return strings.TrimSpace(os.Getenv(envToken)), nil
 }
 
+// transport returns the admin API's address and the client options for
+// --admin-ca (else $TANDEM_ADMIN_CA): with a CA, HTTPS trusting it only.
+func (a *adminFlags) transport() (string, []client.Option, error) {
+	addr, ca, flag := a.addr(), a.ca, "--admin-ca"
+	if ca == "" {
+		ca, flag = strings.TrimSpace(os.Getenv(envCA)), "$"+envCA
+	}
+	if ca == "" {
+		return addr, nil, nil
+	}
+	pool, err := loadCAPool(flag, ca)
+	if err != nil {
+		return "", nil, err
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "https://" + addr
+	} else if strings.HasPrefix(addr, "http://") {
+		return "", nil, fmt.Errorf("%s is for HTTPS, but the admin address is %s", flag, addr)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return addr, []client.Option{client.WithHTTPClient(hc)}, nil
+}
+
 // call validates the flags, builds a client and runs fn with a context
 // bounded by --timeout; it adds a hint to the errors an operator can fix.
 func (a *adminFlags) call(cmd *cobra.Command, fn func(context.Context, *client.Client) error) error {
@@ -111,7 +139,11 @@ func (a *adminFlags) call(cmd *cobra.Command, fn func(context.Context, *client.C
 	if err != nil {
 		return err
 	}
-	c, err := client.New(a.addr(), tok, client.WithTimeout(a.timeout), client.WithUserAgent("tandem-cli"))
+	addr, opts, err := a.transport()
+	if err != nil {
+		return err
+	}
+	c, err := client.New(addr, tok, append(opts, client.WithTimeout(a.timeout), client.WithUserAgent("tandem-cli"))...)
 	if err != nil {
 		return fmt.Errorf("--admin: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -967,5 +969,50 @@ func TestDevProcs(t *testing.T) {
 		if got, set := devProcs(tc.env, tc.procs); got != tc.want || set != tc.set {
 			t.Errorf("devProcs(%q, %d) = %d, %v; want %d, %v", tc.env, tc.procs, got, set, tc.want, tc.set)
 		}
+	}
+}
+
+// TestCLIAdminCA: --admin-ca (or $TANDEM_ADMIN_CA) talks HTTPS to an
+// admin API with TLS, trusting that CA only.
+func TestCLIAdminCA(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reply(w, 200, []admin.Host{{Name: "n1", State: admin.HostAlive}})
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	ca, otherCA := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "other.pem")
+	testpki.WriteFile(t, ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	testpki.WriteFile(t, otherCA, testpki.NewCA(t, "another CA").PEM())
+	hostport := strings.TrimPrefix(srv.URL, "https://")
+
+	for _, tt := range []struct {
+		name    string
+		env     string // $TANDEM_ADMIN_CA
+		args    []string
+		wantErr string // "" for success
+	}{
+		{"host:port with the CA", "", []string{"--admin", hostport, "--admin-ca", ca}, ""},
+		{"https URL with the CA", "", []string{"--admin", srv.URL, "--admin-ca", ca}, ""},
+		{"the CA from the environment", ca, []string{"--admin", hostport}, ""},
+		{"the flag over the environment", otherCA, []string{"--admin", hostport, "--admin-ca", ca}, ""},
+		{"no CA: plain HTTP", "", []string{"--admin", hostport}, "400"},
+		{"another CA", "", []string{"--admin", hostport, "--admin-ca", otherCA}, "certificate"},
+		{"http URL with a CA", "", []string{"--admin", "http://" + hostport, "--admin-ca", ca}, "--admin-ca is for HTTPS"},
+		{"a missing CA file", "", []string{"--admin", hostport, "--admin-ca", filepath.Join(dir, "none.pem")}, "--admin-ca: open"},
+		{"a CA file without certificates", "", []string{"--admin", hostport, "--admin-ca", filepath.Join(dir)}, "--admin-ca:"},
+		{"a bad CA in the environment", filepath.Join(dir, "none.pem"), []string{"--admin", hostport}, "$TANDEM_ADMIN_CA: open"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(envCA, tt.env)
+			out, err := runCLI(append([]string{"host", "list", "--timeout", "5s"}, tt.args...)...)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("error: %v", err)
+			case tt.wantErr == "" && !strings.Contains(out, "n1"):
+				t.Fatalf("output:\n%s", out)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("error %v, want one with %q", err, tt.wantErr)
+			}
+		})
 	}
 }

@@ -16,7 +16,10 @@ const adminHelp = `
 Any agent's admin API answers for the whole cluster: --admin (default
 $TANDEM_ADMIN, else 127.0.0.1:7480, host n1 of "tandem dev"). Commands that
 change anything need the admin token: --token, --token-file or
-$TANDEM_ADMIN_TOKEN. --output json prints the API's JSON.`
+$TANDEM_ADMIN_TOKEN. An admin API with TLS (agents started with
+--admin-tls-cert) takes https:// and --admin-ca (or $TANDEM_ADMIN_CA), the
+CA that signed the agents' certificates. --output json prints the API's
+JSON.`
 
 func newClusterCmd() *cobra.Command {
 	a := &adminFlags{}
