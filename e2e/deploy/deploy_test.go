@@ -45,7 +45,7 @@ import (
 // temporary directories. A config key with an absolute path that is not
 // listed here fails the test, so that it never writes to /etc or /var.
 var pathKeys = []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "tls-cert", "tls-key", "tls-client-ca",
-	"peer-tls-cert", "peer-tls-key", "peer-tls-ca"}
+	"peer-tls-cert", "peer-tls-key", "peer-tls-ca", "admin-tls-cert", "admin-tls-key", "admin-tls-ca"}
 
 // host is one host of the example cluster: its config as the test runs
 // it, its namespace and its agent process.
@@ -55,6 +55,7 @@ type host struct {
 	ns      string
 	cfg     map[string]string // scalar settings of the rewritten config
 	cfgPath string
+	adminCA string // the CLI's --admin-ca
 
 	cmd    *exec.Cmd
 	log    *syncBuffer
@@ -81,14 +82,17 @@ func TestExampleCluster(t *testing.T) {
 		t.Fatalf("the certificate commands of deploy/README.md: %v\n%s", err, out)
 	}
 
+	caFile := filepath.Join(secrets, "peer-ca.crt")
 	var hosts []*host
 	for i := 1; i <= 3; i++ {
-		hosts = append(hosts, loadConfig(t, i, map[string]string{
+		cert, key := filepath.Join(secrets, fmt.Sprintf("n%d-peer.crt", i)), filepath.Join(secrets, fmt.Sprintf("n%d-peer.key", i))
+		h := loadConfig(t, i, map[string]string{
 			"gossip-key-file": keyFile, "admin-token-file": tokenFile,
-			"peer-tls-cert": filepath.Join(secrets, fmt.Sprintf("n%d-peer.crt", i)),
-			"peer-tls-key":  filepath.Join(secrets, fmt.Sprintf("n%d-peer.key", i)),
-			"peer-tls-ca":   filepath.Join(secrets, "peer-ca.crt"),
-		}))
+			"peer-tls-cert": cert, "peer-tls-key": key, "peer-tls-ca": caFile,
+			"admin-tls-cert": cert, "admin-tls-key": key, "admin-tls-ca": caFile,
+		})
+		h.adminCA = caFile
+		hosts = append(hosts, h)
 	}
 	newNetns(t, hosts)
 	for _, h := range hosts {
@@ -120,10 +124,29 @@ func TestExampleCluster(t *testing.T) {
 		})
 	}
 	t.Logf("cluster formed %v after the agents started", time.Since(start).Round(time.Millisecond))
+	// The admin API speaks HTTPS only.
+	plain := *hosts[1]
+	plain.adminCA = ""
+	if out, err := plain.cli(t, bin, tokenFile, "host", "list"); err == nil {
+		t.Errorf("the admin API answered plain HTTP:\n%s", out)
+	}
 
-	// The first volume, created through n1's admin API.
-	if out, err := hosts[0].cli(t, bin, tokenFile, "volume", "create", "disk1", "--size", "64M"); err != nil {
-		t.Fatalf("tandem volume create: %v\n%s", err, out)
+	// The first volume, created through the admin API of a host that
+	// does not lead the control plane: it forwards the request to the
+	// leader's (over HTTPS).
+	via := hosts[0]
+	out, err := via.cli(t, bin, tokenFile, "host", "list", "-o", "json")
+	var hs []admin.Host
+	if err != nil || json.Unmarshal([]byte(out), &hs) != nil {
+		t.Fatalf("tandem host list: %v\n%s", err, out)
+	}
+	for _, x := range hs {
+		if x.Name == via.name && x.Control == "leader" {
+			via = hosts[1]
+		}
+	}
+	if out, err := via.cli(t, bin, tokenFile, "volume", "create", "disk1", "--size", "64M"); err != nil {
+		t.Fatalf("tandem volume create through %s: %v\n%s", via.name, err, out)
 	}
 	var vol admin.Volume
 	waitFor(t, 20*time.Second, "disk1 ready with a replica on every host", hosts, func() error {
@@ -296,6 +319,9 @@ func (h *host) start(t *testing.T, bin string) {
 func (h *host) cli(t *testing.T, bin, tokenFile string, args ...string) (string, error) {
 	t.Helper()
 	args = append(args, "--admin", h.cfg["admin-listen"], "--token-file", tokenFile, "--timeout", "10s")
+	if h.adminCA != "" {
+		args = append(args, "--admin-ca", h.adminCA)
+	}
 	return inNetns(h.ns, 20*time.Second, bin, args...)
 }
 
