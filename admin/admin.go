@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog"
@@ -26,7 +25,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Cluster, in cluster mode, serves the cluster API (catalog reads and
 	// changes on the control leader); without it the /v1/ endpoints
-	// describe this host's fixed configuration, read-only.
+	// describe this host's fixed configuration, read-only, with the same
+	// bodies (fixed.go).
 	Cluster Cluster
 	// Token is the admin token required by state-changing requests.
 	Token string
@@ -38,19 +38,6 @@ type Config struct {
 	// Local lists the agent's local volumes (fixed mode; nil: none), shown
 	// with the replicated ones by /v1/volumes with state "Local".
 	Local func() []raftlog.VolumeStatus
-}
-
-// allVolumes returns the status of every volume this host serves in fixed
-// mode: its replicas, then its local volumes.
-func (s *server) allVolumes() []raftlog.VolumeStatus {
-	out := []raftlog.VolumeStatus{}
-	for _, v := range s.cfg.Host.Volumes() {
-		out = append(out, v.Status())
-	}
-	if s.cfg.Local != nil {
-		out = append(out, s.cfg.Local()...)
-	}
-	return out
 }
 
 // Handler returns the admin HTTP handler.
@@ -129,55 +116,4 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-}
-
-// ClusterInfo is the body of GET /v1/cluster.
-type ClusterInfo struct {
-	Host    string `json:"host"`
-	Version string `json:"version"`
-	Hosts   int    `json:"hosts"`
-	Volumes int    `json:"volumes"`
-}
-
-func (s *server) cluster(w http.ResponseWriter, _ *http.Request) {
-	n := len(s.cfg.Host.Peers())
-	if n == 0 {
-		n = 1
-	}
-	writeJSON(w, http.StatusOK, ClusterInfo{Host: s.cfg.Host.ID(), Version: s.cfg.Version, Hosts: n, Volumes: len(s.allVolumes())})
-}
-
-// HostInfo is one element of GET /v1/hosts.
-type HostInfo struct {
-	Name string `json:"name"`
-	Raft string `json:"raft_addr,omitempty"`
-	NBD  string `json:"nbd_addr,omitempty"`
-	Self bool   `json:"self"`
-}
-
-func (s *server) hosts(w http.ResponseWriter, _ *http.Request) {
-	h := s.cfg.Host
-	var out []HostInfo
-	for _, p := range h.Peers() {
-		out = append(out, HostInfo{Name: p.ID, Raft: p.Raft, NBD: p.NBD, Self: p.ID == h.ID()})
-	}
-	if len(out) == 0 {
-		out = append(out, HostInfo{Name: h.ID(), Self: true})
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-func (s *server) volumes(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.allVolumes())
-}
-
-func (s *server) volume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	for _, st := range s.allVolumes() {
-		if st.Name == name {
-			writeJSON(w, http.StatusOK, st)
-			return
-		}
-	}
-	writeError(w, http.StatusNotFound, "no volume named "+strconv.Quote(name))
 }

@@ -63,7 +63,7 @@ func TestEndpoints(t *testing.T) {
 	}{
 		{"/healthz", 200, `"ok"`},
 		{"/v1/cluster", 200, `"host": "h1"`},
-		{"/v1/hosts", 200, `"self": true`},
+		{"/v1/hosts", 200, `"state": "alive"`},
 		{"/v1/volumes", 200, `"name": "vol0"`},
 		{"/v1/volumes/vol0", 200, `"leader": "h1"`},
 		{"/v1/volumes/nope", 404, `"error": "no volume named \"nope\""`},
@@ -76,10 +76,22 @@ func TestEndpoints(t *testing.T) {
 			t.Errorf("GET %s: %d %s\nwant %d containing %s", tc.path, code, body, tc.code, tc.want)
 		}
 	}
-	var vols []raftlog.VolumeStatus
+	// The bodies are cluster mode's, which the CLI reads.
+	var vols []Volume
 	_, body := get(t, srv.URL+"/v1/volumes")
-	if err := json.Unmarshal([]byte(body), &vols); err != nil || len(vols) != 1 || vols[0].Size != 1<<20 || !vols[0].Serving {
+	if err := json.Unmarshal([]byte(body), &vols); err != nil || len(vols) != 1 || vols[0].Size != 1<<20 || vols[0].State != VolumeReady ||
+		vols[0].Leader != "h1" || len(vols[0].Replicas) != 1 || vols[0].Replicas[0].Host != "h1" || vols[0].Replicas[0].State != "Leader" {
 		t.Fatalf("volumes: %v %+v", err, vols)
+	}
+	var hosts []Host
+	_, body = get(t, srv.URL+"/v1/hosts")
+	if err := json.Unmarshal([]byte(body), &hosts); err != nil || len(hosts) != 1 || hosts[0].Name != "h1" || hosts[0].Replicas != 1 {
+		t.Fatalf("hosts: %v %+v", err, hosts)
+	}
+	var cs ClusterStatus
+	_, body = get(t, srv.URL+"/v1/cluster")
+	if err := json.Unmarshal([]byte(body), &cs); err != nil || cs.Host != "h1" || cs.Volumes != 1 || cs.Hosts != 1 {
+		t.Fatalf("cluster: %v %+v", err, cs)
 	}
 	resp, err := http.Post(srv.URL+"/v1/volumes", "application/json", strings.NewReader("{}"))
 	if err != nil {

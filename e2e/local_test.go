@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
-	"github.com/tandem-project/tandem/raftlog"
 )
 
 // TestLocalVolume serves a local volume (--volume NAME=SIZE,local) beside
@@ -88,7 +88,8 @@ func TestLocalVolume(t *testing.T) {
 }
 
 // checkLocalStatus checks that the admin API of agent a lists the local
-// volume scratch (state Local) beside the replicated vol0.
+// volume scratch (its replica's state Local) beside the replicated vol0,
+// in the bodies of cluster mode, which tandem volume list reads.
 func checkLocalStatus(t *testing.T, a *testbin.Agent) {
 	t.Helper()
 	m := regexp.MustCompile(`msg="serving admin API" addr=(\S+)`).FindStringSubmatch(a.Log())
@@ -100,18 +101,25 @@ func checkLocalStatus(t *testing.T, a *testbin.Agent) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var vs []raftlog.VolumeStatus
+	var vs []admin.Volume
 	if err := json.NewDecoder(resp.Body).Decode(&vs); err != nil {
 		t.Fatal(err)
 	}
 	states := map[string]string{}
 	for _, v := range vs {
-		states[v.Name] = v.State
+		if len(v.Replicas) != 1 {
+			t.Fatalf("/v1/volumes: %s has %d replicas listed, want this host's: %+v", v.Name, len(v.Replicas), v)
+		}
+		states[v.Name] = v.Replicas[0].State
 		if v.Name == "scratch" && v.Size != 16*mib {
 			t.Errorf("scratch: size %d", v.Size)
 		}
 	}
 	if states["scratch"] != "Local" || states["vol0"] == "" || states["vol0"] == "Local" {
 		t.Errorf("/v1/volumes: %+v", vs)
+	}
+	out := testbin.Run(t, toolTimeout, testbin.Binary(t), "volume", "list", "--admin", m[1])
+	if !strings.Contains(out, "scratch") || !strings.Contains(out, "vol0") {
+		t.Errorf("tandem volume list:\n%s", out)
 	}
 }
