@@ -3,19 +3,14 @@ package nbd
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
 	"github.com/tandem-project/tandem/nbd/wire"
 	"github.com/tandem-project/tandem/volume"
@@ -309,28 +304,9 @@ func TestShutdownDuringHandshake(t *testing.T) {
 // selfSigned returns a server TLS config and a client config trusting it.
 func selfSigned(t *testing.T) (*tls.Config, *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "tandem-test"},
-		DNSNames:     []string{"tandem-test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12},
-		&tls.Config{RootCAs: pool, ServerName: "tandem-test", MinVersion: tls.VersionTLS12}
+	ca := testpki.NewCA(t, "tandem-test CA")
+	return &tls.Config{Certificates: []tls.Certificate{ca.Issue("tandem-test", "tandem-test").TLS(t)}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: ca.Pool(), ServerName: "tandem-test", MinVersion: tls.VersionTLS12}
 }
 
 func TestTLS(t *testing.T) {

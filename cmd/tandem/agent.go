@@ -22,8 +22,8 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var vols, peers []string
 	var tlsFlags tlsOptions
-	var peerTLS peerTLSOptions
-	var adminTLS adminTLSOptions
+	peerTLS := tlsFiles{prefix: "peer-tls"}
+	adminTLS := tlsFiles{prefix: "admin-tls"}
 	var cl clusterFlags
 	var configPath string
 	cmd := &cobra.Command{
@@ -125,7 +125,7 @@ closed cleanly.`,
 				return err
 			}
 			cfg.NBD.TLSRequired = tlsFlags.required
-			if cfg.Replication.PeerTLS, err = peerTLS.config(); err != nil {
+			if cfg.Replication.PeerTLS, err = peerTLSConfig(&peerTLS); err != nil {
 				return err
 			}
 			if cfg.Replication.PeerTLS != nil && cfg.RaftAddr == "" {
@@ -134,7 +134,7 @@ closed cleanly.`,
 			if cfg.Cluster, err = cl.config(); err != nil {
 				return err
 			}
-			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLS.config(cfg.Cluster != nil); err != nil {
+			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLSConfig(&adminTLS, cfg.Cluster != nil); err != nil {
 				return err
 			}
 			if cfg.AdminTLS != nil && cfg.AdminAddr == "" {
@@ -161,8 +161,10 @@ closed cleanly.`,
 	f.StringVar(&cfg.DefaultExport, "default-export", "", "volume served to clients asking for the empty export name")
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
-	peerTLS.register(f)
-	adminTLS.register(f)
+	peerTLS.register(f, "PEM certificate of this host on the replication port, naming its --raft-listen address; enables mutual TLS there (every host needs it)",
+		"PEM CA bundle that signed every host's --peer-tls-cert")
+	adminTLS.register(f, "PEM certificate of the admin API, naming its --admin-listen address; makes it HTTPS only",
+		"cluster mode: PEM CA bundle that signed every agent's --admin-tls-cert, for the agents' calls to each other")
 	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
@@ -284,68 +286,72 @@ func (o *tlsOptions) config() (*tls.Config, error) {
 	return c, nil
 }
 
-// peerTLSOptions are the flags of mutual TLS between the hosts.
-type peerTLSOptions struct {
+// tlsFiles are the flags --PREFIX-cert, --PREFIX-key and --PREFIX-ca: a
+// certificate, its key and a CA bundle, as PEM files.
+type tlsFiles struct {
+	prefix        string
 	cert, key, ca string
 }
 
-func (o *peerTLSOptions) register(f *pflag.FlagSet) {
-	f.StringVar(&o.cert, "peer-tls-cert", "", "PEM certificate of this host on the replication port, naming its --raft-listen address; enables mutual TLS there (every host needs it)")
-	f.StringVar(&o.key, "peer-tls-key", "", "PEM private key of --peer-tls-cert")
-	f.StringVar(&o.ca, "peer-tls-ca", "", "PEM CA bundle that signed every host's --peer-tls-cert")
+func (o *tlsFiles) register(f *pflag.FlagSet, certHelp, caHelp string) {
+	f.StringVar(&o.cert, o.prefix+"-cert", "", certHelp)
+	f.StringVar(&o.key, o.prefix+"-key", "", "PEM private key of --"+o.prefix+"-cert")
+	f.StringVar(&o.ca, o.prefix+"-ca", "", caHelp)
 }
 
-// config loads the host's identity, or nil without the flags.
-func (o *peerTLSOptions) config() (*mux.TLS, error) {
+// flag names one of the flags, e.g. flag("ca").
+func (o *tlsFiles) flag(which string) string { return "--" + o.prefix + "-" + which }
+
+// keyPair loads the certificate and its key.
+func (o *tlsFiles) keyPair() (tls.Certificate, error) {
+	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("%s/%s: %w", o.flag("cert"), o.flag("key"), err)
+	}
+	return pair, nil
+}
+
+// peerTLSConfig loads the host's identity on the replication port (mutual
+// TLS between the hosts), or nil without the flags.
+func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
 	if o.cert == "" && o.key == "" && o.ca == "" {
 		return nil, nil
 	}
 	if o.cert == "" || o.key == "" || o.ca == "" {
-		return nil, errors.New("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together")
+		return nil, fmt.Errorf("%s, %s and %s go together", o.flag("cert"), o.flag("key"), o.flag("ca"))
 	}
-	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	pair, err := o.keyPair()
 	if err != nil {
-		return nil, fmt.Errorf("--peer-tls-cert/--peer-tls-key: %w", err)
+		return nil, err
 	}
-	pool, err := loadCAPool("--peer-tls-ca", o.ca)
+	pool, err := loadCAPool(o.flag("ca"), o.ca)
 	if err != nil {
 		return nil, err
 	}
 	return &mux.TLS{Cert: pair, CA: pool}, nil
 }
 
-// adminTLSOptions are the flags of HTTPS on the admin API.
-type adminTLSOptions struct {
-	cert, key, ca string
-}
-
-func (o *adminTLSOptions) register(f *pflag.FlagSet) {
-	f.StringVar(&o.cert, "admin-tls-cert", "", "PEM certificate of the admin API, naming its --admin-listen address; makes it HTTPS only")
-	f.StringVar(&o.key, "admin-tls-key", "", "PEM private key of --admin-tls-cert")
-	f.StringVar(&o.ca, "admin-tls-ca", "", "cluster mode: PEM CA bundle that signed every agent's --admin-tls-cert, for the agents' calls to each other")
-}
-
-// config returns the admin API's server configuration and the client
-// configuration of calls to the other agents' admin APIs (nil, nil
+// adminTLSConfig returns the admin API's server configuration and the
+// client configuration of calls to the other agents' admin APIs (nil, nil
 // without the flags).
-func (o *adminTLSOptions) config(cluster bool) (server, peers *tls.Config, err error) {
+func adminTLSConfig(o *tlsFiles, cluster bool) (server, peers *tls.Config, err error) {
 	switch {
 	case o.cert == "" && o.key == "" && o.ca == "":
 		return nil, nil, nil
 	case o.cert == "" || o.key == "":
-		return nil, nil, errors.New("--admin-tls-cert and --admin-tls-key go together")
+		return nil, nil, fmt.Errorf("%s and %s go together", o.flag("cert"), o.flag("key"))
 	case cluster && o.ca == "":
-		return nil, nil, errors.New("--admin-tls-cert in cluster mode needs --admin-tls-ca: the agents call each other's admin APIs")
+		return nil, nil, fmt.Errorf("%s in cluster mode needs %s: the agents call each other's admin APIs", o.flag("cert"), o.flag("ca"))
 	case !cluster && o.ca != "":
-		return nil, nil, errors.New("--admin-tls-ca is for cluster mode (--control-voters), where the agents call each other's admin APIs")
+		return nil, nil, fmt.Errorf("%s is for cluster mode (--control-voters), where the agents call each other's admin APIs", o.flag("ca"))
 	}
-	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
+	pair, err := o.keyPair()
 	if err != nil {
-		return nil, nil, fmt.Errorf("--admin-tls-cert/--admin-tls-key: %w", err)
+		return nil, nil, err
 	}
 	server = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	if o.ca != "" {
-		pool, err := loadCAPool("--admin-tls-ca", o.ca)
+		pool, err := loadCAPool(o.flag("ca"), o.ca)
 		if err != nil {
 			return nil, nil, err
 		}

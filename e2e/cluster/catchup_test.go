@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"regexp"
 	"strconv"
 	"strings"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/internal/testbin"
-	"github.com/tandem-project/tandem/nbd/nbdclient"
 )
 
 var (
@@ -58,19 +56,9 @@ func TestFollowerCatchUp(t *testing.T) {
 	k := r.IntN(2)
 	f, o := fs[k], fs[1-k]
 	t.Logf("leader n%d; follower n%d goes down; writes go through n%d", l+1, f+1, o+1)
-	ctx := context.Background()
 	conn := dial(t, c, o)
 	m := newModel()
-	seq := uint64(0)
-	write := func(conn *nbdclient.Conn, blk int64) {
-		t.Helper()
-		seq++
-		tag := tagOf(0, seq)
-		if err := writeBlock(ctx, conn, blk, tag); err != nil {
-			t.Fatalf("writing block %d: %v", blk, err)
-		}
-		m.settle(blk, tag)
-	}
+	write := m.writer(t)
 	for blk := range int64(256) {
 		write(conn, blk)
 	}

@@ -233,6 +233,22 @@ func (m *model) settle(blk int64, tag uint64) {
 	delete(m.maybe, blk)
 }
 
+// writer returns a function that writes block blk through conn with the
+// next tag of writer 0, failing the test on error, and settles it in m.
+// It is for the test's goroutine only.
+func (m *model) writer(t *testing.T) func(conn *nbdclient.Conn, blk int64) {
+	seq := uint64(0)
+	return func(conn *nbdclient.Conn, blk int64) {
+		t.Helper()
+		seq++
+		tag := tagOf(0, seq)
+		if err := writeBlock(context.Background(), conn, blk, tag); err != nil {
+			t.Fatalf("writing block %d: %v", blk, err)
+		}
+		m.settle(blk, tag)
+	}
+}
+
 // checkThrough reads every block of m through host i and returns one
 // error per block that does not hold what m allows (at most 10).
 func checkThrough(ctx context.Context, c *testbin.Cluster, i int, m *model) []error {

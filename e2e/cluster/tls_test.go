@@ -81,16 +81,7 @@ func TestMutualTLS(t *testing.T) {
 	// Through a follower, which forwards over the replication port.
 	conn := dial(t, c, f)
 	m := newModel()
-	seq := uint64(0)
-	write := func(conn *nbdclient.Conn, blk int64) {
-		t.Helper()
-		seq++
-		tag := tagOf(0, seq)
-		if err := writeBlock(ctx, conn, blk, tag); err != nil {
-			t.Fatalf("writing block %d: %v", blk, err)
-		}
-		m.settle(blk, tag)
-	}
+	write := m.writer(t)
 	for blk := range int64(256) {
 		write(conn, blk)
 	}
