@@ -73,6 +73,9 @@ type Config struct {
 	// Replication tunes the replication layer; its ID, DataDir, RaftAddr,
 	// Peers and Logger are filled in from the fields above.
 	Replication raftlog.Config
+	// PeerTLSFiles are the PEM files of Replication.PeerTLS (nil without
+	// it): the VMs' migration streams between the hosts use them too.
+	PeerTLSFiles *TLSFiles
 	// ShutdownTimeout bounds the wait for requests in flight at shutdown.
 	ShutdownTimeout time.Duration
 	// Logger receives the agent's logs. Nil discards.
@@ -82,6 +85,11 @@ type Config struct {
 	// Cluster, if set, runs the agent as a member of a catalog-managed
 	// cluster (see ClusterConfig); Peers and Volumes must then be empty.
 	Cluster *ClusterConfig
+}
+
+// TLSFiles are a host's certificate, its key and a CA bundle, as PEM files.
+type TLSFiles struct {
+	Cert, Key, CA string
 }
 
 // Listening reports where a running agent accepts connections.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,36 @@ import (
 // serial log, QEMU's log and pid), under its data directory.
 const vmDir = "vms"
 
+// migrationTLSDir is where an agent with mutual TLS between the hosts
+// keeps QEMU's credentials for migration streams, under its data
+// directory.
+const migrationTLSDir = "migration-tls"
+
+// writeMigrationTLS lays out the host's peer certificate, key and CA in
+// dir as QEMU's tls-creds-x509 wants them: the certificate serves both as
+// a destination (server) and as a source (client).
+func writeMigrationTLS(dir string, f *TLSFiles) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("agent: migration TLS: %w", err)
+	}
+	for src, names := range map[string][]string{
+		f.CA:   {"ca-cert.pem"},
+		f.Cert: {"server-cert.pem", "client-cert.pem"},
+		f.Key:  {"server-key.pem", "client-key.pem"},
+	} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("agent: migration TLS: %w", err)
+		}
+		for _, n := range names {
+			if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+				return fmt.Errorf("agent: migration TLS: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // startVMs starts the VM runtime. QEMUs a previous run of this agent left
 // are adopted or killed once the catalog is current (see reconcile).
 func (a *clusterAgent) startVMs() error {
@@ -30,12 +61,19 @@ func (a *clusterAgent) startVMs() error {
 	if err != nil {
 		return fmt.Errorf("agent: the raft address %q: %w", a.host.RaftAddr(), err)
 	}
+	opts := qemu.Options{Logger: a.log}
+	if f := a.cfg.PeerTLSFiles; f != nil {
+		opts.MigrationTLSDir = filepath.Join(a.cfg.DataDir, migrationTLSDir)
+		if err := writeMigrationTLS(opts.MigrationTLSDir, f); err != nil {
+			return err
+		}
+	}
 	a.vms = vmhost.New(vmhost.Config{
 		Host:           a.cfg.Name,
 		Dir:            dir,
 		NBDAddr:        a.nbdAddr,
 		MigrationHost:  migHost,
-		Launcher:       vmhost.QEMULauncher{Options: qemu.Options{Logger: a.log}},
+		Launcher:       vmhost.QEMULauncher{Options: opts},
 		Log:            a.log,
 		Commit:         a.commitMigration,
 		Fence:          a.fenceVolume,

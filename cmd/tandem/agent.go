@@ -128,6 +128,9 @@ closed cleanly.`,
 			if cfg.Replication.PeerTLS, err = peerTLSConfig(&peerTLS); err != nil {
 				return err
 			}
+			if cfg.Replication.PeerTLS != nil {
+				cfg.PeerTLSFiles = &agent.TLSFiles{Cert: peerTLS.cert, Key: peerTLS.key, CA: peerTLS.ca}
+			}
 			if cfg.Replication.PeerTLS != nil && cfg.RaftAddr == "" {
 				return errors.New("--peer-tls-cert protects the replication port: it needs --raft-listen")
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -35,42 +34,29 @@ import (
 func TestMutualTLS(t *testing.T) {
 	testbin.Require(t, "qemu-io")
 	r := newRand(seed(t), 11)
-	peerCA := testpki.NewCA(t, "tandem peers")
 	clientCA := testpki.NewCA(t, "tandem clients")
-	a, b := 1+rand.IntN(254), 1+rand.IntN(254)
-	var ips []string
-	for i := range 3 {
-		ips = append(ips, fmt.Sprintf("127.%d.%d.%d", a, b, i+1))
-	}
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "peer-ca.pem")
-	testpki.WriteFile(t, caFile, peerCA.PEM())
-	clientCAFile := filepath.Join(dir, "client-ca.pem")
+	clientCAFile := filepath.Join(t.TempDir(), "client-ca.pem")
 	testpki.WriteFile(t, clientCAFile, clientCA.PEM())
-	hostArgs := make([][]string, 3)
-	for i, ip := range ips {
-		// One certificate per host serves both ports here; the NBD
-		// port's could come from another CA.
-		cert, key := peerCA.Issue(fmt.Sprintf("n%d", i+1), ip).Write(t, dir, fmt.Sprintf("n%d.pem", i+1), fmt.Sprintf("n%d-key.pem", i+1))
-		hostArgs[i] = []string{
-			"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", caFile,
-			"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", clientCAFile, "--tls-required",
-		}
-	}
 	client := clientCA.Issue("a client")
-	c := testbin.StartCluster(t, testbin.ClusterConfig{
+	cfg := testbin.ClusterConfig{
 		Volumes: []string{fmt.Sprintf("%s=%d", vol, volSize)},
 		Args: append(fastArgs,
 			"--checkpoint-interval", "200ms", "--checkpoint-entries", "64", "--trailing-entries", "128"),
-		IPs:      ips,
-		HostArgs: func(i int) []string { return hostArgs[i] },
-		NBDTLS: &tls.Config{
-			RootCAs:      peerCA.Pool(),
-			Certificates: []tls.Certificate{client.TLS(t)},
-			MinVersion:   tls.VersionTLS12,
-		},
-		PeerTLS: &mux.TLS{Cert: peerCA.Issue("test", "127.0.0.1").TLS(t), CA: peerCA.Pool()},
-	})
+	}
+	peers := testbin.WithPeerTLS(t, &cfg)
+	peerCA := peers.CA
+	// Each host's peer certificate serves its NBD port too here; it could
+	// come from another CA.
+	nbdArgs := cfg.HostArgs
+	cfg.HostArgs = func(i int) []string {
+		return append(nbdArgs(i), "--tls-cert", peers.Certs[i], "--tls-key", peers.Keys[i], "--tls-client-ca", clientCAFile, "--tls-required")
+	}
+	cfg.NBDTLS = &tls.Config{
+		RootCAs:      peerCA.Pool(),
+		Certificates: []tls.Certificate{client.TLS(t)},
+		MinVersion:   tls.VersionTLS12,
+	}
+	c := testbin.StartCluster(t, cfg)
 	l := c.Leader(vol)
 	fs := c.Followers(l)
 	k := r.IntN(2)

@@ -124,8 +124,14 @@ type guestVM struct {
 // the guest writes.
 func startGuestVM(t *testing.T) *guestVM {
 	t.Helper()
+	return startGuestVMOn(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
+}
+
+// startGuestVMOn is startGuestVM on a cluster of cfg (Managed).
+func startGuestVMOn(t *testing.T, cfg testbin.ClusterConfig) *guestVM {
+	t.Helper()
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
-	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
+	c := testbin.StartCluster(t, cfg)
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
 	api := c.Admin(0)
@@ -318,6 +324,41 @@ func TestLiveMigration(t *testing.T) {
 	last, _ := serialSeq(g.serial[at])
 	res := g.checkDisk(t, last)
 	t.Logf("disk: %+v; the guest reported seq %d last", res, last)
+}
+
+// migrationStartRE matches the source's log line of a migration's start.
+var migrationStartRE = regexp.MustCompile(`msg="migration starting".* tls=(\w+)`)
+
+// TestLiveMigrationTLS migrates the guest back and forth between hosts
+// that run with mutual TLS between them (--peer-tls-*): QEMU's migration
+// stream is TLS too, each side checking the other's certificate, and the
+// guest goes on where it was.
+func TestLiveMigrationTLS(t *testing.T) {
+	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
+	cfg := testbin.ClusterConfig{Hosts: 3, Managed: true}
+	testbin.WithPeerTLS(t, &cfg)
+	g := startGuestVMOn(t, cfg)
+	at := 0
+	for k := range 2 {
+		to := 1 - at
+		before, _ := serialSeq(g.serial[at])
+		vm := g.migrate(t, to)
+		if r := vm.LastMigration; vm.Host != g.c.Nodes[to].Name || r == nil || r.Result != "completed" {
+			t.Fatalf("migration %d: VM %+v, result %+v", k+1, vm, r)
+		}
+		g.writesOn(t, to, before)
+		g.runsOn(t, to, "running")
+		starts := migrationStartRE.FindAllStringSubmatch(g.c.Nodes[at].RunLog(), -1)
+		if len(starts) == 0 {
+			t.Fatalf("n%d logged no migration start", at+1)
+		}
+		for _, m := range starts {
+			if m[1] != "true" {
+				t.Fatalf("n%d migrated without TLS: %s", at+1, m[0])
+			}
+		}
+		at = to
+	}
 }
 
 // migrate migrates the VM to host to through the CLI of n3 and returns

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
 	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/vmcoord/pidfile"
@@ -121,10 +122,7 @@ func StartCluster(t testing.TB, cfg ClusterConfig) *Cluster {
 		cfg.Hosts = 3
 	}
 	if len(cfg.IPs) == 0 {
-		a, b := 1+rand.IntN(254), 1+rand.IntN(254)
-		for i := range cfg.Hosts {
-			cfg.IPs = append(cfg.IPs, fmt.Sprintf("127.%d.%d.%d", a, b, i+1))
-		}
+		cfg.IPs = randomIPs(cfg.Hosts)
 	}
 	if len(cfg.IPs) != cfg.Hosts {
 		t.Fatalf("testbin: %d IPs for %d hosts", len(cfg.IPs), cfg.Hosts)
@@ -173,6 +171,57 @@ func StartCluster(t testing.TB, cfg ClusterConfig) *Cluster {
 		n.waitServing()
 	}
 	return c
+}
+
+// randomIPs returns n loopback addresses 127.A.B.1, 127.A.B.2... with A
+// and B random, so that parallel clusters do not share addresses.
+func randomIPs(n int) []string {
+	a, b := 1+rand.IntN(254), 1+rand.IntN(254)
+	var ips []string
+	for i := range n {
+		ips = append(ips, fmt.Sprintf("127.%d.%d.%d", a, b, i+1))
+	}
+	return ips
+}
+
+// PeerTLSFiles are the certificates WithPeerTLS made: the peer CA and,
+// for each host, a certificate naming its IP and its key (PEM files).
+type PeerTLSFiles struct {
+	CA          *testpki.CA
+	CAFile      string
+	Certs, Keys []string
+}
+
+// WithPeerTLS sets cfg up for mutual TLS between the hosts: it picks the
+// hosts' IPs if cfg has none, makes a peer CA and a certificate per host,
+// adds the --peer-tls-* flags to each host's (after cfg.HostArgs') and
+// sets cfg.PeerTLS for the test's own connections to the replication
+// ports.
+func WithPeerTLS(t testing.TB, cfg *ClusterConfig) *PeerTLSFiles {
+	t.Helper()
+	if cfg.Hosts == 0 {
+		cfg.Hosts = 3
+	}
+	if len(cfg.IPs) == 0 {
+		cfg.IPs = randomIPs(cfg.Hosts)
+	}
+	dir := t.TempDir()
+	f := &PeerTLSFiles{CA: testpki.NewCA(t, "tandem peers"), CAFile: filepath.Join(dir, "peer-ca.pem")}
+	testpki.WriteFile(t, f.CAFile, f.CA.PEM())
+	for i, ip := range cfg.IPs {
+		cert, key := f.CA.Issue(fmt.Sprintf("n%d", i+1), ip).Write(t, dir, fmt.Sprintf("n%d.pem", i+1), fmt.Sprintf("n%d-key.pem", i+1))
+		f.Certs, f.Keys = append(f.Certs, cert), append(f.Keys, key)
+	}
+	more := cfg.HostArgs
+	cfg.HostArgs = func(i int) []string {
+		var args []string
+		if more != nil {
+			args = more(i)
+		}
+		return append(args, "--peer-tls-cert", f.Certs[i], "--peer-tls-key", f.Keys[i], "--peer-tls-ca", f.CAFile)
+	}
+	cfg.PeerTLS = &mux.TLS{Cert: f.CA.Issue("test", "127.0.0.1").TLS(t), CA: f.CA.Pool()}
+	return f
 }
 
 // port returns fixed if set, else a port that is free on ip now.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -147,6 +148,32 @@ func (p *Process) setCapabilities(ctx context.Context, names ...string) error {
 	return p.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil)
 }
 
+// migrationTLSID is the QOM id of the migration's TLS credentials.
+const migrationTLSID = "tandem-migration-tls"
+
+// addMigrationTLS creates the migration's x509 credentials from
+// Options.MigrationTLSDir for endpoint ("server": the destination, which
+// requires the source's certificate; "client": the source), replacing
+// those of an earlier attempt.
+func (p *Process) addMigrationTLS(ctx context.Context, endpoint string) error {
+	_ = p.execute(ctx, "object-del", map[string]any{"id": migrationTLSID}, nil) // none yet: an error
+	args := map[string]any{"qom-type": "tls-creds-x509", "id": migrationTLSID, "endpoint": endpoint, "dir": p.opts.MigrationTLSDir}
+	if endpoint == "server" {
+		args["verify-peer"] = true
+	}
+	return p.execute(ctx, "object-add", args, nil)
+}
+
+// migrationHost returns the host of a "tcp:HOST:PORT" migration URI.
+func migrationHost(uri string) (string, error) {
+	addr, ok := strings.CutPrefix(uri, "tcp:")
+	host, _, err := net.SplitHostPort(addr)
+	if !ok || err != nil {
+		return "", fmt.Errorf("qemu: migration URI %q: want tcp:HOST:PORT for TLS", uri)
+	}
+	return host, nil
+}
+
 // DefaultMaxBandwidth is the migration bandwidth limit Migrate sets unless
 // told otherwise: high enough not to limit a local or 10 Gbit/s link
 // (QEMU's own default is 128 MiB/s).
@@ -182,10 +209,20 @@ func (p *Process) Migrate(ctx context.Context, uri string, params MigrateParams)
 	if params.DowntimeLimit > 0 {
 		set["downtime-limit"] = params.DowntimeLimit.Milliseconds()
 	}
+	if p.opts.MigrationTLSDir != "" {
+		host, err := migrationHost(uri)
+		if err != nil {
+			return err
+		}
+		if err := p.addMigrationTLS(ctx, "client"); err != nil {
+			return err
+		}
+		set["tls-creds"], set["tls-hostname"] = migrationTLSID, host
+	}
 	if err := p.execute(ctx, "migrate-set-parameters", set, nil); err != nil {
 		return err
 	}
-	p.log.Info("migration starting", "to", uri)
+	p.log.Info("migration starting", "to", uri, "tls", p.opts.MigrationTLSDir != "")
 	return p.execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
 }
 
@@ -218,6 +255,14 @@ func (p *Process) MigrateIncoming(ctx context.Context, uri string) (string, erro
 	}
 	if err := p.setCapabilities(ctx, "events", "late-block-activate"); err != nil {
 		return "", err
+	}
+	if p.opts.MigrationTLSDir != "" {
+		if err := p.addMigrationTLS(ctx, "server"); err != nil {
+			return "", err
+		}
+		if err := p.execute(ctx, "migrate-set-parameters", map[string]any{"tls-creds": migrationTLSID}, nil); err != nil {
+			return "", err
+		}
 	}
 	if err := p.execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return "", err

@@ -85,6 +85,13 @@ type Options struct {
 	// StopTimeout bounds how long Stop waits for QEMU to exit after "quit"
 	// before killing it (default DefaultStopTimeout).
 	StopTimeout time.Duration
+	// MigrationTLSDir, if set, makes migration streams TLS with mutual
+	// authentication: a directory of QEMU's x509 credentials (ca-cert.pem,
+	// server-cert.pem, server-key.pem, client-cert.pem, client-key.pem),
+	// every host's signed by the CA in ca-cert.pem. The source checks that
+	// the destination's certificate names the host of the migration URI;
+	// the destination requires the source's certificate.
+	MigrationTLSDir string
 }
 
 // Process is one running QEMU process for one VM. Its methods are safe for

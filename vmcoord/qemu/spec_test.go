@@ -165,3 +165,22 @@ func TestValidate(t *testing.T) {
 		t.Errorf("Args with a long run directory: %v", err)
 	}
 }
+
+func TestMigrationHost(t *testing.T) {
+	for _, tt := range []struct {
+		uri, host string
+		ok        bool
+	}{
+		{"tcp:10.0.0.2:4444", "10.0.0.2", true},
+		{"tcp:[fd00::2]:4444", "fd00::2", true},
+		{"tcp:host.example:1", "host.example", true},
+		{"unix:/run/mig.sock", "", false},
+		{"tcp:10.0.0.2", "", false},
+		{"10.0.0.2:4444", "", false},
+	} {
+		host, err := migrationHost(tt.uri)
+		if (err == nil) != tt.ok || host != tt.host {
+			t.Errorf("migrationHost(%q) = %q, %v; want %q, ok %v", tt.uri, host, err, tt.host, tt.ok)
+		}
+	}
+}
