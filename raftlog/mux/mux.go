@@ -154,7 +154,13 @@ func (l *Listener) route(c net.Conn) {
 	if l.tls != nil {
 		tc := tls.Server(c, l.tls.serverConfig())
 		if err := tc.Handshake(); err != nil {
-			l.log.Warn("mux: TLS handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+			// A connection closed before it said anything (a port check)
+			// is not worth a warning; a refused certificate is.
+			lvl := slog.LevelWarn
+			if errors.Is(err, io.EOF) {
+				lvl = slog.LevelDebug
+			}
+			l.log.Log(context.Background(), lvl, "mux: TLS handshake refused", "remote", c.RemoteAddr().String(), "err", err)
 			c.Close()
 			return
 		}
