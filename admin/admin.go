@@ -62,6 +62,7 @@ func Handler(cfg Config) http.Handler {
 		mux.HandleFunc("GET /v1/hosts", s.hosts)
 		mux.HandleFunc("GET /v1/volumes", s.volumes)
 		mux.HandleFunc("GET /v1/volumes/{name}", s.volume)
+		mux.HandleFunc("GET /v1/local/volumes", s.localVolumes)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

@@ -66,6 +66,7 @@ func TestEndpoints(t *testing.T) {
 		{"/v1/hosts", 200, `"state": "alive"`},
 		{"/v1/volumes", 200, `"name": "vol0"`},
 		{"/v1/volumes/vol0", 200, `"leader": "h1"`},
+		{"/v1/local/volumes", 200, `"serving": true`},
 		{"/v1/volumes/nope", 404, `"error": "no volume named \"nope\""`},
 		{"/v1/nothing", 404, `"error"`},
 		{"/metrics", 200, `tandem_volume_leader{volume="vol0"} 1`},

@@ -11,7 +11,8 @@ import (
 // The read-only API of an agent in fixed mode (no control plane): the
 // same bodies as in cluster mode, so that the CLI reads both, filled with
 // what this host knows. Other hosts' replicas are not asked: a volume
-// lists this host's replica only.
+// lists this host's replica only; GET /v1/local/volumes gives its full
+// status.
 
 // allVolumes returns the status of every volume this host serves in fixed
 // mode: its replicas, then its local volumes.
@@ -83,6 +84,17 @@ func (s *server) fixedVolume(st raftlog.VolumeStatus) Volume {
 		}
 	}
 	return v
+}
+
+// localVolumes answers GET /v1/local/volumes: this host's replicas (and
+// local volumes) in full, as in cluster mode (whether it serves reads, its
+// log's indexes).
+func (s *server) localVolumes(w http.ResponseWriter, _ *http.Request) {
+	out := []LocalVolume{}
+	for _, st := range s.allVolumes() {
+		out = append(out, LocalVolume{VolumeStatus: st})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // volumes answers GET /v1/volumes.

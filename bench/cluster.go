@@ -62,7 +62,7 @@ type clusterAgent struct {
 }
 
 // VolumeStatus is an agent's view of the volume, as its admin API reports
-// it (GET /v1/volumes/NAME of an agent in the fixed configuration).
+// it (its element of GET /v1/local/volumes).
 type VolumeStatus = raftlog.VolumeStatus
 
 // startCluster starts a three-host cluster under dir with a volume of
@@ -226,7 +226,7 @@ func (c *Cluster) Status(ctx context.Context, name string) (VolumeStatus, error)
 	if err != nil {
 		return VolumeStatus{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.adminAddr+"/v1/volumes/"+ClusterVolume, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.adminAddr+"/v1/local/volumes", nil)
 	if err != nil {
 		return VolumeStatus{}, fmt.Errorf("agent %s: %w", name, err)
 	}
@@ -239,11 +239,16 @@ func (c *Cluster) Status(ctx context.Context, name string) (VolumeStatus, error)
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return VolumeStatus{}, fmt.Errorf("agent %s admin API: %s: %s", name, resp.Status, b)
 	}
-	var st VolumeStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	var vs []VolumeStatus
+	if err := json.NewDecoder(resp.Body).Decode(&vs); err != nil {
 		return VolumeStatus{}, fmt.Errorf("agent %s admin API: decoding the volume status: %w", name, err)
 	}
-	return st, nil
+	for _, st := range vs {
+		if st.Name == ClusterVolume {
+			return st, nil
+		}
+	}
+	return VolumeStatus{}, fmt.Errorf("agent %s admin API: no volume %s among its replicas", name, ClusterVolume)
 }
 
 // Leader returns the agent that leads the volume and serves it now (its
