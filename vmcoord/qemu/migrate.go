@@ -33,8 +33,10 @@ const (
 	MigrationPreSwitchover MigrationState = "pre-switchover"
 	// MigrationDevice: sending the device state after pre-switchover.
 	MigrationDevice MigrationState = "device"
-	// MigrationCompleted: done; the source is in StatePostMigrate and has
-	// released its disks, the destination holds the guest.
+	// MigrationCompleted: done; the source has released its disks and is
+	// in StatePostMigrate (QEMU may report StateFinishMigrate for a moment
+	// after it reports the migration completed), the destination holds
+	// the guest.
 	MigrationCompleted MigrationState = "completed"
 	// MigrationFailed: the migration failed; the source guest runs again
 	// if it ran before.

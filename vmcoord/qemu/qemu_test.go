@@ -164,7 +164,9 @@ func TestLiveMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantStatus(t, src, StatePostMigrate)
+	// QEMU reports the migration completed a moment before the source's
+	// run state leaves finish-migrate.
+	waitStatus(t, src, StatePostMigrate, 5*time.Second)
 	wantStatus(t, dst, StatePaused) // late-block-activate and -S: waits for cont
 	if got := counterRegion(t, dst, c); !bytes.Equal(got, region) {
 		t.Fatalf("the destination's counter pages differ from the source's at pre-switchover")
