@@ -36,7 +36,8 @@ type Config struct {
 	// control leader are forwarded (nil: plain HTTP).
 	Peers *Peers
 	// Local lists the agent's local volumes (fixed mode; nil: none), shown
-	// with the replicated ones by /v1/volumes with state "Local".
+	// with the replicated ones by /v1/volumes, their replica's state
+	// "Local".
 	Local func() []raftlog.VolumeStatus
 }
 
