@@ -64,18 +64,16 @@ type Config struct {
 	AdminAddr string
 	// AdminTLS, if set, makes the admin endpoint HTTPS only.
 	AdminTLS *tls.Config
-	// AdminPeerTLS, if set, is the client configuration with which this
-	// agent reaches the other agents' admin APIs over HTTPS (RootCAs: the
-	// CA of their certificates); without it, over plain HTTP.
-	AdminPeerTLS *tls.Config
+	// AdminPeerTLS, if set, returns the client configuration with which
+	// this agent reaches the other agents' admin APIs over HTTPS (RootCAs:
+	// the CA of their certificates), asked for every new connection;
+	// without it, over plain HTTP.
+	AdminPeerTLS func() *tls.Config
 	// Version is reported by the admin API.
 	Version string
 	// Replication tunes the replication layer; its ID, DataDir, RaftAddr,
 	// Peers and Logger are filled in from the fields above.
 	Replication raftlog.Config
-	// PeerTLSFiles are the PEM files of Replication.PeerTLS (nil without
-	// it): the VMs' migration streams between the hosts use them too.
-	PeerTLSFiles *TLSFiles
 	// ShutdownTimeout bounds the wait for requests in flight at shutdown.
 	ShutdownTimeout time.Duration
 	// Logger receives the agent's logs. Nil discards.
@@ -85,11 +83,6 @@ type Config struct {
 	// Cluster, if set, runs the agent as a member of a catalog-managed
 	// cluster (see ClusterConfig); Peers and Volumes must then be empty.
 	Cluster *ClusterConfig
-}
-
-// TLSFiles are a host's certificate, its key and a CA bundle, as PEM files.
-type TLSFiles struct {
-	Cert, Key, CA string
 }
 
 // Listening reports where a running agent accepts connections.

@@ -14,6 +14,7 @@ import (
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/vmcoord/vmhost"
 	"github.com/tandem-project/tandem/volume"
@@ -28,10 +29,12 @@ const vmDir = "vms"
 // directory.
 const migrationTLSDir = "migration-tls"
 
-// writeMigrationTLS lays out the host's peer certificate, key and CA in
-// dir as QEMU's tls-creds-x509 wants them: the certificate serves both as
-// a destination (server) and as a source (client).
-func writeMigrationTLS(dir string, f *TLSFiles) error {
+// linkMigrationTLS lays out the host's peer certificate, key and CA in dir
+// as QEMU's tls-creds-x509 wants them, as symbolic links to the files, so
+// that each migration reads them as they are then (renewed certificates
+// included). The certificate serves both as a destination (server) and as
+// a source (client).
+func linkMigrationTLS(dir string, f *mux.TLSFiles) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("agent: migration TLS: %w", err)
 	}
@@ -40,12 +43,16 @@ func writeMigrationTLS(dir string, f *TLSFiles) error {
 		f.Cert: {"server-cert.pem", "client-cert.pem"},
 		f.Key:  {"server-key.pem", "client-key.pem"},
 	} {
-		b, err := os.ReadFile(src)
+		abs, err := filepath.Abs(src)
 		if err != nil {
 			return fmt.Errorf("agent: migration TLS: %w", err)
 		}
 		for _, n := range names {
-			if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+			link := filepath.Join(dir, n)
+			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("agent: migration TLS: %w", err)
+			}
+			if err := os.Symlink(abs, link); err != nil {
 				return fmt.Errorf("agent: migration TLS: %w", err)
 			}
 		}
@@ -62,9 +69,9 @@ func (a *clusterAgent) startVMs() error {
 		return fmt.Errorf("agent: the raft address %q: %w", a.host.RaftAddr(), err)
 	}
 	opts := qemu.Options{Logger: a.log}
-	if f := a.cfg.PeerTLSFiles; f != nil {
+	if t := a.cfg.Replication.PeerTLS; t != nil && t.Files != nil {
 		opts.MigrationTLSDir = filepath.Join(a.cfg.DataDir, migrationTLSDir)
-		if err := writeMigrationTLS(opts.MigrationTLSDir, f); err != nil {
+		if err := linkMigrationTLS(opts.MigrationTLSDir, t.Files); err != nil {
 			return err
 		}
 	}

@@ -57,7 +57,8 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// TestAdminTLS: with --admin-tls-cert the admin API speaks HTTPS only.
+// TestAdminTLS: with --admin-tls-cert the admin API speaks HTTPS only, and
+// follows its certificate files when they are renewed.
 // (The CLI's --admin-ca is tested in cmd/tandem and, against a cluster,
 // in e2e/deploy.)
 func TestAdminTLS(t *testing.T) {
@@ -90,6 +91,29 @@ func TestAdminTLS(t *testing.T) {
 	}
 	if code, body := get(&http.Client{Timeout: 10 * time.Second}, "http://"+m[1]+"/v1/volumes"); code != http.StatusBadRequest {
 		t.Errorf("GET /v1/volumes over plain HTTP: %d %s", code, body)
+	}
+
+	// A renewed certificate, from another CA, replaces the files: the
+	// running agent serves it from its next connections on.
+	renewed := testpki.NewCA(t, "renewed CA")
+	leaf := renewed.Issue("127.0.0.1", "127.0.0.1")
+	testpki.WriteFile(t, cert, leaf.CertPEM)
+	testpki.WriteFile(t, key, leaf.KeyPEM)
+	hc2 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: renewed.Pool()}}}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := hc2.Get("https://" + m[1] + "/v1/volumes")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the renewed certificate was not served 10 s after the files changed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(a.Log(), `msg="TLS certificate reloaded"`) {
+		t.Errorf("no reload in the agent's log:\n%s", a.Log())
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tandem-project/tandem/agent"
+	"github.com/tandem-project/tandem/internal/tlsfiles"
 	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -121,15 +123,12 @@ closed cleanly.`,
 				}
 				cfg.Volumes = append(cfg.Volumes, spec)
 			}
-			if cfg.NBD.TLS, err = tlsFlags.config(); err != nil {
+			if cfg.NBD.TLS, err = tlsFlags.config(log); err != nil {
 				return err
 			}
 			cfg.NBD.TLSRequired = tlsFlags.required
 			if cfg.Replication.PeerTLS, err = peerTLSConfig(&peerTLS); err != nil {
 				return err
-			}
-			if cfg.Replication.PeerTLS != nil {
-				cfg.PeerTLSFiles = &agent.TLSFiles{Cert: peerTLS.cert, Key: peerTLS.key, CA: peerTLS.ca}
 			}
 			if cfg.Replication.PeerTLS != nil && cfg.RaftAddr == "" {
 				return errors.New("--peer-tls-cert protects the replication port: it needs --raft-listen")
@@ -137,7 +136,7 @@ closed cleanly.`,
 			if cfg.Cluster, err = cl.config(); err != nil {
 				return err
 			}
-			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLSConfig(&adminTLS, cfg.Cluster != nil); err != nil {
+			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLSConfig(&adminTLS, cfg.Cluster != nil, log); err != nil {
 				return err
 			}
 			if cfg.AdminTLS != nil && cfg.AdminAddr == "" {
@@ -257,14 +256,15 @@ type tlsOptions struct {
 }
 
 func (o *tlsOptions) register(f *pflag.FlagSet) {
-	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate for NBD over TLS (STARTTLS); enables TLS")
+	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate for NBD over TLS (STARTTLS); enables TLS (this and the other TLS files are read again when they change)")
 	f.StringVar(&o.key, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&o.clientCA, "tls-client-ca", "", "PEM CA bundle: require NBD clients to present a certificate it signed")
 	f.BoolVar(&o.required, "tls-required", false, "refuse NBD clients that do not upgrade to TLS")
 }
 
 // config builds the server TLS configuration, or nil without --tls-cert.
-func (o *tlsOptions) config() (*tls.Config, error) {
+// The certificate and client CA follow their files (tlsfiles).
+func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
 	if o.cert == "" && o.key == "" {
 		if o.required || o.clientCA != "" {
 			return nil, errors.New("--tls-required and --tls-client-ca need --tls-cert and --tls-key")
@@ -278,15 +278,20 @@ func (o *tlsOptions) config() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
-	c := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.clientCA}}
 	if o.clientCA != "" {
-		pool, err := loadCAPool("--tls-client-ca", o.clientCA)
-		if err != nil {
+		if id.CA, err = loadCAPool("--tls-client-ca", o.clientCA); err != nil {
 			return nil, err
 		}
-		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return c, nil
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		cert, ca := id.Current(log)
+		c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if ca != nil {
+			c.ClientCAs, c.ClientAuth = ca, tls.RequireAndVerifyClientCert
+		}
+		return c, nil
+	}}, nil
 }
 
 // tlsFiles are the flags --PREFIX-cert, --PREFIX-key and --PREFIX-ca: a
@@ -331,13 +336,13 @@ func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mux.TLS{Cert: pair, CA: pool}, nil
+	return &mux.TLS{Cert: pair, CA: pool, Files: &mux.TLSFiles{Cert: o.cert, Key: o.key, CA: o.ca}}, nil
 }
 
 // adminTLSConfig returns the admin API's server configuration and the
-// client configuration of calls to the other agents' admin APIs (nil, nil
-// without the flags).
-func adminTLSConfig(o *tlsFiles, cluster bool) (server, peers *tls.Config, err error) {
+// source of the client configuration of calls to the other agents' admin
+// APIs (nil, nil without the flags). Both follow their files (tlsfiles).
+func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Config, peers func() *tls.Config, err error) {
 	switch {
 	case o.cert == "" && o.key == "" && o.ca == "":
 		return nil, nil, nil
@@ -352,13 +357,19 @@ func adminTLSConfig(o *tlsFiles, cluster bool) (server, peers *tls.Config, err e
 	if err != nil {
 		return nil, nil, err
 	}
-	server = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.ca}}
+	server = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		cert, _ := id.Current(log)
+		return &cert, nil
+	}}
 	if o.ca != "" {
-		pool, err := loadCAPool(o.flag("ca"), o.ca)
-		if err != nil {
+		if id.CA, err = loadCAPool(o.flag("ca"), o.ca); err != nil {
 			return nil, nil, err
 		}
-		peers = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		peers = func() *tls.Config {
+			_, ca := id.Current(log)
+			return &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS12}
+		}
 	}
 	return server, peers, nil
 }

@@ -14,7 +14,6 @@ package mux
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -54,36 +53,6 @@ type route struct {
 	name string
 }
 
-// TLS is a host's identity among its peers: its certificate and the CA
-// that signed every peer's certificate. Each certificate must name its
-// host's replication address (an IP address or DNS name) and may be used
-// both to serve and to dial.
-type TLS struct {
-	Cert tls.Certificate
-	CA   *x509.CertPool
-}
-
-// serverConfig is the listener's side: the client must present a
-// certificate of the CA.
-func (t *TLS) serverConfig() *tls.Config {
-	return &tls.Config{
-		Certificates: []tls.Certificate{t.Cert},
-		ClientCAs:    t.CA,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS13,
-	}
-}
-
-// clientConfig is the dialer's side, to the host named host.
-func (t *TLS) clientConfig(host string) *tls.Config {
-	return &tls.Config{
-		Certificates: []tls.Certificate{t.Cert},
-		RootCAs:      t.CA,
-		ServerName:   host,
-		MinVersion:   tls.VersionTLS13,
-	}
-}
-
 // Listener accepts the connections of one host port and routes them.
 type Listener struct {
 	ln  net.Listener
@@ -104,6 +73,9 @@ func Listen(addr string, id *TLS, log *slog.Logger) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mux: listen %s: %w", addr, err)
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Listener{
 		ln:       ln,
 		log:      log,
@@ -119,7 +91,7 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
 // Dialer returns a Dialer with the listener's TLS identity, for
 // connections to the other hosts' ports.
-func (l *Listener) Dialer() Dialer { return Dialer{TLS: l.tls} }
+func (l *Listener) Dialer() Dialer { return Dialer{TLS: l.tls, Log: l.log} }
 
 // Serve accepts connections until Close; it returns nil after Close.
 func (l *Listener) Serve() error {
@@ -152,7 +124,7 @@ func (l *Listener) route(c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Now().Add(headerTimeout))
 	if l.tls != nil {
-		tc := tls.Server(c, l.tls.serverConfig())
+		tc := tls.Server(c, serverConfig(l.tls, l.log))
 		if err := tc.Handshake(); err != nil {
 			// A connection closed before it said anything (a port check)
 			// is not worth a warning; a refused certificate is.
@@ -301,6 +273,8 @@ func (y *Layer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Con
 type Dialer struct {
 	// TLS, if set, is this host's identity for ports that speak mutual TLS.
 	TLS *TLS
+	// Log receives TLS's reloads (nil: discarded).
+	Log *slog.Logger
 }
 
 // Dial connects to the host port at addr and asks for kind and name. The
@@ -336,7 +310,11 @@ func (d Dialer) Open(ctx context.Context, c net.Conn, addr string, kind byte, na
 			c.Close()
 			return nil, fmt.Errorf("mux: dial %s: %w", addr, err)
 		}
-		tc := tls.Client(c, d.TLS.clientConfig(host))
+		log := d.Log
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		tc := tls.Client(c, clientConfig(d.TLS, log, host))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("mux: dial %s: TLS: %w", addr, err)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,67 @@ func TestTLS(t *testing.T) {
 	lost := Dialer{TLS: &TLS{Cert: ca.Issue("n2", "127.0.0.2").TLS(t), CA: other.Pool()}}
 	if _, err := dial(t, lost, addr, KindNBD, "vol"); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("dialing a listener of another CA: %v", err)
+	}
+}
+
+// TestTLSReload: a listener whose identity has Files follows them: a new
+// certificate and CA take effect without a restart, and files that do not
+// load leave the previous identity in force.
+func TestTLSReload(t *testing.T) {
+	dir := t.TempDir()
+	files := &TLSFiles{Cert: filepath.Join(dir, "n1.pem"), Key: filepath.Join(dir, "n1-key.pem"), CA: filepath.Join(dir, "ca.pem")}
+	install := func(ca *testpki.CA, leaf testpki.Leaf) {
+		testpki.WriteFile(t, files.Cert, leaf.CertPEM)
+		testpki.WriteFile(t, files.Key, leaf.KeyPEM)
+		testpki.WriteFile(t, files.CA, ca.PEM())
+	}
+	old := testpki.NewCA(t, "old peers")
+	leaf := old.Issue("n1", "127.0.0.1")
+	install(old, leaf)
+	id := &TLS{Cert: leaf.TLS(t), CA: old.Pool(), Files: files, CheckEvery: time.Millisecond}
+	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go l.Serve()
+	l.Handle(KindNBD, func(name string, c net.Conn) {
+		defer c.Close()
+		c.Write([]byte(name))
+	})
+	served := func(d Dialer) bool {
+		c, err := dial(t, d, l.Addr().String(), KindNBD, "vol")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b) == "vol"
+	}
+	peerOf := func(ca *testpki.CA) Dialer {
+		return Dialer{TLS: &TLS{Cert: ca.Issue("n2", "127.0.0.2").TLS(t), CA: ca.Pool()}}
+	}
+	if !served(peerOf(old)) {
+		t.Fatal("a peer of the CA was refused")
+	}
+
+	// The cluster moves to a new CA: the files change under the listener.
+	renewed := testpki.NewCA(t, "new peers")
+	install(renewed, renewed.Issue("n1", "127.0.0.1"))
+	time.Sleep(10 * time.Millisecond)
+	if !served(peerOf(renewed)) {
+		t.Fatal("a peer of the new CA was refused after the files changed")
+	}
+	if served(peerOf(old)) {
+		t.Fatal("a peer of the old CA was served after the files changed")
+	}
+
+	// A certificate written before its key: the files do not load, the
+	// identity in force stays.
+	testpki.WriteFile(t, files.Cert, renewed.Issue("n1", "127.0.0.1").CertPEM)
+	time.Sleep(10 * time.Millisecond)
+	if !served(peerOf(renewed)) {
+		t.Fatal("files that do not load replaced the identity in force")
 	}
 }
