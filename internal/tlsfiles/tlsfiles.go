@@ -44,8 +44,11 @@ type Files struct {
 }
 
 // Current returns the certificate and CA in force, reading the files
-// again first if they changed (and logging that to log).
+// again first if they changed (and logging that to log, if not nil).
 func (t *Identity) Current(log *slog.Logger) (tls.Certificate, *x509.CertPool) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	every := t.CheckEvery

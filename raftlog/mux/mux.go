@@ -310,11 +310,7 @@ func (d Dialer) Open(ctx context.Context, c net.Conn, addr string, kind byte, na
 			c.Close()
 			return nil, fmt.Errorf("mux: dial %s: %w", addr, err)
 		}
-		log := d.Log
-		if log == nil {
-			log = slog.New(slog.DiscardHandler)
-		}
-		tc := tls.Client(c, clientConfig(d.TLS, log, host))
+		tc := tls.Client(c, clientConfig(d.TLS, d.Log, host))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("mux: dial %s: TLS: %w", addr, err)
