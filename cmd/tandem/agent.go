@@ -63,6 +63,12 @@ once the client sends FLUSH or FUA (like nbdkit's file plugin or qemu-nbd
 with a writeback cache): a crash loses the writes since the last FLUSH,
 and losing the host loses the volume. For scratch disks.
 
+TLS: --peer-tls-cert/--peer-tls-key/--peer-tls-ca make the replication
+port (raft, volume copies, I/O forwarded between agents) and live-migration
+streams mutual TLS between the hosts; --admin-tls-* make the admin API
+HTTPS; --tls-* put NBD clients behind TLS. Every certificate file is read
+again when it changes: renewing needs no restart (deploy/README.md).
+
 --config FILE reads the flags from a YAML file, one key per flag named
 like the flag ("raft-listen: 10.0.0.1:10810"), lists for the repeatable
 ones ("join: [10.0.0.2:7946]"); flags given on the command line override
