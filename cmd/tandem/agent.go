@@ -242,15 +242,11 @@ func parsePeerFlag(s string) (agent.Peer, error) {
 	return p, nil
 }
 
-// loadCAPool reads a PEM CA bundle named by flag.
+// loadCAPool reads the PEM CA bundle that flag names.
 func loadCAPool(flag, path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
+	pool, err := tlsfiles.LoadCAPool(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", flag, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: no certificate in %s", flag, path)
 	}
 	return pool, nil
 }

@@ -100,13 +100,22 @@ func (f *Files) load() (tls.Certificate, *x509.CertPool, error) {
 	if f.CA == "" {
 		return cert, nil, nil
 	}
-	pem, err := os.ReadFile(f.CA)
+	pool, err := LoadCAPool(f.CA)
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
+	return cert, pool, nil
+}
+
+// LoadCAPool reads the PEM CA bundle at path.
+func LoadCAPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return tls.Certificate{}, nil, errors.New("no certificate in " + f.CA)
+		return nil, errors.New("no certificate in " + path)
 	}
-	return cert, pool, nil
+	return pool, nil
 }

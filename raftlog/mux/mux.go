@@ -6,7 +6,7 @@
 // Raft groups use Layer, a hashicorp/raft StreamLayer, so that each group
 // runs an ordinary raft.NetworkTransport while the host listens on one port.
 //
-// With a TLS identity (Config.TLS) the port speaks mutual TLS only: both
+// With a TLS identity (Listen's id) the port speaks mutual TLS only: both
 // ends present a certificate signed by the cluster's peer CA before the
 // header is read, so that only the cluster's hosts can reach a group.
 package mux
