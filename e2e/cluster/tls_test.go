@@ -15,6 +15,7 @@ import (
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/raftlog/mux"
 )
 
@@ -97,7 +98,7 @@ func TestMutualTLS(t *testing.T) {
 	// Where the forwarding views are not served.
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if fc, err := c.Dial(dctx, l, testbin.ForwardPrefix+vol); err == nil {
+	if fc, err := c.Dial(dctx, l, raftlog.ForwardPrefix+vol); err == nil {
 		fc.Close()
 		t.Errorf("the leader's forwarding view was served on its NBD port")
 	}
@@ -106,7 +107,7 @@ func TestMutualTLS(t *testing.T) {
 		nc, err := d.Dial(dctx, c.Nodes[l].RaftAddr, mux.KindNBD, "")
 		if err == nil {
 			var fc *nbdclient.Conn
-			if fc, err = nbdclient.Handshake(dctx, nc, nbdclient.Options{Export: testbin.ForwardPrefix + vol}); err == nil {
+			if fc, err = nbdclient.Handshake(dctx, nc, nbdclient.Options{Export: raftlog.ForwardPrefix + vol}); err == nil {
 				fc.Close()
 			}
 			nc.Close()
@@ -115,7 +116,7 @@ func TestMutualTLS(t *testing.T) {
 			t.Errorf("the replication port served a forwarding view to a connection %s", what)
 		}
 	}
-	if fc, err := c.DialForward(dctx, l, testbin.ForwardPrefix+vol); err != nil {
+	if fc, err := c.DialForward(dctx, l, raftlog.ForwardPrefix+vol); err != nil {
 		t.Errorf("the replication port refused a peer certificate: %v", err)
 	} else {
 		fc.Close()

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
+	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/vmcoord/pidfile"
 )
@@ -691,8 +692,8 @@ func handshake(ctx context.Context, nc net.Conn, opts nbdclient.Options) (*nbdcl
 }
 
 // DialForward opens export on host i's replication port, as an agent
-// forwarding to it does: only the forwarding views (ForwardPrefix) are
-// served there. Safe from any goroutine.
+// forwarding to it does: only the forwarding views
+// (raftlog.ForwardPrefix) are served there. Safe from any goroutine.
 func (c *Cluster) DialForward(ctx context.Context, i int, export string) (*nbdclient.Conn, error) {
 	addr := c.Nodes[i].RaftAddr
 	d := mux.Dialer{TLS: c.cfg.PeerTLS}
@@ -708,11 +709,6 @@ func (c *Cluster) DialForward(ctx context.Context, i int, export string) (*nbdcl
 	}
 	return handshake(ctx, nc, nbdclient.Options{Export: export})
 }
-
-// ForwardPrefix is the export prefix under which an agent serves a volume
-// to the other agents only while it leads it (raftlog.ForwardPrefix; see
-// docs/replication.md).
-const ForwardPrefix = "_fwd/"
 
 // LeaderOf probes which running host leads volume vol and can serve it
 // now: the one whose leader-only export (_fwd/vol) answers a read. It
@@ -732,7 +728,7 @@ func (c *Cluster) LeaderOf(vol string) int {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
-			conn, err := c.DialForward(ctx, i, ForwardPrefix+vol)
+			conn, err := c.DialForward(ctx, i, raftlog.ForwardPrefix+vol)
 			if err != nil {
 				ch <- res{i, false}
 				return
