@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -350,6 +351,7 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 			cl.err = &Error{Errno: errno}
 		} else if cl.typ == wire.CmdRead && len(cl.buf) > 0 {
 			if err := cl.fill(r, 0, len(cl.buf)); err != nil {
+				cl.finish(err) // taken from pending: fail will not see it
 				return err
 			}
 		}
@@ -370,6 +372,9 @@ func (c *Conn) readReply(r *bufio.Reader) error {
 			return err
 		}
 		if err := c.chunk(r, cl, typ, length); err != nil {
+			if final {
+				cl.finish(err) // taken from pending: fail will not see it
+			}
 			return err
 		}
 		if final {
@@ -397,11 +402,12 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 			return err
 		}
 		off := binary.BigEndian.Uint64(o[:])
-		n := int(length - 8)
-		if off < cl.off || off-cl.off+uint64(n) > uint64(len(cl.buf)) {
+		n := uint64(length - 8)
+		at, ok := cl.within(off, n)
+		if !ok {
 			return fmt.Errorf("nbd: OFFSET_DATA chunk %d+%d outside the request", off, n)
 		}
-		return cl.fill(r, int(off-cl.off), n)
+		return cl.fill(r, at, int(n))
 	case typ == wire.ChunkOffsetHole:
 		var b [12]byte
 		if length != 12 {
@@ -412,16 +418,17 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 		}
 		off := binary.BigEndian.Uint64(b[:])
 		n := uint64(binary.BigEndian.Uint32(b[8:]))
-		if off < cl.off || off-cl.off+n > uint64(len(cl.buf)) {
-			return fmt.Errorf("nbd: OFFSET_HOLE chunk outside the request")
+		at, ok := cl.within(off, n)
+		if !ok {
+			return fmt.Errorf("nbd: OFFSET_HOLE chunk %d+%d outside the request", off, n)
 		}
 		cl.mu.Lock()
 		if !cl.gone {
-			clear(cl.buf[off-cl.off : off-cl.off+n])
+			clear(cl.buf[at : at+int(n)])
 		}
 		cl.mu.Unlock()
 	case typ == wire.ChunkBlockStatus:
-		if length < 12 || (length-4)%8 != 0 {
+		if length < 12 || (length-4)%8 != 0 || (length-4)/8 > maxExtents-uint32(len(cl.ext)) {
 			return fmt.Errorf("nbd: BLOCK_STATUS chunk of %d bytes", length)
 		}
 		b := make([]byte, length)
@@ -432,7 +439,7 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 			cl.ext = append(cl.ext, Extent{Length: binary.BigEndian.Uint32(b[i:]), Flags: binary.BigEndian.Uint32(b[i+4:])})
 		}
 	case typ&wire.ChunkErrorBit != 0:
-		if length < 6 {
+		if length < 6 || length > maxErrorChunk {
 			return fmt.Errorf("nbd: error chunk of %d bytes", length)
 		}
 		b := make([]byte, length)
@@ -450,6 +457,37 @@ func (c *Conn) chunk(r *bufio.Reader, cl *call, typ uint16, length uint32) error
 		return fmt.Errorf("nbd: unknown chunk type %d", typ)
 	}
 	return nil
+}
+
+// maxExtents bounds the block status descriptors of one reply, and so what
+// a server can make the client hold: far more than a server sends for one
+// request (Tandem's sends at most 1024).
+const maxExtents = 1 << 16
+
+// maxErrorChunk bounds an error chunk: its errno and message length, a
+// message of at most 4096 bytes (the NBD spec's limit) and, for
+// NBD_REPLY_TYPE_ERROR_OFFSET, an offset.
+const maxErrorChunk = 4 + 2 + 4096 + 8
+
+// within locates n bytes at off (from a chunk of the server's) in cl.buf:
+// it returns where they start in it, or false when they do not all fall
+// inside it.
+func (cl *call) within(off, n uint64) (int, bool) {
+	if off < cl.off {
+		return 0, false
+	}
+	at := off - cl.off
+	size := uint64(len(cl.buf))
+	if at > size || n > size-at {
+		return 0, false
+	}
+	return int(at), true
+}
+
+// finish fails cl with err.
+func (cl *call) finish(err error) {
+	cl.err = err
+	close(cl.done)
 }
 
 // fill reads n bytes into cl.buf[at:], or discards them if the caller gave up.
@@ -475,8 +513,7 @@ func (c *Conn) fail(err error) {
 	c.pending = map[uint64]*call{}
 	c.mu.Unlock()
 	for _, cl := range p {
-		cl.err = err
-		close(cl.done)
+		cl.finish(err)
 	}
 	c.nc.Close()
 }
@@ -618,7 +655,11 @@ func (h *handshake) run(ctx context.Context, opts Options) (*Conn, error) {
 			if len(data) != 12 {
 				return nil, fmt.Errorf("nbd: NBD_INFO_EXPORT of %d bytes", len(data))
 			}
-			c.size = int64(binary.BigEndian.Uint64(data[2:]))
+			size := binary.BigEndian.Uint64(data[2:])
+			if size > math.MaxInt64 {
+				return nil, fmt.Errorf("nbd: export size %d", size)
+			}
+			c.size = int64(size)
 			c.flags = binary.BigEndian.Uint16(data[10:])
 			gotExport = true
 		case wire.InfoName:
