@@ -335,14 +335,20 @@ var errStreamRefused = errors.New("raftlog: stream refused")
 // (with bounded writeback), syncs every pullSyncEvery bytes of the volume
 // and at the end, and reports progress.
 func pullVolume(ctx context.Context, d mux.Dialer, addr, name string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64)) (pullStats, error) {
-	var st pullStats
 	start := time.Now()
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := d.Dial(dctx, addr, mux.KindStream, name)
 	dcancel()
 	if err != nil {
-		return st, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
+		return pullStats{}, fmt.Errorf("raftlog: stream from %s: %w", addr, err)
 	}
+	return receiveVolume(ctx, c, addr, minIndex, from, file, meter, progress, start)
+}
+
+// receiveVolume is pullVolume once connected to addr (for messages) by c,
+// which it closes; start is when the pull began.
+func receiveVolume(ctx context.Context, c net.Conn, addr string, minIndex uint64, from int64, file *blockfile.File, meter *copyMeter, progress func(int64), start time.Time) (pullStats, error) {
+	var st pullStats
 	defer c.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
