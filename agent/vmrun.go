@@ -29,11 +29,11 @@ const vmDir = "vms"
 // directory.
 const migrationTLSDir = "migration-tls"
 
-// linkMigrationTLS lays out the host's peer certificate, key and CA in dir
-// as QEMU's tls-creds-x509 wants them, as symbolic links to the files, so
-// that each migration reads them as they are then (renewed certificates
-// included). The certificate serves both as a destination (server) and as
-// a source (client).
+// linkMigrationTLS lays out the host's peer certificate, key, CA and CA
+// revocation list in dir as QEMU's tls-creds-x509 wants them, as symbolic
+// links to the files, so that each migration reads them as they are then
+// (renewed certificates and new revocations included). The certificate
+// serves both as a destination (server) and as a source (client).
 func linkMigrationTLS(dir string, f *mux.TLSFiles) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("agent: migration TLS: %w", err)
@@ -42,14 +42,18 @@ func linkMigrationTLS(dir string, f *mux.TLSFiles) error {
 		f.CA:   {"ca-cert.pem"},
 		f.Cert: {"server-cert.pem", "client-cert.pem"},
 		f.Key:  {"server-key.pem", "client-key.pem"},
+		f.CRL:  {"ca-crl.pem"}, // none: no link (a previous run's removed)
 	} {
-		abs, err := filepath.Abs(src)
-		if err != nil {
-			return fmt.Errorf("agent: migration TLS: %w", err)
-		}
 		for _, n := range names {
 			link := filepath.Join(dir, n)
 			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("agent: migration TLS: %w", err)
+			}
+			if src == "" {
+				continue
+			}
+			abs, err := filepath.Abs(src)
+			if err != nil {
 				return fmt.Errorf("agent: migration TLS: %w", err)
 			}
 			if err := os.Symlink(abs, link); err != nil {

@@ -57,6 +57,54 @@ func TestTLS(t *testing.T) {
 	}
 }
 
+// TestTLSClientRevocation: with --tls-client-crl, NBD clients whose
+// certificate the clients' CA revoked are refused (nbdinfo, with libnbd's
+// GnuTLS), others served, and a new list takes effect without a restart.
+func TestTLSClientRevocation(t *testing.T) {
+	t.Parallel()
+	testbin.Require(t, "nbdinfo")
+	serverCADir, cert, key := writeTLSFiles(t)
+	serverCA, err := os.ReadFile(filepath.Join(serverCADir, "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := testpki.NewCA(t, "tandem clients")
+	dir := t.TempDir()
+	caFile, crlFile := filepath.Join(dir, "clients.pem"), filepath.Join(dir, "clients-crl.pem")
+	testpki.WriteFile(t, caFile, clients.PEM())
+	alice, bob := clients.Issue("alice"), clients.Issue("bob")
+	testpki.WriteFile(t, crlFile, clients.CRL(bob))
+	a := startAgent(t, "--volume", "vol0=16M", "--tls-cert", cert, "--tls-key", key, "--tls-required",
+		"--tls-client-ca", caFile, "--tls-client-crl", crlFile)
+	_, port, _ := net.SplitHostPort(a.NBDAddr)
+	// served runs nbdinfo as the holder of leaf (libnbd's tls-certificates
+	// directory: ca-cert.pem, client-cert.pem, client-key.pem).
+	served := func(leaf testpki.Leaf) bool {
+		d := t.TempDir()
+		testpki.WriteFile(t, filepath.Join(d, "ca-cert.pem"), serverCA)
+		leaf.Write(t, d, "client-cert.pem", "client-key.pem")
+		out, err := testbin.RunErr(toolTimeout, "nbdinfo", "--size", "nbds://127.0.0.1:"+port+"/vol0?tls-certificates="+d)
+		return err == nil && strings.TrimSpace(out) == "16777216"
+	}
+	if !served(alice) {
+		t.Fatal("a client the list does not name was refused")
+	}
+	if served(bob) {
+		t.Fatal("a revoked client was served")
+	}
+	testpki.WriteFile(t, crlFile, clients.CRL(bob, alice))
+	deadline := time.Now().Add(10 * time.Second)
+	for served(alice) {
+		if time.Now().After(deadline) {
+			t.Fatal("a client revoked by a new list was still served 10 s after it was written")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !served(clients.Issue("carol")) {
+		t.Fatal("a new client was refused")
+	}
+}
+
 // TestAdminTLS: with --admin-tls-cert the admin API speaks HTTPS only, and
 // follows its certificate files when they are renewed.
 // (The CLI's --admin-ca is tested in cmd/tandem and, against a cluster,
@@ -122,11 +170,19 @@ func TestTLSFlags(t *testing.T) {
 	t.Parallel()
 	dir, cert, key := writeTLSFiles(t)
 	ca := filepath.Join(dir, "ca-cert.pem")
+	otherCRL := filepath.Join(dir, "other-crl.pem") // a revocation list of another CA
+	testpki.WriteFile(t, otherCRL, testpki.NewCA(t, "other").CRL())
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--tls-required"}, "--tls-required and --tls-client-ca need --tls-cert"},
+		{[]string{"--tls-required"}, "--tls-required, --tls-client-ca and --tls-client-crl need --tls-cert"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-crl", otherCRL}, "--tls-client-crl needs --tls-client-ca"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--tls-client-crl", ca}, "--tls-client-crl: no PEM revocation list"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--tls-client-crl", otherCRL}, "--tls-client-crl: revocation list in " + otherCRL + ": not signed by a CA of the bundle"},
+		{[]string{"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca, "--peer-tls-crl", otherCRL}, "--peer-tls-crl: revocation list"},
+		{[]string{"--peer-tls-crl", otherCRL}, "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"},
+		{[]string{"--admin-tls-cert", cert, "--admin-tls-key", key, "--admin-listen", "127.0.0.1:0", "--admin-tls-crl", otherCRL}, "--admin-tls-crl needs --admin-tls-ca"},
 		{[]string{"--tls-cert", cert}, "--tls-cert and --tls-key go together"},
 		{[]string{"--tls-cert", cert, "--tls-key", "/nonexistent"}, "--tls-cert/--tls-key:"},
 		{[]string{"--peer-tls-cert", cert}, "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"},

@@ -170,9 +170,11 @@ closed cleanly.`,
 	f.IntVar(&cfg.NBD.MaxInflight, "nbd-max-inflight", cfg.NBD.MaxInflight, "requests served at once per NBD connection")
 	tlsFlags.register(f)
 	peerTLS.register(f, "PEM certificate of this host on the replication port, naming its --raft-listen address; enables mutual TLS there (every host needs it)",
-		"PEM CA bundle that signed every host's --peer-tls-cert")
+		"PEM CA bundle that signed every host's --peer-tls-cert",
+		"PEM revocation list of --peer-tls-ca: refuse hosts whose certificate it lists (also in live-migration streams)")
 	adminTLS.register(f, "PEM certificate of the admin API, naming its --admin-listen address; makes it HTTPS only",
-		"cluster mode: PEM CA bundle that signed every agent's --admin-tls-cert, for the agents' calls to each other")
+		"cluster mode: PEM CA bundle that signed every agent's --admin-tls-cert, for the agents' calls to each other",
+		"cluster mode: PEM revocation list of --admin-tls-ca: the agents' calls to each other refuse admin APIs whose certificate it lists")
 	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
@@ -242,6 +244,19 @@ func parsePeerFlag(s string) (agent.Peer, error) {
 	return p, nil
 }
 
+// loadRevocations reads the PEM revocation list that flag names, issued by
+// a CA of the bundle at caPath; nil for none.
+func loadRevocations(flag, path, caPath string) (*tlsfiles.Revocations, error) {
+	if path == "" {
+		return nil, nil
+	}
+	rev, err := tlsfiles.LoadRevocations(path, caPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	return rev, nil
+}
+
 // loadCAPool reads the PEM CA bundle that flag names.
 func loadCAPool(flag, path string) (*x509.CertPool, error) {
 	pool, err := tlsfiles.LoadCAPool(path)
@@ -253,14 +268,15 @@ func loadCAPool(flag, path string) (*x509.CertPool, error) {
 
 // tlsOptions are the NBD TLS flags.
 type tlsOptions struct {
-	cert, key, clientCA string
-	required            bool
+	cert, key, clientCA, clientCRL string
+	required                       bool
 }
 
 func (o *tlsOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.cert, "tls-cert", "", "PEM certificate for NBD over TLS (STARTTLS); enables TLS (this and the other TLS files are read again when they change)")
 	f.StringVar(&o.key, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&o.clientCA, "tls-client-ca", "", "PEM CA bundle: require NBD clients to present a certificate it signed")
+	f.StringVar(&o.clientCRL, "tls-client-crl", "", "PEM revocation list of --tls-client-ca: refuse NBD clients whose certificate it lists")
 	f.BoolVar(&o.required, "tls-required", false, "refuse NBD clients that do not upgrade to TLS")
 }
 
@@ -268,10 +284,13 @@ func (o *tlsOptions) register(f *pflag.FlagSet) {
 // The certificate and client CA follow their files (tlsfiles).
 func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
 	if o.cert == "" && o.key == "" {
-		if o.required || o.clientCA != "" {
-			return nil, errors.New("--tls-required and --tls-client-ca need --tls-cert and --tls-key")
+		if o.required || o.clientCA != "" || o.clientCRL != "" {
+			return nil, errors.New("--tls-required, --tls-client-ca and --tls-client-crl need --tls-cert and --tls-key")
 		}
 		return nil, nil
+	}
+	if o.clientCRL != "" && o.clientCA == "" {
+		return nil, errors.New("--tls-client-crl needs --tls-client-ca, the CA that issued it")
 	}
 	if o.cert == "" || o.key == "" {
 		return nil, errors.New("--tls-cert and --tls-key go together")
@@ -280,15 +299,18 @@ func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
-	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.clientCA}}
+	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.clientCA, CRL: o.clientCRL}}
 	if o.clientCA != "" {
 		if id.CA, err = loadCAPool("--tls-client-ca", o.clientCA); err != nil {
 			return nil, err
 		}
 	}
+	if id.Revoked, err = loadRevocations("--tls-client-crl", o.clientCRL, o.clientCA); err != nil {
+		return nil, err
+	}
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		cert, ca := id.Current(log)
-		c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, VerifyConnection: id.VerifyConnection}
 		if ca != nil {
 			c.ClientCAs, c.ClientAuth = ca, tls.RequireAndVerifyClientCert
 		}
@@ -296,17 +318,33 @@ func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
 	}}, nil
 }
 
-// tlsFiles are the flags --PREFIX-cert, --PREFIX-key and --PREFIX-ca: a
-// certificate, its key and a CA bundle, as PEM files.
+// tlsFiles are the flags --PREFIX-cert, --PREFIX-key, --PREFIX-ca and
+// --PREFIX-crl: a certificate, its key, a CA bundle and a revocation list
+// of that CA, as PEM files.
 type tlsFiles struct {
-	prefix        string
-	cert, key, ca string
+	prefix             string
+	cert, key, ca, crl string
 }
 
-func (o *tlsFiles) register(f *pflag.FlagSet, certHelp, caHelp string) {
+func (o *tlsFiles) register(f *pflag.FlagSet, certHelp, caHelp, crlHelp string) {
 	f.StringVar(&o.cert, o.prefix+"-cert", "", certHelp)
 	f.StringVar(&o.key, o.prefix+"-key", "", "PEM private key of --"+o.prefix+"-cert")
 	f.StringVar(&o.ca, o.prefix+"-ca", "", caHelp)
+	f.StringVar(&o.crl, o.prefix+"-crl", "", crlHelp)
+}
+
+// files are the identity's files, for tlsfiles.
+func (o *tlsFiles) files() *tlsfiles.Files {
+	return &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.ca, CRL: o.crl}
+}
+
+// revocations loads --PREFIX-crl (nil without it, which needs
+// --PREFIX-ca, its issuer).
+func (o *tlsFiles) revocations() (*tlsfiles.Revocations, error) {
+	if o.crl != "" && o.ca == "" {
+		return nil, fmt.Errorf("%s needs %s, the CA that issued it", o.flag("crl"), o.flag("ca"))
+	}
+	return loadRevocations(o.flag("crl"), o.crl, o.ca)
 }
 
 // flag names one of the flags, e.g. flag("ca").
@@ -324,7 +362,7 @@ func (o *tlsFiles) keyPair() (tls.Certificate, error) {
 // peerTLSConfig loads the host's identity on the replication port (mutual
 // TLS between the hosts), or nil without the flags.
 func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
-	if o.cert == "" && o.key == "" && o.ca == "" {
+	if o.cert == "" && o.key == "" && o.ca == "" && o.crl == "" {
 		return nil, nil
 	}
 	if o.cert == "" || o.key == "" || o.ca == "" {
@@ -338,7 +376,11 @@ func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mux.TLS{Cert: pair, CA: pool, Files: &mux.TLSFiles{Cert: o.cert, Key: o.key, CA: o.ca}}, nil
+	rev, err := o.revocations()
+	if err != nil {
+		return nil, err
+	}
+	return &mux.TLS{Cert: pair, CA: pool, Revoked: rev, Files: o.files()}, nil
 }
 
 // adminTLSConfig returns the admin API's server configuration and the
@@ -346,7 +388,7 @@ func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
 // APIs (nil, nil without the flags). Both follow their files (tlsfiles).
 func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Config, peers func() *tls.Config, err error) {
 	switch {
-	case o.cert == "" && o.key == "" && o.ca == "":
+	case o.cert == "" && o.key == "" && o.ca == "" && o.crl == "":
 		return nil, nil, nil
 	case o.cert == "" || o.key == "":
 		return nil, nil, fmt.Errorf("%s and %s go together", o.flag("cert"), o.flag("key"))
@@ -359,7 +401,10 @@ func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Co
 	if err != nil {
 		return nil, nil, err
 	}
-	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.ca}}
+	id := &tlsfiles.Identity{Cert: pair, Files: o.files()}
+	if id.Revoked, err = o.revocations(); err != nil {
+		return nil, nil, err
+	}
 	server = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		cert, _ := id.Current(log)
 		return &cert, nil
@@ -370,7 +415,7 @@ func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Co
 		}
 		peers = func() *tls.Config {
 			_, ca := id.Current(log)
-			return &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS12}
+			return &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS12, VerifyConnection: id.VerifyConnection}
 		}
 	}
 	return server, peers, nil

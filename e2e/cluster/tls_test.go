@@ -28,8 +28,9 @@ import (
 //     client certificate) and every host reads the data back; qemu-io
 //     does the same over QEMU's TLS.
 //   - The forwarding views are not served on the clients' NBD port, and
-//     the replication port refuses a connection without a certificate and
-//     one with a certificate of another CA (the clients' CA).
+//     the replication port refuses a connection without a certificate, one
+//     with a certificate of another CA (the clients' CA) and one with a
+//     peer certificate the CA revoked (--peer-tls-crl).
 //   - A follower down long enough for the log to be trimmed catches up
 //     from a volume streamed over the replication port.
 func TestMutualTLS(t *testing.T) {
@@ -46,11 +47,16 @@ func TestMutualTLS(t *testing.T) {
 	}
 	peers := testbin.WithPeerTLS(t, &cfg)
 	peerCA := peers.CA
+	// A retired host's certificate, revoked.
+	retired := peerCA.Issue("retired", "127.0.0.1")
+	crlFile := filepath.Join(t.TempDir(), "peer-crl.pem")
+	testpki.WriteFile(t, crlFile, peerCA.CRL(retired))
 	// Each host's peer certificate serves its NBD port too here; it could
 	// come from another CA.
 	nbdArgs := cfg.HostArgs
 	cfg.HostArgs = func(i int) []string {
-		return append(nbdArgs(i), "--tls-cert", peers.Certs[i], "--tls-key", peers.Keys[i], "--tls-client-ca", clientCAFile, "--tls-required")
+		return append(nbdArgs(i), "--peer-tls-crl", crlFile,
+			"--tls-cert", peers.Certs[i], "--tls-key", peers.Keys[i], "--tls-client-ca", clientCAFile, "--tls-required")
 	}
 	cfg.NBDTLS = &tls.Config{
 		RootCAs:      peerCA.Pool(),
@@ -103,7 +109,12 @@ func TestMutualTLS(t *testing.T) {
 		t.Errorf("the leader's forwarding view was served on its NBD port")
 	}
 	stranger := mux.TLS{Cert: clientCA.Issue("stranger", "127.0.0.1").TLS(t), CA: peerCA.Pool()}
-	for what, d := range map[string]mux.Dialer{"without TLS": {}, "with a certificate of the clients' CA": {TLS: &stranger}} {
+	revoked := mux.TLS{Cert: retired.TLS(t), CA: peerCA.Pool()}
+	for what, d := range map[string]mux.Dialer{
+		"without TLS":                           {},
+		"with a certificate of the clients' CA": {TLS: &stranger},
+		"with a revoked peer certificate":       {TLS: &revoked},
+	} {
 		nc, err := d.Dial(dctx, c.Nodes[l].RaftAddr, mux.KindNBD, "")
 		if err == nil {
 			var fc *nbdclient.Conn

@@ -20,6 +20,7 @@ import (
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testguest"
+	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/vmcoord/qemu"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -331,12 +332,18 @@ var migrationStartRE = regexp.MustCompile(`msg="migration starting".* tls=(\w+)`
 
 // TestLiveMigrationTLS migrates the guest back and forth between hosts
 // that run with mutual TLS between them (--peer-tls-*): QEMU's migration
-// stream is TLS too, each side checking the other's certificate, and the
-// guest goes on where it was.
+// stream is TLS too, each side checking the other's certificate (and
+// QEMU the CA's revocation list, --peer-tls-crl), and the guest goes on
+// where it was.
 func TestLiveMigrationTLS(t *testing.T) {
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy")
 	cfg := testbin.ClusterConfig{Hosts: 3, Managed: true}
-	testbin.WithPeerTLS(t, &cfg)
+	peers := testbin.WithPeerTLS(t, &cfg)
+	// With a revocation list (of a retired host), which QEMU reads too.
+	crl := filepath.Join(t.TempDir(), "peer-crl.pem")
+	testpki.WriteFile(t, crl, peers.CA.CRL(peers.CA.Issue("retired", "127.0.0.9")))
+	hostArgs := cfg.HostArgs
+	cfg.HostArgs = func(i int) []string { return append(hostArgs(i), "--peer-tls-crl", crl) }
 	g := startGuestVMOn(t, cfg)
 	at := 0
 	for k := range 2 {

@@ -1,11 +1,14 @@
 // Package tlsfiles keeps a TLS identity (a certificate, its key, a CA
-// pool) in step with the PEM files it was read from, so that renewed
-// certificates take effect without restarting the agent.
+// pool, the CA's revocation list) in step with the PEM files it was read
+// from, so that renewed certificates and new revocations take effect
+// without restarting the agent.
 package tlsfiles
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,7 +29,10 @@ import (
 type Identity struct {
 	Cert tls.Certificate
 	CA   *x509.CertPool
-	// Files are the PEM files Cert and CA were read from, or nil.
+	// Revoked lists the certificates the CA revoked, or is nil (no list).
+	// Peers presenting one are refused by VerifyConnection.
+	Revoked *Revocations
+	// Files are the PEM files Cert, CA and Revoked were read from, or nil.
 	Files *Files
 	// CheckEvery bounds how often the files are looked at (0: a second).
 	CheckEvery time.Duration
@@ -37,10 +43,10 @@ type Identity struct {
 	failed  string // the stamp that last failed to load, not logged again
 }
 
-// Files are the PEM files of an identity: a certificate, its key and a
-// CA bundle ("" for none).
+// Files are the PEM files of an identity: a certificate, its key, a CA
+// bundle and a certificate revocation list of that CA ("" for none).
 type Files struct {
-	Cert, Key, CA string
+	Cert, Key, CA, CRL string
 }
 
 // Current returns the certificate and CA in force, reading the files
@@ -63,23 +69,44 @@ func (t *Identity) Current(log *slog.Logger) (tls.Certificate, *x509.CertPool) {
 	if stamp == t.stamp || stamp == t.failed {
 		return t.Cert, t.CA
 	}
-	cert, ca, err := t.Files.load()
+	cert, ca, rev, err := t.Files.load()
 	if err != nil {
 		t.failed = stamp
 		log.Warn("TLS files changed but do not load; keeping the previous certificate", "cert", t.Files.Cert, "err", err)
 		return t.Cert, t.CA
 	}
 	if t.stamp != "" {
-		log.Info("TLS certificate reloaded", "cert", t.Files.Cert)
+		log.Info("TLS certificate reloaded", "cert", t.Files.Cert, "crl", t.Files.CRL)
 	}
-	t.Cert, t.CA, t.stamp, t.failed = cert, ca, stamp, ""
+	if rev != nil && !rev.NextUpdate.IsZero() && time.Now().After(rev.NextUpdate) {
+		log.Warn("TLS revocation list is past its next update; its revocations still apply", "crl", t.Files.CRL, "next_update", rev.NextUpdate)
+	}
+	t.Cert, t.CA, t.Revoked, t.stamp, t.failed = cert, ca, rev, stamp, ""
 	return t.Cert, t.CA
+}
+
+// VerifyConnection refuses a connection whose peer presented a certificate
+// that the revocation list in force lists (tls.Config.VerifyConnection).
+// It checks the chains the handshake verified, so it has nothing to check
+// where peers are not asked for certificates.
+func (t *Identity) VerifyConnection(cs tls.ConnectionState) error {
+	t.mu.Lock()
+	rev := t.Revoked
+	t.mu.Unlock()
+	for _, chain := range cs.VerifiedChains {
+		for _, c := range chain {
+			if rev.Has(c) {
+				return fmt.Errorf("tls: certificate %q (serial %s) is revoked", c.Subject.CommonName, c.SerialNumber)
+			}
+		}
+	}
+	return nil
 }
 
 // stamp describes the files' current versions ("" parts for missing ones).
 func (f *Files) stamp() string {
 	var s string
-	for _, p := range []string{f.Cert, f.Key, f.CA} {
+	for _, p := range []string{f.Cert, f.Key, f.CA, f.CRL} {
 		if p == "" {
 			s += ";"
 		} else if fi, err := os.Stat(p); err == nil {
@@ -92,19 +119,103 @@ func (f *Files) stamp() string {
 }
 
 // load reads the files.
-func (f *Files) load() (tls.Certificate, *x509.CertPool, error) {
+func (f *Files) load() (tls.Certificate, *x509.CertPool, *Revocations, error) {
 	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("certificate %s and key %s: %w", f.Cert, f.Key, err)
+		return tls.Certificate{}, nil, nil, fmt.Errorf("certificate %s and key %s: %w", f.Cert, f.Key, err)
 	}
 	if f.CA == "" {
-		return cert, nil, nil
+		return cert, nil, nil, nil
 	}
 	pool, err := LoadCAPool(f.CA)
 	if err != nil {
-		return tls.Certificate{}, nil, err
+		return tls.Certificate{}, nil, nil, err
 	}
-	return cert, pool, nil
+	var rev *Revocations
+	if f.CRL != "" {
+		if rev, err = LoadRevocations(f.CRL, f.CA); err != nil {
+			return tls.Certificate{}, nil, nil, err
+		}
+	}
+	return cert, pool, rev, nil
+}
+
+// Revocations are the certificates a CA revoked, from its certificate
+// revocation lists (CRLs). A nil *Revocations revokes nothing.
+type Revocations struct {
+	// NextUpdate is the earliest next update of the lists (zero if none
+	// says).
+	NextUpdate time.Time
+	serials    map[string]bool // issuer's raw subject + "/" + serial
+}
+
+// Has reports whether c is revoked.
+func (r *Revocations) Has(c *x509.Certificate) bool {
+	return r != nil && r.serials[revocationKey(c.RawIssuer, c.SerialNumber.String())]
+}
+
+func revocationKey(issuer []byte, serial string) string { return string(issuer) + "/" + serial }
+
+// LoadRevocations reads the PEM certificate revocation lists at path and
+// checks that each is signed by a CA of the PEM bundle at caPath.
+func LoadRevocations(path, caPath string) (*Revocations, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cas, err := os.ReadFile(caPath)
+	if err != nil {
+		return nil, err
+	}
+	var issuers []*x509.Certificate
+	for rest := cas; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
+			issuers = append(issuers, c)
+		}
+	}
+	r := &Revocations{serials: map[string]bool{}}
+	lists := 0
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "X509 CRL" {
+			continue
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("revocation list in %s: %w", path, err)
+		}
+		if err := checkIssuer(crl, issuers); err != nil {
+			return nil, fmt.Errorf("revocation list in %s: %w", path, err)
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			r.serials[revocationKey(crl.RawIssuer, e.SerialNumber.String())] = true
+		}
+		if !crl.NextUpdate.IsZero() && (r.NextUpdate.IsZero() || crl.NextUpdate.Before(r.NextUpdate)) {
+			r.NextUpdate = crl.NextUpdate
+		}
+		lists++
+	}
+	if lists == 0 {
+		return nil, errors.New("no PEM revocation list (X509 CRL) in " + path)
+	}
+	return r, nil
+}
+
+// checkIssuer checks that one of issuers signed crl.
+func checkIssuer(crl *x509.RevocationList, issuers []*x509.Certificate) error {
+	for _, ca := range issuers {
+		if bytes.Equal(ca.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ca) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("not signed by a CA of the bundle (issuer %q)", crl.Issuer)
 }
 
 // LoadCAPool reads the PEM CA bundle at path.

@@ -136,7 +136,7 @@ func (l *Listener) route(c net.Conn) {
 			c.Close()
 			return
 		}
-		c = tc
+		c = withRevocation(tc, l.tls, l.log)
 	}
 	kind, name, err := readHeader(c)
 	if err != nil {
@@ -315,7 +315,7 @@ func (d Dialer) Open(ctx context.Context, c net.Conn, addr string, kind byte, na
 			c.Close()
 			return nil, fmt.Errorf("mux: dial %s: TLS: %w", addr, err)
 		}
-		c = tc
+		c = withRevocation(tc, d.TLS, d.Log)
 	}
 	hdr := make([]byte, 0, 8+len(name))
 	hdr = append(hdr, magic...)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-project/tandem/internal/testpki"
+	"github.com/tandem-project/tandem/internal/tlsfiles"
 )
 
 func dial(t *testing.T, d Dialer, addr string, kind byte, name string) (net.Conn, error) {
@@ -223,5 +224,96 @@ func TestTLSReload(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if !served(peerOf(renewed)) {
 		t.Fatal("files that do not load replaced the identity in force")
+	}
+}
+
+// TestTLSRevocation: a listener refuses peers whose certificate its CA's
+// revocation list names, a dialer refuses such a listener, and a new list
+// takes effect without a restart.
+func TestTLSRevocation(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "peers")
+	n1, n2, n3 := ca.Issue("n1", "127.0.0.1"), ca.Issue("n2", "127.0.0.2"), ca.Issue("n3", "127.0.0.3")
+	files := &TLSFiles{CA: filepath.Join(dir, "ca.pem"), CRL: filepath.Join(dir, "crl.pem")}
+	files.Cert, files.Key = n1.Write(t, dir, "n1.pem", "n1-key.pem")
+	testpki.WriteFile(t, files.CA, ca.PEM())
+	testpki.WriteFile(t, files.CRL, ca.CRL(n3))
+	id := &TLS{Cert: n1.TLS(t), CA: ca.Pool(), Files: files, CheckEvery: time.Millisecond}
+	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go l.Serve()
+	l.Handle(KindNBD, func(name string, c net.Conn) {
+		defer c.Close()
+		c.Write([]byte(name))
+	})
+	served := func(leaf testpki.Leaf, rev *tlsfiles.Revocations) bool {
+		d := Dialer{TLS: &TLS{Cert: leaf.TLS(t), CA: ca.Pool(), Revoked: rev}}
+		c, err := dial(t, d, l.Addr().String(), KindNBD, "vol")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b) == "vol"
+	}
+	if !served(n2, nil) {
+		t.Fatal("a peer the list does not name was refused")
+	}
+	if served(n3, nil) {
+		t.Fatal("a revoked peer was served")
+	}
+	// A connection of n2 that stays open, echoed.
+	l.Handle(KindStream, func(_ string, c net.Conn) {
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	open, err := dial(t, Dialer{TLS: &TLS{Cert: n2.TLS(t), CA: ca.Pool()}}, l.Addr().String(), KindStream, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	echo := func() error {
+		open.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := open.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(open, make([]byte, 4))
+		return err
+	}
+	if err := echo(); err != nil {
+		t.Fatal(err)
+	}
+
+	// n2 is revoked too: the new list takes effect on the running
+	// listener, for new connections and for the one open.
+	testpki.WriteFile(t, files.CRL, ca.CRL(n3, n2))
+	time.Sleep(10 * time.Millisecond)
+	if served(n2, nil) {
+		t.Fatal("a peer revoked by the new list was served")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for echo() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a revoked peer's open connection still served 10 s after the list was written")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// A dialer whose list names the listener's certificate refuses it.
+	crl := filepath.Join(dir, "n1-revoked.pem")
+	testpki.WriteFile(t, crl, ca.CRL(n1))
+	rev, err := tlsfiles.LoadRevocations(crl, files.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served(ca.Issue("n4", "127.0.0.4"), rev) {
+		t.Fatal("a dialer reached a listener its list revokes")
+	}
+	if !served(ca.Issue("n4", "127.0.0.4"), nil) {
+		t.Fatal("a new peer was refused")
 	}
 }
