@@ -21,6 +21,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -45,7 +46,7 @@ import (
 // temporary directories. A config key with an absolute path that is not
 // listed here fails the test, so that it never writes to /etc or /var.
 var pathKeys = []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "tls-cert", "tls-key", "tls-client-ca",
-	"peer-tls-cert", "peer-tls-key", "peer-tls-ca", "admin-tls-cert", "admin-tls-key", "admin-tls-ca"}
+	"peer-tls-cert", "peer-tls-key", "peer-tls-ca", "peer-tls-crl", "admin-tls-cert", "admin-tls-key", "admin-tls-ca", "admin-tls-crl"}
 
 // host is one host of the example cluster: its config as the test runs
 // it, its namespace and its agent process.
@@ -78,18 +79,18 @@ func TestExampleCluster(t *testing.T) {
 	writeFile(t, tokenFile, base64.StdEncoding.EncodeToString(randBytes(t, 32))+"\n")
 	// The replication port's certificates, made by the commands of
 	// deploy/README.md (without the copies to the hosts).
-	if out, err := exec.Command("bash", "-euc", "cd \"$1\"\n"+certScript(t), "certs", secrets).CombinedOutput(); err != nil {
+	if out, err := exec.Command("bash", "-euc", "cd \"$1\"\n"+certScript(t, 0), "certs", secrets).CombinedOutput(); err != nil {
 		t.Fatalf("the certificate commands of deploy/README.md: %v\n%s", err, out)
 	}
 
-	caFile := filepath.Join(secrets, "peer-ca.crt")
+	caFile, crlFile := filepath.Join(secrets, "peer-ca.crt"), filepath.Join(secrets, "peer-ca.crl")
 	var hosts []*host
 	for i := 1; i <= 3; i++ {
 		cert, key := filepath.Join(secrets, fmt.Sprintf("n%d-peer.crt", i)), filepath.Join(secrets, fmt.Sprintf("n%d-peer.key", i))
 		h := loadConfig(t, i, map[string]string{
 			"gossip-key-file": keyFile, "admin-token-file": tokenFile,
-			"peer-tls-cert": cert, "peer-tls-key": key, "peer-tls-ca": caFile,
-			"admin-tls-cert": cert, "admin-tls-key": key, "admin-tls-ca": caFile,
+			"peer-tls-cert": cert, "peer-tls-key": key, "peer-tls-ca": caFile, "peer-tls-crl": crlFile,
+			"admin-tls-cert": cert, "admin-tls-key": key, "admin-tls-ca": caFile, "admin-tls-crl": crlFile,
 		})
 		h.adminCA = caFile
 		hosts = append(hosts, h)
@@ -174,6 +175,24 @@ func TestExampleCluster(t *testing.T) {
 	}
 	t.Logf("volume created, written and read %v after the agents started", time.Since(start).Round(time.Millisecond))
 
+	// n3's certificate is revoked, the way deploy/README.md says (the
+	// hosts share the list's file here): n1 and n2 cut n3 off, and the
+	// volume goes on with the two of them.
+	if out, err := exec.Command("bash", "-euc", "cd \"$1\"\n"+certScript(t, 1), "revoke", secrets).CombinedOutput(); err != nil {
+		t.Fatalf("the revocation commands of deploy/README.md: %v\n%s", err, out)
+	}
+	for _, h := range hosts[:2] {
+		waitFor(t, 20*time.Second, h.name+" refusing n3's revoked certificate", hosts, func() error {
+			if !strings.Contains(h.log.String(), `(serial`) || !strings.Contains(h.log.String(), `is revoked`) {
+				return errors.New("no revocation in its log")
+			}
+			return nil
+		})
+	}
+	hosts[0].qemuIO(t, "tcp", "write -P 0x3c 1M 1M")
+	hosts[1].qemuIO(t, "tcp", "read -P 0x3c 1M 1M", "read -P 0x5a 0 1M")
+	t.Logf("n3 revoked and cut off %v after the agents started", time.Since(start).Round(time.Millisecond))
+
 	// systemd stops the agents with SIGTERM: they exit cleanly.
 	for _, h := range hosts {
 		_ = h.cmd.Process.Signal(syscall.SIGTERM)
@@ -190,9 +209,10 @@ func TestExampleCluster(t *testing.T) {
 	}
 }
 
-// certScript returns the first sh block of deploy/README.md's section
-// "3. Certificates", without its scp lines.
-func certScript(t *testing.T) string {
+// certScript returns sh block n (from 0) of deploy/README.md's section
+// "3. Certificates" (0: making the certificates, 1: revoking one), without
+// its scp lines.
+func certScript(t *testing.T, n int) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "README.md"))
@@ -200,10 +220,16 @@ func certScript(t *testing.T) string {
 		t.Fatal(err)
 	}
 	_, sec, ok := strings.Cut(string(b), "\n## 3. Certificates")
-	_, block, ok2 := strings.Cut(sec, "\n```sh\n")
-	block, _, ok3 := strings.Cut(block, "\n```\n")
-	if !ok || !ok2 || !ok3 {
-		t.Fatal("deploy/README.md: no sh block in section 3. Certificates")
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	var block string
+	for range n + 1 {
+		var ok2, ok3 bool
+		_, sec, ok2 = strings.Cut(sec, "\n```sh\n")
+		block, sec, ok3 = strings.Cut(sec, "\n```\n")
+		ok = ok && ok2 && ok3
+	}
+	if !ok {
+		t.Fatalf("deploy/README.md: no sh block %d in section 3. Certificates", n)
 	}
 	var lines []string
 	for _, l := range strings.Split(block, "\n") {
@@ -255,7 +281,7 @@ func loadConfig(t *testing.T, i int, secrets map[string]string) *host {
 			h.cfg[k.Value] = v.Value
 		}
 	}
-	for _, k := range []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "peer-tls-cert", "peer-tls-key", "peer-tls-ca"} {
+	for _, k := range []string{"data", "nbd-socket", "gossip-key-file", "admin-token-file", "peer-tls-cert", "peer-tls-key", "peer-tls-ca", "peer-tls-crl"} {
 		if _, ok := h.cfg[k]; !ok {
 			t.Fatalf("%s does not set %s", src, k)
 		}
