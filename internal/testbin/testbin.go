@@ -26,6 +26,26 @@ var (
 	buildErr  error
 )
 
+// removeStaleBuilds removes the binaries that test processes no longer
+// running built (each builds its own in a directory named after its pid,
+// and nothing runs when it exits to remove it).
+func removeStaleBuilds(tmp string) {
+	dirs, _ := filepath.Glob(filepath.Join(tmp, "tandem-testbin-*"))
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(d), "tandem-testbin-%d-", &pid); err != nil {
+			// Named by an older testbin: remove it once it is old.
+			if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.RemoveAll(d)
+			}
+			continue
+		}
+		if pid > 0 && syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
+}
+
 // Binary returns the path of a tandem binary built from this checkout,
 // building it on first use. The TANDEM_BIN environment variable overrides it.
 func Binary(t testing.TB) string {
@@ -34,7 +54,8 @@ func Binary(t testing.TB) string {
 		return p
 	}
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tandem-testbin-")
+		removeStaleBuilds(os.TempDir())
+		dir, err := os.MkdirTemp("", fmt.Sprintf("tandem-testbin-%d-", os.Getpid()))
 		if err != nil {
 			buildErr = err
 			return
