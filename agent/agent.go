@@ -131,6 +131,9 @@ func (c Config) Validate() error {
 	if len(c.Peers) > 0 && c.RaftAddr == "" {
 		return errors.New("agent: peers are set but the replication address is not")
 	}
+	if c.Cluster == nil && len(c.Peers) == 0 && c.RaftAddr != "" {
+		return errors.New("agent: a replication address (--raft-listen) but no hosts to replicate with: list every host with --peer (fixed mode), or use --control-voters (cluster mode)")
+	}
 	seen := map[string]bool{}
 	declare := func(kind, name string, size int64) error {
 		if err := volume.ValidateName(name); err != nil {
