@@ -263,7 +263,12 @@ func (s *Server) serveConn(nc net.Conn) error {
 	if werr := c.out.failed(); err == nil && werr != nil {
 		err = werr
 	}
-	if tc, ok := sess.conn.(*tls.Conn); ok {
+	// A TLS connection (ours after STARTTLS, or one that came TLS, like a
+	// replication port's) ends with a close_notify.
+	if tc, ok := sess.conn.(interface {
+		ConnectionState() tls.ConnectionState
+		CloseWrite() error
+	}); ok {
 		_ = tc.CloseWrite()
 	}
 	return err
