@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -389,12 +390,37 @@ func readEntriesData(r *bufio.Reader, req *raft.AppendEntriesRequest) error {
 			e.Data = nil
 			continue
 		}
-		e.Data = make([]byte, l)
-		if _, err := io.ReadFull(r, e.Data); err != nil {
+		var err error
+		if e.Data, err = readData(r, int(l)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// dataStep is the most readData allocates ahead of the bytes it received:
+// the largest entry Tandem's groups make by default (raftlog's
+// MaxEntryBytes), which therefore costs one allocation.
+const dataStep = 4 << 20
+
+// readData reads n bytes into a new slice. Past dataStep it grows the
+// slice as the bytes arrive, so that the lengths a peer announces cost
+// memory only once it sends that much: the entries are read one after the
+// other, so a request claiming many large entries and sending nothing
+// holds dataStep bytes, not the sum of its claims.
+func readData(r io.Reader, n int) ([]byte, error) {
+	b := make([]byte, 0, min(n, dataStep))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(n-len(b), len(b)))
+		}
+		k, err := io.ReadFull(r, b[len(b):min(cap(b), n)])
+		b = b[:len(b)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // listen accepts connections until Close.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -235,5 +237,29 @@ func TestCoveredSnapshotAcknowledged(t *testing.T) {
 	}
 	if !resp.Success {
 		t.Fatal("an uncovered snapshot did not reach raft with its data")
+	}
+}
+
+// TestReadData: entry data arrives whole whatever its size, and a length
+// announced but not sent costs at most dataStep bytes of memory.
+func TestReadData(t *testing.T) {
+	for _, n := range []int{1, 4096, dataStep - 1, dataStep, dataStep + 1, 3*dataStep + 12345} {
+		want := make([]byte, n)
+		for i := range want {
+			want[i] = byte(i * 7)
+		}
+		got, err := readData(iotest.HalfReader(bytes.NewReader(want)), n)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: %v, equal %v", n, err, bytes.Equal(got, want))
+		}
+	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	if _, err := readData(bytes.NewReader(make([]byte, 100)), maxEntryData); err == nil {
+		t.Fatal("a short read succeeded")
+	}
+	runtime.ReadMemStats(&m1)
+	if got := m1.TotalAlloc - m0.TotalAlloc; got > 2*dataStep {
+		t.Errorf("a claim of %d bytes with 100 sent allocated %d bytes", maxEntryData, got)
 	}
 }
