@@ -17,8 +17,9 @@ type Peer struct {
 	ID string
 	// Raft is the host's replication address (its mux port).
 	Raft string
-	// NBD is the host's NBD address, where its clients connect. (I/O
-	// forwarded to a leader goes to its Raft address.)
+	// NBD is the host's NBD address, where its clients connect, or ""
+	// if not known; it is shown to operators only. (I/O forwarded to a
+	// leader goes to its Raft address.)
 	NBD string
 }
 
@@ -126,8 +127,8 @@ func (c Config) Validate() error {
 		seen := map[string]bool{}
 		self := false
 		for _, p := range c.Peers {
-			if p.ID == "" || p.Raft == "" || p.NBD == "" {
-				return fmt.Errorf("raftlog: peer %+v needs an ID, a raft address and an NBD address", p)
+			if p.ID == "" || p.Raft == "" {
+				return fmt.Errorf("raftlog: peer %+v needs an ID and a raft address", p)
 			}
 			if seen[p.ID] {
 				return fmt.Errorf("raftlog: peer %q listed twice", p.ID)

@@ -53,9 +53,6 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 		if p.ID == h.cfg.ID {
 			return nil, fmt.Errorf("raftlog: proxy of volume %s: this host %s holds a replica", spec.Name, p.ID)
 		}
-		if p.NBD == "" {
-			return nil, fmt.Errorf("raftlog: proxy of volume %s: replica host %s has no NBD address", spec.Name, p.ID)
-		}
 	}
 	p := &Proxy{proxy: &proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, conns: leaderConns{volume: spec.Name}}}
 	for i, pe := range p.peers {

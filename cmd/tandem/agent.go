@@ -161,7 +161,7 @@ closed cleanly.`,
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in the cluster")
 	f.StringVar(&cfg.DataDir, "data", "", "data directory (required)")
 	f.StringVar(&cfg.RaftAddr, "raft-listen", "", "replication address of this host (required with --peer)")
-	f.StringArrayVar(&peers, "peer", nil, "a host of the cluster, NAME,raft=ADDR,nbd=ADDR (repeatable; list every host)")
+	f.StringArrayVar(&peers, "peer", nil, "a host of the cluster, NAME,raft=ADDR[,nbd=ADDR] (repeatable; list every host; nbd= is shown as the volume URIs of the hosts leading them)")
 	f.StringVar(&cfg.NBDAddr, "nbd-listen", cfg.NBDAddr, `TCP address for NBD ("" to disable)`)
 	f.StringVar(&cfg.NBDSocket, "nbd-socket", "", "unix socket path for NBD")
 	f.StringVar(&cfg.AdminAddr, "admin-listen", "", `address of the admin HTTP endpoint: /healthz, /readyz, /metrics, /v1/ ("" for none)`)
@@ -223,7 +223,7 @@ func parseVolumeFlag(s string) (spec agent.VolumeSpec, local bool, err error) {
 	return spec, local, nil
 }
 
-// parsePeerFlag parses NAME,raft=ADDR,nbd=ADDR.
+// parsePeerFlag parses NAME,raft=ADDR[,nbd=ADDR].
 func parsePeerFlag(s string) (agent.Peer, error) {
 	parts := strings.Split(s, ",")
 	p := agent.Peer{ID: parts[0]}
@@ -235,11 +235,11 @@ func parsePeerFlag(s string) (agent.Peer, error) {
 		case "nbd":
 			p.NBD = v
 		default:
-			return agent.Peer{}, fmt.Errorf("--peer %q: unknown field %q (want NAME,raft=ADDR,nbd=ADDR)", s, k)
+			return agent.Peer{}, fmt.Errorf("--peer %q: unknown field %q (want NAME,raft=ADDR[,nbd=ADDR])", s, k)
 		}
 	}
-	if p.ID == "" || p.Raft == "" || p.NBD == "" {
-		return agent.Peer{}, fmt.Errorf("--peer %q: want NAME,raft=ADDR,nbd=ADDR", s)
+	if p.ID == "" || p.Raft == "" {
+		return agent.Peer{}, fmt.Errorf("--peer %q: want NAME,raft=ADDR[,nbd=ADDR]", s)
 	}
 	return p, nil
 }

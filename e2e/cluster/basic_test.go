@@ -23,10 +23,15 @@ const leadingMsg = `msg="leading volume"`
 // concurrent 4 KiB writes, a large unaligned write, small unaligned writes,
 // write-zeroes and trim, each read back at once through the same agent.
 // The result must read back identically through every agent, and every
-// replica file must hold it.
+// replica file must hold it. The agents know each other by replication
+// address only (--peer NAME,raft=ADDR): forwarding needs no more.
 func TestWriteThroughFollower(t *testing.T) {
 	r := newRand(seed(t), 1)
-	c := startCluster(t, fastArgs...)
+	c := testbin.StartCluster(t, testbin.ClusterConfig{
+		Volumes:         []string{fmt.Sprintf("%s=%d", vol, volSize)},
+		Args:            fastArgs,
+		PeersWithoutNBD: true,
+	})
 	l := c.Leader(vol)
 	f := c.Followers(l)[r.IntN(2)]
 	t.Logf("leader n%d; writing through follower n%d", l+1, f+1)

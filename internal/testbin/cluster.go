@@ -68,6 +68,10 @@ type ClusterConfig struct {
 	// on every host, volumes created through the API. Volumes must then
 	// be empty.
 	Managed bool
+	// PeersWithoutNBD lists the hosts of a fixed-mode cluster as
+	// --peer NAME,raft=ADDR, without their NBD addresses (which only the
+	// admin API shows).
+	PeersWithoutNBD bool
 	// Voters is the number of control voters in managed mode (default 3,
 	// or 1 with a single host): n1, n2...
 	Voters int
@@ -340,7 +344,11 @@ func (n *Node) args() []string {
 		return append(append(args, c.cfg.Args...), n.hostArgs()...)
 	}
 	for _, p := range c.Nodes {
-		args = append(args, "--peer", fmt.Sprintf("%s,raft=%s,nbd=%s", p.Name, p.RaftAddr, p.NBDAddr))
+		peer := p.Name + ",raft=" + p.RaftAddr
+		if !c.cfg.PeersWithoutNBD {
+			peer += ",nbd=" + p.NBDAddr
+		}
+		args = append(args, "--peer", peer)
 	}
 	for _, v := range c.cfg.Volumes {
 		args = append(args, "--volume", v)
