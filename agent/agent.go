@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/internal/tlsfiles"
 	"github.com/tandem-project/tandem/metrics"
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/raftlog"
@@ -69,6 +70,9 @@ type Config struct {
 	// the CA of their certificates), asked for every new connection;
 	// without it, over plain HTTP.
 	AdminPeerTLS func() *tls.Config
+	// Certificates are the TLS identities in use, by role ("peer",
+	// "admin", "nbd"), whose expiry the metrics report.
+	Certificates map[string]*tlsfiles.Identity
 	// Version is reported by the admin API.
 	Version string
 	// Replication tunes the replication layer; its ID, DataDir, RaftAddr,
@@ -231,6 +235,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	mets := metrics.New()
+	for role, id := range cfg.Certificates {
+		mets.WatchCertificate(role, id.NotAfter)
+	}
 	rcfg := cfg.replication()
 	rcfg.ObserveCommit = mets.ObserveCommit
 	host, err := raftlog.OpenHost(rcfg)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -139,6 +140,20 @@ func TestAdminTLS(t *testing.T) {
 	}
 	if code, body := get(&http.Client{Timeout: 10 * time.Second}, "http://"+m[1]+"/v1/volumes"); code != http.StatusBadRequest {
 		t.Errorf("GET /v1/volumes over plain HTTP: %d %s", code, body)
+	}
+	// The certificate's expiry, in the metrics and (a day away, as the
+	// test CA makes them) in a warning.
+	certPEM, err := os.ReadFile(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiry := testpki.Leaf{CertPEM: certPEM}.Cert(t).NotAfter.Unix()
+	want := fmt.Sprintf(`tandem_tls_certificate_expiry_timestamp_seconds{role="admin"} %g`, float64(expiry))
+	if _, body := get(hc, "https://"+m[1]+"/metrics"); !strings.Contains(body, want) {
+		t.Errorf("no %q in the metrics", want)
+	}
+	if !strings.Contains(a.Log(), `msg="TLS certificate expires soon`) {
+		t.Errorf("no expiry warning in the agent's log:\n%s", a.Log())
 	}
 
 	// A renewed certificate, from another CA, replaces the files: the

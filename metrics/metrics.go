@@ -100,6 +100,16 @@ func (m *Metrics) ObserveCommit(volume string, took time.Duration) {
 	m.commit.WithLabelValues(volume).Observe(took.Seconds())
 }
 
+// WatchCertificate exports when the TLS certificate of role (peer, admin,
+// nbd) expires, as notAfter tells at every scrape (it follows renewals).
+func (m *Metrics) WatchCertificate(role string, notAfter func() time.Time) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "tandem_tls_certificate_expiry_timestamp_seconds",
+		Help:        "When the TLS certificate in use expires (Unix seconds), by role: peer (the replication port), admin (the admin API), nbd (NBD over TLS).",
+		ConstLabels: prometheus.Labels{"role": role},
+	}, func() float64 { return float64(notAfter().Unix()) }))
+}
+
 // WatchHost exports the state of h's replicas at every scrape.
 func (m *Metrics) WatchHost(h *raftlog.Host) {
 	m.reg.MustRegister(&hostCollector{h: h})

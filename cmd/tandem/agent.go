@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strings"
 	"time"
@@ -129,7 +130,8 @@ closed cleanly.`,
 				}
 				cfg.Volumes = append(cfg.Volumes, spec)
 			}
-			if cfg.NBD.TLS, err = tlsFlags.config(log); err != nil {
+			cfg.Certificates = map[string]*tlsfiles.Identity{}
+			if cfg.NBD.TLS, cfg.Certificates["nbd"], err = tlsFlags.config(log); err != nil {
 				return err
 			}
 			cfg.NBD.TLSRequired = tlsFlags.required
@@ -142,9 +144,11 @@ closed cleanly.`,
 			if cfg.Cluster, err = cl.config(); err != nil {
 				return err
 			}
-			if cfg.AdminTLS, cfg.AdminPeerTLS, err = adminTLSConfig(&adminTLS, cfg.Cluster != nil, log); err != nil {
+			if cfg.AdminTLS, cfg.AdminPeerTLS, cfg.Certificates["admin"], err = adminTLSConfig(&adminTLS, cfg.Cluster != nil, log); err != nil {
 				return err
 			}
+			cfg.Certificates["peer"] = cfg.Replication.PeerTLS
+			maps.DeleteFunc(cfg.Certificates, func(_ string, id *tlsfiles.Identity) bool { return id == nil })
 			if cfg.AdminTLS != nil && cfg.AdminAddr == "" {
 				return errors.New("--admin-tls-cert protects the admin API: it needs --admin-listen")
 			}
@@ -280,33 +284,34 @@ func (o *tlsOptions) register(f *pflag.FlagSet) {
 	f.BoolVar(&o.required, "tls-required", false, "refuse NBD clients that do not upgrade to TLS")
 }
 
-// config builds the server TLS configuration, or nil without --tls-cert.
-// The certificate and client CA follow their files (tlsfiles).
-func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
+// config builds the server TLS configuration and returns it with its
+// identity, or nils without --tls-cert. The certificate and client CA
+// follow their files (tlsfiles).
+func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, *tlsfiles.Identity, error) {
 	if o.cert == "" && o.key == "" {
 		if o.required || o.clientCA != "" || o.clientCRL != "" {
-			return nil, errors.New("--tls-required, --tls-client-ca and --tls-client-crl need --tls-cert and --tls-key")
+			return nil, nil, errors.New("--tls-required, --tls-client-ca and --tls-client-crl need --tls-cert and --tls-key")
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	if o.clientCRL != "" && o.clientCA == "" {
-		return nil, errors.New("--tls-client-crl needs --tls-client-ca, the CA that issued it")
+		return nil, nil, errors.New("--tls-client-crl needs --tls-client-ca, the CA that issued it")
 	}
 	if o.cert == "" || o.key == "" {
-		return nil, errors.New("--tls-cert and --tls-key go together")
+		return nil, nil, errors.New("--tls-cert and --tls-key go together")
 	}
 	pair, err := tls.LoadX509KeyPair(o.cert, o.key)
 	if err != nil {
-		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		return nil, nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
 	id := &tlsfiles.Identity{Cert: pair, Files: &tlsfiles.Files{Cert: o.cert, Key: o.key, CA: o.clientCA, CRL: o.clientCRL}}
 	if o.clientCA != "" {
 		if id.CA, err = loadCAPool("--tls-client-ca", o.clientCA); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if id.Revoked, err = loadRevocations("--tls-client-crl", o.clientCRL, o.clientCA); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		cert, ca := id.Current(log)
@@ -315,7 +320,7 @@ func (o *tlsOptions) config(log *slog.Logger) (*tls.Config, error) {
 			c.ClientCAs, c.ClientAuth = ca, tls.RequireAndVerifyClientCert
 		}
 		return c, nil
-	}}, nil
+	}}, id, nil
 }
 
 // tlsFiles are the flags --PREFIX-cert, --PREFIX-key, --PREFIX-ca and
@@ -386,24 +391,24 @@ func peerTLSConfig(o *tlsFiles) (*mux.TLS, error) {
 // adminTLSConfig returns the admin API's server configuration and the
 // source of the client configuration of calls to the other agents' admin
 // APIs (nil, nil without the flags). Both follow their files (tlsfiles).
-func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Config, peers func() *tls.Config, err error) {
+func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Config, peers func() *tls.Config, id *tlsfiles.Identity, err error) {
 	switch {
 	case o.cert == "" && o.key == "" && o.ca == "" && o.crl == "":
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	case o.cert == "" || o.key == "":
-		return nil, nil, fmt.Errorf("%s and %s go together", o.flag("cert"), o.flag("key"))
+		return nil, nil, nil, fmt.Errorf("%s and %s go together", o.flag("cert"), o.flag("key"))
 	case cluster && o.ca == "":
-		return nil, nil, fmt.Errorf("%s in cluster mode needs %s: the agents call each other's admin APIs", o.flag("cert"), o.flag("ca"))
+		return nil, nil, nil, fmt.Errorf("%s in cluster mode needs %s: the agents call each other's admin APIs", o.flag("cert"), o.flag("ca"))
 	case !cluster && o.ca != "":
-		return nil, nil, fmt.Errorf("%s is for cluster mode (--control-voters), where the agents call each other's admin APIs", o.flag("ca"))
+		return nil, nil, nil, fmt.Errorf("%s is for cluster mode (--control-voters), where the agents call each other's admin APIs", o.flag("ca"))
 	}
 	pair, err := o.keyPair()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	id := &tlsfiles.Identity{Cert: pair, Files: o.files()}
+	id = &tlsfiles.Identity{Cert: pair, Files: o.files()}
 	if id.Revoked, err = o.revocations(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	server = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		cert, _ := id.Current(log)
@@ -411,14 +416,14 @@ func adminTLSConfig(o *tlsFiles, cluster bool, log *slog.Logger) (server *tls.Co
 	}}
 	if o.ca != "" {
 		if id.CA, err = loadCAPool(o.flag("ca"), o.ca); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		peers = func() *tls.Config {
 			_, ca := id.Current(log)
 			return &tls.Config{RootCAs: ca, MinVersion: tls.VersionTLS12, VerifyConnection: id.VerifyConnection}
 		}
 	}
-	return server, peers, nil
+	return server, peers, id, nil
 }
 
 // clusterFlags are the flags of cluster mode.

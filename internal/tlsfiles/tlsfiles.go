@@ -78,11 +78,38 @@ func (t *Identity) Current(log *slog.Logger) (tls.Certificate, *x509.CertPool) {
 	if t.stamp != "" {
 		log.Info("TLS certificate reloaded", "cert", t.Files.Cert, "crl", t.Files.CRL)
 	}
+	if left := time.Until(notAfter(cert)); left < ExpiryWarning {
+		log.Warn("TLS certificate expires soon: renew it (the new files are read without a restart)", "cert", t.Files.Cert, "not_after", notAfter(cert), "left", left.Round(time.Hour))
+	}
 	if rev != nil && !rev.NextUpdate.IsZero() && time.Now().After(rev.NextUpdate) {
 		log.Warn("TLS revocation list is past its next update; its revocations still apply", "crl", t.Files.CRL, "next_update", rev.NextUpdate)
 	}
 	t.Cert, t.CA, t.Revoked, t.stamp, t.failed = cert, ca, rev, stamp, ""
 	return t.Cert, t.CA
+}
+
+// ExpiryWarning is how long before its certificate expires an identity
+// warns, each time it reads its files.
+const ExpiryWarning = 30 * 24 * time.Hour
+
+// NotAfter returns when the certificate in force expires (reading the
+// files again first if they changed).
+func (t *Identity) NotAfter() time.Time {
+	cert, _ := t.Current(nil)
+	return notAfter(cert)
+}
+
+// notAfter returns when c expires (the zero time if it cannot tell).
+func notAfter(c tls.Certificate) time.Time {
+	if c.Leaf != nil {
+		return c.Leaf.NotAfter
+	}
+	if len(c.Certificate) > 0 {
+		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil {
+			return leaf.NotAfter
+		}
+	}
+	return time.Time{}
 }
 
 // VerifyConnection refuses a connection whose peer presented a certificate

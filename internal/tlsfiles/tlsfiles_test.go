@@ -55,3 +55,13 @@ func TestLoadRevocations(t *testing.T) {
 		t.Error("no list revokes a certificate")
 	}
 }
+
+func TestNotAfter(t *testing.T) {
+	leaf := testpki.NewCA(t, "peers").Issue("n1", "127.0.0.1")
+	cert := leaf.TLS(t)
+	cert.Leaf = nil // as a certificate built by hand has it
+	id := &Identity{Cert: cert}
+	if got, want := id.NotAfter(), leaf.Cert(t).NotAfter; !got.Equal(want) {
+		t.Errorf("NotAfter %v, want %v", got, want)
+	}
+}
