@@ -165,7 +165,7 @@ closed cleanly.`,
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in the cluster")
 	f.StringVar(&cfg.DataDir, "data", "", "data directory (required)")
 	f.StringVar(&cfg.RaftAddr, "raft-listen", "", "replication address of this host (required with --peer)")
-	f.StringArrayVar(&peers, "peer", nil, "a host of the cluster, NAME,raft=ADDR[,nbd=ADDR] (repeatable; list every host; nbd= is shown as the volume URIs of the hosts leading them)")
+	f.StringArrayVar(&peers, "peer", nil, "a host of the cluster, NAME,raft=ADDR[,nbd=ADDR] (repeatable; list every host; nbd=, its NBD address, only fills in the volume URIs the admin API shows)")
 	f.StringVar(&cfg.NBDAddr, "nbd-listen", cfg.NBDAddr, `TCP address for NBD ("" to disable)`)
 	f.StringVar(&cfg.NBDSocket, "nbd-socket", "", "unix socket path for NBD")
 	f.StringVar(&cfg.AdminAddr, "admin-listen", "", `address of the admin HTTP endpoint: /healthz, /readyz, /metrics, /v1/ ("" for none)`)
