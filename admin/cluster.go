@@ -77,8 +77,10 @@ type Cluster interface {
 	// req.Leader if that host holds a replica.
 	FenceLocal(ctx context.Context, name string, req Fence) error
 	// LocalVMs returns the VMs this agent's VM runtime knows (any agent;
-	// empty without a runtime).
-	LocalVMs() []LocalVM
+	// empty without a runtime), once the runtime has acted on the catalog
+	// up to minIndex: a VM it does not report then runs no QEMU here. It
+	// waits for that at most until ctx ends, then fails.
+	LocalVMs(ctx context.Context, minIndex uint64) ([]LocalVM, error)
 }
 
 // LocalVolume is one replica held by the answering agent, with the NBD
@@ -188,12 +190,20 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 // routeVMs adds the VM API to mux.
 func (s *server) routeVMs(mux *http.ServeMux) {
 	c := s.cfg.Cluster
-	mux.HandleFunc("GET /v1/local/vms", func(w http.ResponseWriter, _ *http.Request) {
-		vms := c.LocalVMs()
+	mux.HandleFunc("GET /v1/local/vms", func(w http.ResponseWriter, r *http.Request) {
+		var min uint64
+		if q := r.URL.Query().Get("min_index"); q != "" {
+			var err error
+			if min, err = strconv.ParseUint(q, 10, 64); err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("min_index %q: not a catalog index", q))
+				return
+			}
+		}
+		vms, err := c.LocalVMs(r.Context(), min)
 		if vms == nil {
 			vms = []LocalVM{}
 		}
-		writeJSON(w, http.StatusOK, vms)
+		s.reply(w, http.StatusOK, vms, err)
 	})
 	mux.HandleFunc("GET /v1/vms", s.onLeader(false, func(w http.ResponseWriter, r *http.Request) {
 		vms, err := c.VMs(r.Context())

@@ -114,7 +114,7 @@ func (f *fakeCluster) FenceLocal(_ context.Context, name string, req Fence) erro
 	f.record("fence %s gen %d epoch %d", name, req.Gen, req.Epoch)
 	return f.err
 }
-func (f *fakeCluster) LocalVMs() []LocalVM { return f.local }
+func (f *fakeCluster) LocalVMs(context.Context, uint64) ([]LocalVM, error) { return f.local, nil }
 
 func (f *fakeCluster) takeCalls() []string {
 	f.mu.Lock()

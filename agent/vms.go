@@ -37,6 +37,9 @@ type VMRuntime interface {
 	// called concurrently, from admin requests: it must answer from
 	// memory, without waiting on QEMU. The caller owns the slice.
 	Local() []admin.LocalVM
+	// Reconciled returns the catalog index up to which Local reflects the
+	// catalog's VM changes.
+	Reconciled() uint64
 }
 
 // vmRuntime returns this agent's VM runtime (nil before it started).
@@ -54,15 +57,27 @@ const (
 )
 
 // LocalVMs implements admin.Cluster.
-func (a *clusterAgent) LocalVMs() []admin.LocalVM { return localVMs(a.vmRuntime()) }
+func (a *clusterAgent) LocalVMs(ctx context.Context, minIndex uint64) ([]admin.LocalVM, error) {
+	return localVMs(ctx, a.vmRuntime(), minIndex)
+}
 
-// localVMs returns rt's report; a nil runtime reports no VM.
-func localVMs(rt VMRuntime) []admin.LocalVM {
+// localVMs returns rt's report once it reflects the catalog up to
+// minIndex; a nil runtime reports no VM. Without that wait, a host that
+// has not yet seen a VM's start would report it absent to a stop that
+// came right after, while it is about to start its QEMU.
+func localVMs(ctx context.Context, rt VMRuntime, minIndex uint64) ([]admin.LocalVM, error) {
 	out := []admin.LocalVM{}
-	if rt != nil {
-		out = append(out, rt.Local()...)
+	if rt == nil {
+		return out, nil
 	}
-	return out
+	for at := rt.Reconciled(); at < minIndex; at = rt.Reconciled() {
+		select {
+		case <-ctx.Done():
+			return nil, admin.Errorf(http.StatusServiceUnavailable, "this host's VM runtime has acted on the catalog up to index %d, not yet %d", at, minIndex)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return append(out, rt.Local()...), nil
 }
 
 // VMs implements admin.Cluster.
@@ -114,7 +129,8 @@ func (a *clusterAgent) gatherVMs(ctx context.Context, st *catalog.State, hosts [
 		h, ok := st.Hosts[name]
 		switch {
 		case name == a.cfg.Name:
-			out[name] = hostVMs{vms: a.LocalVMs()}
+			vms, err := a.LocalVMs(ctx, st.Index)
+			out[name] = hostVMs{vms: vms, err: err}
 			continue
 		case !ok || h.AdminAddr == "":
 			out[name] = hostVMs{err: fmt.Errorf("host %s: no known admin address", name)}
@@ -126,7 +142,7 @@ func (a *clusterAgent) gatherVMs(ctx context.Context, st *catalog.State, hosts [
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vms, err := a.fetchLocalVMs(ctx, h.AdminAddr)
+			vms, err := a.fetchLocalVMs(ctx, h.AdminAddr, st.Index)
 			if err != nil {
 				err = fmt.Errorf("host %s: %w", name, err)
 			}
@@ -140,8 +156,8 @@ func (a *clusterAgent) gatherVMs(ctx context.Context, st *catalog.State, hosts [
 }
 
 // fetchLocalVMs reads GET /v1/local/vms of the agent at addr.
-func (a *clusterAgent) fetchLocalVMs(ctx context.Context, addr string) ([]admin.LocalVM, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(addr)+"/v1/local/vms", nil)
+func (a *clusterAgent) fetchLocalVMs(ctx context.Context, addr string, minIndex uint64) ([]admin.LocalVM, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/local/vms?min_index=%d", a.peers.URL(addr), minIndex), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,23 +179,44 @@ func TestVolumeWriters(t *testing.T) {
 	}
 }
 
-type fakeRuntime []admin.LocalVM
+// fakeRuntime reports vms, having acted on the catalog up to index.
+type fakeRuntime struct {
+	vms   []admin.LocalVM
+	index atomic.Uint64
+}
 
-func (f fakeRuntime) Local() []admin.LocalVM { return f }
+func (f *fakeRuntime) Local() []admin.LocalVM { return f.vms }
+func (f *fakeRuntime) Reconciled() uint64     { return f.index.Load() }
 
 func TestLocalVMs(t *testing.T) {
-	if got := localVMs(nil); got == nil || len(got) != 0 {
-		t.Fatalf("no runtime: %#v", got)
+	ctx := context.Background()
+	if got, err := localVMs(ctx, nil, 5); err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("no runtime: %#v %v", got, err)
 	}
-	if got := localVMs(fakeRuntime(nil)); got == nil || len(got) != 0 {
-		t.Fatalf("empty runtime: %#v", got)
+	if got, err := localVMs(ctx, &fakeRuntime{}, 0); err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("empty runtime: %#v %v", got, err)
 	}
-	rt := fakeRuntime{{Name: "a", State: "running"}}
-	if got := localVMs(rt); !reflect.DeepEqual(got, []admin.LocalVM(rt)) {
-		t.Fatalf("%+v", got)
+	rt := &fakeRuntime{vms: []admin.LocalVM{{Name: "a", State: "running"}}}
+	rt.index.Store(7)
+	if got, err := localVMs(ctx, rt, 7); err != nil || !reflect.DeepEqual(got, rt.vms) {
+		t.Fatalf("%+v %v", got, err)
 	}
-	if got := (&clusterAgent{}).LocalVMs(); got == nil || len(got) != 0 {
-		t.Fatalf("an agent without a runtime: %#v", got)
+	// Behind the index asked for: it waits for the runtime, or fails.
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		rt.index.Store(9)
+	}()
+	if got, err := localVMs(ctx, rt, 9); err != nil || !reflect.DeepEqual(got, rt.vms) {
+		t.Fatalf("once caught up: %+v %v", got, err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	var se *admin.StatusError
+	if _, err := localVMs(tctx, rt, 10); !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || !strings.Contains(se.Msg, "up to index 9, not yet 10") {
+		t.Fatalf("behind: %v", err)
+	}
+	if got, err := (&clusterAgent{}).LocalVMs(ctx, 3); err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("an agent without a runtime: %#v %v", got, err)
 	}
 }
 

@@ -138,6 +138,8 @@ type Manager struct {
 	// swept is set once the run directories of VMs not placed here were
 	// cleared of QEMUs a previous agent run left.
 	swept bool
+	// reconciled is the catalog index of the last state Reconcile acted on.
+	reconciled uint64
 }
 
 // New returns a Manager; it does nothing before the first Reconcile.
@@ -237,6 +239,17 @@ func (m *Manager) Reconcile(st *catalog.State) {
 		m.swept = true
 		m.sweep(seen)
 	}
+	m.reconciled = st.Index
+}
+
+// Reconciled returns the catalog index of the last state Reconcile acted
+// on. Local reflects every change of the catalog up to it: a VM started
+// there is reported launching (or further) until its QEMU has stopped, and
+// one not reported runs no QEMU here.
+func (m *Manager) Reconciled() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reconciled
 }
 
 // sweep kills the QEMUs a previous run of the agent left for VMs this
@@ -308,8 +321,10 @@ func (m *Manager) set(name string, w want) {
 			return
 		}
 		// want is set before the supervisor starts: it must not see an
-		// empty want and end at once.
-		r = &run{name: name, notify: make(chan struct{}, 1), state: admin.VMAbsent, want: w}
+		// empty want and end at once. The run is reported launching from
+		// now on, not absent: a stop must wait for the QEMU that its
+		// supervisor may be about to start.
+		r = &run{name: name, notify: make(chan struct{}, 1), state: admin.VMLaunching, want: w}
 		m.runs[name] = r
 		m.wg.Add(1)
 		go m.supervise(r)
@@ -425,7 +440,7 @@ func (m *Manager) supervise(r *run) {
 			continue
 		case p == nil && !w.run():
 			r.mu.Lock()
-			r.exited = true
+			r.exited, r.state = true, admin.VMAbsent
 			r.mu.Unlock()
 			return
 		case p == nil && w.role == roleDest && w.mig.Phase != catalog.MigrationPreparing:

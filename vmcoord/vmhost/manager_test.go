@@ -279,3 +279,40 @@ func TestManagerStopWaitsForDetach(t *testing.T) {
 		return nil
 	})
 }
+
+// TestManagerReportsStartAtOnce: once Reconcile has returned, a VM started
+// on this host is reported launching (not absent, which a stop waiting for
+// QEMU to be gone would take for done), and Reconciled says how far the
+// catalog was acted on.
+func TestManagerReportsStartAtOnce(t *testing.T) {
+	l := &fakeLauncher{}
+	ready := func(string) bool { return false } // the launch waits for its export
+	m := New(Config{Host: "n1", Dir: t.TempDir(), Launcher: l, Log: slog.New(slog.DiscardHandler), ExportReady: ready})
+	defer m.Close()
+	vm := &catalog.VM{Name: "vm1", Disks: []string{"d1"}, Host: "n1", State: catalog.VMRunning, Epoch: 3}
+	st := catalogWith(vm)
+	st.Index = 41
+	m.Reconcile(st)
+	if lv := m.Local(); len(lv) != 1 || lv[0].State != admin.VMLaunching {
+		t.Fatalf("right after the start: %+v", lv)
+	}
+	if got := m.Reconciled(); got != 41 {
+		t.Fatalf("Reconciled %d, want 41", got)
+	}
+	stopped := *vm
+	stopped.State, stopped.Epoch = catalog.VMStopped, 0
+	st = catalogWith(&stopped)
+	st.Index = 42
+	m.Reconcile(st)
+	if got := m.Reconciled(); got != 42 {
+		t.Fatalf("Reconciled %d, want 42", got)
+	}
+	waitUntil(t, "absent once its launch gave up", func() error {
+		for _, lv := range m.Local() {
+			if lv.State != admin.VMAbsent {
+				return fmt.Errorf("local %+v", lv)
+			}
+		}
+		return nil
+	})
+}
