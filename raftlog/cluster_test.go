@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/tandem-project/tandem/internal/testnet"
 	"github.com/tandem-project/tandem/nbd"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -37,16 +38,6 @@ type testCluster struct {
 	cfg   func(*Config)
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("TANDEM_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
@@ -61,7 +52,7 @@ func newTestCluster(t *testing.T, n int, cfg func(*Config)) *testCluster {
 func newTestClusterTB(t testing.TB, n int, cfg func(*Config)) *testCluster {
 	c := &testCluster{t: t, cfg: cfg}
 	for i := range n {
-		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("n%d", i+1), Raft: freeAddr(t), NBD: freeAddr(t)})
+		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("n%d", i+1), Raft: testnet.FreeAddr(t), NBD: testnet.FreeAddr(t)})
 		c.dirs = append(c.dirs, t.TempDir())
 	}
 	c.hosts = make([]*testHost, n)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/internal/testnet"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -23,7 +24,7 @@ func TestFencing(t *testing.T) {
 	fo := (l + 1) % 3
 
 	cfg := DefaultConfig()
-	cfg.ID, cfg.DataDir, cfg.RaftAddr = "outside", t.TempDir(), freeAddr(t)
+	cfg.ID, cfg.DataDir, cfg.RaftAddr = "outside", t.TempDir(), testnet.FreeAddr(t)
 	cfg.StallTimeout = 20 * time.Second
 	h, err := OpenHost(cfg)
 	if err != nil {

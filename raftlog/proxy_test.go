@@ -5,6 +5,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/internal/testnet"
 )
 
 // TestProxyFollowsTheLeader serves a volume from a host without a replica:
@@ -17,7 +19,7 @@ func TestProxyFollowsTheLeader(t *testing.T) {
 	l := c.leader("p")
 
 	cfg := DefaultConfig()
-	cfg.ID, cfg.DataDir, cfg.RaftAddr = "outside", t.TempDir(), freeAddr(t)
+	cfg.ID, cfg.DataDir, cfg.RaftAddr = "outside", t.TempDir(), testnet.FreeAddr(t)
 	cfg.StallTimeout = 20 * time.Second
 	h, err := OpenHost(cfg)
 	if err != nil {

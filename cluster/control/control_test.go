@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/cluster/catalog"
+	"github.com/tandem-project/tandem/internal/testnet"
 	"github.com/tandem-project/tandem/raftlog"
 )
 
@@ -32,15 +32,6 @@ type testGroup struct {
 	members map[string]*member
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func (g *testGroup) resolve(name string) (string, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -52,7 +43,7 @@ func (g *testGroup) start(name string) *member {
 	t := g.t
 	m := g.members[name]
 	if m == nil {
-		m = &member{name: name, dir: t.TempDir(), addr: freeAddr(t)}
+		m = &member{name: name, dir: t.TempDir(), addr: testnet.FreeAddr(t)}
 		g.members[name] = m
 	}
 	cfg := raftlog.DefaultConfig()

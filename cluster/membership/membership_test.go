@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/internal/testnet"
 )
 
 // testLog keeps memberlist's logs and shows them if the test fails.
@@ -34,16 +35,6 @@ func (l *testLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -79,7 +70,7 @@ func waitState(t *testing.T, m *Membership, name string, st State) Member {
 // their meta data; one killed is seen failed, one that leaves is seen left,
 // and the failed one restarted is seen alive again.
 func TestJoinFailLeaveRejoin(t *testing.T) {
-	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	addrs := []string{testnet.FreeAddr(t), testnet.FreeAddr(t), testnet.FreeAddr(t)}
 	var ms []*Membership
 	for i := range 3 {
 		ms = append(ms, start(t, fmt.Sprintf("m%d", i+1), addrs[i], addrs[:i]))
@@ -112,8 +103,8 @@ func TestJoinFailLeaveRejoin(t *testing.T) {
 func TestKeyRequired(t *testing.T) {
 	meta := func() Meta { return Meta{} }
 	for _, cfg := range []Config{
-		{Name: "a", Bind: freeAddr(t), Meta: meta},
-		{Name: "a", Bind: freeAddr(t), Meta: meta, Key: []byte("short")},
+		{Name: "a", Bind: testnet.FreeAddr(t), Meta: meta},
+		{Name: "a", Bind: testnet.FreeAddr(t), Meta: meta, Key: []byte("short")},
 	} {
 		if m, err := Start(cfg); err == nil {
 			m.Shutdown()
@@ -124,9 +115,9 @@ func TestKeyRequired(t *testing.T) {
 
 // TestWrongKeyCannotJoin: a member with another key is not let in.
 func TestWrongKeyCannotJoin(t *testing.T) {
-	a := start(t, "a", freeAddr(t), nil)
+	a := start(t, "a", testnet.FreeAddr(t), nil)
 	defer a.Shutdown()
-	b, err := Start(Config{Name: "b", Bind: freeAddr(t), Join: []string{a.Addr()}, Key: []byte("fedcba9876543210fedcba9876543210"), Fast: true,
+	b, err := Start(Config{Name: "b", Bind: testnet.FreeAddr(t), Join: []string{a.Addr()}, Key: []byte("fedcba9876543210fedcba9876543210"), Fast: true,
 		Meta: func() Meta { return Meta{} }})
 	if err == nil {
 		defer b.Shutdown()
