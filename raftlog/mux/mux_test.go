@@ -165,6 +165,36 @@ func TestTLS(t *testing.T) {
 	}
 }
 
+// nameServer listens with identity id on loopback and answers KindNBD
+// connections with the name they asked for; it closes with the test.
+func nameServer(t *testing.T, id *TLS) *Listener {
+	t.Helper()
+	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go l.Serve()
+	l.Handle(KindNBD, func(name string, c net.Conn) {
+		defer c.Close()
+		c.Write([]byte(name))
+	})
+	return l
+}
+
+// servedBy reports whether l, a nameServer, answered d's connection.
+func servedBy(t *testing.T, l *Listener, d Dialer) bool {
+	t.Helper()
+	c, err := dial(t, d, l.Addr().String(), KindNBD, "vol")
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	return string(b) == "vol"
+}
+
 // TestTLSReload: a listener whose identity has Files follows them: a new
 // certificate and CA take effect without a restart, and files that do not
 // load leave the previous identity in force.
@@ -180,26 +210,8 @@ func TestTLSReload(t *testing.T) {
 	leaf := old.Issue("n1", "127.0.0.1")
 	install(old, leaf)
 	id := &TLS{Cert: leaf.TLS(t), CA: old.Pool(), Files: files, CheckEvery: time.Millisecond}
-	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go l.Serve()
-	l.Handle(KindNBD, func(name string, c net.Conn) {
-		defer c.Close()
-		c.Write([]byte(name))
-	})
-	served := func(d Dialer) bool {
-		c, err := dial(t, d, l.Addr().String(), KindNBD, "vol")
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b, _ := io.ReadAll(c)
-		return string(b) == "vol"
-	}
+	l := nameServer(t, id)
+	served := func(d Dialer) bool { return servedBy(t, l, d) }
 	peerOf := func(ca *testpki.CA) Dialer {
 		return Dialer{TLS: &TLS{Cert: ca.Issue("n2", "127.0.0.2").TLS(t), CA: ca.Pool()}}
 	}
@@ -239,26 +251,9 @@ func TestTLSRevocation(t *testing.T) {
 	testpki.WriteFile(t, files.CA, ca.PEM())
 	testpki.WriteFile(t, files.CRL, ca.CRL(n3))
 	id := &TLS{Cert: n1.TLS(t), CA: ca.Pool(), Files: files, CheckEvery: time.Millisecond}
-	l, err := Listen("127.0.0.1:0", id, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go l.Serve()
-	l.Handle(KindNBD, func(name string, c net.Conn) {
-		defer c.Close()
-		c.Write([]byte(name))
-	})
+	l := nameServer(t, id)
 	served := func(leaf testpki.Leaf, rev *tlsfiles.Revocations) bool {
-		d := Dialer{TLS: &TLS{Cert: leaf.TLS(t), CA: ca.Pool(), Revoked: rev}}
-		c, err := dial(t, d, l.Addr().String(), KindNBD, "vol")
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b, _ := io.ReadAll(c)
-		return string(b) == "vol"
+		return servedBy(t, l, Dialer{TLS: &TLS{Cert: leaf.TLS(t), CA: ca.Pool(), Revoked: rev}})
 	}
 	if !served(n2, nil) {
 		t.Fatal("a peer the list does not name was refused")
