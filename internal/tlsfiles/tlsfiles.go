@@ -78,8 +78,8 @@ func (t *Identity) Current(log *slog.Logger) (tls.Certificate, *x509.CertPool) {
 	if t.stamp != "" {
 		log.Info("TLS certificate reloaded", "cert", t.Files.Cert, "crl", t.Files.CRL)
 	}
-	if left := time.Until(notAfter(cert)); left < ExpiryWarning {
-		log.Warn("TLS certificate expires soon: renew it (the new files are read without a restart)", "cert", t.Files.Cert, "not_after", notAfter(cert), "left", left.Round(time.Hour))
+	if end := notAfter(cert); time.Until(end) < ExpiryWarning {
+		log.Warn("TLS certificate expires soon: renew it (the new files are read without a restart)", "cert", t.Files.Cert, "not_after", end, "left", time.Until(end).Round(time.Hour))
 	}
 	if rev != nil && !rev.NextUpdate.IsZero() && time.Now().After(rev.NextUpdate) {
 		log.Warn("TLS revocation list is past its next update; its revocations still apply", "crl", t.Files.CRL, "next_update", rev.NextUpdate)
@@ -195,26 +195,15 @@ func LoadRevocations(path, caPath string) (*Revocations, error) {
 		return nil, err
 	}
 	var issuers []*x509.Certificate
-	for rest := cas; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
+	for _, der := range pemBlocks(cas, "CERTIFICATE") {
+		if c, err := x509.ParseCertificate(der); err == nil {
 			issuers = append(issuers, c)
 		}
 	}
 	r := &Revocations{serials: map[string]bool{}}
-	lists := 0
-	for rest := data; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "X509 CRL" {
-			continue
-		}
-		crl, err := x509.ParseRevocationList(b.Bytes)
+	lists := pemBlocks(data, "X509 CRL")
+	for _, der := range lists {
+		crl, err := x509.ParseRevocationList(der)
 		if err != nil {
 			return nil, fmt.Errorf("revocation list in %s: %w", path, err)
 		}
@@ -227,12 +216,25 @@ func LoadRevocations(path, caPath string) (*Revocations, error) {
 		if !crl.NextUpdate.IsZero() && (r.NextUpdate.IsZero() || crl.NextUpdate.Before(r.NextUpdate)) {
 			r.NextUpdate = crl.NextUpdate
 		}
-		lists++
 	}
-	if lists == 0 {
+	if len(lists) == 0 {
 		return nil, errors.New("no PEM revocation list (X509 CRL) in " + path)
 	}
 	return r, nil
+}
+
+// pemBlocks returns the contents of data's PEM blocks of type typ.
+func pemBlocks(data []byte, typ string) [][]byte {
+	var out [][]byte
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return out
+		}
+		if b.Type == typ {
+			out = append(out, b.Bytes)
+		}
+	}
 }
 
 // checkIssuer checks that one of issuers signed crl.
