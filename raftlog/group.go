@@ -355,6 +355,7 @@ func (g *Group) watch() {
 	snap := time.NewTicker(time.Second)
 	defer snap.Stop()
 	var lastTransfer time.Time
+	idle := spareReleaser{logs: g.logs}
 	for {
 		select {
 		case <-g.stop:
@@ -376,8 +377,46 @@ func (g *Group) watch() {
 					g.log.Warn("checkpoint failed", "err", err)
 				}
 			}
+			if n, err := idle.tick(g.raft.LastIndex(), time.Now()); err != nil {
+				g.log.Warn("releasing spare log segments", "err", err)
+			} else if n > 0 {
+				g.log.Debug("idle: released spare log segments", "segments", n)
+			}
 		}
 	}
+}
+
+// spareIdleAfter is how long a volume's log must go without a new entry
+// before the segments it keeps for reuse beyond spareKeep are deleted.
+const (
+	spareIdleAfter = time.Minute
+	spareKeep      = 4
+)
+
+// spareReleaser deletes the spare segments a log keeps for reuse once the
+// log has been idle for spareIdleAfter: a volume written fast recycles
+// every segment its checkpoints free (wal.Config.MaxRecycled, up to 2 GiB),
+// which an idle volume need not hold on to.
+type spareReleaser struct {
+	logs     raft.LogStore
+	last     uint64    // the log's last index when last seen
+	since    time.Time // when it was last seen to change
+	released bool      // released since it last changed
+}
+
+// tick is called periodically with the log's last index; it reports how
+// many spare segments it deleted.
+func (r *spareReleaser) tick(last uint64, now time.Time) (int, error) {
+	if last != r.last || r.since.IsZero() {
+		r.last, r.since, r.released = last, now, false
+		return 0, nil
+	}
+	s, ok := r.logs.(interface{ ReleaseSpares(int) (int, error) })
+	if !ok || r.released || now.Sub(r.since) < spareIdleAfter {
+		return 0, nil
+	}
+	r.released = true
+	return s.ReleaseSpares(spareKeep)
 }
 
 // checkLeadership notices gaining or losing leadership. A new leader serves

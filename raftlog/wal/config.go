@@ -26,8 +26,11 @@ type Config struct {
 
 	// MaxRecycled is how many segments dropped by compaction are kept (as
 	// spare files) for reuse as new segments; further ones are deleted.
-	// Reused segments need neither zero-filling nor extent updates. Each
-	// costs up to SegmentSize of disk per log; 0 disables recycling.
+	// Reused segments need neither zero-filling nor extent updates. To
+	// reuse every segment a compaction frees, make it cover what the log
+	// grows by between compactions. Each costs up to SegmentSize of disk
+	// until it is reused or Log.ReleaseSpares deletes it; 0 disables
+	// recycling.
 	MaxRecycled int
 
 	// InlineThreshold is the entry size (Data plus Extensions, bytes) below
@@ -38,13 +41,13 @@ type Config struct {
 }
 
 // DefaultConfig returns the recommended configuration: 64 MiB segments
-// pre-zeroed at up to 64 MiB/s, up to 4 recycled, entries of 32 KiB and
-// more written without a copy.
+// pre-zeroed at up to 64 MiB/s, up to 32 (2 GiB) recycled, entries of
+// 32 KiB and more written without a copy.
 func DefaultConfig() Config {
 	return Config{
 		SegmentSize:     64 << 20,
 		PreZeroRate:     64 << 20,
-		MaxRecycled:     4,
+		MaxRecycled:     32,
 		InlineThreshold: 32 << 10,
 	}
 }

@@ -432,6 +432,56 @@ func TestRecycledSegments(t *testing.T) {
 	expectRecoveredFrom(t, dir, cut, 600, term)
 }
 
+// TestReleaseSpares checks that ReleaseSpares deletes the recycled segments
+// beyond what it is asked to keep, leaves the log intact, and that the log
+// then goes on with fresh segments.
+func TestReleaseSpares(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.MaxRecycled = 3
+	l := mustOpen(t, dir, cfg)
+	for i := uint64(1); i <= 300; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(l.segs) < 5 {
+		t.Fatalf("want ≥ 5 segments, have %d", len(l.segs))
+	}
+	cut := l.segs[3].base // drops three segments, all recycled
+	if err := l.DeleteRange(1, cut-1); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ keep, released, left int }{
+		{5, 0, 3}, {1, 2, 1}, {1, 0, 1}, {-1, 1, 0},
+	} {
+		n, err := l.ReleaseSpares(tc.keep)
+		if err != nil || n != tc.released {
+			t.Fatalf("ReleaseSpares(%d) = %d, %v; want %d released", tc.keep, n, err, tc.released)
+		}
+		if got := countFiles(t, dir, "r*.spare"); got != tc.left {
+			t.Fatalf("after ReleaseSpares(%d): %d recycled spares on disk, want %d", tc.keep, got, tc.left)
+		}
+	}
+	for i := uint64(301); i <= 600; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := func(i uint64) uint64 {
+		if i > 300 {
+			return 2
+		}
+		return 1
+	}
+	checkRange(t, l, cut, 600, term)
+	l.Close()
+	if _, err := l.ReleaseSpares(0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ReleaseSpares on a closed log: %v, want ErrClosed", err)
+	}
+	expectRecoveredFrom(t, dir, cut, 600, term)
+}
+
 // expectRecoveredFrom is expectRecovered for a log starting at first with
 // the given terms.
 func expectRecoveredFrom(t *testing.T, dir string, first, last uint64, term func(uint64) uint64) {

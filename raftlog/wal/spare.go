@@ -1,8 +1,10 @@
 package wal
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -192,6 +194,25 @@ func (s *sparer) recycle(seg *segment) bool {
 	}
 	s.recycled = append(s.recycled, spare{path: path, f: seg.f, size: size, oldSalt: seg.salt})
 	return true
+}
+
+// release closes and removes recycled segments beyond keep, the oldest
+// first (the newest are taken first). Spares are never part of the log, so
+// no directory sync is needed: one left by a crash is removed by Open.
+func (s *sparer) release(keep int) (int, error) {
+	n := len(s.recycled) - max(keep, 0)
+	if n <= 0 {
+		return 0, nil
+	}
+	var errs []error
+	for _, sp := range s.recycled[:n] {
+		sp.f.Close()
+		if err := s.fs.Remove(sp.path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.recycled = slices.Delete(s.recycled, 0, n)
+	return n, errors.Join(errs...)
 }
 
 // close stops the goroutine and removes the spares.

@@ -740,6 +740,22 @@ func (l *Log) writeMeta(first uint64) error {
 	return nil
 }
 
+// ReleaseSpares deletes the recycled segments kept for reuse beyond keep
+// and returns how many it deleted. A log that was written fast keeps up to
+// Config.MaxRecycled of them; once it is idle they are only disk space.
+func (l *Log) ReleaseSpares(keep int) (int, error) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if l.closed {
+		return 0, ErrClosed
+	}
+	n, err := l.sparer.release(keep)
+	if err != nil {
+		return n, fmt.Errorf("wal: release spare segments in %s: %w", l.dir, err)
+	}
+	return n, nil
+}
+
 // writable returns the error that forbids a mutation, if any. Called with
 // writeMu held.
 func (l *Log) writable() error {
