@@ -259,6 +259,7 @@ func TestAgentCLIErrors(t *testing.T) {
 		{"unknown default export", []string{"--volume", "x=1G", "--default-export", "y"}, []string{`default export "y"`}},
 		{"no listener", []string{"--volume", "x=1G", "--nbd-listen", ""}, []string{"no NBD listener"}},
 		{"replication address, no peers", []string{"--volume", "x=1G", "--raft-listen", "127.0.0.1:0"}, []string{"--raft-listen", "no hosts to replicate with", "--peer"}},
+		{"bad checkpoint bytes", []string{"--volume", "x=1G", "--checkpoint-bytes", "lots"}, []string{"--checkpoint-bytes", `invalid size "lots"`}},
 		{"unknown flag", []string{"--volume", "x=1G", "--bogus"}, []string{"unknown flag: --bogus"}},
 		{"bad log level", []string{"--volume", "x=1G", "--log-level", "loud"}, []string{`--log-level "loud"`}},
 		{"missing --data", []string{"--volume", "x=1G"}, []string{"data directory is required"}},

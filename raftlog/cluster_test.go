@@ -457,3 +457,53 @@ func TestLeaderRetriesFailedBarrier(t *testing.T) {
 		t.Fatalf("%d barriers failed, want %d", n, faults)
 	}
 }
+
+// TestCheckpointByBytes checks that a volume checkpoints once SnapshotBytes
+// were written, long before SnapshotInterval, and only then: the log is
+// compacted (and its segments recycled) at a pace set by the bytes.
+func TestCheckpointByBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		bytes      int64
+		checkpoint bool
+	}{
+		{"after 1 MiB", 1 << 20, true},
+		{"never by bytes", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCluster(t, 1, func(cfg *Config) {
+				cfg.SnapshotInterval = time.Hour
+				cfg.TrailingLogs = 2
+				cfg.SnapshotBytes = tc.bytes
+			})
+			c.open(VolumeSpec{Name: "vol", Size: 8 << 20})
+			v := c.hosts[0].vol["vol"]
+			for k := range 48 {
+				if err := v.WriteAt(context.Background(), bytes.Repeat([]byte{byte(k)}, 64<<10), int64(k)*64<<10, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			compacted := func() bool {
+				first, err := v.g.logs.FirstIndex()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return first > 1
+			}
+			if !tc.checkpoint {
+				time.Sleep(2500 * time.Millisecond) // the check runs every second
+				if compacted() {
+					t.Fatal("the log was compacted without a checkpoint being due")
+				}
+				return
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !compacted() {
+				if time.Now().After(deadline) {
+					t.Fatal("3 MiB written with SnapshotBytes 1 MiB: no checkpoint in 10 s")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}

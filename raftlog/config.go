@@ -57,7 +57,11 @@ type Config struct {
 
 	// SnapshotInterval, SnapshotThreshold and TrailingLogs are raft's
 	// checkpoint settings; SnapshotBytes also checkpoints after that many
-	// bytes were written since the last one.
+	// bytes were written since the last one (0: never by bytes). Keep it at
+	// most the WAL's MaxRecycled × SegmentSize: the segments a checkpoint
+	// frees are then all reused, and a streaming volume never writes into
+	// fresh segments (docs/replication.md, "Durability without copying
+	// volumes").
 	SnapshotInterval  time.Duration
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
@@ -122,6 +126,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("raftlog: MaxEntryBytes must be at least 64 KiB, got %d", c.MaxEntryBytes)
 	case c.StallTimeout <= 0:
 		return fmt.Errorf("raftlog: StallTimeout must be positive, got %v", c.StallTimeout)
+	case c.SnapshotBytes < 0:
+		return fmt.Errorf("raftlog: SnapshotBytes must not be negative, got %d", c.SnapshotBytes)
 	}
 	if len(c.Peers) > 0 {
 		seen := map[string]bool{}
