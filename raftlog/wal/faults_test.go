@@ -142,11 +142,27 @@ func TestFailClosed(t *testing.T) {
 			if err := l.StoreLogs(makeEntries(1, 40, 1)); err != nil {
 				t.Fatal(err)
 			}
+			if err := l.Err(); err != nil {
+				t.Fatalf("Err before any failure = %v", err)
+			}
+			select {
+			case <-l.Failed():
+				t.Fatal("Failed closed before any failure")
+			default:
+			}
 			ffs.set(tc.op, errInjected)
 			if err := tc.mutate(l); !errors.Is(err, errInjected) {
 				t.Fatalf("mutation = %v, want the injected error", err)
 			}
 			ffs.set(tc.op, nil)
+			select {
+			case <-l.Failed():
+			default:
+				t.Fatal("Failed not closed after a failure")
+			}
+			if err := l.Err(); !errors.Is(err, ErrFailed) || !errors.Is(err, errInjected) {
+				t.Fatalf("Err after failure = %v, want ErrFailed and the injected error", err)
+			}
 			if err := l.StoreLogs(makeEntries(41, 41, 1)); !errors.Is(err, ErrFailed) {
 				t.Fatalf("StoreLogs after failure = %v, want ErrFailed", err)
 			}

@@ -39,11 +39,12 @@ type Log struct {
 	// writeMu serializes mutations. The fields below are owned by the
 	// holder of writeMu.
 	writeMu   sync.Mutex
-	failed    error    // sticky: first failed write/sync/truncate
-	metaFirst uint64   // durable lower bound (meta file); 0 if none
-	unsynced  *segment // holds a batch written by StoreLogsNoSync, not yet synced
-	enc       []byte   // pooled encode buffer for headers and small entries
-	bufs      [][]byte // pooled iovec list
+	failed    error         // sticky: first failed write/sync/truncate
+	failedCh  chan struct{} // closed once failed is set
+	metaFirst uint64        // durable lower bound (meta file); 0 if none
+	unsynced  *segment      // holds a batch written by StoreLogsNoSync, not yet synced
+	enc       []byte        // pooled encode buffer for headers and small entries
+	bufs      [][]byte      // pooled iovec list
 	pad       [recAlign]byte
 
 	// mu guards the published state below. Writers hold writeMu and take
@@ -106,7 +107,7 @@ func open(dir string, cfg Config, fsys fileSystem) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
-	l := &Log{dir: dir, cfg: cfg, fs: fsys, lock: lock}
+	l := &Log{dir: dir, cfg: cfg, fs: fsys, lock: lock, failedCh: make(chan struct{})}
 	if err := l.recover(); err != nil {
 		for _, s := range l.segs {
 			s.f.Close()
@@ -768,10 +769,29 @@ func (l *Log) writable() error {
 	return nil
 }
 
-// fail records err as the sticky failure and returns it.
+// fail records err as the sticky failure, unless one is recorded already,
+// and returns it.
 func (l *Log) fail(err error) error {
-	l.failed = err
+	if l.failed == nil {
+		l.failed = err
+		close(l.failedCh)
+	}
 	return err
+}
+
+// Failed returns a channel that is closed when the log enters the failed
+// state (ErrFailed): a write, sync or truncation failed, and the log takes
+// no more changes until it is reopened. Err then says why.
+func (l *Log) Failed() <-chan struct{} { return l.failedCh }
+
+// Err returns the failure that put the log in the failed state, or nil.
+func (l *Log) Err() error {
+	select {
+	case <-l.failedCh:
+		return fmt.Errorf("%w: %w", ErrFailed, l.failed) // set before the close
+	default:
+		return nil
+	}
 }
 
 // Close stops the background preparer, closes the files and releases the
