@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -505,5 +506,64 @@ func TestCheckpointByBytes(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestFailedFollowerLeavesGroup checks that a follower whose volume file
+// fails under a committed entry takes itself out of the group, as a failed
+// leader does: it reports Failed, its raft stops (so it can never win an
+// election it could not serve), and the other two replicas go on; after a
+// restart of the leader the volume is served again by a healthy replica.
+func TestFailedFollowerLeavesGroup(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20, PreferredLeader: "n1"}
+	c.open(spec)
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx := context.Background()
+	write := func(k int) error {
+		v := c.hosts[c.leader("vol")].vol["vol"]
+		return v.WriteAt(ctx, bytes.Repeat([]byte{byte(k)}, 4096), int64(k)*4096, 0)
+	}
+	if err := write(0); err != nil {
+		t.Fatal(err)
+	}
+	// The follower's file fails: every write to it now returns an error.
+	fg := c.hosts[f].vol["vol"].g
+	fg.file.Close()
+	for k := 1; k <= 3; k++ {
+		if err := write(k); err != nil {
+			t.Fatalf("write %d with one follower failed: %v", k, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for fg.raft.State() != raft.Shutdown {
+		if time.Now().After(deadline) {
+			t.Fatalf("failed follower still in the group: raft state %v", fg.raft.State())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := c.hosts[f].vol["vol"].Status(); st.State != "Failed" || !strings.Contains(st.Error, "replica failed") {
+		t.Fatalf("failed follower's status: state %q, error %q", st.State, st.Error)
+	}
+	// Its host still forwards its clients' I/O to the leader.
+	fv := c.hosts[f].vol["vol"]
+	if err := fv.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), 9*4096, 0); err != nil {
+		t.Fatalf("write through the failed replica's host: %v", err)
+	}
+	got := make([]byte, 4096)
+	if err := c.hosts[l].vol["vol"].ReadAt(ctx, got, 9*4096); err != nil || got[0] != 9 {
+		t.Fatalf("read on the leader of a write forwarded by the failed replica's host: %v, %d", err, got[0])
+	}
+	// The leader restarts: the healthy replicas elect one of themselves.
+	c.stop(l)
+	c.start(l)
+	c.open1(l, spec)
+	nl := c.leader("vol")
+	if nl == f {
+		t.Fatal("the failed replica leads")
+	}
+	if err := write(4); err != nil {
+		t.Fatalf("write after the leader's restart: %v", err)
 	}
 }

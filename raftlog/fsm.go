@@ -77,6 +77,9 @@ type fsm struct {
 	// (with the ops refused as fenced): the group answers its requests
 	// then. Set before raft starts.
 	committed func(l *raft.Log, res *applyResult)
+	// onFail, if set, is called once, on the FSM goroutine, with the error
+	// that failed the replica. Set before raft starts.
+	onFail func(err error)
 	// scratch holds an entry's ops while Apply runs (FSM goroutine only).
 	scratch []op
 }
@@ -291,8 +294,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	f.scratch = ops[:0]
 	if err != nil {
 		err = fmt.Errorf("%w: entry %d: %w", errReplicaFailed, l.Index, err)
-		f.failed.CompareAndSwap(nil, &err)
-		f.log.Error("replica failed: cannot apply committed entry; this replica stops serving", "index", l.Index, "err", err)
+		if f.failed.CompareAndSwap(nil, &err) && f.onFail != nil {
+			f.onFail(err)
+		}
 		return err
 	}
 	f.setApplied(l.Index)

@@ -59,6 +59,11 @@ type Group struct {
 	// streams are the volume streams this replica serves (stream.go):
 	// close ends them before it closes the file.
 	streams streamSet
+	// failure is what took this replica out of service (see failed);
+	// failedLeader is the leader it knew then, to which its agent goes on
+	// forwarding clients' I/O (see leader).
+	failure      atomic.Pointer[error]
+	failedLeader atomic.Pointer[raft.ServerID]
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -128,6 +133,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.fsm = newFSM(g.file, g.log)
 	g.fsm.committed = g.entryCommitted
 	g.fsm.restore = g.restore
+	g.fsm.onFail = g.failed
 	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: log: %w", spec.Name, err)
@@ -275,16 +281,13 @@ func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 	g.commitMu.Unlock()
 	f := g.raft.Apply(data, applyTimeout)
 	// raft's answer comes after the FSM wrote the file; it is awaited
-	// even when the FSM answered first: a failure to write the file takes
-	// this replica out of service (the answered writes are safe in the
-	// logs of a majority).
+	// even when the FSM answered first. A failure to write the file has
+	// taken this replica out of service (fsm.onFail; the answered writes
+	// are safe in the logs of a majority).
 	go func() {
 		out := applyOutcome{err: f.Error()}
 		if out.err == nil {
 			out.res = f.Response()
-			if err, ok := out.res.(error); ok {
-				g.failed(err)
-			}
 		}
 		ch <- out
 	}()
@@ -328,13 +331,42 @@ func (g *Group) entryCommitted(l *raft.Log, res *applyResult) {
 	ch <- out
 }
 
-// failed takes a replica whose volume file diverged out of service: it
-// gives up leadership and stops taking part in the group.
+// failed takes this replica out of service, on a leader or a follower,
+// once its volume file could not apply a committed entry or its write log
+// failed (neither takes changes any more): it gives up leadership and
+// stops taking part in the group, so that it can neither win an election
+// it could not serve nor hold back the others. Later calls do nothing.
+// Restarting the agent reopens the replica (docs/replication.md, "Replica
+// failure").
 func (g *Group) failed(err error) {
+	if !g.failure.CompareAndSwap(nil, &err) {
+		return
+	}
+	_, id := g.raft.LeaderWithID()
+	g.failedLeader.Store(&id)
 	g.log.Error("replica failed; shutting its raft group down on this host", "err", err)
 	g.lease.drop()
 	g.ready.Store(false)
-	go g.raft.Shutdown()
+	go func() {
+		g.raft.Shutdown().Error()
+		// The other hosts' RPCs to this replica then fail at once instead
+		// of waiting for their timeout (10 s), which held up their
+		// elections and shutdowns.
+		if c, ok := g.trans.(io.Closer); ok {
+			c.Close()
+		}
+	}()
+}
+
+// err returns the failure that took this replica out of service, or nil.
+func (g *Group) err() error {
+	if err := g.fsm.err(); err != nil {
+		return err
+	}
+	if p := g.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // watch follows leadership changes and keeps the lease fresh.
@@ -356,10 +388,21 @@ func (g *Group) watch() {
 	defer snap.Stop()
 	var lastTransfer time.Time
 	idle := spareReleaser{logs: g.logs}
+	failing, _ := g.logs.(interface {
+		Failed() <-chan struct{}
+		Err() error
+	})
+	var logFailed <-chan struct{}
+	if failing != nil {
+		logFailed = failing.Failed()
+	}
 	for {
 		select {
 		case <-g.stop:
 			return
+		case <-logFailed:
+			logFailed = nil
+			g.failed(fmt.Errorf("raftlog: write log: %w", failing.Err()))
 		case <-obsCh:
 			g.checkLeadership()
 		case <-renew.C:
@@ -475,7 +518,7 @@ func (g *Group) becomeReady(gen uint64) {
 func (g *Group) barrierDone(gen uint64, start time.Time, err error) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.leading != gen || g.fsm.err() != nil {
+	if g.leading != gen || g.err() != nil {
 		return true
 	}
 	if err != nil {
@@ -556,6 +599,13 @@ func (g *Group) isLeader() bool {
 // leader returns the current leader's peer entry, if known.
 func (g *Group) leader() (Peer, bool) {
 	_, id := g.raft.LeaderWithID()
+	if p := g.failedLeader.Load(); p != nil && g.failure.Load() != nil {
+		// This replica left the group: the leader it last knew keeps its
+		// clients' I/O going for as long as it leads (afterwards it
+		// refuses, and they stall until StallTimeout, or the agent is
+		// restarted).
+		id = *p
+	}
 	for _, p := range g.peers() {
 		if raft.ServerID(p.ID) == id {
 			return p, true

@@ -391,7 +391,7 @@ func (v *Volume) Checksums(ctx context.Context, index uint64, first, count int64
 	if err := g.fsm.waitApplied(ctx, index); err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: waiting to apply %d: %w", g.spec.Name, index, err)
 	}
-	if err := g.fsm.err(); err != nil {
+	if err := g.err(); err != nil {
 		return nil, err
 	}
 	size := g.file.Size()

@@ -66,7 +66,7 @@ func (v *Volume) Status() VolumeStatus {
 			s.LastContact = time.Since(lc)
 		}
 	}
-	if err := g.fsm.err(); err != nil {
+	if err := g.err(); err != nil {
 		s.State, s.Error = "Failed", err.Error()
 	}
 	if cp := v.Copy(); !cp.Started.IsZero() {

@@ -143,7 +143,7 @@ func serveStream(g *Group, c net.Conn) error {
 		err := g.fsm.waitApplied(ctx, minIndex)
 		cancel()
 		if err == nil {
-			err = g.fsm.err()
+			err = g.err()
 		}
 		if err != nil {
 			return fmt.Errorf("replica %s cannot serve index %d: %w", g.cfg.Local, minIndex, err)
