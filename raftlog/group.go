@@ -205,6 +205,9 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
 	g.started.Store(g.raft)
+	if g.failure.Load() != nil { // failed while raft was starting
+		go g.leave(g.raft)
+	}
 	// A replica that joins an existing group (a replica move) waits for
 	// the leader to add it: it must not bootstrap a configuration of its
 	// own.
@@ -342,20 +345,27 @@ func (g *Group) failed(err error) {
 	if !g.failure.CompareAndSwap(nil, &err) {
 		return
 	}
-	_, id := g.raft.LeaderWithID()
-	g.failedLeader.Store(&id)
+	r := g.started.Load() // nil if the FSM failed while raft was starting
+	if r != nil {
+		_, id := r.LeaderWithID()
+		g.failedLeader.Store(&id)
+	}
 	g.log.Error("replica failed; shutting its raft group down on this host", "err", err)
 	g.lease.drop()
 	g.ready.Store(false)
-	go func() {
-		g.raft.Shutdown().Error()
-		// The other hosts' RPCs to this replica then fail at once instead
-		// of waiting for their timeout (10 s), which held up their
-		// elections and shutdowns.
-		if c, ok := g.trans.(io.Closer); ok {
-			c.Close()
-		}
-	}()
+	if r != nil {
+		go g.leave(r) // not on the FSM goroutine, which Shutdown waits for
+	}
+}
+
+// leave shuts the failed replica's raft down, then its transport: the
+// other hosts' RPCs to it then fail at once instead of waiting for their
+// timeout (10 s), which held up their elections and shutdowns.
+func (g *Group) leave(r *raft.Raft) {
+	r.Shutdown().Error()
+	if c, ok := g.trans.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // err returns the failure that took this replica out of service, or nil.
