@@ -373,6 +373,25 @@ func countFiles(t *testing.T, dir, pattern string) int {
 	return len(m)
 }
 
+// storeBy4 stores entries from..to of term in batches of four.
+func storeBy4(t *testing.T, l *Log, from, to, term uint64) {
+	t.Helper()
+	for i := from; i <= to; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, term)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// termAfter300 is the term of entry i in the logs of TestRecycledSegments
+// and TestReleaseSpares: 1 up to 300, then 2.
+func termAfter300(i uint64) uint64 {
+	if i > 300 {
+		return 2
+	}
+	return 1
+}
+
 // TestRecycledSegments checks that compacted segments are reused for new
 // segments, that their stale records never show up, and that a recycled
 // file renamed into service whose first batch never landed is dropped.
@@ -382,11 +401,7 @@ func TestRecycledSegments(t *testing.T) {
 	if err := l.StoreLogs(makeEntries(1, 100, 1)); err != nil {
 		t.Fatal(err)
 	}
-	for i := uint64(101); i <= 300; i += 4 {
-		if err := l.StoreLogs(makeEntries(i, i+3, 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	storeBy4(t, l, 101, 300, 1)
 	if len(l.segs) < 4 {
 		t.Fatalf("want ≥ 4 segments, have %d", len(l.segs))
 	}
@@ -397,26 +412,16 @@ func TestRecycledSegments(t *testing.T) {
 	if n := countFiles(t, dir, "r*.spare"); n != testConfig().MaxRecycled {
 		t.Fatalf("%d recycled spares, want %d", n, testConfig().MaxRecycled)
 	}
-	for i := uint64(301); i <= 600; i += 4 {
-		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	storeBy4(t, l, 301, 600, 2)
 	if n := countFiles(t, dir, "r*.spare"); n != 0 {
 		t.Fatalf("%d recycled spares left after writing several segments", n)
 	}
-	term := func(i uint64) uint64 {
-		if i > 300 {
-			return 2
-		}
-		return 1
-	}
-	checkRange(t, l, cut, 600, term)
+	checkRange(t, l, cut, 600, termAfter300)
 	l.Close()
 
 	// Reopen: the last segment is a recycled file; its stale tail is cut.
 	l = mustOpen(t, dir, testConfig())
-	checkRange(t, l, cut, 600, term)
+	checkRange(t, l, cut, 600, termAfter300)
 	old := l.segs[0]
 	oldPath, oldSalt := old.path, old.salt
 	l.Close()
@@ -429,7 +434,7 @@ func TestRecycledSegments(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, segName(601, oldSalt+1)), b, 0o600)
-	expectRecoveredFrom(t, dir, cut, 600, term)
+	expectRecoveredFrom(t, dir, cut, 600, termAfter300)
 }
 
 // TestReleaseSpares checks that ReleaseSpares deletes the recycled segments
@@ -440,11 +445,7 @@ func TestReleaseSpares(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxRecycled = 3
 	l := mustOpen(t, dir, cfg)
-	for i := uint64(1); i <= 300; i += 4 {
-		if err := l.StoreLogs(makeEntries(i, i+3, 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	storeBy4(t, l, 1, 300, 1)
 	if len(l.segs) < 5 {
 		t.Fatalf("want ≥ 5 segments, have %d", len(l.segs))
 	}
@@ -463,23 +464,13 @@ func TestReleaseSpares(t *testing.T) {
 			t.Fatalf("after ReleaseSpares(%d): %d recycled spares on disk, want %d", tc.keep, got, tc.left)
 		}
 	}
-	for i := uint64(301); i <= 600; i += 4 {
-		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	term := func(i uint64) uint64 {
-		if i > 300 {
-			return 2
-		}
-		return 1
-	}
-	checkRange(t, l, cut, 600, term)
+	storeBy4(t, l, 301, 600, 2)
+	checkRange(t, l, cut, 600, termAfter300)
 	l.Close()
 	if _, err := l.ReleaseSpares(0); !errors.Is(err, ErrClosed) {
 		t.Fatalf("ReleaseSpares on a closed log: %v, want ErrClosed", err)
 	}
-	expectRecoveredFrom(t, dir, cut, 600, term)
+	expectRecoveredFrom(t, dir, cut, 600, termAfter300)
 }
 
 // expectRecoveredFrom is expectRecovered for a log starting at first with
