@@ -154,13 +154,21 @@ func (f *Files) load() (tls.Certificate, *x509.CertPool, *Revocations, error) {
 	if f.CA == "" {
 		return cert, nil, nil, nil
 	}
-	pool, err := LoadCAPool(f.CA)
+	ca, err := readCABundle(f.CA) // read once for the pool and the list's issuers
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	pool, err := ca.pool()
 	if err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
 	var rev *Revocations
 	if f.CRL != "" {
-		if rev, err = LoadRevocations(f.CRL, f.CA); err != nil {
+		data, err := os.ReadFile(f.CRL)
+		if err != nil {
+			return tls.Certificate{}, nil, nil, err
+		}
+		if rev, err = parseRevocations(f.CRL, data, ca.issuers()); err != nil {
 			return tls.Certificate{}, nil, nil, err
 		}
 	}
@@ -190,16 +198,16 @@ func LoadRevocations(path, caPath string) (*Revocations, error) {
 	if err != nil {
 		return nil, err
 	}
-	cas, err := os.ReadFile(caPath)
+	ca, err := readCABundle(caPath)
 	if err != nil {
 		return nil, err
 	}
-	var issuers []*x509.Certificate
-	for _, der := range pemBlocks(cas, "CERTIFICATE") {
-		if c, err := x509.ParseCertificate(der); err == nil {
-			issuers = append(issuers, c)
-		}
-	}
+	return parseRevocations(path, data, ca.issuers())
+}
+
+// parseRevocations decodes the PEM revocation lists data (read from path)
+// and checks that each is signed by one of issuers.
+func parseRevocations(path string, data []byte, issuers []*x509.Certificate) (*Revocations, error) {
 	r := &Revocations{serials: map[string]bool{}}
 	lists := pemBlocks(data, "X509 CRL")
 	for _, der := range lists {
@@ -249,13 +257,40 @@ func checkIssuer(crl *x509.RevocationList, issuers []*x509.Certificate) error {
 
 // LoadCAPool reads the PEM CA bundle at path.
 func LoadCAPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
+	ca, err := readCABundle(path)
 	if err != nil {
 		return nil, err
 	}
+	return ca.pool()
+}
+
+// caBundle is a PEM CA bundle as read from path.
+type caBundle struct {
+	path string
+	pem  []byte
+}
+
+func readCABundle(path string) (caBundle, error) {
+	b, err := os.ReadFile(path)
+	return caBundle{path: path, pem: b}, err
+}
+
+// pool returns the bundle's certificates as a pool.
+func (b caBundle) pool() (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, errors.New("no certificate in " + path)
+	if !pool.AppendCertsFromPEM(b.pem) {
+		return nil, errors.New("no certificate in " + b.path)
 	}
 	return pool, nil
+}
+
+// issuers returns the bundle's certificates that parse.
+func (b caBundle) issuers() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, der := range pemBlocks(b.pem, "CERTIFICATE") {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
 }
