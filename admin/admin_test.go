@@ -45,11 +45,15 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestEndpoints(t *testing.T) {
 	srv := testServer(t)
-	// Ready once the volume elected its (only) replica.
+	// Ready once the volume elected its (only) replica; serving once that
+	// leader's barrier applied (a moment later: a busy machine showed the
+	// gap).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if code, _ := get(t, srv.URL+"/readyz"); code == http.StatusOK {
-			break
+			if _, body := get(t, srv.URL+"/v1/local/volumes"); strings.Contains(body, `"serving": true`) {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("never ready")
