@@ -569,3 +569,53 @@ func TestFailedFollowerLeavesGroup(t *testing.T) {
 		t.Fatalf("write after the leader's restart: %v", err)
 	}
 }
+
+// TestFailedLeaderForwards checks that a leader whose volume file fails
+// leaves the group and that its host then forwards its clients' I/O to
+// whichever healthy replica leads, without waiting for StallTimeout: the
+// write that found the failure, and later ones, are answered.
+func TestFailedLeaderForwards(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.StallTimeout = 8 * time.Second })
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20}
+	c.open(spec)
+	l := c.leader("vol")
+	ctx := context.Background()
+	lv := c.hosts[l].vol["vol"]
+	write := func(k int) error {
+		return lv.WriteAt(ctx, bytes.Repeat([]byte{byte(k)}, 4096), int64(k)*4096, 0)
+	}
+	if err := write(1); err != nil {
+		t.Fatal(err)
+	}
+	lv.g.file.Close()
+	// The leader fails applying this write, leaves, and sends it on to
+	// the new leader.
+	if err := write(2); err != nil {
+		t.Fatalf("write through the failing leader's host: %v", err)
+	}
+	if st := lv.Status(); st.State != "Failed" {
+		t.Fatalf("failed leader's status: state %q, error %q", st.State, st.Error)
+	}
+	nl := c.leader("vol")
+	if nl == l {
+		t.Fatal("the failed replica still leads")
+	}
+	for k := 3; k <= 5; k++ {
+		if err := write(k); err != nil {
+			t.Fatalf("write %d through the failed leader's host: %v", k, err)
+		}
+	}
+	// The new leader restarts: the failed host finds the next one.
+	c.stop(nl)
+	c.start(nl)
+	c.open1(nl, spec)
+	if err := write(6); err != nil {
+		t.Fatalf("write through the failed replica's host after a second leader change: %v", err)
+	}
+	got := make([]byte, 4096)
+	for k := 1; k <= 6; k++ {
+		if err := lv.ReadAt(ctx, got, int64(k)*4096); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{byte(k)}, 4096)) {
+			t.Fatalf("block %d read through the failed replica's host: %v, %d", k, err, got[0])
+		}
+	}
+}

@@ -90,14 +90,17 @@ func (l *leaderConn) abortUnlessTo(id string) {
 	}
 }
 
-// drop forgets c after it failed.
-func (l *leaderConn) drop(c *nbdclient.Conn) {
+// drop forgets c after it failed, and returns the peer ID it went to (""
+// if it was forgotten already).
+func (l *leaderConn) drop(c *nbdclient.Conn) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.conn == c {
-		l.conn = nil
-		c.Abort()
+	if l.conn != c {
+		return ""
 	}
+	l.conn = nil
+	c.Abort()
+	return l.to
 }
 
 // close closes the connection; later gets fail.
@@ -192,11 +195,19 @@ func (f *forwarder) get(ctx context.Context, epoch uint64) (*nbdclient.Conn, err
 	if !ok || p.ID == f.g.cfg.Local {
 		return nil, errNoLeader
 	}
-	return f.of(epoch).get(ctx, f.g.h.dialer(), p, 5*time.Second)
+	c, err := f.of(epoch).get(ctx, f.g.h.dialer(), p, 5*time.Second)
+	if err != nil {
+		f.g.forwardMissed(p.ID)
+	}
+	return c, err
 }
 
 // drop forgets c, a connection of epoch, after it failed.
-func (f *forwarder) drop(epoch uint64, c *nbdclient.Conn) { f.of(epoch).drop(c) }
+func (f *forwarder) drop(epoch uint64, c *nbdclient.Conn) {
+	if to := f.of(epoch).drop(c); to != "" {
+		f.g.forwardMissed(to)
+	}
+}
 
 // retarget closes the connection if it goes to a host that no longer
 // leads: requests waiting on it (a partitioned or dead leader may never

@@ -60,10 +60,11 @@ type Group struct {
 	// close ends them before it closes the file.
 	streams streamSet
 	// failure is what took this replica out of service (see failed);
-	// failedLeader is the leader it knew then, to which its agent goes on
-	// forwarding clients' I/O (see leader).
-	failure      atomic.Pointer[error]
-	failedLeader atomic.Pointer[raft.ServerID]
+	// forwardTo is then the host its agent forwards clients' I/O to: the
+	// leader it knew at the failure, then the next replica each time the
+	// one tried does not answer as leader (see failedTarget).
+	failure   atomic.Pointer[error]
+	forwardTo atomic.Pointer[string]
 
 	// leading is the leadership generation this host currently holds
 	// (0 when it is not the leader); ready is set once the generation's
@@ -348,7 +349,8 @@ func (g *Group) failed(err error) {
 	r := g.started.Load() // nil if the FSM failed while raft was starting
 	if r != nil {
 		_, id := r.LeaderWithID()
-		g.failedLeader.Store(&id)
+		to := string(id)
+		g.forwardTo.Store(&to)
 	}
 	g.log.Error("replica failed; shutting its raft group down on this host", "err", err)
 	g.lease.drop()
@@ -599,29 +601,67 @@ func (g *Group) servesLocally() bool {
 	return g.ready.Load() && g.lease.valid()
 }
 
-// isLeader reports whether this host leads the group (ready or not).
+// isLeader reports whether this host leads the group (ready or not). A
+// failed replica does not, whatever its raft said last.
 func (g *Group) isLeader() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.leading != 0
+	return g.leading != 0 && g.failure.Load() == nil
 }
 
-// leader returns the current leader's peer entry, if known.
+// leader returns the current leader's peer entry, if known. For a replica
+// that left the group it is the host to forward to (failedTarget).
 func (g *Group) leader() (Peer, bool) {
-	_, id := g.raft.LeaderWithID()
-	if p := g.failedLeader.Load(); p != nil && g.failure.Load() != nil {
-		// This replica left the group: the leader it last knew keeps its
-		// clients' I/O going for as long as it leads (afterwards it
-		// refuses, and they stall until StallTimeout, or the agent is
-		// restarted).
-		id = *p
+	if g.failure.Load() != nil {
+		return g.failedTarget()
 	}
+	_, id := g.raft.LeaderWithID()
 	for _, p := range g.peers() {
 		if raft.ServerID(p.ID) == id {
 			return p, true
 		}
 	}
 	return Peer{}, false
+}
+
+// failedTarget returns the host a replica that left the group forwards
+// its clients' I/O to. It no longer follows elections, so it does as a
+// Proxy does: it keeps to the leader it knew at the failure while that
+// one answers, and moves on to the next replica each time the one tried
+// does not (forwardMissed); only the leader's agent accepts forwarded
+// requests (ForwardPrefix).
+func (g *Group) failedTarget() (Peer, bool) {
+	others := slices.DeleteFunc(slices.Clone(g.peers()), func(p Peer) bool { return p.ID == g.cfg.Local })
+	if len(others) == 0 {
+		return Peer{}, false
+	}
+	cur := g.forwardTo.Load()
+	if cur != nil {
+		if i := slices.IndexFunc(others, func(p Peer) bool { return p.ID == *cur }); i >= 0 {
+			return others[i], true
+		}
+	}
+	// Itself (it led), nobody, or a host no longer a member.
+	to := others[0].ID
+	g.forwardTo.CompareAndSwap(cur, &to)
+	return others[0], true
+}
+
+// forwardMissed moves a failed replica's forwarding on from host id, which
+// did not answer as leader, to the next replica. It does nothing on a
+// replica in service, or if another request moved it on already.
+func (g *Group) forwardMissed(id string) {
+	cur := g.forwardTo.Load()
+	if g.failure.Load() == nil || cur == nil || *cur != id {
+		return
+	}
+	others := slices.DeleteFunc(slices.Clone(g.peers()), func(p Peer) bool { return p.ID == g.cfg.Local })
+	if len(others) == 0 {
+		return
+	}
+	i := slices.IndexFunc(others, func(p Peer) bool { return p.ID == id })
+	to := others[(i+1)%len(others)].ID // others[0] if id is not a member
+	g.forwardTo.CompareAndSwap(cur, &to)
 }
 
 // restore is the FSM's Restore: pull the volume from the leader (or any
