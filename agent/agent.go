@@ -80,6 +80,10 @@ type Config struct {
 	Replication raftlog.Config
 	// ShutdownTimeout bounds the wait for requests in flight at shutdown.
 	ShutdownTimeout time.Duration
+	// ReplicaRetry is how long after a replica failed (its disk) the agent
+	// opens it again, doubling while it fails again (reopen.go); 0 leaves
+	// it out until the agent restarts.
+	ReplicaRetry time.Duration
 	// Logger receives the agent's logs. Nil discards.
 	Logger *slog.Logger
 	// Ready, if set, is called once every listener accepts connections.
@@ -106,6 +110,7 @@ func DefaultConfig() Config {
 		NBD:             nbd.DefaultConfig(),
 		Replication:     raftlog.DefaultConfig(),
 		ShutdownTimeout: 10 * time.Second,
+		ReplicaRetry:    time.Minute,
 	}
 }
 
@@ -167,6 +172,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("agent: shutdown timeout must be positive, got %v", c.ShutdownTimeout)
+	}
+	if c.ReplicaRetry < 0 {
+		return fmt.Errorf("agent: replica retry must not be negative, got %v", c.ReplicaRetry)
 	}
 	if err := c.replication().Validate(); err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -274,6 +282,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("local volume ready (not replicated)", "name", spec.Name, "size", volume.FormatSize(f.Size()), "read_only", spec.ReadOnly)
 	}
 
+	if cfg.Cluster == nil && cfg.ReplicaRetry > 0 {
+		ro := newReopener(host, exps, log, cfg.ReplicaRetry)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ro.watchFixed(cfg.Volumes, stop)
+		}()
+		defer func() { // before host.Close
+			close(stop)
+			<-done
+		}()
+	}
 	mets.WatchHost(host)
 	ncfg := cfg.NBD
 	ncfg.Logger = log

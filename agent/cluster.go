@@ -283,6 +283,8 @@ type clusterAgent struct {
 	vols    map[string]*raftlog.Volume // open replicas by name
 	ids     map[string]uint64          // the catalog IDs of the open replicas
 	proxies map[string]*raftlog.Proxy  // volumes served without a replica
+	// reopen opens failed replicas again (reopen.go).
+	reopen *reopener
 
 	// vms runs the VMs the catalog places on this host.
 	vms *vmhost.Manager
@@ -321,6 +323,7 @@ func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *ex
 		proxies: map[string]*raftlog.Proxy{},
 		stop:    make(chan struct{}),
 	}
+	a.reopen = newReopener(host, exps, cfg.Logger, cfg.ReplicaRetry)
 	var err error
 	a.members, err = membership.Start(membership.Config{
 		Name:     cfg.Name,
@@ -575,10 +578,27 @@ func (a *clusterAgent) reconcile() {
 		a.mu.Lock()
 		v := a.vols[name]
 		a.mu.Unlock()
+		now := time.Now()
 		if v == nil {
-			if err := a.openReplica(st, cv); err != nil {
-				a.log.Warn("opening a replica", "volume", name, "err", err)
+			if !a.reopen.retry(name, now) {
+				continue
 			}
+			reopening := slices.Contains(a.reopen.pending(), name)
+			if reopening {
+				a.reopen.attempt(name, now)
+			}
+			switch err := a.openReplica(st, cv); {
+			case err != nil && reopening:
+				a.reopen.failedAgain(name, err)
+			case err != nil:
+				a.log.Warn("opening a replica", "volume", name, "err", err)
+			case reopening:
+				a.reopen.opened(name)
+			}
+			continue
+		}
+		if a.reopen.due(v, now) {
+			a.reopenReplica(st, cv, v, now)
 			continue
 		}
 		// A preferred leader that gossip does not see alive is not handed
@@ -608,6 +628,11 @@ func (a *clusterAgent) reconcile() {
 	// current catalog.
 	if !current {
 		return
+	}
+	for _, name := range a.reopen.pending() {
+		if cv := st.Volumes[name]; cv == nil || !slices.Contains(cv.Replicas, me) {
+			a.dropReopening(name)
+		}
 	}
 	a.mu.Lock()
 	open := make(map[string]uint64, len(a.ids))
@@ -651,6 +676,42 @@ func (a *clusterAgent) reconcile() {
 			a.log.Info("replica removed: the volume was deleted or moved away", "volume", name, "disconnected", n)
 		}
 	}
+}
+
+// reopenReplica closes this host's failed replica v of volume cv and opens
+// it again, its clients served through a proxy meanwhile (reopen.go). If
+// it cannot be opened, the proxy goes on serving them and reconcile tries
+// again after a longer wait.
+func (a *clusterAgent) reopenReplica(st *catalog.State, cv *catalog.Volume, v *raftlog.Volume, now time.Time) {
+	a.reopen.takeOut(v, now)
+	a.mu.Lock()
+	delete(a.vols, cv.Name)
+	delete(a.ids, cv.Name)
+	a.mu.Unlock()
+	if err := a.openReplica(st, cv); err != nil {
+		a.reopen.failedAgain(cv.Name, err)
+		return
+	}
+	a.reopen.opened(cv.Name)
+}
+
+// dropReopening gives up opening again the failed replica of a volume
+// deleted or moved away meanwhile. Its files stay (a replica of the same
+// name created later replaces them, see openReplica); the proxy that
+// served its clients is withdrawn, unless a proxy of a volume that moved
+// away took them over already.
+func (a *clusterAgent) dropReopening(name string) {
+	p := a.reopen.forget(name)
+	if p == nil {
+		return
+	}
+	n := 0
+	if a.exps.serves(name, p) {
+		a.exps.remove(name)
+		n = a.srv.Disconnect(name)
+	}
+	p.Close()
+	a.log.Warn("a failed replica's volume was deleted or moved away before the replica could be opened again; its files stay", "volume", name, "dir", filepath.Join(a.cfg.DataDir, "groups", name), "disconnected", n)
 }
 
 // fence puts the catalog's writer of volume cv into the log of v, which

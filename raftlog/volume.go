@@ -43,6 +43,15 @@ func (v *Volume) Direct() *Volume { return &Volume{g: v.g, direct: true, epoch: 
 // Writer returns the view of v whose mutations come under writer epoch.
 func (v *Volume) Writer(epoch uint64) *Volume { return &Volume{g: v.g, direct: v.direct, epoch: epoch} }
 
+// Err returns what took this replica out of service (a failed volume
+// file or write log, docs/replication.md "Replica failure"), or nil. A
+// failed replica stays out until it is closed and opened again.
+func (v *Volume) Err() error { return v.g.err() }
+
+// Peers returns the hosts of the volume's replicas, this one included, as
+// this replica knows them.
+func (v *Volume) Peers() []Peer { return slices.Clone(v.g.peers()) }
+
 // Name returns the volume's name.
 func (v *Volume) Name() string { return v.g.spec.Name }
 

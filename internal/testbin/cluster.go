@@ -78,6 +78,10 @@ type ClusterConfig struct {
 	// AdminPort and GossipPort are the hosts' ports in managed mode (0:
 	// free ports).
 	AdminPort, GossipPort int
+	// Prepare, if set, is called with each host's (empty) data directory
+	// before the agents first start: to mount a small file system there,
+	// say. Cleanups it registers run after the agents are killed.
+	Prepare func(i int, dir string)
 }
 
 // Cluster is a set of agents started by StartCluster. Its methods must be
@@ -166,6 +170,11 @@ func StartCluster(t testing.TB, cfg ClusterConfig) *Cluster {
 		}
 		if err := os.WriteFile(c.KeyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
+		}
+	}
+	if cfg.Prepare != nil {
+		for _, n := range c.Nodes {
+			cfg.Prepare(n.Index, n.DataDir)
 		}
 	}
 	t.Cleanup(c.cleanup)

@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tandem-project/tandem/raftlog"
+)
+
+// A replica whose volume file or write log failed (a disk error, a full
+// disk) leaves its group and stays out until it is opened again
+// (docs/replication.md, "Replica failure"). The agent opens it again
+// itself, ReplicaRetry after the failure and then at doubling intervals
+// (up to reopenMaxWait) while it fails again: a disk that filled up and
+// got room back, or an error that passed, needs no restart of the agent,
+// which would disconnect the clients of every volume on the host. While
+// the replica is closed and opened again, its clients here go on through
+// a proxy to the other replicas' agents: the export's handoff switches
+// them over and back, as for a replica move (handoff.go).
+
+// reopenMaxWait bounds the wait between two reopenings of a replica that
+// keeps failing.
+const reopenMaxWait = 30 * time.Minute
+
+// reopener opens failed replicas again, with backoff.
+type reopener struct {
+	host *raftlog.Host
+	exps *exportSet
+	log  *slog.Logger
+	// first is the wait after a failure before the first reopening (0:
+	// never reopen).
+	first time.Duration
+
+	mu     sync.Mutex
+	byName map[string]*reopening
+}
+
+// reopening is what a reopener knows of a volume whose replica failed.
+type reopening struct {
+	next  time.Time     // the earliest next attempt
+	wait  time.Duration // the wait after the next attempt
+	proxy *raftlog.Proxy
+}
+
+func newReopener(host *raftlog.Host, exps *exportSet, log *slog.Logger, first time.Duration) *reopener {
+	return &reopener{host: host, exps: exps, log: log, first: first, byName: map[string]*reopening{}}
+}
+
+// replica is what due needs of an open replica (a *raftlog.Volume).
+type replica interface {
+	Name() string
+	Err() error
+}
+
+// due reports whether the open replica v is to be reopened now: it failed
+// and its wait is over. A replica that has served since its last
+// reopening for as long as it waited before it is forgotten (the next
+// failure waits first again).
+func (r *reopener) due(v replica, now time.Time) bool {
+	if r.first <= 0 {
+		return false
+	}
+	name := v.Name()
+	err := v.Err()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byName[name]
+	switch {
+	case err == nil:
+		if st != nil && !now.Before(st.next) {
+			delete(r.byName, name)
+		}
+		return false
+	case st == nil:
+		r.byName[name] = &reopening{next: now.Add(r.first), wait: min(2*r.first, reopenMaxWait)}
+		r.log.Warn("replica failed; it will be opened again", "volume", name, "in", r.first, "err", err)
+		return false
+	}
+	return !now.Before(st.next)
+}
+
+// retry reports whether a volume whose replica could not be opened again
+// is to be tried now (true for volumes the reopener does not track).
+func (r *reopener) retry(name string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byName[name]
+	return st == nil || !now.Before(st.next)
+}
+
+// attempt records an attempt at reopening name's replica now and returns
+// the proxy that serves its clients meanwhile, if any.
+func (r *reopener) attempt(name string, now time.Time) *reopening {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byName[name]
+	if st == nil {
+		st = &reopening{wait: r.first}
+		r.byName[name] = st
+	}
+	st.next = now.Add(st.wait)
+	st.wait = min(2*st.wait, reopenMaxWait)
+	return st
+}
+
+// takeOut hands the clients of the failed replica v over to a proxy to the
+// other replicas (none on a single host: they get errors until the
+// replica is open again) and closes v.
+func (r *reopener) takeOut(v *raftlog.Volume, now time.Time) {
+	name := v.Name()
+	st := r.attempt(name, now)
+	if st.proxy == nil {
+		me := r.host.ID()
+		others := slices.DeleteFunc(v.Peers(), func(p raftlog.Peer) bool { return p.ID == me })
+		if len(others) > 0 {
+			p, err := r.host.OpenProxy(raftlog.VolumeSpec{Name: name, Size: v.Size(), ReadOnly: v.Caps().ReadOnly, Peers: others})
+			if err != nil {
+				r.log.Warn("serving a failed replica's clients through the other replicas", "volume", name, "err", err)
+			} else {
+				r.exps.addProxy(p)
+				r.mu.Lock()
+				st.proxy = p
+				r.mu.Unlock()
+			}
+		}
+	}
+	if err := r.host.CloseVolume(name, false); err != nil {
+		r.log.Info("closing a failed replica", "volume", name, "err", err)
+	}
+	r.log.Info("opening a failed replica again", "volume", name, "err", v.Err())
+}
+
+// opened records that name's replica is open and exported again: the
+// proxy, which no longer serves, is closed.
+func (r *reopener) opened(name string) {
+	r.mu.Lock()
+	st := r.byName[name]
+	var p *raftlog.Proxy
+	if st != nil {
+		p, st.proxy = st.proxy, nil
+	}
+	r.mu.Unlock()
+	if p != nil {
+		p.Close()
+	}
+	r.log.Info("failed replica opened again", "volume", name)
+}
+
+// failedAgain records that name's replica could not be opened: its
+// clients stay with the proxy until the next attempt.
+func (r *reopener) failedAgain(name string, err error) {
+	r.mu.Lock()
+	var wait time.Duration
+	if st := r.byName[name]; st != nil {
+		wait = time.Until(st.next).Round(time.Second)
+	}
+	r.mu.Unlock()
+	r.log.Warn("opening a failed replica again", "volume", name, "next_attempt_in", wait, "err", err)
+}
+
+// pending returns the volumes whose replica could not be opened again
+// (their clients are served by a proxy).
+func (r *reopener) pending() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for name, st := range r.byName {
+		if st.proxy != nil {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// forget drops name (its volume is gone from this host) and returns the
+// proxy that served its clients, if any, for the caller to withdraw.
+func (r *reopener) forget(name string) *raftlog.Proxy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byName[name]
+	delete(r.byName, name)
+	if st == nil {
+		return nil
+	}
+	return st.proxy
+}
+
+// watchFixed opens again, until stop is closed, the failed replicas of a
+// fixed configuration's volumes (specs).
+func (r *reopener) watchFixed(specs []raftlog.VolumeSpec, stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		open := map[string]*raftlog.Volume{}
+		for _, v := range r.host.Volumes() {
+			open[v.Name()] = v
+		}
+		for _, spec := range specs {
+			switch v := open[spec.Name]; {
+			case v != nil && r.due(v, now):
+				r.takeOut(v, now)
+			case v == nil && r.retry(spec.Name, now):
+				r.attempt(spec.Name, now)
+			default:
+				continue
+			}
+			v, err := r.host.OpenVolume(spec)
+			if err != nil {
+				r.failedAgain(spec.Name, err)
+				continue
+			}
+			r.exps.add(v)
+			r.opened(spec.Name)
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+// fakeReplica is a replica whose failure the test sets.
+type fakeReplica struct{ err error }
+
+func (f *fakeReplica) Name() string { return "v" }
+func (f *fakeReplica) Err() error   { return f.err }
+
+// TestReopenBackoff checks when a failed replica is reopened: first
+// after the configured wait, then at doubling intervals up to
+// reopenMaxWait while it fails again, and after the first wait again once
+// it served for as long as it last waited.
+func TestReopenBackoff(t *testing.T) {
+	const first = time.Minute
+	type step struct {
+		at      time.Duration // since the start
+		failed  bool          // the replica's state at the check
+		due     bool          // what due must answer
+		attempt bool          // reopen now (after a due)
+	}
+	for _, tc := range []struct {
+		name  string
+		first time.Duration
+		steps []step
+	}{
+		{
+			name:  "healthy replicas are never due",
+			first: first,
+			steps: []step{{at: 0}, {at: time.Hour}},
+		},
+		{
+			name:  "first wait, then doubling while it fails again",
+			first: first,
+			steps: []step{
+				{at: 0, failed: true},                                          // noticed
+				{at: 59 * time.Second, failed: true},                           // waiting
+				{at: time.Minute, failed: true, due: true, attempt: true},      // first reopening
+				{at: 2*time.Minute + time.Second, failed: true},                // fails again: waits 2 min
+				{at: 3 * time.Minute, failed: true, due: true, attempt: true},  // second
+				{at: 6*time.Minute + time.Second, failed: true},                // waits 4 min
+				{at: 7 * time.Minute, failed: true, due: true, attempt: true},  // third
+				{at: 14 * time.Minute, failed: true},                           // waits 8 min
+				{at: 15 * time.Minute, failed: true, due: true, attempt: true}, // fourth
+			},
+		},
+		{
+			name:  "the wait is capped",
+			first: 20 * time.Minute,
+			steps: []step{
+				{at: 0, failed: true},
+				{at: 20 * time.Minute, failed: true, due: true, attempt: true},
+				{at: 49 * time.Minute, failed: true}, // waits 30 min, not 40
+				{at: 50 * time.Minute, failed: true, due: true, attempt: true},
+				{at: 79 * time.Minute, failed: true},
+				{at: 80 * time.Minute, failed: true, due: true, attempt: true},
+			},
+		},
+		{
+			name:  "a replica that served long enough starts over",
+			first: first,
+			steps: []step{
+				{at: 0, failed: true},
+				{at: time.Minute, failed: true, due: true, attempt: true},
+				{at: 2 * time.Minute},               // serving, for 1 min of its 2
+				{at: 3 * time.Minute},               // served 2 min: forgotten
+				{at: 4 * time.Minute, failed: true}, // noticed anew
+				{at: 4*time.Minute + 59*time.Second, failed: true},
+				{at: 5 * time.Minute, failed: true, due: true, attempt: true}, // one minute again
+			},
+		},
+		{
+			name:  "0 never reopens",
+			first: 0,
+			steps: []step{{at: 0, failed: true}, {at: time.Hour, failed: true}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReopener(nil, nil, slog.New(slog.DiscardHandler), tc.first)
+			v := &fakeReplica{}
+			start := time.Unix(1e9, 0)
+			for i, s := range tc.steps {
+				v.err = nil
+				if s.failed {
+					v.err = errors.New("disk full")
+				}
+				now := start.Add(s.at)
+				if got := r.due(v, now); got != s.due {
+					t.Fatalf("step %d (%v): due %v, want %v", i, s.at, got, s.due)
+				}
+				if s.attempt {
+					r.attempt(v.Name(), now)
+				}
+			}
+		})
+	}
+}
+
+// TestReopenRetry checks the wait between attempts at opening a replica
+// that could not be opened again, and that untracked volumes are always
+// tried.
+func TestReopenRetry(t *testing.T) {
+	r := newReopener(nil, nil, slog.New(slog.DiscardHandler), time.Minute)
+	start := time.Unix(1e9, 0)
+	if !r.retry("other", start) {
+		t.Fatal("a volume never failed is not tried")
+	}
+	r.attempt("v", start) // the reopening whose open failed
+	for _, c := range []struct {
+		at   time.Duration
+		want bool
+	}{{30 * time.Second, false}, {time.Minute, true}} {
+		if got := r.retry("v", start.Add(c.at)); got != c.want {
+			t.Fatalf("retry after %v: %v, want %v", c.at, got, c.want)
+		}
+	}
+	r.attempt("v", start.Add(time.Minute))
+	if r.retry("v", start.Add(2*time.Minute+59*time.Second)) {
+		t.Fatal("second retry before its 2 min wait")
+	}
+	if r.forget("v") != nil || !r.retry("v", start.Add(2*time.Minute)) {
+		t.Fatal("a forgotten volume is not tried at once")
+	}
+}
