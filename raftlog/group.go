@@ -254,7 +254,11 @@ func logCovers(logs raft.LogStore, snaps raft.SnapshotStore, index, term uint64)
 // openLogStore opens the raft log of a group: a segment WAL with one
 // fdatasync per append batch (docs/raft-log-store.md).
 func openLogStore(dir string) (raft.LogStore, error) {
-	return wal.Open(dir, wal.DefaultConfig())
+	l, err := wal.Open(dir, wal.DefaultConfig())
+	if err != nil {
+		return nil, err // not a nil *wal.Log in a non-nil interface
+	}
+	return l, nil
 }
 
 func readSnapshotInfo(snaps raft.SnapshotStore, id string) (snapshotInfo, []uint64, error) {
