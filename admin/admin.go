@@ -102,8 +102,8 @@ func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 // cluster mode, the control plane has one).
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	var waiting []string
-	for _, v := range s.cfg.Host.Volumes() {
-		if st := v.Status(); st.Leader == "" || st.Error != "" {
+	for _, st := range s.cfg.Host.Statuses() {
+		if st.Leader == "" || st.Error != "" {
 			waiting = append(waiting, st.Name)
 		}
 	}

@@ -17,10 +17,7 @@ import (
 // allVolumes returns the status of every volume this host serves in fixed
 // mode: its replicas, then its local volumes.
 func (s *server) allVolumes() []raftlog.VolumeStatus {
-	out := []raftlog.VolumeStatus{}
-	for _, v := range s.cfg.Host.Volumes() {
-		out = append(out, v.Status())
-	}
+	out := append([]raftlog.VolumeStatus{}, s.cfg.Host.Statuses()...)
 	if s.cfg.Local != nil {
 		out = append(out, s.cfg.Local()...)
 	}

@@ -696,8 +696,7 @@ func (a *clusterAgent) reopenReplica(st *catalog.State, cv *catalog.Volume, v *r
 }
 
 // dropReopening gives up opening again the failed replica of a volume
-// deleted or moved away meanwhile. Its files stay (a replica of the same
-// name created later replaces them, see openReplica); the proxy that
+// deleted or moved away meanwhile, and removes its files. The proxy that
 // served its clients is withdrawn, unless a proxy of a volume that moved
 // away took them over already.
 func (a *clusterAgent) dropReopening(name string) {
@@ -711,7 +710,11 @@ func (a *clusterAgent) dropReopening(name string) {
 		n = a.srv.Disconnect(name)
 	}
 	p.Close()
-	a.log.Warn("a failed replica's volume was deleted or moved away before the replica could be opened again; its files stay", "volume", name, "dir", filepath.Join(a.cfg.DataDir, "groups", name), "disconnected", n)
+	if err := a.host.CloseVolume(name, true); err != nil {
+		a.log.Warn("removing a replica that could not be opened again", "volume", name, "err", err)
+	} else {
+		a.log.Info("replica removed: the volume was deleted or moved away before its failed replica could be opened again", "volume", name, "disconnected", n)
+	}
 }
 
 // fence puts the catalog's writer of volume cv into the log of v, which
@@ -1059,8 +1062,8 @@ func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map
 func (a *clusterAgent) Local() []admin.LocalVolume {
 	att := a.srv.Attached()
 	out := []admin.LocalVolume{}
-	for _, v := range a.host.Volumes() {
-		out = append(out, admin.LocalVolume{VolumeStatus: v.Status(), Attached: att[v.Name()]})
+	for _, st := range a.host.Statuses() {
+		out = append(out, admin.LocalVolume{VolumeStatus: st, Attached: att[st.Name]})
 	}
 	return out
 }

@@ -126,7 +126,7 @@ func (r *reopener) takeOut(v *raftlog.Volume, now time.Time) {
 			}
 		}
 	}
-	if err := r.host.CloseVolume(name, false); err != nil {
+	if err := r.host.CloseFailed(name); err != nil {
 		r.log.Info("closing a failed replica", "volume", name, "err", err)
 	}
 	r.log.Info("opening a failed replica again", "volume", name, "err", v.Err())

@@ -144,8 +144,7 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		return 0
 	}
-	for _, v := range c.h.Volumes() {
-		s := v.Status()
+	for _, s := range c.h.Statuses() {
 		g := func(d *prometheus.Desc, val float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, val, s.Name)
 		}

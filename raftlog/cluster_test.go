@@ -619,3 +619,87 @@ func TestFailedLeaderForwards(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseFailed checks that a replica closed after a failure is still
+// reported, as failed, until it is open again, with the error of a failed
+// attempt at opening it; and that removing it deletes its files.
+func TestCloseFailed(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	spec := VolumeSpec{Name: "vol", Size: 1 << 20}
+	c.open(spec)
+	ctx := context.Background()
+	v := c.hosts[0].vol["vol"]
+	h := c.hosts[0].h
+	fail := func(v *Volume) {
+		t.Helper()
+		v.g.file.Close()
+		// Answered at commit, before the file write fails.
+		v.WriteAt(ctx, make([]byte, 4096), 0, 0)
+		deadline := time.Now().Add(10 * time.Second)
+		for v.Err() == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("no failure reported")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	fail(v)
+	if err := h.CloseFailed("vol"); err != nil {
+		t.Logf("closing: %v", err)
+	}
+	status := func() VolumeStatus {
+		t.Helper()
+		sts := h.Statuses()
+		if len(sts) != 1 || sts[0].Name != "vol" {
+			t.Fatalf("statuses %+v", sts)
+		}
+		return sts[0]
+	}
+	if st := status(); st.State != "Failed" || !strings.Contains(st.Error, "closed file") && !strings.Contains(st.Error, "file already closed") {
+		t.Fatalf("status of the closed replica: %+v", st)
+	}
+	// An attempt that fails (here: a file in the way of the log's
+	// directory) is reported with the failure.
+	logDir := filepath.Join(c.dirs[0], "groups", "vol", "log")
+	moved := logDir + ".away"
+	if err := os.Rename(logDir, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.OpenVolume(spec); err == nil {
+		t.Fatal("opened with a file in the way of the log")
+	}
+	if st := status(); st.State != "Failed" || !strings.Contains(st.Error, "opening it again") {
+		t.Fatalf("status after a failed reopening: %+v", st)
+	}
+	os.Remove(logDir)
+	if err := os.Rename(moved, logDir); err != nil {
+		t.Fatal(err)
+	}
+	nv, err := h.OpenVolume(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.hosts[0].vol["vol"] = nv
+	c.leader("vol")
+	if err := nv.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st.State != "Leader" || st.Error != "" {
+		t.Fatalf("status once open again: %+v", st)
+	}
+	// Closed after a failure, then removed: nothing is left.
+	fail(nv)
+	h.CloseFailed("vol")
+	if err := h.CloseVolume("vol", true); err != nil {
+		t.Fatal(err)
+	}
+	if sts := h.Statuses(); len(sts) != 0 {
+		t.Fatalf("statuses after removal: %+v", sts)
+	}
+	if _, err := os.Stat(filepath.Join(c.dirs[0], "groups", "vol")); !os.IsNotExist(err) {
+		t.Fatalf("replica directory after removal: %v", err)
+	}
+}

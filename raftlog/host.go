@@ -33,7 +33,10 @@ type Host struct {
 
 	mu     sync.Mutex
 	groups map[string]*Group
-	done   chan error
+	// down holds the replicas closed after a failure (CloseFailed) and not
+	// open again yet, which Statuses reports as failed.
+	down map[string]downReplica
+	done chan error
 
 	// Op ids: a random base per process and a counter (see Volume.mutate).
 	idBase uint64
@@ -64,7 +67,7 @@ func OpenHost(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, opened: time.Now(), idBase: rand.Uint64()}
+	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, down: map[string]downReplica{}, opened: time.Now(), idBase: rand.Uint64()}
 	if cfg.RaftAddr != "" {
 		h.mux, err = mux.Listen(cfg.RaftAddr, cfg.PeerTLS, log)
 		if err != nil {
@@ -111,13 +114,48 @@ func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {
 		Dir:   filepath.Join(h.cfg.DataDir, "groups", spec.Name),
 		Peers: peers,
 	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if err != nil {
+		if d, ok := h.down[spec.Name]; ok {
+			d.st.Error = fmt.Sprintf("%s; opening it again: %v", d.failure, err)
+			h.down[spec.Name] = d
+		}
 		return nil, err
 	}
-	h.mu.Lock()
 	h.groups[spec.Name] = g
-	h.mu.Unlock()
+	delete(h.down, spec.Name)
 	return &Volume{g: g}, nil
+}
+
+// downReplica is a replica closed after a failure: its last status, and
+// the failure.
+type downReplica struct {
+	st      VolumeStatus
+	failure string
+}
+
+// CloseFailed closes this host's replica of volume name, which failed
+// (Volume.Err), so that it can be opened again (OpenVolume). Until it is,
+// Statuses reports it as failed, with its failure and any error opening
+// it again.
+func (h *Host) CloseFailed(name string) error {
+	h.mu.Lock()
+	g, ok := h.groups[name]
+	h.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("raftlog: volume %s is not open", name)
+	}
+	st := (&Volume{g: g}).Status()
+	if st.Error == "" {
+		st.Error = "closed after a failure"
+	}
+	st.State, st.Serving, st.Leader, st.LastContact, st.Copy = "Failed", false, "", 0, nil
+	err := h.CloseVolume(name, false)
+	h.mu.Lock()
+	h.down[name] = downReplica{st: st, failure: st.Error}
+	h.mu.Unlock()
+	return err
 }
 
 // replicaPeers resolves spec.Replicas to peers.
@@ -182,20 +220,29 @@ func (h *Host) checkPeers(spec VolumeSpec, out []Peer) ([]Peer, error) {
 // CloseVolume stops this host's replica of a volume. With remove, it also
 // deletes the replica's files and raft state (the volume was deleted or
 // moved away); a later OpenVolume of the same name starts afresh.
+//
+// A replica closed after a failure and not open again (CloseFailed) is
+// forgotten, and with remove its files are deleted too.
 func (h *Host) CloseVolume(name string, remove bool) error {
 	h.mu.Lock()
 	g, ok := h.groups[name]
 	delete(h.groups, name)
+	_, down := h.down[name]
+	delete(h.down, name)
 	h.mu.Unlock()
-	if !ok {
+	if !ok && !down {
 		return fmt.Errorf("raftlog: volume %s is not open", name)
 	}
-	err := g.close(remove)
+	var err error
+	if ok {
+		err = g.close(remove)
+	}
 	if !remove {
 		return err
 	}
-	if rerr := os.RemoveAll(g.cfg.Dir); rerr != nil {
-		return fmt.Errorf("raftlog: volume %s: removing %s: %w", name, g.cfg.Dir, rerr)
+	dir := filepath.Join(h.cfg.DataDir, "groups", name)
+	if rerr := os.RemoveAll(dir); rerr != nil {
+		return fmt.Errorf("raftlog: volume %s: removing %s: %w", name, dir, rerr)
 	}
 	if derr := h.meta.Stable(name).Drop(); derr != nil {
 		return fmt.Errorf("raftlog: volume %s: %w", name, derr)

@@ -2,6 +2,7 @@ package raftlog
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -89,6 +90,25 @@ func (h *Host) Volumes() []*Volume {
 		}
 		return 1
 	})
+	return out
+}
+
+// Statuses returns the status of every replica this host holds, by name:
+// the open ones (Volumes) and those closed after a failure and not open
+// again yet (CloseFailed), reported as failed.
+func (h *Host) Statuses() []VolumeStatus {
+	var out []VolumeStatus
+	for _, v := range h.Volumes() {
+		out = append(out, v.Status())
+	}
+	h.mu.Lock()
+	for name, d := range h.down {
+		if _, open := h.groups[name]; !open {
+			out = append(out, d.st)
+		}
+	}
+	h.mu.Unlock()
+	slices.SortFunc(out, func(a, b VolumeStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
