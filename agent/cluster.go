@@ -580,10 +580,10 @@ func (a *clusterAgent) reconcile() {
 		a.mu.Unlock()
 		now := time.Now()
 		if v == nil {
-			if !a.reopen.retry(name, now) {
+			try, reopening := a.reopen.retry(name, now)
+			if !try {
 				continue
 			}
-			reopening := slices.Contains(a.reopen.pending(), name)
 			if reopening {
 				a.reopen.attempt(name, now)
 			}
@@ -629,8 +629,11 @@ func (a *clusterAgent) reconcile() {
 	if !current {
 		return
 	}
-	for _, name := range a.reopen.pending() {
-		if cv := st.Volumes[name]; cv == nil || !slices.Contains(cv.Replicas, me) {
+	for _, name := range a.reopen.tracked() {
+		a.mu.Lock()
+		open := a.vols[name] != nil
+		a.mu.Unlock()
+		if cv := st.Volumes[name]; !open && (cv == nil || !slices.Contains(cv.Replicas, me)) {
 			a.dropReopening(name)
 		}
 	}
@@ -700,16 +703,14 @@ func (a *clusterAgent) reopenReplica(st *catalog.State, cv *catalog.Volume, v *r
 // served its clients is withdrawn, unless a proxy of a volume that moved
 // away took them over already.
 func (a *clusterAgent) dropReopening(name string) {
-	p := a.reopen.forget(name)
-	if p == nil {
-		return
-	}
 	n := 0
-	if a.exps.serves(name, p) {
-		a.exps.remove(name)
-		n = a.srv.Disconnect(name)
+	if p := a.reopen.forget(name); p != nil {
+		if a.exps.serves(name, p) {
+			a.exps.remove(name)
+			n = a.srv.Disconnect(name)
+		}
+		p.Close()
 	}
-	p.Close()
 	if err := a.host.CloseVolume(name, true); err != nil {
 		a.log.Warn("removing a replica that could not be opened again", "volume", name, "err", err)
 	} else {

@@ -81,13 +81,14 @@ func (r *reopener) due(v replica, now time.Time) bool {
 	return !now.Before(st.next)
 }
 
-// retry reports whether a volume whose replica could not be opened again
-// is to be tried now (true for volumes the reopener does not track).
-func (r *reopener) retry(name string, now time.Time) bool {
+// retry reports whether a volume whose replica is not open is to be
+// tried now, and whether it is one the reopener tracks (whose replica
+// failed): always for the others.
+func (r *reopener) retry(name string, now time.Time) (try, tracked bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.byName[name]
-	return st == nil || !now.Before(st.next)
+	return st == nil || !now.Before(st.next), st != nil
 }
 
 // attempt records an attempt at reopening name's replica now and returns
@@ -160,16 +161,14 @@ func (r *reopener) failedAgain(name string, err error) {
 	r.log.Warn("opening a failed replica again", "volume", name, "next_attempt_in", wait, "err", err)
 }
 
-// pending returns the volumes whose replica could not be opened again
-// (their clients are served by a proxy).
-func (r *reopener) pending() []string {
+// tracked returns the volumes whose replica failed and was not yet
+// forgotten (open again, or not).
+func (r *reopener) tracked() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []string
-	for name, st := range r.byName {
-		if st.proxy != nil {
-			out = append(out, name)
-		}
+	out := make([]string, 0, len(r.byName))
+	for name := range r.byName {
+		out = append(out, name)
 	}
 	slices.Sort(out)
 	return out
@@ -208,7 +207,10 @@ func (r *reopener) watchFixed(specs []raftlog.VolumeSpec, stop <-chan struct{}) 
 			switch v := open[spec.Name]; {
 			case v != nil && r.due(v, now):
 				r.takeOut(v, now)
-			case v == nil && r.retry(spec.Name, now):
+			case v == nil:
+				if try, _ := r.retry(spec.Name, now); !try {
+					continue
+				}
 				r.attempt(spec.Name, now)
 			default:
 				continue

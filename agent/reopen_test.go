@@ -108,23 +108,26 @@ func TestReopenBackoff(t *testing.T) {
 func TestReopenRetry(t *testing.T) {
 	r := newReopener(nil, nil, slog.New(slog.DiscardHandler), time.Minute)
 	start := time.Unix(1e9, 0)
-	if !r.retry("other", start) {
-		t.Fatal("a volume never failed is not tried")
+	if try, tracked := r.retry("other", start); !try || tracked {
+		t.Fatal("a volume never failed is not tried at once, or is tracked")
 	}
 	r.attempt("v", start) // the reopening whose open failed
 	for _, c := range []struct {
 		at   time.Duration
 		want bool
 	}{{30 * time.Second, false}, {time.Minute, true}} {
-		if got := r.retry("v", start.Add(c.at)); got != c.want {
+		if got, tracked := r.retry("v", start.Add(c.at)); got != c.want || !tracked {
 			t.Fatalf("retry after %v: %v, want %v", c.at, got, c.want)
 		}
 	}
 	r.attempt("v", start.Add(time.Minute))
-	if r.retry("v", start.Add(2*time.Minute+59*time.Second)) {
+	if try, _ := r.retry("v", start.Add(2*time.Minute+59*time.Second)); try {
 		t.Fatal("second retry before its 2 min wait")
 	}
-	if r.forget("v") != nil || !r.retry("v", start.Add(2*time.Minute)) {
+	if try, _ := r.retry("v", start.Add(2*time.Minute)); r.forget("v") != nil || try {
+		t.Fatal("retry before its wait, or a proxy of a test without one")
+	}
+	if try, tracked := r.retry("v", start.Add(2*time.Minute)); !try || tracked {
 		t.Fatal("a forgotten volume is not tried at once")
 	}
 }
