@@ -90,6 +90,10 @@ type Cluster interface {
 type LocalVolume struct {
 	raftlog.VolumeStatus
 	Attached int `json:"attached"`
+	// FailedSince is when the agent first saw this replica fail, for a
+	// failed one: attempts at opening it again do not reset it, serving
+	// for a while does (agent/reopen.go).
+	FailedSince time.Time `json:"failed_since,omitzero"`
 }
 
 // StatusError is an error with an HTTP status: Cluster methods return it

@@ -390,7 +390,13 @@ func (a *clusterAgent) view() metrics.ClusterView {
 // meta is what this agent gossips about itself.
 func (a *clusterAgent) meta() membership.Meta {
 	capacity, free := a.space()
-	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version}
+	failed := 0
+	for _, st := range a.host.Statuses() {
+		if st.Error != "" {
+			failed++
+		}
+	}
+	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version, Failed: failed}
 }
 
 // space returns the capacity offered and the free bytes of the data
@@ -977,27 +983,13 @@ func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[s
 	out := map[string][]admin.LocalVolume{}
 	var wg sync.WaitGroup
 	for _, h := range st.Hosts {
-		if h.Name == a.cfg.Name {
-			local := a.Local()
-			mu.Lock() // goroutines of earlier hosts may be writing out
-			out[h.Name] = local
-			mu.Unlock()
-			continue
-		}
-		if h.AdminAddr == "" || h.State == string(membership.Failed) || h.State == string(membership.Left) {
+		if h.Name != a.cfg.Name && (h.AdminAddr == "" || h.State == string(membership.Failed) || h.State == string(membership.Left)) {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(h.AdminAddr)+"/v1/local/volumes", nil)
-			resp, err := a.http.Do(req)
-			if err != nil {
-				return
-			}
-			defer resp.Body.Close()
-			var lv []admin.LocalVolume
-			if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&lv) == nil {
+			if lv, err := a.localVolumes(ctx, h); err == nil {
 				mu.Lock()
 				out[h.Name] = lv
 				mu.Unlock()
@@ -1006,6 +998,35 @@ func (a *clusterAgent) gatherLocal(ctx context.Context, st *catalog.State) map[s
 	}
 	wg.Wait()
 	return out
+}
+
+// localVolumes returns host h's report of its replicas: this agent's own,
+// or another's asked through its admin API.
+func (a *clusterAgent) localVolumes(ctx context.Context, h *catalog.Host) ([]admin.LocalVolume, error) {
+	if h.Name == a.cfg.Name {
+		return a.Local(), nil
+	}
+	addr := h.AdminAddr
+	if addr == "" {
+		return nil, fmt.Errorf("host %s: no admin address known", h.Name)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(addr)+"/v1/local/volumes", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", addr, resp.Status)
+	}
+	var lv []admin.LocalVolume
+	if err := json.NewDecoder(resp.Body).Decode(&lv); err != nil {
+		return nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	return lv, nil
 }
 
 // describe builds a volume's API view from the catalog and the replicas'
@@ -1064,7 +1085,11 @@ func (a *clusterAgent) Local() []admin.LocalVolume {
 	att := a.srv.Attached()
 	out := []admin.LocalVolume{}
 	for _, st := range a.host.Statuses() {
-		out = append(out, admin.LocalVolume{VolumeStatus: st, Attached: att[st.Name]})
+		lv := admin.LocalVolume{VolumeStatus: st, Attached: att[st.Name]}
+		if st.Error != "" {
+			lv.FailedSince = a.reopen.failedSince(st.Name)
+		}
+		out = append(out, lv)
 	}
 	return out
 }

@@ -57,18 +57,29 @@ func (a *clusterAgent) healing(h *catalog.Host, now time.Time) bool {
 	return down && a.cc.HealAfter > 0 && !h.Since.IsZero() && now.Sub(h.Since) >= a.cc.HealAfter
 }
 
-// evacuate, on the control leader, moves the replicas of drained hosts and
-// of hosts down longer than the self-healing delay to other hosts: each by
-// an ordinary replica move (docs/mirror.md) to the alive, undrained host
-// with the most room, a few volumes at a time, the volumes that lost a
-// replica first. It also ends the moves that cannot finish or are no
-// longer needed: a move to a host down longer than the self-healing delay,
-// and a healing move still copying whose source came back.
+// leave is a replica that must leave its host, and why (a catalog move
+// reason).
+type leave struct {
+	volume, from, reason string
+	// failedSince is set for a replica out of service on an alive host.
+	failedSince time.Time
+}
+
+// evacuate, on the control leader, moves to other hosts the replicas of
+// drained hosts, of hosts down longer than the self-healing delay, and
+// those out of service after a failure of their disk for that long (on an
+// alive host): each by an ordinary replica move (docs/mirror.md) to the
+// alive, undrained host with the most room, a few volumes at a time, the
+// volumes that lost a replica first. It also ends the moves that cannot
+// finish or are no longer needed: a move to a host down longer than the
+// self-healing delay, and a move healing a failed host still copying
+// whose source came back.
 func (a *clusterAgent) evacuate(ctx context.Context) {
 	st := a.ctl.State()
 	now := time.Now()
 	alive := map[string]bool{}
-	for _, m := range a.members.Members() {
+	members := a.members.Members()
+	for _, m := range members {
 		alive[m.Name] = m.State == membership.Alive
 	}
 	moving := 0
@@ -82,7 +93,9 @@ func (a *clusterAgent) evacuate(ctx context.Context) {
 		if to, ok := st.Hosts[m.To]; ok && a.healing(to, now) && m.Phase != catalog.MoveRemoving {
 			why = fmt.Sprintf("its destination %s is down since %s", m.To, to.Since.Format(time.RFC3339))
 		}
-		if from, ok := st.Hosts[m.From]; ok && m.Reason == catalog.MoveToHeal && m.Phase == catalog.MoveCopying && from.State == string(membership.Alive) && alive[m.From] {
+		// A host alive since before the move began did not come back: the
+		// move heals a replica that failed on it.
+		if from, ok := st.Hosts[m.From]; ok && m.Reason == catalog.MoveToHeal && m.Phase == catalog.MoveCopying && from.State == string(membership.Alive) && alive[m.From] && from.Since.After(m.Started) {
 			why = fmt.Sprintf("its source %s is back", m.From)
 		}
 		if why == "" {
@@ -98,10 +111,8 @@ func (a *clusterAgent) evacuate(ctx context.Context) {
 		}
 		a.log.Info("replica move cancelled", "volume", name, "from", m.From, "to", m.To, "why", why)
 	}
-	// Volumes that lost a replica to a failed host first, then drains.
-	type leave struct {
-		volume, from, reason string
-	}
+	// Volumes that lost a replica to a failed host or disk first, then
+	// drains.
 	var todo []leave
 	for _, name := range st.VolumeNames() {
 		v := st.Volumes[name]
@@ -111,10 +122,15 @@ func (a *clusterAgent) evacuate(ctx context.Context) {
 		for _, from := range v.Replicas {
 			if h, ok := st.Hosts[from]; ok {
 				if r := a.leaving(h, now); r != "" {
-					todo = append(todo, leave{name, from, r})
+					todo = append(todo, leave{volume: name, from: from, reason: r})
 					break
 				}
 			}
+		}
+	}
+	for _, l := range a.failedReplicas(ctx, st, members, now) {
+		if !slices.ContainsFunc(todo, func(t leave) bool { return t.volume == l.volume }) {
+			todo = append(todo, l)
 		}
 	}
 	rank := func(l leave) int {
@@ -140,13 +156,49 @@ func (a *clusterAgent) evacuate(ctx context.Context) {
 			a.log.Warn("starting a replica move", "volume", l.volume, "from", l.from, "to", to, "reason", l.reason, "err", err)
 			return
 		}
-		if l.reason == catalog.MoveToHeal {
+		switch {
+		case !l.failedSince.IsZero():
+			a.log.Info("healing: moving a failed replica off its host", "volume", l.volume, "from", l.from, "to", to, "failed_since", l.failedSince)
+		case l.reason == catalog.MoveToHeal:
 			a.log.Info("healing: moving a replica off a failed host", "volume", l.volume, "from", l.from, "to", to, "down_since", st.Hosts[l.from].Since)
-		} else {
+		default:
 			a.log.Info("moving a replica off a drained host", "volume", l.volume, "from", l.from, "to", to)
 		}
 		moving++
 	}
+}
+
+// failedReplicas returns the replicas out of service after a failure of
+// their disk, on alive hosts, for longer than the self-healing delay
+// (attempts at opening them again do not count as service), of volumes not
+// moving. Only hosts that gossip a failed replica are asked which.
+func (a *clusterAgent) failedReplicas(ctx context.Context, st *catalog.State, members []membership.Member, now time.Time) []leave {
+	if a.cc.HealAfter <= 0 {
+		return nil
+	}
+	var out []leave
+	for _, m := range members {
+		h, ok := st.Hosts[m.Name]
+		if m.State != membership.Alive || m.Meta.Failed == 0 || !ok {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		lvs, err := a.localVolumes(lctx, h)
+		cancel()
+		if err != nil {
+			a.log.Warn("asking a host which of its replicas failed", "host", m.Name, "err", err)
+			continue
+		}
+		for _, lv := range lvs {
+			v := st.Volumes[lv.Name]
+			if lv.Error == "" || lv.FailedSince.IsZero() || now.Sub(lv.FailedSince) < a.cc.HealAfter ||
+				v == nil || v.Move != nil || !slices.Contains(v.Replicas, m.Name) {
+				continue
+			}
+			out = append(out, leave{volume: lv.Name, from: m.Name, reason: catalog.MoveToHeal, failedSince: lv.FailedSince})
+		}
+	}
+	return out
 }
 
 // evacuationTarget chooses the host a replica of v moves to: alive,

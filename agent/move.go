@@ -19,7 +19,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -446,27 +445,10 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 
 // localOf returns host h's report of its replica of volume name.
 func (a *clusterAgent) localOf(ctx context.Context, h *catalog.Host, name string) (admin.LocalVolume, bool) {
-	if h.Name == a.cfg.Name {
-		for _, lv := range a.Local() {
-			if lv.Name == name {
-				return lv, true
-			}
-		}
-		return admin.LocalVolume{}, false
-	}
-	if h.AdminAddr == "" {
-		return admin.LocalVolume{}, false
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(h.AdminAddr)+"/v1/local/volumes", nil)
-	resp, err := a.http.Do(req)
+	lvs, err := a.localVolumes(ctx, h)
 	if err != nil {
-		return admin.LocalVolume{}, false
-	}
-	defer resp.Body.Close()
-	var lvs []admin.LocalVolume
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&lvs) != nil {
 		return admin.LocalVolume{}, false
 	}
 	for _, lv := range lvs {

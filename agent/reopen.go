@@ -39,6 +39,7 @@ type reopener struct {
 
 // reopening is what a reopener knows of a volume whose replica failed.
 type reopening struct {
+	since time.Time     // when the failure was first seen
 	next  time.Time     // the earliest next attempt
 	wait  time.Duration // the wait after the next attempt
 	proxy *raftlog.Proxy
@@ -57,11 +58,8 @@ type replica interface {
 // due reports whether the open replica v is to be reopened now: it failed
 // and its wait is over. A replica that has served since its last
 // reopening for as long as it waited before it is forgotten (the next
-// failure waits first again).
+// failure waits first again, and is a new failure for failedSince).
 func (r *reopener) due(v replica, now time.Time) bool {
-	if r.first <= 0 {
-		return false
-	}
 	name := v.Name()
 	err := v.Err()
 	r.mu.Lock()
@@ -74,11 +72,26 @@ func (r *reopener) due(v replica, now time.Time) bool {
 		}
 		return false
 	case st == nil:
-		r.byName[name] = &reopening{next: now.Add(r.first), wait: min(2*r.first, reopenMaxWait)}
-		r.log.Warn("replica failed; it will be opened again", "volume", name, "in", r.first, "err", err)
+		r.byName[name] = &reopening{since: now, next: now.Add(r.first), wait: min(2*r.first, reopenMaxWait)}
+		if r.first > 0 {
+			r.log.Warn("replica failed; it will be opened again", "volume", name, "in", r.first, "err", err)
+		} else {
+			r.log.Warn("replica failed; it stays out until the agent restarts (--replica-retry 0)", "volume", name, "err", err)
+		}
 		return false
 	}
-	return !now.Before(st.next)
+	return r.first > 0 && !now.Before(st.next)
+}
+
+// failedSince returns when this host first saw its replica of volume name
+// fail (zero if it is not tracked as failed).
+func (r *reopener) failedSince(name string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.byName[name]; st != nil {
+		return st.since
+	}
+	return time.Time{}
 }
 
 // retry reports whether a volume whose replica is not open is to be
@@ -98,7 +111,7 @@ func (r *reopener) attempt(name string, now time.Time) *reopening {
 	defer r.mu.Unlock()
 	st := r.byName[name]
 	if st == nil {
-		st = &reopening{wait: r.first}
+		st = &reopening{since: now, wait: r.first}
 		r.byName[name] = st
 	}
 	st.next = now.Add(st.wait)

@@ -131,3 +131,29 @@ func TestReopenRetry(t *testing.T) {
 		t.Fatal("a forgotten volume is not tried at once")
 	}
 }
+
+// TestReopenFailedSince checks that a replica's failure time, which the
+// control leader heals by, survives attempts at opening it again and is
+// reset only once the replica served for as long as it last waited; it is
+// kept with --replica-retry 0 too.
+func TestReopenFailedSince(t *testing.T) {
+	for _, first := range []time.Duration{time.Minute, 0} {
+		r := newReopener(nil, nil, slog.New(slog.DiscardHandler), first)
+		v := &fakeReplica{err: errors.New("disk full")}
+		start := time.Unix(1e9, 0)
+		if r.due(v, start); !r.failedSince("v").Equal(start) {
+			t.Fatalf("first %v: failed since %v, want %v", first, r.failedSince("v"), start)
+		}
+		r.due(v, start.Add(time.Minute))
+		r.attempt("v", start.Add(time.Minute)) // opened again; fails again
+		r.due(v, start.Add(90*time.Second))
+		if !r.failedSince("v").Equal(start) {
+			t.Fatalf("first %v: failed since %v after an attempt, want %v", first, r.failedSince("v"), start)
+		}
+		v.err = nil
+		r.due(v, start.Add(time.Hour)) // served long enough
+		if !r.failedSince("v").IsZero() {
+			t.Fatalf("first %v: failed since %v once healthy", first, r.failedSince("v"))
+		}
+	}
+}

@@ -30,6 +30,9 @@ type Meta struct {
 	// Leaving is set by an agent about to leave on purpose, so that the
 	// others record it as left rather than failed.
 	Leaving bool `json:"l,omitempty"`
+	// Failed counts the agent's replicas out of service after a failure
+	// of their disk (the control leader asks which, to heal them).
+	Failed int `json:"x,omitempty"`
 }
 
 // State is a member's state.

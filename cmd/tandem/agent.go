@@ -453,7 +453,7 @@ func (c *clusterFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&c.insecure, "insecure-gossip", false, "cluster mode: gossip unencrypted (loopback tests only)")
 	f.BoolVar(&c.fast, "fast-gossip", false, "cluster mode: detect failures within about a second (loopback clusters)")
 	f.StringVar(&c.capacity, "capacity", "", "cluster mode: bytes offered for volume replicas, e.g. 500G (default: the data filesystem's size)")
-	f.DurationVar(&c.healAfter, "heal-after", 10*time.Minute, "cluster mode: how long a host stays failed before its replicas are rebuilt on other hosts (0: never; the control leader's setting applies)")
+	f.DurationVar(&c.healAfter, "heal-after", 10*time.Minute, "cluster mode: how long a host stays failed, or a replica out of service after a disk failure, before the replicas are rebuilt on other hosts (0: never; the control leader's setting applies)")
 	f.StringVar(&c.token, "admin-token", "", "cluster mode: token required by state-changing admin requests (prefer --admin-token-file)")
 	f.StringVar(&c.tokenFile, "admin-token-file", "", "cluster mode: file holding the admin token")
 	f.StringVar(&c.volume, "initial-volume", "", "cluster mode: volume NAME=SIZE the control leader creates if it does not exist")

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/nbd/nbdclient"
 )
 
 // TestFullDiskReplicaReopens fills the disk of one replica, n3, whose
@@ -25,9 +28,6 @@ import (
 // preferred leader (so it fails as the leader, and leads again after);
 // in cluster mode the catalog places the leader. Needs root (mount).
 func TestFullDiskReplicaReopens(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
-	}
 	for _, managed := range []bool{false, true} {
 		t.Run(map[bool]string{false: "fixed", true: "managed"}[managed], func(t *testing.T) {
 			testFullDiskReplicaReopens(t, managed)
@@ -35,40 +35,65 @@ func TestFullDiskReplicaReopens(t *testing.T) {
 	}
 }
 
-func testFullDiskReplicaReopens(t *testing.T, managed bool) {
-	const (
-		size     = 256 << 20
-		fillStep = 1 << 20
-		base     = 224 << 20 / blockSize // the model's blocks, above the fill
-	)
-	var fsDir string
-	cfg := testbin.ClusterConfig{
-		Args:    append(fastArgs, "--replica-retry", "2s"),
-		Managed: managed,
-		Prepare: func(i int, dir string) {
-			if i != 2 {
-				return
-			}
-			// Room enough to create the volume; it shrinks below.
-			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1G", "tmpfs", dir).CombinedOutput(); err != nil {
-				t.Skipf("mounting a tmpfs: %v: %s", err, out)
-			}
-			t.Cleanup(func() {
-				if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-					t.Errorf("unmounting %s: %v: %s", dir, err, out)
-				}
-			})
-			fsDir = dir
-		},
+// Full-disk tests: n3's data directory is a tmpfs, whose size leaves 72
+// MiB free once the volume (fullDiskSize) is open; the model's blocks are
+// above what the fill writes.
+const (
+	fullDiskSize = 256 << 20
+	fillStep     = 1 << 20
+	modelBase    = 224 << 20 / blockSize
+)
+
+// fullDisk is a cluster whose host n3 ran out of disk under its replica of
+// volume v.
+type fullDisk struct {
+	c          *testbin.Cluster
+	fsDir      string // n3's data directory, a tmpfs
+	failedAt   int    // offset of n3's log before the failure
+	m          *model
+	write      func(conn *nbdclient.Conn, blk int64)
+	via1, via3 *nbdclient.Conn
+}
+
+// startFullDisk starts cfg (3 hosts in fixed mode, v preferring n3 as
+// leader; or cfg.Hosts in cluster mode, v created with 3 replicas, which
+// must include n3), shrinks n3's tmpfs, and fills v through n1 until n3's
+// replica fails, writing blocks of the model through n3 before and after.
+// It skips the test unless it can mount a tmpfs.
+func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
 	}
-	if !managed {
-		cfg.Volumes = []string{fmt.Sprintf("%s=%d,leader=n3", vol, size)}
+	fd := &fullDisk{}
+	cfg.Prepare = func(i int, dir string) {
+		if i != 2 {
+			return
+		}
+		// Room enough to create the volume; it shrinks below.
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1G", "tmpfs", dir).CombinedOutput(); err != nil {
+			t.Skipf("mounting a tmpfs: %v: %s", err, out)
+		}
+		t.Cleanup(func() {
+			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+				t.Errorf("unmounting %s: %v: %s", dir, err, out)
+			}
+		})
+		fd.fsDir = dir
+	}
+	if !cfg.Managed {
+		cfg.Volumes = []string{fmt.Sprintf("%s=%d,leader=n3", vol, fullDiskSize)}
 	}
 	c := testbin.StartCluster(t, cfg)
-	if managed {
+	fd.c = c
+	if cfg.Managed {
 		c.WaitManaged(time.Minute)
-		if _, err := c.Admin(0).CreateVolume(context.Background(), admin.CreateVolume{Name: vol, Size: size, Replicas: 3}); err != nil {
+		v, err := c.Admin(0).CreateVolume(context.Background(), admin.CreateVolume{Name: vol, Size: fullDiskSize, Replicas: 3})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if !slices.Contains(v.Hosts, "n3") {
+			t.Fatalf("volume placed on %v, without n3", v.Hosts)
 		}
 	}
 	c.Leader(vol)
@@ -78,58 +103,64 @@ func testFullDiskReplicaReopens(t *testing.T, managed bool) {
 	// Room for what is there (the volume's log segment and spare, 64 MiB
 	// each; in cluster mode the control plane's too) and 72 MiB more.
 	var fs syscall.Statfs_t
-	if err := syscall.Statfs(fsDir, &fs); err != nil {
+	if err := syscall.Statfs(fd.fsDir, &fs); err != nil {
 		t.Fatal(err)
 	}
 	used := (fs.Blocks - fs.Bfree) * uint64(fs.Bsize)
-	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), fsDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), fd.fsDir).CombinedOutput(); err != nil {
 		t.Fatalf("shrinking the tmpfs: %v: %s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	m := newModel()
-	write := m.writer(t)
-	via1, via3 := dial(t, c, 0), dial(t, c, 2)
+	fd.m = newModel()
+	fd.write = fd.m.writer(t)
+	fd.via1, fd.via3 = dial(t, c, 0), dial(t, c, 2)
 	for k := range int64(8) {
-		write(via3, base+k)
+		fd.write(fd.via3, modelBase+k)
 	}
 
 	// Fill the volume through n1 until n3 fails.
 	failedRE := regexp.MustCompile(`replica failed; shutting its raft group down`)
-	off := c.Nodes[2].LogLen()
+	fd.failedAt = c.Nodes[2].LogLen()
 	buf := bytes.Repeat([]byte{0xa5}, fillStep)
 	failed := false
-	for pos := int64(0); pos+fillStep <= base*blockSize && !failed; pos += fillStep {
-		if err := via1.WriteAt(ctx, buf, pos, 0); err != nil {
+	for pos := int64(0); pos+fillStep <= modelBase*blockSize && !failed; pos += fillStep {
+		if err := fd.via1.WriteAt(ctx, buf, pos, 0); err != nil {
 			t.Fatalf("filling at %d MiB: %v", pos>>20, err)
 		}
-		failed = failedRE.MatchString(c.Nodes[2].LogSince(off))
+		failed = failedRE.MatchString(c.Nodes[2].LogSince(fd.failedAt))
 	}
-	if _, err := c.Nodes[2].WaitLog(failedRE, off, 30*time.Second); err != nil {
-		t.Fatalf("n3's replica did not fail on its full disk: %v\n%s", err, dfOf(fsDir))
+	if _, err := c.Nodes[2].WaitLog(failedRE, fd.failedAt, 30*time.Second); err != nil {
+		t.Fatalf("n3's replica did not fail on its full disk: %v\n%s", err, dfOf(fd.fsDir))
 	}
-	t.Logf("n3 failed:\n%s", dfOf(fsDir))
+	t.Logf("n3 failed:\n%s", dfOf(fd.fsDir))
 
 	// Its clients go on: writes through n3 reach the new leader.
 	for k := range int64(8) {
-		write(via3, base+8+k)
+		fd.write(fd.via3, modelBase+8+k)
 	}
 	for k := range int64(4) {
-		write(via1, base+k)
+		fd.write(fd.via1, modelBase+k)
 	}
+	return fd
+}
+
+func testFullDiskReplicaReopens(t *testing.T, managed bool) {
+	fd := startFullDisk(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "2s"), Managed: managed})
+	c := fd.c
 
 	// Room again: n3 opens its replica again by itself and catches up.
 	reopenedRE := regexp.MustCompile(`failed replica opened again`)
-	if out, err := exec.Command("mount", "-o", "remount,size=1G", fsDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-o", "remount,size=1G", fd.fsDir).CombinedOutput(); err != nil {
 		t.Fatalf("growing the tmpfs: %v: %s", err, out)
 	}
-	if _, err := c.Nodes[2].WaitLog(reopenedRE, off, time.Minute); err != nil {
+	if _, err := c.Nodes[2].WaitLog(reopenedRE, fd.failedAt, time.Minute); err != nil {
 		t.Fatalf("n3 did not open its replica again: %v\n%s", err, lastLog(c, 2))
 	}
 	for k := range int64(4) {
-		write(via3, base+16+k)
+		fd.write(fd.via3, modelBase+16+k)
 	}
-	waitReplicaFile(t, c, 2, m, time.Minute)
+	waitReplicaFile(t, c, 2, fd.m, time.Minute)
 	if !managed {
 		// n3, the preferred leader, leads again once it caught up.
 		testbin.WaitFor(t, time.Minute, "n3 to lead again", func() error {
@@ -140,15 +171,63 @@ func testFullDiskReplicaReopens(t *testing.T, managed bool) {
 		})
 	}
 	for k := range int64(4) {
-		write(via1, base+20+k)
+		fd.write(fd.via1, modelBase+20+k)
 	}
-	verifyThrough(t, c, m)
+	verifyThrough(t, c, fd.m)
 	if !c.Running(2) {
 		t.Fatal("n3's agent exited")
 	}
-	if strings.Contains(c.Nodes[2].LogSince(off), "serving NBD") {
+	if strings.Contains(c.Nodes[2].LogSince(fd.failedAt), "serving NBD") {
 		t.Error("n3's agent restarted")
 	}
+}
+
+// TestFailedReplicaHealed checks self-healing of a replica whose disk
+// stays full, on a host that stays alive: once it has been out of service
+// for --heal-after (its agent's attempts at opening it again notwithstanding),
+// the control leader moves it to another host, n4 (offered less room than
+// n3, so not chosen at first). The volume then has three healthy replicas,
+// every acknowledged write is on n4, and n3, which serves the volume's
+// clients through a proxy, has deleted its replica.
+func TestFailedReplicaHealed(t *testing.T) {
+	fd := startFullDisk(t, testbin.ClusterConfig{
+		Hosts:   4,
+		Managed: true,
+		Args:    append(fastArgs, "--replica-retry", "2s", "--heal-after", "5s"),
+		HostArgs: func(i int) []string {
+			if i == 3 {
+				return []string{"--capacity", "300M"}
+			}
+			return nil
+		},
+	})
+	c := fd.c
+	api := c.Admin(0)
+	testbin.WaitFor(t, 2*time.Minute, "the failed replica to move to n4", func() error {
+		v, err := api.Volume(context.Background(), vol)
+		if err != nil {
+			return err
+		}
+		hosts := slices.Sorted(slices.Values(v.Hosts))
+		if !slices.Equal(hosts, []string{"n1", "n2", "n4"}) || v.Move != nil {
+			return fmt.Errorf("replicas on %v, move %+v, last move %+v", hosts, v.Move, v.LastMove)
+		}
+		return nil
+	})
+	if !regexp.MustCompile(`healing: moving a failed replica off its host.* from=n3 to=n4`).MatchString(c.Nodes[0].Log() + c.Nodes[1].Log() + c.Nodes[2].Log() + c.Nodes[3].Log()) {
+		t.Error("no control leader logged the healing move")
+	}
+	for k := range int64(4) {
+		fd.write(fd.via3, modelBase+16+k)
+	}
+	waitReplicaFile(t, c, 3, fd.m, time.Minute)
+	verifyThrough(t, c, fd.m)
+	testbin.WaitFor(t, 30*time.Second, "n3 to delete its replica", func() error {
+		if _, err := os.Stat(filepath.Join(fd.fsDir, "groups", vol)); !os.IsNotExist(err) {
+			return fmt.Errorf("n3's replica directory: %v", err)
+		}
+		return nil
+	})
 }
 
 // dfOf returns df's line for dir.
