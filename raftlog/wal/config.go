@@ -33,6 +33,12 @@ type Config struct {
 	// recycling.
 	MaxRecycled int
 
+	// Room, if set, is asked before a fresh segment of n bytes is
+	// allocated; its error fails the allocation, and so the log when it
+	// needs that segment (as a full disk would): a disk-space reserve.
+	// Recycled segments need no room.
+	Room func(n int64) error
+
 	// InlineThreshold is the entry size (Data plus Extensions, bytes) below
 	// which StoreLogs copies an entry into its pooled encode buffer; larger
 	// entries are handed to pwritev as their own iovecs without a copy.

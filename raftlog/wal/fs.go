@@ -43,8 +43,9 @@ type file interface {
 	ReadAt(p []byte, off int64) error
 	Datasync() error
 	Truncate(size int64) error
-	// Allocate reserves [0, size) (fallocate mode 0); ErrNotSupported-like
-	// errors are reported as-is and callers may ignore them.
+	// Allocate reserves [0, size) (fallocate mode 0); a file system
+	// without fallocate reports an error wrapping unix.EOPNOTSUPP or
+	// errors.ErrUnsupported, which callers may ignore.
 	Allocate(size int64) error
 	Size() (int64, error)
 	// Map maps the whole file read-only; call unmap when done. A file of

@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -491,4 +492,63 @@ func expectRecoveredFrom(t *testing.T, dir string, first, last uint64, term func
 		}
 		return term(i)
 	})
+}
+
+// TestRoom checks Config.Room: once it refuses, the log cannot start a
+// fresh segment, the append that needed one fails and the log fails
+// (Failed), and what it stored before reads back after a reopen; recycled
+// segments need no room.
+func TestRoom(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	var full atomic.Bool
+	errFull := errors.New("disk reserve reached")
+	cfg.Room = func(n int64) error {
+		if n != cfg.SegmentSize {
+			t.Errorf("room asked for %d bytes, want %d", n, cfg.SegmentSize)
+		}
+		if full.Load() {
+			return errFull
+		}
+		return nil
+	}
+	l := mustOpen(t, dir, cfg)
+	storeBy4(t, l, 1, 40, 1)
+	full.Store(true)
+	var last uint64 = 40
+	var err error
+	for i := uint64(41); i < 2000 && err == nil; i += 4 {
+		if err = l.StoreLogs(makeEntries(i, i+3, 1)); err == nil {
+			last = i + 3
+		}
+	}
+	if !errors.Is(err, errFull) {
+		t.Fatalf("appends past the room: %v, want the room's error", err)
+	}
+	select {
+	case <-l.Failed():
+	default:
+		t.Fatal("the log did not fail")
+	}
+	l.Close()
+	expectRecoveredFrom(t, dir, 1, last, func(uint64) uint64 { return 1 })
+
+	// Recycled segments are reused without asking.
+	cfg.MaxRecycled = 8
+	l = mustOpen(t, dir, cfg)
+	defer l.Close()
+	cut := l.segs[len(l.segs)-1].base
+	if err := l.DeleteRange(1, cut-1); err != nil {
+		t.Fatal(err)
+	}
+	recycled := countFiles(t, dir, "r*.spare")
+	if recycled == 0 {
+		t.Fatal("no recycled segment to reuse")
+	}
+	// Each batch starts at most one segment: stop with one left.
+	for i := last + 4; countFiles(t, dir, "r*.spare") > 1; i += 4 {
+		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
+			t.Fatalf("append into recycled segments with no room: %v", err)
+		}
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // spareSuffix names segment files prepared ahead of use. They hold no log
@@ -52,6 +54,7 @@ type sparer struct {
 	size        int64
 	zeroRate    int64
 	maxRecycled int
+	room        func(n int64) error // Config.Room
 
 	ch   chan spare // unbuffered: handing over a spare stops its zeroing
 	stop chan struct{}
@@ -64,7 +67,7 @@ type sparer struct {
 }
 
 func newSparer(fs fileSystem, dir string, cfg Config) *sparer {
-	s := &sparer{fs: fs, dir: dir, size: cfg.SegmentSize, zeroRate: cfg.PreZeroRate, maxRecycled: cfg.MaxRecycled,
+	s := &sparer{fs: fs, dir: dir, size: cfg.SegmentSize, zeroRate: cfg.PreZeroRate, maxRecycled: cfg.MaxRecycled, room: cfg.Room,
 		ch: make(chan spare), stop: make(chan struct{})}
 	s.wg.Add(1)
 	go s.run()
@@ -134,9 +137,14 @@ func (s *sparer) zeroNext(sp *spare, zeros []byte) error {
 
 // prepare creates one fresh spare: fallocated and fdatasync'd, so that its
 // allocation is durable before it holds data. On failure the partial file is
-// removed and the error returned in the result; the taker reports it and the
-// next take tries again.
+// removed and the error returned in the result, which fails the log that
+// takes it (startSegment).
 func (s *sparer) prepare(path string) spare {
+	if s.room != nil {
+		if err := s.room(s.size); err != nil {
+			return spare{err: fmt.Errorf("wal: prepare spare segment %s: %w", path, err)}
+		}
+	}
 	f, err := s.fs.Create(path)
 	if err != nil {
 		return spare{err: fmt.Errorf("wal: create spare segment: %w", err)}
@@ -148,7 +156,11 @@ func (s *sparer) prepare(path string) spare {
 	}
 	if err := f.Allocate(s.size); err != nil {
 		// Filesystems without fallocate get a sparse file of the right
-		// size; appends then allocate as they go.
+		// size; appends then allocate as they go. Any other error (a full
+		// disk) fails the spare.
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, errors.ErrUnsupported) {
+			return fail(err)
+		}
 		if err := f.Truncate(s.size); err != nil {
 			return fail(err)
 		}

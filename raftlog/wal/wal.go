@@ -553,8 +553,10 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 func (l *Log) startSegment(base uint64) (*segment, error) {
 	sp, err := l.sparer.take()
 	if err != nil {
-		// Not sticky: nothing was written. The next call retries.
-		return nil, fmt.Errorf("wal: start segment at %d: %w", base, err)
+		// Nothing was written, but the log can take nothing more (a full
+		// disk, or the room refused): sticky, so that the replica leaves
+		// its group instead of refusing every append from then on.
+		return nil, l.fail(fmt.Errorf("wal: start segment at %d: %w", base, err))
 	}
 	salt := rand.Uint32()
 	for salt == sp.oldSalt {
