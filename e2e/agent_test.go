@@ -261,6 +261,7 @@ func TestAgentCLIErrors(t *testing.T) {
 		{"replication address, no peers", []string{"--volume", "x=1G", "--raft-listen", "127.0.0.1:0"}, []string{"--raft-listen", "no hosts to replicate with", "--peer"}},
 		{"bad checkpoint bytes", []string{"--volume", "x=1G", "--checkpoint-bytes", "lots"}, []string{"--checkpoint-bytes", `invalid size "lots"`}},
 		{"negative replica retry", []string{"--volume", "x=1G", "--replica-retry", "-1s"}, []string{"replica retry must not be negative", "-1s"}},
+		{"bad disk reserve", []string{"--volume", "x=1G", "--disk-reserve", "lots"}, []string{"--disk-reserve", `invalid size "lots"`}},
 		{"unknown flag", []string{"--volume", "x=1G", "--bogus"}, []string{"unknown flag: --bogus"}},
 		{"bad log level", []string{"--volume", "x=1G", "--log-level", "loud"}, []string{`--log-level "loud"`}},
 		{"missing --data", []string{"--volume", "x=1G"}, []string{"data directory is required"}},

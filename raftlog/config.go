@@ -76,6 +76,13 @@ type Config struct {
 	// changes before it fails with EIO.
 	StallTimeout time.Duration
 
+	// DiskReserve is the free space of DataDir's file system that volume
+	// data and write logs leave to the metadata (0: none). A replica that
+	// would write into it fails instead (docs/replication.md, "Replica
+	// failure"): the metadata database writes through memory maps, and a
+	// write there on a full file system kills the process (SIGBUS).
+	DiskReserve int64
+
 	// Logger receives the layer's logs (raft's included). Nil discards.
 	Logger *slog.Logger
 	// ObserveCommit, if set, is called for every entry this host committed
@@ -104,6 +111,7 @@ func DefaultConfig() Config {
 		MaxInflightEntries: 4,
 		MaxEntryBytes:      4 << 20,
 		StallTimeout:       60 * time.Second,
+		DiskReserve:        256 << 20,
 	}
 }
 
@@ -128,6 +136,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("raftlog: StallTimeout must be positive, got %v", c.StallTimeout)
 	case c.SnapshotBytes < 0:
 		return fmt.Errorf("raftlog: SnapshotBytes must not be negative, got %d", c.SnapshotBytes)
+	case c.DiskReserve < 0:
+		return fmt.Errorf("raftlog: DiskReserve must not be negative, got %d", c.DiskReserve)
 	}
 	if len(c.Peers) > 0 {
 		seen := map[string]bool{}

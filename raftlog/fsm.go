@@ -80,6 +80,10 @@ type fsm struct {
 	// onFail, if set, is called once, on the FSM goroutine, with the error
 	// that failed the replica. Set before raft starts.
 	onFail func(err error)
+	// room, if set, is asked before a write or a zero that may allocate
+	// n bytes of the file: an error (the disk reserve is reached) fails
+	// the replica. Set before raft starts.
+	room func(n int64) error
 	// scratch holds an entry's ops while Apply runs (FSM goroutine only).
 	scratch []op
 }
@@ -316,18 +320,22 @@ func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) e
 			unlock = f.lockRange(o.off, o.n, true)
 		}
 		var err error
-		switch o.kind {
-		case opWrite:
+		if f.room != nil && (o.kind == opWrite || o.kind == opZero && o.flags&flagPunch == 0) {
+			err = f.room(o.n)
+		}
+		switch {
+		case err != nil:
+		case o.kind == opWrite:
 			f.versions.touch(o.off, o.n, index)
 			err = f.file.WriteAt(ctx, o.data, o.off, 0)
-		case opZero:
+		case o.kind == opZero:
 			flags := volume.NoHole
 			if o.flags&flagPunch != 0 {
 				flags = 0
 			}
 			f.versions.touch(o.off, o.n, index)
 			err = f.file.Zero(ctx, o.off, o.n, flags)
-		case opGrow:
+		case o.kind == opGrow:
 			if old := f.file.Size(); o.off > old {
 				f.versions.touch(old, o.off-old, index)
 				err = f.file.Grow(o.off)

@@ -18,6 +18,7 @@ import (
 	"github.com/tandem-project/tandem/raftlog/mux"
 	"github.com/tandem-project/tandem/raftlog/transport"
 	"github.com/tandem-project/tandem/raftlog/wal"
+	"github.com/tandem-project/tandem/volume"
 	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
@@ -135,7 +136,8 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.fsm.committed = g.entryCommitted
 	g.fsm.restore = g.restore
 	g.fsm.onFail = g.failed
-	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"))
+	g.fsm.room = h.room.check
+	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"), h.room.check)
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: log: %w", spec.Name, err)
 	}
@@ -253,8 +255,11 @@ func logCovers(logs raft.LogStore, snaps raft.SnapshotStore, index, term uint64)
 
 // openLogStore opens the raft log of a group: a segment WAL with one
 // fdatasync per append batch (docs/raft-log-store.md).
-func openLogStore(dir string) (raft.LogStore, error) {
-	l, err := wal.Open(dir, wal.DefaultConfig())
+// Its fresh segments are allocated only if room allows (the disk reserve).
+func openLogStore(dir string, room func(n int64) error) (raft.LogStore, error) {
+	cfg := wal.DefaultConfig()
+	cfg.Room = room
+	l, err := wal.Open(dir, cfg)
 	if err != nil {
 		return nil, err // not a nil *wal.Log in a non-nil interface
 	}
@@ -701,18 +706,35 @@ func (g *Group) restore(ctx context.Context, s snapshotInfo) error {
 }
 
 // pullAll runs pull, stopped when the group closes (it resumes at the
-// next open, like after a crash), and records its completion.
+// next open, like after a crash), and records its completion. A pull that
+// would write into the disk reserve stops and fails the replica, as a
+// write of the log would.
 func (g *Group) pullAll(ctx context.Context, st *restoreState) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	go func() {
-		select {
-		case <-g.stop:
-			cancel()
-		case <-ctx.Done():
+		t := time.NewTicker(diskRoomEvery)
+		defer t.Stop()
+		for {
+			if err := g.h.room.check(0); err != nil {
+				cancel(err)
+				return
+			}
+			select {
+			case <-g.stop:
+				cancel(errors.New("raftlog: group closing"))
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 	}()
 	if err := g.pull(ctx, st); err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, volume.ErrNoSpace) {
+			err = fmt.Errorf("raftlog: volume copy: %w", cause)
+			g.failed(err)
+		}
 		return err
 	}
 	st.Complete = true

@@ -27,6 +27,9 @@ type Host struct {
 	meta *meta.DB
 	mux  *mux.Listener // nil on a single host without network
 
+	// room keeps volume data and logs out of the disk reserve.
+	room *diskRoom
+
 	// opened is when the host started: a restarted host must not vote
 	// for a HeartbeatTimeout after it (see docs/replication.md, "Reads").
 	opened time.Time
@@ -67,7 +70,8 @@ func OpenHost(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, down: map[string]downReplica{}, opened: time.Now(), idBase: rand.Uint64()}
+	h := &Host{cfg: cfg, log: log, meta: db, groups: map[string]*Group{}, down: map[string]downReplica{}, opened: time.Now(), idBase: rand.Uint64(),
+		room: newDiskRoom(cfg.DataDir, cfg.DiskReserve)}
 	if cfg.RaftAddr != "" {
 		h.mux, err = mux.Listen(cfg.RaftAddr, cfg.PeerTLS, log)
 		if err != nil {

@@ -28,7 +28,7 @@ func newAgentCmd(g *globalFlags) *cobra.Command {
 	peerTLS := tlsFiles{prefix: "peer-tls"}
 	adminTLS := tlsFiles{prefix: "admin-tls"}
 	var cl clusterFlags
-	var configPath, checkpointBytes string
+	var configPath, checkpointBytes, diskReserve string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the Tandem agent of this host",
@@ -152,6 +152,13 @@ closed cleanly.`,
 			if cfg.AdminTLS != nil && cfg.AdminAddr == "" {
 				return errors.New("--admin-tls-cert protects the admin API: it needs --admin-listen")
 			}
+			if diskReserve != "" {
+				n, err := volume.ParseSize(diskReserve)
+				if err != nil {
+					return fmt.Errorf("--disk-reserve: %w", err)
+				}
+				cfg.Replication.DiskReserve = n
+			}
 			if checkpointBytes != "" {
 				n, err := volume.ParseSize(checkpointBytes)
 				if err != nil {
@@ -193,6 +200,7 @@ closed cleanly.`,
 	f.DurationVar(&cfg.Replication.StallTimeout, "stall-timeout", cfg.Replication.StallTimeout, "how long I/O waits for a leader before failing with EIO")
 	f.DurationVar(&cfg.Replication.SnapshotInterval, "checkpoint-interval", cfg.Replication.SnapshotInterval, "how often a volume checkpoints (syncs its file and lets the log be trimmed)")
 	f.Uint64Var(&cfg.Replication.SnapshotThreshold, "checkpoint-entries", cfg.Replication.SnapshotThreshold, "log entries between checkpoints")
+	f.StringVar(&diskReserve, "disk-reserve", volume.FormatSize(cfg.Replication.DiskReserve), "free space of the data directory's file system that volume data and logs leave to the metadata: a replica that would write into it fails instead (0 for none)")
 	f.StringVar(&checkpointBytes, "checkpoint-bytes", volume.FormatSize(cfg.Replication.SnapshotBytes), "bytes written to a volume after which it checkpoints at once (0 for never)")
 	f.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-entries", cfg.Replication.TrailingLogs, "log entries kept after a checkpoint for replicas that fall behind")
 	return cmd

@@ -36,12 +36,14 @@ func TestFullDiskReplicaReopens(t *testing.T) {
 }
 
 // Full-disk tests: n3's data directory is a tmpfs, whose size leaves 72
-// MiB free once the volume (fullDiskSize) is open; the model's blocks are
-// above what the fill writes.
+// MiB free once the volume (fullDiskSize) is open, of which the agents keep
+// fullDiskReserve for their metadata; the model's blocks are above what
+// the fill writes.
 const (
-	fullDiskSize = 256 << 20
-	fillStep     = 1 << 20
-	modelBase    = 224 << 20 / blockSize
+	fullDiskSize    = 256 << 20
+	fullDiskReserve = 32 << 20 // --disk-reserve
+	fillStep        = 1 << 20
+	modelBase       = 224 << 20 / blockSize
 )
 
 // fullDisk is a cluster whose host n3 ran out of disk under its replica of
@@ -66,6 +68,7 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 		t.Skip("needs root to mount a tmpfs")
 	}
 	fd := &fullDisk{}
+	cfg.Args = append(cfg.Args, "--disk-reserve", fmt.Sprint(fullDiskReserve))
 	cfg.Prepare = func(i int, dir string) {
 		if i != 2 {
 			return
@@ -134,6 +137,18 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 		t.Fatalf("n3's replica did not fail on its full disk: %v\n%s", err, dfOf(fd.fsDir))
 	}
 	t.Logf("n3 failed:\n%s", dfOf(fd.fsDir))
+	// It failed at its disk reserve (fullDiskReserve), not at a full disk:
+	// the metadata still has room (a write into its memory-mapped files on
+	// a full disk would have killed the agent with SIGBUS).
+	if err := syscall.Statfs(fd.fsDir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if free := int64(fs.Bavail) * int64(fs.Bsize); free < fullDiskReserve/2 {
+		t.Errorf("n3 failed with %d bytes free, want about %d (--disk-reserve)", free, fullDiskReserve)
+	}
+	if !strings.Contains(c.Nodes[2].LogSince(fd.failedAt), "disk-reserve") {
+		t.Errorf("n3's failure does not name the disk reserve:\n%s", lastLog(c, 2))
+	}
 
 	// Its clients go on: writes through n3 reach the new leader.
 	for k := range int64(8) {
@@ -183,8 +198,9 @@ func testFullDiskReplicaReopens(t *testing.T, managed bool) {
 }
 
 // TestFailedReplicaHealed checks self-healing of a replica whose disk
-// stays full, on a host that stays alive: once it has been out of service
-// for --heal-after (its agent's attempts at opening it again notwithstanding),
+// stays full under a stream of writes, on a host that stays alive: once it
+// has been out of service for --heal-after (its agent's attempts at
+// opening it again notwithstanding),
 // the control leader moves it to another host, n4 (offered less room than
 // n3, so not chosen at first). The volume then has three healthy replicas,
 // every acknowledged write is on n4, and n3, which serves the volume's
@@ -203,6 +219,28 @@ func TestFailedReplicaHealed(t *testing.T) {
 	})
 	c := fd.c
 	api := c.Admin(0)
+	// Writes go on (over the fill, outside the model), so that each time
+	// n3's agent opens its replica again it fails again.
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		buf := bytes.Repeat([]byte{0x5a}, fillStep)
+		for pos := int64(0); ; pos = (pos + fillStep) % (modelBase * blockSize) {
+			select {
+			case <-stop:
+				werr <- nil
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+			err := fd.via1.WriteAt(ctx, buf, pos, 0)
+			cancel()
+			if err != nil {
+				werr <- fmt.Errorf("writing at %d MiB while n3 fails: %w", pos>>20, err)
+				return
+			}
+		}
+	}()
 	testbin.WaitFor(t, 2*time.Minute, "the failed replica to move to n4", func() error {
 		v, err := api.Volume(context.Background(), vol)
 		if err != nil {
@@ -214,6 +252,10 @@ func TestFailedReplicaHealed(t *testing.T) {
 		}
 		return nil
 	})
+	close(stop)
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
 	if !regexp.MustCompile(`healing: moving a failed replica off its host.* from=n3 to=n4`).MatchString(c.Nodes[0].Log() + c.Nodes[1].Log() + c.Nodes[2].Log() + c.Nodes[3].Log()) {
 		t.Error("no control leader logged the healing move")
 	}

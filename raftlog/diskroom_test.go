@@ -1,0 +1,109 @@
+package raftlog
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/volume"
+)
+
+// TestDiskRoom checks the reserve arithmetic, the caching of the file
+// system's free space, and that a failing statfs does not block writes.
+func TestDiskRoom(t *testing.T) {
+	const mib = 1 << 20
+	type step struct {
+		at    time.Duration // since the start
+		free  int64         // what statfs says (-1: it fails)
+		n     int64
+		full  bool // want ErrNoSpace
+		calls int  // statfs calls so far
+	}
+	for _, tc := range []struct {
+		name    string
+		reserve int64
+		steps   []step
+	}{
+		{"no reserve", 0, []step{{0, 0, mib, false, 0}}},
+		{"room", 256 * mib, []step{{0, 300 * mib, 10 * mib, false, 1}}},
+		{"into the reserve", 256 * mib, []step{{0, 300 * mib, 50 * mib, true, 1}}},
+		{"at the reserve", 256 * mib, []step{{0, 256 * mib, 0, false, 1}, {diskRoomEvery, 256*mib - 1, 0, true, 2}}},
+		{"cached for a while", 256 * mib, []step{
+			{0, 300 * mib, 0, false, 1},
+			{diskRoomEvery / 2, 100 * mib, 0, false, 1}, // not looked at yet
+			{diskRoomEvery, 100 * mib, 0, true, 2},
+		}},
+		{"statfs fails: last figure", 256 * mib, []step{
+			{0, -1, 0, false, 1}, // nothing known: no limit
+			{diskRoomEvery, 100 * mib, 0, true, 2},
+			{2 * diskRoomEvery, -1, 0, true, 3},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Unix(1e9, 0)
+			var now time.Time
+			var free int64
+			calls := 0
+			d := newDiskRoom("/data", tc.reserve)
+			d.now = func() time.Time { return now }
+			d.statfs = func(string) (int64, error) {
+				calls++
+				if free < 0 {
+					return 0, errors.New("statfs failed")
+				}
+				return free, nil
+			}
+			for i, s := range tc.steps {
+				now, free = start.Add(s.at), s.free
+				err := d.check(s.n)
+				if got := errors.Is(err, volume.ErrNoSpace); got != s.full || (err != nil && !got) {
+					t.Fatalf("step %d: %v, want full %v", i, err, s.full)
+				}
+				if calls != s.calls {
+					t.Fatalf("step %d: %d statfs calls, want %d", i, calls, s.calls)
+				}
+			}
+		})
+	}
+}
+
+// TestDiskReserveFailsReplica checks that a follower whose host reaches
+// its disk reserve fails on its next write, as on a full disk, and
+// leaves its group, while the others go on.
+func TestDiskReserveFailsReplica(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20}
+	c.open(spec)
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx := context.Background()
+	lv := c.hosts[l].vol["vol"]
+	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	room := c.hosts[f].h.room
+	room.mu.Lock()
+	room.reserve = 1 << 62 // more than any disk has free
+	room.checked = time.Time{}
+	room.mu.Unlock()
+	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4096, 0); err != nil {
+		t.Fatalf("write with a follower out of room: %v", err)
+	}
+	fv := c.hosts[f].vol["vol"]
+	deadline := time.Now().Add(10 * time.Second)
+	for fv.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the follower did not fail")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := fv.Err(); !errors.Is(err, volume.ErrNoSpace) || !strings.Contains(err.Error(), "disk-reserve") {
+		t.Fatalf("follower's failure: %v", err)
+	}
+	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 8192, 0); err != nil {
+		t.Fatalf("write after the follower failed: %v", err)
+	}
+}
