@@ -399,12 +399,13 @@ func (a *clusterAgent) meta() membership.Meta {
 	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version, Failed: failed}
 }
 
-// space returns the capacity offered and the free bytes of the data
-// directory's filesystem.
+// space returns the capacity offered (the data directory's file system
+// less the disk reserve, unless set) and the free bytes of that file
+// system.
 func (a *clusterAgent) space() (capacity, free int64) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(a.cfg.DataDir, &st); err == nil {
-		capacity = int64(st.Blocks) * st.Bsize
+		capacity = max(int64(st.Blocks)*st.Bsize-a.cfg.Replication.DiskReserve, 0)
 		free = int64(st.Bavail) * st.Bsize
 	}
 	if a.cc.Capacity > 0 {
