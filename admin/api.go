@@ -134,6 +134,9 @@ type Replica struct {
 	// LastContact is how long ago a follower last heard from its leader.
 	LastContact time.Duration `json:"last_contact_ns"`
 	Error       string        `json:"error,omitempty"`
+	// FailedSince is, for a replica out of service after a failure of
+	// its disk, when its agent first saw the failure (LocalVolume).
+	FailedSince time.Time `json:"failed_since,omitzero"`
 }
 
 // CreateVolume is the body of POST /v1/volumes.

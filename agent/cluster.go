@@ -1053,7 +1053,7 @@ func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map
 		for _, lv := range local[h] {
 			if lv.Name == cv.Name {
 				r = admin.Replica{Host: h, State: lv.State, Term: lv.Term, LastIndex: lv.LastIndex, CommitIndex: lv.CommitIndex,
-					AppliedIndex: lv.AppliedIndex, LastContact: lv.LastContact, Error: lv.Error}
+					AppliedIndex: lv.AppliedIndex, LastContact: lv.LastContact, Error: lv.Error, FailedSince: lv.FailedSince}
 				if commit > lv.AppliedIndex {
 					r.Lag = commit - lv.AppliedIndex
 				}

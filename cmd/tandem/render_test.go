@@ -48,7 +48,7 @@ var (
 		Name: "db.data_2", Size: 1536 << 20, Hosts: []string{"n2", "n3", "n4-with-a-long-name"}, PreferredLeader: "n2", Leader: "n3",
 		State: admin.VolumeDegraded, URI: "nbd://10.0.0.3:10809/db.data_2", Created: testCreated.Add(-48 * time.Hour),
 		Replicas: []admin.Replica{
-			{Host: "n2", State: "Failed", Error: "open replica:\tdisk\nfull"},
+			{Host: "n2", State: "Failed", Error: "open replica:\tdisk\nfull", FailedSince: testCreated.Add(-time.Hour)},
 			{Host: "n3", State: "Leader", Term: 7, LastIndex: 90, CommitIndex: 90, AppliedIndex: 90},
 			{Host: "n4-with-a-long-name", State: "Unreachable", Error: "dial tcp 10.0.0.4:7480: connect: no route to host"},
 		},

@@ -310,7 +310,11 @@ func renderVolume(w io.Writer, v admin.Volume) error {
 			cells = []any{r.Host, orDash(r.State), "-", "-", "-", "-", "-"}
 		}
 		if withErrors {
-			cells = append(cells, orDash(oneLine(r.Error)))
+			e := orDash(oneLine(r.Error))
+			if !r.FailedSince.IsZero() {
+				e = "since " + formatTime(r.FailedSince) + ": " + e
+			}
+			cells = append(cells, e)
 		}
 		tableRow(tw, cells...)
 	}
