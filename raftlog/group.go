@@ -640,7 +640,7 @@ func (g *Group) leader() (Peer, bool) {
 // does not (forwardMissed); only the leader's agent accepts forwarded
 // requests (ForwardPrefix).
 func (g *Group) failedTarget() (Peer, bool) {
-	others := slices.DeleteFunc(slices.Clone(g.peers()), func(p Peer) bool { return p.ID == g.cfg.Local })
+	others := g.otherPeers()
 	if len(others) == 0 {
 		return Peer{}, false
 	}
@@ -664,13 +664,18 @@ func (g *Group) forwardMissed(id string) {
 	if g.failure.Load() == nil || cur == nil || *cur != id {
 		return
 	}
-	others := slices.DeleteFunc(slices.Clone(g.peers()), func(p Peer) bool { return p.ID == g.cfg.Local })
+	others := g.otherPeers()
 	if len(others) == 0 {
 		return
 	}
 	i := slices.IndexFunc(others, func(p Peer) bool { return p.ID == id })
 	to := others[(i+1)%len(others)].ID // others[0] if id is not a member
 	g.forwardTo.CompareAndSwap(cur, &to)
+}
+
+// otherPeers returns the member hosts other than this one.
+func (g *Group) otherPeers() []Peer {
+	return slices.DeleteFunc(slices.Clone(g.peers()), func(p Peer) bool { return p.ID == g.cfg.Local })
 }
 
 // restore is the FSM's Restore: pull the volume from the leader (or any
