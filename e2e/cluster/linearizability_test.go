@@ -321,6 +321,14 @@ func TestLinearizable(t *testing.T) {
 
 	close(stop)
 	wg.Wait()
+	checkLinearizable(t, h, s)
+}
+
+// checkLinearizable reports torn reads in h and checks with porcupine that
+// its history is linearizable, one register per block; seed is the test's
+// (to replay it).
+func checkLinearizable(t *testing.T, h *history, s uint64) {
+	t.Helper()
 	ops := h.finish()
 	var reads, writes int
 	for _, op := range ops {

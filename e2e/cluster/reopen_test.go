@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -37,12 +39,13 @@ func TestFullDiskReplicaReopens(t *testing.T) {
 
 // Full-disk tests: n3's data directory is a tmpfs, whose size leaves 72
 // MiB free once the volume (fullDiskSize) is open, of which the agents keep
-// fullDiskReserve for their metadata; the model's blocks are above what
-// the fill writes.
+// fullDiskReserve for their metadata. The fill writes from fillBase (above
+// the linearizability test's blocks) to modelBase (the model's blocks).
 const (
 	fullDiskSize    = 256 << 20
 	fullDiskReserve = 32 << 20 // --disk-reserve
 	fillStep        = 1 << 20
+	fillBase        = 16 << 20 // above linBlocks
 	modelBase       = 224 << 20 / blockSize
 )
 
@@ -57,12 +60,36 @@ type fullDisk struct {
 	via1, via3 *nbdclient.Conn
 }
 
-// startFullDisk starts cfg (3 hosts in fixed mode, v preferring n3 as
-// leader; or cfg.Hosts in cluster mode, v created with 3 replicas, which
-// must include n3), shrinks n3's tmpfs, and fills v through n1 until n3's
-// replica fails, writing blocks of the model through n3 before and after.
-// It skips the test unless it can mount a tmpfs.
+// startFullDisk starts cfg (see startFullDiskCluster) and fills volume v
+// until n3's replica fails, writing blocks of the model through n3 before
+// and after.
 func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
+	t.Helper()
+	fd := startFullDiskCluster(t, cfg)
+	c := fd.c
+	fd.m = newModel()
+	fd.write = fd.m.writer(t)
+	fd.via1, fd.via3 = dial(t, c, 0), dial(t, c, 2)
+	for k := range int64(8) {
+		fd.write(fd.via3, modelBase+k)
+	}
+	fd.fillUntilFailed(t)
+	// Its clients go on: writes through n3 reach the new leader.
+	for k := range int64(8) {
+		fd.write(fd.via3, modelBase+8+k)
+	}
+	for k := range int64(4) {
+		fd.write(fd.via1, modelBase+k)
+	}
+	return fd
+}
+
+// startFullDiskCluster starts cfg (3 hosts in fixed mode, v preferring n3
+// as leader; or cfg.Hosts in cluster mode, v created with 3 replicas,
+// which must include n3) with n3's data directory on a tmpfs, and shrinks
+// the tmpfs once the volume is open. It skips the test unless it can
+// mount a tmpfs.
+func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
@@ -105,30 +132,40 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	}
 	// Room for what is there (the volume's log segment and spare, 64 MiB
 	// each; in cluster mode the control plane's too) and 72 MiB more.
+	used, _ := fd.df(t)
+	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), fd.fsDir).CombinedOutput(); err != nil {
+		t.Fatalf("shrinking the tmpfs: %v: %s", err, out)
+	}
+	return fd
+}
+
+// df returns the bytes used and free on n3's tmpfs.
+func (fd *fullDisk) df(t *testing.T) (used, free int64) {
+	t.Helper()
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(fd.fsDir, &fs); err != nil {
 		t.Fatal(err)
 	}
-	used := (fs.Blocks - fs.Bfree) * uint64(fs.Bsize)
-	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), fd.fsDir).CombinedOutput(); err != nil {
-		t.Fatalf("shrinking the tmpfs: %v: %s", err, out)
-	}
+	return int64(fs.Blocks-fs.Bfree) * fs.Bsize, int64(fs.Bavail) * fs.Bsize
+}
+
+// fillUntilFailed writes 1 MiB blocks through n1 from fillBase up, until
+// n3's replica fails at its disk reserve.
+func (fd *fullDisk) fillUntilFailed(t *testing.T) {
+	t.Helper()
+	c := fd.c
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	fd.m = newModel()
-	fd.write = fd.m.writer(t)
-	fd.via1, fd.via3 = dial(t, c, 0), dial(t, c, 2)
-	for k := range int64(8) {
-		fd.write(fd.via3, modelBase+k)
-	}
-
-	// Fill the volume through n1 until n3 fails.
 	failedRE := regexp.MustCompile(`replica failed; shutting its raft group down`)
 	fd.failedAt = c.Nodes[2].LogLen()
+	via1 := fd.via1
+	if via1 == nil {
+		via1 = dial(t, c, 0)
+	}
 	buf := bytes.Repeat([]byte{0xa5}, fillStep)
 	failed := false
-	for pos := int64(0); pos+fillStep <= modelBase*blockSize && !failed; pos += fillStep {
-		if err := fd.via1.WriteAt(ctx, buf, pos, 0); err != nil {
+	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && !failed; pos += fillStep {
+		if err := via1.WriteAt(ctx, buf, pos, 0); err != nil {
 			t.Fatalf("filling at %d MiB: %v", pos>>20, err)
 		}
 		failed = failedRE.MatchString(c.Nodes[2].LogSince(fd.failedAt))
@@ -140,24 +177,12 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	// It failed at its disk reserve (fullDiskReserve), not at a full disk:
 	// the metadata still has room (a write into its memory-mapped files on
 	// a full disk would have killed the agent with SIGBUS).
-	if err := syscall.Statfs(fd.fsDir, &fs); err != nil {
-		t.Fatal(err)
-	}
-	if free := int64(fs.Bavail) * int64(fs.Bsize); free < fullDiskReserve/2 {
+	if _, free := fd.df(t); free < fullDiskReserve/2 {
 		t.Errorf("n3 failed with %d bytes free, want about %d (--disk-reserve)", free, fullDiskReserve)
 	}
 	if !strings.Contains(c.Nodes[2].LogSince(fd.failedAt), "disk-reserve") {
 		t.Errorf("n3's failure does not name the disk reserve:\n%s", lastLog(c, 2))
 	}
-
-	// Its clients go on: writes through n3 reach the new leader.
-	for k := range int64(8) {
-		fd.write(fd.via3, modelBase+8+k)
-	}
-	for k := range int64(4) {
-		fd.write(fd.via1, modelBase+k)
-	}
-	return fd
 }
 
 func testFullDiskReplicaReopens(t *testing.T, managed bool) {
@@ -225,7 +250,7 @@ func TestFailedReplicaHealed(t *testing.T) {
 	werr := make(chan error, 1)
 	go func() {
 		buf := bytes.Repeat([]byte{0x5a}, fillStep)
-		for pos := int64(0); ; pos = (pos + fillStep) % (modelBase * blockSize) {
+		for pos := int64(fillBase); ; pos = fillBase + (pos-fillBase+fillStep)%(modelBase*blockSize-fillBase) {
 			select {
 			case <-stop:
 				werr <- nil
@@ -282,4 +307,47 @@ func dfOf(dir string) string {
 func lastLog(c *testbin.Cluster, i int) string {
 	lines := strings.Split(strings.TrimRight(c.Nodes[i].RunLog(), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-30):], "\n")
+}
+
+// TestLinearizableDiskFull runs the linearizability clients (random block
+// reads and writes through all three agents) while the volume's leader,
+// n3, runs out of disk: it fails as the leader and leaves, its clients go
+// on through the others, its agent opens the replica again (and it fails
+// again while the disk stays full), then the disk grows, the replica
+// catches up and leads again. porcupine then checks the history.
+func TestLinearizableDiskFull(t *testing.T) {
+	s := seed(t)
+	fd := startFullDiskCluster(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "1s")})
+	c := fd.c
+	h := &history{t0: time.Now()}
+	t.Logf("history time 0 is %s", h.t0.UTC().Format(time.RFC3339Nano))
+	var nextVal atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for k := range 6 {
+		wg.Add(1)
+		go linClient(h, c, newRand(s, 100+uint64(k)), k%3, &nextVal, stop, &wg)
+	}
+	time.Sleep(time.Second)
+
+	start := h.now()
+	fd.fillUntilFailed(t)
+	time.Sleep(3 * time.Second) // n3's agent opens the replica again, which fails again
+	if out, err := exec.Command("mount", "-o", "remount,size=1G", fd.fsDir).CombinedOutput(); err != nil {
+		t.Fatalf("growing the tmpfs: %v: %s", err, out)
+	}
+	testbin.WaitFor(t, time.Minute, "n3 to lead again", func() error {
+		if l := c.LeaderOf(vol); l != 2 {
+			return fmt.Errorf("leader n%d", l+1)
+		}
+		return nil
+	})
+	h.fault(start, "n3 (leader) out of disk, its replica failed and opened again until the disk grew")
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+	if !regexp.MustCompile(`failed replica opened again`).MatchString(c.Nodes[2].LogSince(fd.failedAt)) {
+		t.Error("n3's agent never opened its replica again")
+	}
+	checkLinearizable(t, h, s)
 }
