@@ -88,11 +88,15 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 // as leader; or cfg.Hosts in cluster mode, v created with 3 replicas,
 // which must include n3) with n3's data directory on a tmpfs, and shrinks
 // the tmpfs once the volume is open. It skips the test unless it can
-// mount a tmpfs.
+// mount a tmpfs (fails it, with TANDEM_REQUIRE_TOOLS set).
 func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	t.Helper()
+	skip := t.Skipf
+	if os.Getenv("TANDEM_REQUIRE_TOOLS") != "" {
+		skip = t.Fatalf // as for network namespaces: CI must run these
+	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
+		skip("needs root to mount a tmpfs")
 	}
 	fd := &fullDisk{}
 	cfg.Args = append(cfg.Args, "--disk-reserve", fmt.Sprint(fullDiskReserve))
@@ -102,7 +106,7 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 		}
 		// Room enough to create the volume; it shrinks below.
 		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1G", "tmpfs", dir).CombinedOutput(); err != nil {
-			t.Skipf("mounting a tmpfs: %v: %s", err, out)
+			skip("mounting a tmpfs: %v: %s", err, out)
 		}
 		t.Cleanup(func() {
 			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
