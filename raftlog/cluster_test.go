@@ -527,9 +527,13 @@ func TestFailedFollowerLeavesGroup(t *testing.T) {
 		v := c.hosts[c.leader("vol")].vol["vol"]
 		return v.WriteAt(ctx, bytes.Repeat([]byte{byte(k)}, 4096), int64(k)*4096, 0)
 	}
-	if err := write(0); err != nil {
+	if err := write(8); err != nil {
 		t.Fatal(err)
 	}
+	// The follower applied it: replication to it is healthy, not backing
+	// off after failures at startup (a host whose group opened late), so
+	// that the writes below reach it at once.
+	waitFile(t, c.hosts[f].vol["vol"], 8, 8)
 	// The follower's file fails: every write to it now returns an error.
 	fg := c.hosts[f].vol["vol"].g
 	fg.file.Close()
@@ -541,7 +545,8 @@ func TestFailedFollowerLeavesGroup(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for fg.raft.State() != raft.Shutdown {
 		if time.Now().After(deadline) {
-			t.Fatalf("failed follower still in the group: raft state %v", fg.raft.State())
+			st := c.hosts[f].vol["vol"].Status()
+			t.Fatalf("failed follower still in the group: raft state %v, commit %d, applied %d, last contact %v ago", fg.raft.State(), st.CommitIndex, st.AppliedIndex, st.LastContact)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
