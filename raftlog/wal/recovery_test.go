@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -550,5 +551,59 @@ func TestRoom(t *testing.T) {
 		if err := l.StoreLogs(makeEntries(i, i+3, 2)); err != nil {
 			t.Fatalf("append into recycled segments with no room: %v", err)
 		}
+	}
+}
+
+// TestRoomStaleSpare checks that a fresh spare prepared while the room
+// refused does not fail the log once there is room again: the taker waits
+// for the next one, prepared after.
+func TestRoomStaleSpare(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxRecycled = 0 // fresh segments only, none deleted
+	var full atomic.Bool
+	var calls, refused atomic.Int32
+	cfg.Room = func(int64) error {
+		calls.Add(1)
+		if full.Load() {
+			refused.Add(1)
+			return errors.New("disk reserve reached")
+		}
+		return nil
+	}
+	l := mustOpen(t, t.TempDir(), cfg)
+	defer l.Close()
+	next := uint64(1)
+	// appendUntil appends batches until the log has n segments.
+	appendUntil := func(n int) {
+		t.Helper()
+		for len(l.segs) < n {
+			if err := l.StoreLogs(makeEntries(next, next+3, 1)); err != nil {
+				t.Fatalf("append at %d: %v", next, err)
+			}
+			next += 4
+		}
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	appendUntil(2)
+	// The spare waiting to be taken was allowed: one room call per spare.
+	waitFor("the waiting spare's room check", func() bool { return int(calls.Load()) == len(l.segs)+1 })
+	full.Store(true)
+	appendUntil(len(l.segs) + 1) // takes it; the next one is refused
+	waitFor("a refused spare", func() bool { return refused.Load() > 0 })
+	full.Store(false)
+	appendUntil(len(l.segs) + 2) // the refused spare is passed over
+	select {
+	case <-l.Failed():
+		t.Fatalf("the log failed: %v", l.Err())
+	default:
 	}
 }

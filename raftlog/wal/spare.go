@@ -172,18 +172,25 @@ func (s *sparer) prepare(path string) spare {
 }
 
 // take returns a recycled segment if there is one, else the next fresh
-// spare, waiting for it if needed.
+// spare, waiting for it if needed. A spare that could not be prepared
+// (prepared ahead, perhaps long ago: the disk may have room again) is
+// followed by one more, prepared after it was taken, whose outcome
+// stands.
 func (s *sparer) take() (spare, error) {
 	if n := len(s.recycled); n > 0 {
 		sp := s.recycled[n-1]
 		s.recycled = s.recycled[:n-1]
 		return sp, nil
 	}
-	select {
-	case sp := <-s.ch:
-		return sp, sp.err
-	case <-s.stop:
-		return spare{}, ErrClosed
+	for retry := true; ; retry = false {
+		select {
+		case sp := <-s.ch:
+			if sp.err == nil || !retry {
+				return sp, sp.err
+			}
+		case <-s.stop:
+			return spare{}, ErrClosed
+		}
 	}
 }
 
