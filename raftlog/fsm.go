@@ -198,10 +198,15 @@ func (f *fsm) lockRange(off, n int64, write bool) func() {
 	return f.lockStripes(s, write)
 }
 
-// readAt reads from the volume file without overlapping an op being applied.
+// readAt reads from the volume file without overlapping an op being
+// applied. It fails (retryably) once the replica failed: the file may lack
+// an entry whose writes were answered.
 func (f *fsm) readAt(ctx context.Context, p []byte, off int64) error {
 	unlock := f.lockRange(off, int64(len(p)), false)
 	defer unlock()
+	if err := f.err(); err != nil {
+		return err
+	}
 	return f.file.ReadAt(ctx, p, off)
 }
 
@@ -214,13 +219,20 @@ func (f *fsm) readAt(ctx context.Context, p []byte, off int64) error {
 func (f *fsm) extents(ctx context.Context, off, n int64, max int) ([]volume.Extent, error) {
 	unlock := f.lockRange(off, n, false)
 	defer unlock()
+	if err := f.err(); err != nil {
+		return nil, err
+	}
 	return f.file.Extents(ctx, off, n, max)
 }
 
-// readAtNowait is readAt for cached data only (see volume.NowaitReader).
+// readAtNowait is readAt for cached data only (see volume.NowaitReader);
+// a failed replica leaves the read to readAt.
 func (f *fsm) readAtNowait(p []byte, off int64) (bool, error) {
 	unlock := f.lockRange(off, int64(len(p)), false)
 	defer unlock()
+	if f.err() != nil {
+		return false, nil
+	}
 	return f.file.ReadAtNowait(p, off)
 }
 
@@ -284,11 +296,17 @@ func (f *fsm) Apply(l *raft.Log) any {
 		ops = append(ops, o)
 		return nil
 	})
+	first := false
 	if err == nil {
 		if early {
 			unlock := f.lockOps(ops)
 			f.committed(l, res)
-			err = f.applyOps(ctx, l.Index, ops, false)
+			if err = f.applyOps(ctx, l.Index, ops, false); err != nil {
+				// Recorded before the ranges unlock: a read waiting for
+				// them (its client may have seen this entry answered)
+				// must find the failure, not the file without the entry.
+				first, err = f.fail(l.Index, err)
+			}
 			unlock()
 		} else {
 			err = f.applyOps(ctx, l.Index, ops, true)
@@ -297,8 +315,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 	clear(ops) // no references to the entry's data stay behind
 	f.scratch = ops[:0]
 	if err != nil {
-		err = fmt.Errorf("%w: entry %d: %w", errReplicaFailed, l.Index, err)
-		if f.failed.CompareAndSwap(nil, &err) && f.onFail != nil {
+		if !first && !errors.Is(err, errReplicaFailed) {
+			first, err = f.fail(l.Index, err)
+		}
+		if first && f.onFail != nil {
 			f.onFail(err)
 		}
 		return err
@@ -393,6 +413,13 @@ func (f *fsm) waitApplied(ctx context.Context, index uint64) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// fail records err, from applying entry index, as the replica's failure,
+// and returns whether it is the first, and err wrapped.
+func (f *fsm) fail(index uint64, err error) (bool, error) {
+	err = fmt.Errorf("%w: entry %d: %w", errReplicaFailed, index, err)
+	return f.failed.CompareAndSwap(nil, &err), err
 }
 
 // err returns the apply failure, if any.

@@ -3,6 +3,7 @@ package raftlog
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -301,5 +302,57 @@ func TestFSMAnswersAtCommit(t *testing.T) {
 	got := make([]byte, 4096)
 	if err := f.readAt(ctx, got, 1<<20+4096); err != nil || !bytes.Equal(got, a) {
 		t.Fatalf("the write after the grow: %v", err)
+	}
+}
+
+// TestFSMFailureAfterAnswer checks a read issued by a client that saw an
+// entry answered, when the file then fails to take the entry (a disk
+// error, the disk reserve): the read must fail, retryably, not return the
+// file's older data (seen once under TestLinearizableDiskFull, 2026-12-07:
+// a leader at its disk reserve answered a write, failed to apply it, and
+// served a read of the block from its file).
+func TestFSMFailureAfterAnswer(t *testing.T) {
+	f := testFSM(t)
+	ctx := context.Background()
+	old := bytes.Repeat([]byte{'o'}, 4096)
+	if err, _ := f.Apply(entry(1, &op{kind: opWrite, off: 0, n: 4096, data: old, id: 1})).(error); err != nil {
+		t.Fatal(err)
+	}
+	f.room = func(int64) error { return volume.ErrNoSpace }
+	var failures []error
+	f.onFail = func(err error) { failures = append(failures, err) }
+	type read struct {
+		err  error
+		data []byte
+	}
+	reads := make(chan read, 2)
+	f.committed = func(*raft.Log, *applyResult) {
+		for range 2 { // reads by clients that saw the answer
+			go func() {
+				p := make([]byte, 4096)
+				err := f.readAt(ctx, p, 0)
+				reads <- read{err, p}
+			}()
+		}
+		time.Sleep(50 * time.Millisecond) // they wait for the entry's ranges
+	}
+	res := f.Apply(entry(2, &op{kind: opWrite, off: 0, n: 4096, data: bytes.Repeat([]byte{'n'}, 4096), id: 2}))
+	if err, _ := res.(error); !errors.Is(err, errReplicaFailed) || !errors.Is(err, volume.ErrNoSpace) {
+		t.Fatalf("Apply returned %v, want the replica's failure", res)
+	}
+	for range 2 {
+		r := <-reads
+		if !errors.Is(r.err, errReplicaFailed) {
+			t.Fatalf("a read waiting for the failed entry returned %v and %q, want the failure", r.err, r.data[:1])
+		}
+	}
+	if ok, err := f.readAtNowait(make([]byte, 4096), 0); ok || err != nil {
+		t.Fatalf("a cached read of a failed replica: %v, %v; want it left to readAt", ok, err)
+	}
+	if _, err := f.extents(ctx, 0, 4096, 1); !errors.Is(err, errReplicaFailed) {
+		t.Fatalf("block status of a failed replica: %v", err)
+	}
+	if len(failures) != 1 {
+		t.Fatalf("onFail called %d times, want once", len(failures))
 	}
 }
