@@ -1007,27 +1007,33 @@ func (a *clusterAgent) localVolumes(ctx context.Context, h *catalog.Host) ([]adm
 	if h.Name == a.cfg.Name {
 		return a.Local(), nil
 	}
-	addr := h.AdminAddr
-	if addr == "" {
+	if h.AdminAddr == "" {
 		return nil, fmt.Errorf("host %s: no admin address known", h.Name)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(addr)+"/v1/local/volumes", nil)
+	var lv []admin.LocalVolume
+	err := a.getLocal(ctx, h.AdminAddr, "/v1/local/volumes", &lv)
+	return lv, err
+}
+
+// getLocal reads GET path (a /v1/local/ report) of the agent whose admin
+// API is at addr into out.
+func (a *clusterAgent) getLocal(ctx context.Context, addr, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peers.URL(addr)+path, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", addr, resp.Status)
+		return fmt.Errorf("GET %s of %s: %s", path, addr, resp.Status)
 	}
-	var lv []admin.LocalVolume
-	if err := json.NewDecoder(resp.Body).Decode(&lv); err != nil {
-		return nil, fmt.Errorf("%s: %w", addr, err)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("GET %s of %s: %w", path, addr, err)
 	}
-	return lv, nil
+	return nil
 }
 
 // describe builds a volume's API view from the catalog and the replicas'

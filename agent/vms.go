@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -157,23 +156,9 @@ func (a *clusterAgent) gatherVMs(ctx context.Context, st *catalog.State, hosts [
 
 // fetchLocalVMs reads GET /v1/local/vms of the agent at addr.
 func (a *clusterAgent) fetchLocalVMs(ctx context.Context, addr string, minIndex uint64) ([]admin.LocalVM, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/local/vms?min_index=%d", a.peers.URL(addr), minIndex), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := a.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /v1/local/vms: %s", resp.Status)
-	}
 	var vms []admin.LocalVM
-	if err := json.NewDecoder(resp.Body).Decode(&vms); err != nil {
-		return nil, fmt.Errorf("GET /v1/local/vms: %w", err)
-	}
-	return vms, nil
+	err := a.getLocal(ctx, addr, fmt.Sprintf("/v1/local/vms?min_index=%d", minIndex), &vms)
+	return vms, err
 }
 
 // describeVM builds a VM's API view from the catalog and its host's
