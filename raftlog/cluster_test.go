@@ -515,13 +515,9 @@ func TestCheckpointByBytes(t *testing.T) {
 // election it could not serve), and the other two replicas go on; after a
 // restart of the leader the volume is served again by a healthy replica.
 func TestFailedFollowerLeavesGroup(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
 	// No preferred leader: a transfer to the host about to fail would
 	// make it the leader, whose own clients have no one to forward to.
-	spec := VolumeSpec{Name: "vol", Size: 8 << 20}
-	c.open(spec)
-	l := c.leader("vol")
-	f := (l + 1) % 3
+	c, spec, l, f := volumeOnThree(t)
 	ctx := context.Background()
 	write := func(k int) error {
 		v := c.hosts[c.leader("vol")].vol["vol"]
@@ -640,13 +636,7 @@ func TestCloseFailed(t *testing.T) {
 		v.g.file.Close()
 		// Answered at commit, before the file write fails.
 		v.WriteAt(ctx, make([]byte, 4096), 0, 0)
-		deadline := time.Now().Add(10 * time.Second)
-		for v.Err() == nil {
-			if time.Now().After(deadline) {
-				t.Fatal("no failure reported")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitFailed(t, v)
 	}
 	fail(v)
 	if err := h.CloseFailed("vol"); err != nil {
@@ -707,4 +697,28 @@ func TestCloseFailed(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.dirs[0], "groups", "vol")); !os.IsNotExist(err) {
 		t.Fatalf("replica directory after removal: %v", err)
 	}
+}
+
+// volumeOnThree opens volume "vol" (8 MiB, no preferred leader) on a
+// 3-host cluster and returns it with its spec, its leader and a follower.
+func volumeOnThree(t *testing.T) (c *testCluster, spec VolumeSpec, l, f int) {
+	t.Helper()
+	c = newTestCluster(t, 3, nil)
+	spec = VolumeSpec{Name: "vol", Size: 8 << 20}
+	c.open(spec)
+	l = c.leader("vol")
+	return c, spec, l, (l + 1) % 3
+}
+
+// waitFailed waits until replica v reports a failure, and returns it.
+func waitFailed(t *testing.T, v *Volume) error {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for v.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica of %s did not fail", v.Name())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return v.Err()
 }

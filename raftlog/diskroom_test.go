@@ -74,11 +74,7 @@ func TestDiskRoom(t *testing.T) {
 // its disk reserve fails on its next write, as on a full disk, and
 // leaves its group, while the others go on.
 func TestDiskReserveFailsReplica(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
-	spec := VolumeSpec{Name: "vol", Size: 8 << 20}
-	c.open(spec)
-	l := c.leader("vol")
-	f := (l + 1) % 3
+	c, _, l, f := volumeOnThree(t)
 	ctx := context.Background()
 	lv := c.hosts[l].vol["vol"]
 	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, 0); err != nil {
@@ -92,15 +88,7 @@ func TestDiskReserveFailsReplica(t *testing.T) {
 	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4096, 0); err != nil {
 		t.Fatalf("write with a follower out of room: %v", err)
 	}
-	fv := c.hosts[f].vol["vol"]
-	deadline := time.Now().Add(10 * time.Second)
-	for fv.Err() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the follower did not fail")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := fv.Err(); !errors.Is(err, volume.ErrNoSpace) || !strings.Contains(err.Error(), "disk-reserve") {
+	if err := waitFailed(t, c.hosts[f].vol["vol"]); !errors.Is(err, volume.ErrNoSpace) || !strings.Contains(err.Error(), "disk-reserve") {
 		t.Fatalf("follower's failure: %v", err)
 	}
 	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 8192, 0); err != nil {
