@@ -80,9 +80,10 @@ type fsm struct {
 	// onFail, if set, is called once, on the FSM goroutine, with the error
 	// that failed the replica. Set before raft starts.
 	onFail func(err error)
-	// room, if set, is asked before a write or a zero that may allocate
-	// n bytes of the file: an error (the disk reserve is reached) fails
-	// the replica. Set before raft starts.
+	// room, if set, is asked once per entry for the n bytes of the file
+	// its writes and non-punching zeroes may allocate: an error (the disk
+	// reserve is reached) fails the replica before any of them is
+	// applied. Set before raft starts.
 	room func(n int64) error
 	// scratch holds an entry's ops while Apply runs (FSM goroutine only).
 	scratch []op
@@ -334,28 +335,39 @@ func (f *fsm) Apply(l *raft.Log) any {
 // under the lock of its range if lock is set (else the caller holds them:
 // see lockOps).
 func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) error {
+	// One room check for the entry: what its writes and non-punching
+	// zeroes may allocate.
+	if f.room != nil {
+		var n int64
+		for _, o := range ops {
+			if o.kind == opWrite || o.kind == opZero && o.flags&flagPunch == 0 {
+				n += o.n
+			}
+		}
+		if n > 0 {
+			if err := f.room(n); err != nil {
+				return err
+			}
+		}
+	}
 	for _, o := range ops {
 		var unlock func()
 		if lock && (o.kind == opWrite || o.kind == opZero) {
 			unlock = f.lockRange(o.off, o.n, true)
 		}
 		var err error
-		if f.room != nil && (o.kind == opWrite || o.kind == opZero && o.flags&flagPunch == 0) {
-			err = f.room(o.n)
-		}
-		switch {
-		case err != nil:
-		case o.kind == opWrite:
+		switch o.kind {
+		case opWrite:
 			f.versions.touch(o.off, o.n, index)
 			err = f.file.WriteAt(ctx, o.data, o.off, 0)
-		case o.kind == opZero:
+		case opZero:
 			flags := volume.NoHole
 			if o.flags&flagPunch != 0 {
 				flags = 0
 			}
 			f.versions.touch(o.off, o.n, index)
 			err = f.file.Zero(ctx, o.off, o.n, flags)
-		case o.kind == opGrow:
+		case opGrow:
 			if old := f.file.Size(); o.off > old {
 				f.versions.touch(old, o.off-old, index)
 				err = f.file.Grow(o.off)
