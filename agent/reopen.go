@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // A replica whose volume file or write log failed (a disk error, a full
@@ -19,10 +21,25 @@ import (
 // the replica is closed and opened again, its clients here go on through
 // a proxy to the other replicas' agents: the export's handoff switches
 // them over and back, as for a replica move (handoff.go).
+//
+// A replica that failed for lack of disk space (its disk reserve reached)
+// is opened again as soon as the disk has reopenRoom free above the
+// reserve, not only when its wait is over: an operator who makes room
+// gets the replica back within seconds, not after up to half an hour. Such
+// early attempts are at least roomRetryGap apart.
 
 // reopenMaxWait bounds the wait between two reopenings of a replica that
 // keeps failing.
 const reopenMaxWait = 30 * time.Minute
+
+// reopenRoom is the free space above the disk reserve that reopens a
+// replica which failed for lack of it: a write log segment (64 MiB), and
+// as much again for the entries it has to apply.
+const reopenRoom = 128 << 20
+
+// roomRetryGap is the least time between two attempts at reopening a
+// replica early because its disk has room.
+const roomRetryGap = 10 * time.Second
 
 // reopener opens failed replicas again, with backoff.
 type reopener struct {
@@ -32,6 +49,9 @@ type reopener struct {
 	// first is the wait after a failure before the first reopening (0:
 	// never reopen).
 	first time.Duration
+	// room returns nil when the data directory's file system has
+	// reopenRoom free above the disk reserve (nil: never reopen early).
+	room func() error
 
 	mu     sync.Mutex
 	byName map[string]*reopening
@@ -42,11 +62,19 @@ type reopening struct {
 	since time.Time     // when the failure was first seen
 	next  time.Time     // the earliest next attempt
 	wait  time.Duration // the wait after the next attempt
-	proxy *raftlog.Proxy
+	last  time.Time     // the last attempt (or the failure, before one)
+	// noRoom is set while the replica's last failure was for lack of
+	// disk space: it is then also opened again once the disk has room.
+	noRoom bool
+	proxy  *raftlog.Proxy
 }
 
 func newReopener(host *raftlog.Host, exps *exportSet, log *slog.Logger, first time.Duration) *reopener {
-	return &reopener{host: host, exps: exps, log: log, first: first, byName: map[string]*reopening{}}
+	r := &reopener{host: host, exps: exps, log: log, first: first, byName: map[string]*reopening{}}
+	if host != nil {
+		r.room = func() error { return host.Room(reopenRoom) }
+	}
+	return r
 }
 
 // replica is what due needs of an open replica (a *raftlog.Volume).
@@ -56,7 +84,8 @@ type replica interface {
 }
 
 // due reports whether the open replica v is to be reopened now: it failed
-// and its wait is over. A replica that has served since its last
+// and its wait is over, or it failed for lack of disk space and the disk
+// has room again (early). A replica that has served since its last
 // reopening for as long as it waited before it is forgotten (the next
 // failure waits first again, and is a new failure for failedSince).
 func (r *reopener) due(v replica, now time.Time) bool {
@@ -72,7 +101,8 @@ func (r *reopener) due(v replica, now time.Time) bool {
 		}
 		return false
 	case st == nil:
-		r.byName[name] = &reopening{since: now, next: now.Add(r.first), wait: min(2*r.first, reopenMaxWait)}
+		r.byName[name] = &reopening{since: now, next: now.Add(r.first), wait: min(2*r.first, reopenMaxWait),
+			last: now, noRoom: errors.Is(err, volume.ErrNoSpace)}
 		if r.first > 0 {
 			r.log.Warn("replica failed; it will be opened again", "volume", name, "in", r.first, "err", err)
 		} else {
@@ -80,7 +110,14 @@ func (r *reopener) due(v replica, now time.Time) bool {
 		}
 		return false
 	}
-	return r.first > 0 && !now.Before(st.next)
+	st.noRoom = errors.Is(err, volume.ErrNoSpace)
+	return r.first > 0 && (!now.Before(st.next) || r.early(st, now))
+}
+
+// early reports whether st, whose replica failed for lack of disk space,
+// is to be tried now because the disk has room again. Called with mu held.
+func (r *reopener) early(st *reopening, now time.Time) bool {
+	return st.noRoom && r.room != nil && now.Sub(st.last) >= roomRetryGap && r.room() == nil
 }
 
 // failedSince returns when this host first saw its replica of volume name
@@ -101,7 +138,7 @@ func (r *reopener) retry(name string, now time.Time) (try, tracked bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.byName[name]
-	return st == nil || !now.Before(st.next), st != nil
+	return st == nil || !now.Before(st.next) || (r.first > 0 && r.early(st, now)), st != nil
 }
 
 // attempt records an attempt at reopening name's replica now and returns
@@ -116,6 +153,7 @@ func (r *reopener) attempt(name string, now time.Time) *reopening {
 	}
 	st.next = now.Add(st.wait)
 	st.wait = min(2*st.wait, reopenMaxWait)
+	st.last = now
 	return st
 }
 
@@ -169,6 +207,7 @@ func (r *reopener) failedAgain(name string, err error) {
 	var wait time.Duration
 	if st := r.byName[name]; st != nil {
 		wait = time.Until(st.next).Round(time.Second)
+		st.noRoom = errors.Is(err, volume.ErrNoSpace)
 	}
 	r.mu.Unlock()
 	r.log.Warn("opening a failed replica again", "volume", name, "next_attempt_in", wait, "err", err)

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/tandem-project/tandem/volume"
 )
 
 // fakeReplica is a replica whose failure the test sets.
@@ -155,5 +158,111 @@ func TestReopenFailedSince(t *testing.T) {
 		if !r.failedSince("v").IsZero() {
 			t.Fatalf("first %v: failed since %v once healthy", first, r.failedSince("v"))
 		}
+	}
+}
+
+// TestReopenEarlyOnRoom checks that a replica which failed for lack of
+// disk space is opened again as soon as the disk has room (at most every
+// roomRetryGap), while one that failed otherwise waits out its backoff,
+// and that --replica-retry 0 still never reopens.
+func TestReopenEarlyOnRoom(t *testing.T) {
+	full := fmt.Errorf("raftlog: entry 7: %w: 1 MiB free", volume.ErrNoSpace)
+	eio := errors.New("write: input/output error")
+	type step struct {
+		at      time.Duration
+		err     error // the replica's failure at the check (nil: healthy)
+		room    bool  // whether the disk has reopenRoom above the reserve
+		due     bool
+		attempt bool
+	}
+	for _, tc := range []struct {
+		name  string
+		first time.Duration
+		steps []step
+	}{
+		{
+			name:  "full disk, room again",
+			first: time.Minute,
+			steps: []step{
+				{at: 0, err: full},                           // noticed
+				{at: 5 * time.Second, err: full},             // no room
+				{at: 6 * time.Second, err: full, room: true}, // room, but too soon after the failure
+				{at: 10 * time.Second, err: full, room: true, due: true, attempt: true},
+				{at: 15 * time.Second, err: full, room: true},                           // failed again at once: too soon
+				{at: 20 * time.Second, err: full, room: true, due: true, attempt: true}, // room: again
+				{at: 40 * time.Second, err: full},                                       // room gone: the backoff (4 min after 20 s) stands
+				{at: 4 * time.Minute, err: full},
+				{at: 4*time.Minute + 20*time.Second, err: full, due: true},
+			},
+		},
+		{
+			name:  "other failures wait out the backoff",
+			first: time.Minute,
+			steps: []step{
+				{at: 0, err: eio},
+				{at: 30 * time.Second, err: eio, room: true},
+				{at: time.Minute, err: eio, room: true, due: true, attempt: true},
+				{at: 65 * time.Second, err: full, room: true}, // now full: early, but not 10 s after the attempt
+				{at: 70 * time.Second, err: full, room: true, due: true},
+			},
+		},
+		{
+			name:  "0 never reopens",
+			first: 0,
+			steps: []step{{at: 0, err: full}, {at: time.Hour, err: full, room: true}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReopener(nil, nil, slog.New(slog.DiscardHandler), tc.first)
+			room := false
+			r.room = func() error {
+				if room {
+					return nil
+				}
+				return full
+			}
+			v := &fakeReplica{}
+			start := time.Unix(1e9, 0)
+			for i, s := range tc.steps {
+				v.err, room = s.err, s.room
+				now := start.Add(s.at)
+				if got := r.due(v, now); got != s.due {
+					t.Fatalf("step %d (%v): due %v, want %v", i, s.at, got, s.due)
+				}
+				if s.attempt {
+					r.attempt(v.Name(), now)
+				}
+			}
+		})
+	}
+}
+
+// TestReopenRetryOnRoom checks that a replica which could not be opened
+// again for lack of disk space is tried again once the disk has room.
+func TestReopenRetryOnRoom(t *testing.T) {
+	r := newReopener(nil, nil, slog.New(slog.DiscardHandler), time.Minute)
+	room := false
+	r.room = func() error {
+		if room {
+			return nil
+		}
+		return volume.ErrNoSpace
+	}
+	start := time.Unix(1e9, 0)
+	r.attempt("v", start)
+	r.failedAgain("v", fmt.Errorf("opening the write log: %w", volume.ErrNoSpace))
+	for _, c := range []struct {
+		at   time.Duration
+		room bool
+		want bool
+	}{{20 * time.Second, false, false}, {5 * time.Second, true, false}, {10 * time.Second, true, true}} {
+		room = c.room
+		if got, _ := r.retry("v", start.Add(c.at)); got != c.want {
+			t.Fatalf("retry after %v with room %v: %v, want %v", c.at, c.room, got, c.want)
+		}
+	}
+	r.failedAgain("v", errors.New("permission denied"))
+	if try, _ := r.retry("v", start.Add(30*time.Second)); try {
+		t.Fatal("a replica that failed to open for another reason is tried before its wait")
 	}
 }

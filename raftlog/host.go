@@ -94,6 +94,12 @@ func (h *Host) RaftAddr() string {
 	return h.mux.Addr().String()
 }
 
+// Room returns nil if n more bytes fit on the file system of the data
+// directory above the disk reserve (Config.DiskReserve), else an error
+// wrapping volume.ErrNoSpace that says how much is free. The free space it
+// goes by is at most 50 ms old.
+func (h *Host) Room(n int64) error { return h.room.check(n) }
+
 // OpenVolume starts this host's replica of a volume and returns the volume
 // as a backend.
 func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {

@@ -25,8 +25,9 @@ import (
 // data directory is a small tmpfs: n3 fails, leaves its group, and its
 // clients' writes go on through the other replicas. Then the tmpfs grows,
 // as an operator would make room: the agent opens the replica again by
-// itself (--replica-retry), without a restart; it catches up and its file
-// holds every acknowledged write. In fixed mode n3 is the volume's
+// itself, without a restart, as soon as it sees the room (well before its
+// --replica-retry of 10 minutes); it catches up and its file holds every
+// acknowledged write. In fixed mode n3 is the volume's
 // preferred leader (so it fails as the leader, and leads again after);
 // in cluster mode the catalog places the leader. Needs root (mount).
 func TestFullDiskReplicaReopens(t *testing.T) {
@@ -190,17 +191,25 @@ func (fd *fullDisk) fillUntilFailed(t *testing.T) {
 }
 
 func testFullDiskReplicaReopens(t *testing.T, managed bool) {
-	fd := startFullDisk(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "2s"), Managed: managed})
+	fd := startFullDisk(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m"), Managed: managed})
 	c := fd.c
 
-	// Room again: n3 opens its replica again by itself and catches up.
+	// Room again: n3 opens its replica again by itself, at once, and
+	// catches up.
 	reopenedRE := regexp.MustCompile(`failed replica opened again`)
 	if out, err := exec.Command("mount", "-o", "remount,size=1G", fd.fsDir).CombinedOutput(); err != nil {
 		t.Fatalf("growing the tmpfs: %v: %s", err, out)
 	}
+	grown := time.Now()
 	if _, err := c.Nodes[2].WaitLog(reopenedRE, fd.failedAt, time.Minute); err != nil {
 		t.Fatalf("n3 did not open its replica again: %v\n%s", err, lastLog(c, 2))
 	}
+	// At most roomRetryGap (10 s) after the failure, a reconciliation
+	// (1-2 s) and the opening itself: far below the 10 min backoff.
+	if d := time.Since(grown); d > 30*time.Second {
+		t.Errorf("n3 opened its replica again %v after the disk had room", d)
+	}
+	t.Logf("n3 opened its replica again %v after the disk had room", time.Since(grown).Round(time.Millisecond))
 	for k := range int64(4) {
 		fd.write(fd.via3, modelBase+16+k)
 	}
