@@ -23,19 +23,14 @@ import (
 // them over and back, as for a replica move (handoff.go).
 //
 // A replica that failed for lack of disk space (its disk reserve reached)
-// is opened again as soon as the disk has reopenRoom free above the
-// reserve, not only when its wait is over: an operator who makes room
+// is opened again as soon as the disk has raftlog.RoomMargin free above
+// the reserve, not only when its wait is over: an operator who makes room
 // gets the replica back within seconds, not after up to half an hour. Such
 // early attempts are at least roomRetryGap apart.
 
 // reopenMaxWait bounds the wait between two reopenings of a replica that
 // keeps failing.
 const reopenMaxWait = 30 * time.Minute
-
-// reopenRoom is the free space above the disk reserve that reopens a
-// replica which failed for lack of it: a write log segment (64 MiB), and
-// as much again for the entries it has to apply.
-const reopenRoom = 128 << 20
 
 // roomRetryGap is the least time between two attempts at reopening a
 // replica early because its disk has room.
@@ -50,7 +45,8 @@ type reopener struct {
 	// never reopen).
 	first time.Duration
 	// room returns nil when the data directory's file system has
-	// reopenRoom free above the disk reserve (nil: never reopen early).
+	// raftlog.RoomMargin free above the disk reserve (nil: never reopen
+	// early).
 	room func() error
 
 	mu     sync.Mutex
@@ -72,7 +68,7 @@ type reopening struct {
 func newReopener(host *raftlog.Host, exps *exportSet, log *slog.Logger, first time.Duration) *reopener {
 	r := &reopener{host: host, exps: exps, log: log, first: first, byName: map[string]*reopening{}}
 	if host != nil {
-		r.room = func() error { return host.Room(reopenRoom) }
+		r.room = func() error { return host.Room(raftlog.RoomMargin) }
 	}
 	return r
 }
@@ -171,6 +167,7 @@ func (r *reopener) takeOut(v *raftlog.Volume, now time.Time) {
 			if err != nil {
 				r.log.Warn("serving a failed replica's clients through the other replicas", "volume", name, "err", err)
 			} else {
+				p.StandIn()
 				r.exps.addProxy(p)
 				r.mu.Lock()
 				st.proxy = p

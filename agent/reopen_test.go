@@ -171,7 +171,7 @@ func TestReopenEarlyOnRoom(t *testing.T) {
 	type step struct {
 		at      time.Duration
 		err     error // the replica's failure at the check (nil: healthy)
-		room    bool  // whether the disk has reopenRoom above the reserve
+		room    bool  // whether the disk has raftlog.RoomMargin above the reserve
 		due     bool
 		attempt bool
 	}

@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -12,6 +13,40 @@ import (
 
 // diskRoomEvery is how often a diskRoom looks at the file system again.
 const diskRoomEvery = 50 * time.Millisecond
+
+// RoomMargin is the free space above the disk reserve under which a host
+// is short of room: a write that finds no leader there gets ENOSPC (see
+// outOfRoom), and an agent reopens a replica that failed for lack of space
+// once the disk has this much again (a log segment, and as much for the
+// entries the replica has to apply).
+const RoomMargin = 128 << 20
+
+// outOfRoom returns the error that answers a write which has found no
+// leader for waited, once that is ten heartbeat timeouts (at most
+// StallTimeout),
+// while this host is short of disk space: its replica of the volume failed
+// for lack of it (failure), or its file system has less than RoomMargin
+// above the reserve. Otherwise nil, and the write goes on waiting for a
+// leader until StallTimeout.
+//
+// When the disk of every replica fills, they fail at their reserve (or
+// lose their quorum as the others fail) and no leader can emerge until an
+// operator makes room. ENOSPC then tells the client so within seconds;
+// QEMU's default (werror=enospc) pauses the VM and retries the write when
+// it is resumed, where an EIO after StallTimeout would reach the guest.
+func (h *Host) outOfRoom(name string, failure error, waited time.Duration) error {
+	wait := min(10*h.cfg.HeartbeatTimeout, h.cfg.StallTimeout)
+	if waited < wait {
+		return nil
+	}
+	if !errors.Is(failure, volume.ErrNoSpace) {
+		if failure = h.room.check(RoomMargin); failure == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: volume %s: no leader took the write in %v, and this host is short of disk space: %v",
+		volume.ErrNoSpace, name, wait, failure)
+}
 
 // diskRoom keeps volume data and write logs out of a reserve of free space
 // on the file system of the host's data directory (Config.DiskReserve):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +94,44 @@ func TestDiskReserveFailsReplica(t *testing.T) {
 	}
 	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 8192, 0); err != nil {
 		t.Fatalf("write after the follower failed: %v", err)
+	}
+}
+
+// TestOutOfRoom checks when a write that finds no leader is answered
+// ENOSPC: after ten heartbeat timeouts (at most StallTimeout), if this
+// host's replica failed for lack of space or its disk is within
+// RoomMargin of the reserve.
+func TestOutOfRoom(t *testing.T) {
+	const mib = 1 << 20
+	full := fmt.Errorf("%w: entry 9: %w", errReplicaFailed, volume.ErrNoSpace)
+	eio := fmt.Errorf("%w: entry 9: input/output error", errReplicaFailed)
+	for _, tc := range []struct {
+		name    string
+		stall   time.Duration // StallTimeout (HeartbeatTimeout is 1 s)
+		failure error
+		free    int64 // above the 256 MiB reserve
+		waited  time.Duration
+		enospc  bool
+	}{
+		{"replica full, not waited enough", time.Minute, full, 0, 9 * time.Second, false},
+		{"replica full", time.Minute, full, 0, 10 * time.Second, true},
+		{"replica full, the disk has room again", time.Minute, full, 1 << 40, 10 * time.Second, true},
+		{"healthy replica, disk short", time.Minute, nil, RoomMargin - mib, 10 * time.Second, true},
+		{"healthy replica, disk has room", time.Minute, nil, RoomMargin, 10 * time.Second, false},
+		{"disk error, disk has room", time.Minute, eio, 1 << 40, time.Minute, false},
+		{"disk error, disk short", time.Minute, eio, 0, 10 * time.Second, true},
+		{"short StallTimeout bounds the wait", 5 * time.Second, full, 0, 5 * time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Host{cfg: Config{HeartbeatTimeout: time.Second, StallTimeout: tc.stall}, room: newDiskRoom("/data", 256*mib)}
+			h.room.statfs = func(string) (int64, error) { return 256*mib + tc.free, nil }
+			err := h.outOfRoom("v", tc.failure, tc.waited)
+			if got := errors.Is(err, volume.ErrNoSpace); got != tc.enospc {
+				t.Fatalf("outOfRoom: %v, want ENOSPC %v", err, tc.enospc)
+			}
+			if err != nil && !strings.Contains(err.Error(), "volume v") {
+				t.Errorf("error %q does not name the volume", err)
+			}
+		})
 	}
 }

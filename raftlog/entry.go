@@ -58,6 +58,12 @@ type op struct {
 // encodedLen is the number of bytes op takes in an entry.
 func (o *op) encodedLen() int { return opHeader + len(o.data) }
 
+// allocates reports whether applying o may take disk space: a write, or
+// zeroes that must not leave a hole.
+func (o *op) allocates() bool {
+	return o.kind == opWrite || (o.kind == opZero && o.flags&flagPunch == 0)
+}
+
 // encodeEntry appends the encoding of ops to dst.
 func encodeEntry(dst []byte, ops []*op) []byte {
 	dst = append(dst, entryVersion)

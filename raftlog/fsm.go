@@ -339,9 +339,9 @@ func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) e
 	// zeroes may allocate.
 	if f.room != nil {
 		var n int64
-		for _, o := range ops {
-			if o.kind == opWrite || o.kind == opZero && o.flags&flagPunch == 0 {
-				n += o.n
+		for i := range ops {
+			if ops[i].allocates() {
+				n += ops[i].n
 			}
 		}
 		if n > 0 {

@@ -33,6 +33,10 @@ type proxy struct {
 	size  atomic.Int64
 	ro    bool
 
+	// standIn is set when the proxy serves in place of this host's
+	// replica, closed after a failure (StandIn).
+	standIn atomic.Bool
+
 	mu    sync.Mutex
 	next  int // index in peers of the next host to try
 	conns leaderConns
@@ -64,6 +68,12 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 	return p, nil
 }
 
+// StandIn records that p serves the clients of this host's replica of the
+// volume while the replica is closed after a failure: its writes that find
+// no leader then end as the replica's would, with ENOSPC when this host is
+// short of disk space (see Volume.WriteAt).
+func (p *Proxy) StandIn() { p.standIn.Store(true) }
+
 // Writer returns the view of p whose mutations come under writer epoch.
 func (p *Proxy) Writer(epoch uint64) *Proxy { return &Proxy{proxy: p.proxy, epoch: epoch} }
 
@@ -94,9 +104,11 @@ func (p *Proxy) get(ctx context.Context, lc *leaderConn) (*nbdclient.Conn, error
 	return lc.get(ctx, p.h.dialer(), pe, 3*time.Second)
 }
 
-// run sends a request until a replica's agent answers it, or StallTimeout.
-func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error {
-	deadline := time.Now().Add(p.h.cfg.StallTimeout)
+// run sends a request until a replica's agent answers it, or StallTimeout
+// (a write that allocates, on a stand-in, see StandIn).
+func (p *Proxy) run(ctx context.Context, allocates bool, f func(c *nbdclient.Conn) error) error {
+	start := time.Now()
+	deadline := start.Add(p.h.cfg.StallTimeout)
 	lc := p.conns.of(p.epoch)
 	for attempt := 0; ; attempt++ {
 		c, err := p.get(ctx, lc)
@@ -108,6 +120,11 @@ func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error 
 				return answer(err)
 			}
 			lc.drop(c)
+		}
+		if allocates && p.standIn.Load() {
+			if err := p.h.outOfRoom(p.name, nil, time.Since(start)); err != nil {
+				return err
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: volume %s: %v", errStalled, p.name, err)
@@ -125,7 +142,7 @@ func (p *Proxy) run(ctx context.Context, f func(c *nbdclient.Conn) error) error 
 }
 
 // mutate sends a mutation with one op id for every attempt.
-func (p *Proxy) mutate(ctx context.Context, off, n int64, f func(ctx context.Context, c *nbdclient.Conn) error) error {
+func (p *Proxy) mutate(ctx context.Context, off, n int64, allocates bool, f func(ctx context.Context, c *nbdclient.Conn) error) error {
 	if p.ro {
 		return volume.ErrReadOnly
 	}
@@ -133,7 +150,7 @@ func (p *Proxy) mutate(ctx context.Context, off, n int64, f func(ctx context.Con
 		return err
 	}
 	hctx := nbdclient.WithHandle(ctx, p.h.newOpID())
-	return p.run(ctx, func(c *nbdclient.Conn) error { return f(hctx, c) })
+	return p.run(ctx, allocates, func(c *nbdclient.Conn) error { return f(hctx, c) })
 }
 
 // ReadAt implements volume.Backend.
@@ -141,12 +158,12 @@ func (p *Proxy) ReadAt(ctx context.Context, b []byte, off int64) error {
 	if err := volume.CheckRange(off, int64(len(b)), p.Size()); err != nil {
 		return err
 	}
-	return p.run(ctx, func(c *nbdclient.Conn) error { return c.ReadAt(ctx, b, off, 0) })
+	return p.run(ctx, false, func(c *nbdclient.Conn) error { return c.ReadAt(ctx, b, off, 0) })
 }
 
 // WriteAt implements volume.Backend.
 func (p *Proxy) WriteAt(ctx context.Context, b []byte, off int64, _ volume.Flags) error {
-	return p.mutate(ctx, off, int64(len(b)), func(ctx context.Context, c *nbdclient.Conn) error { return c.WriteAt(ctx, b, off, 0) })
+	return p.mutate(ctx, off, int64(len(b)), true, func(ctx context.Context, c *nbdclient.Conn) error { return c.WriteAt(ctx, b, off, 0) })
 }
 
 // Zero implements volume.Backend.
@@ -155,12 +172,12 @@ func (p *Proxy) Zero(ctx context.Context, off, n int64, flags volume.Flags) erro
 	if flags.Has(volume.NoHole) {
 		cf |= nbdclient.CmdFlagNoHole
 	}
-	return p.mutate(ctx, off, n, func(ctx context.Context, c *nbdclient.Conn) error { return c.Zero(ctx, off, uint32(n), cf) })
+	return p.mutate(ctx, off, n, flags.Has(volume.NoHole), func(ctx context.Context, c *nbdclient.Conn) error { return c.Zero(ctx, off, uint32(n), cf) })
 }
 
 // Trim implements volume.Backend.
 func (p *Proxy) Trim(ctx context.Context, off, n int64, _ volume.Flags) error {
-	return p.mutate(ctx, off, n, func(ctx context.Context, c *nbdclient.Conn) error { return c.Trim(ctx, off, uint32(n), 0) })
+	return p.mutate(ctx, off, n, false, func(ctx context.Context, c *nbdclient.Conn) error { return c.Trim(ctx, off, uint32(n), 0) })
 }
 
 // Flush implements volume.Backend: acknowledged writes are durable already.
@@ -175,7 +192,7 @@ func (p *Proxy) Extents(ctx context.Context, off, n int64, max int) ([]volume.Ex
 		return nil, err
 	}
 	var out []volume.Extent
-	err := p.run(ctx, func(c *nbdclient.Conn) error {
+	err := p.run(ctx, false, func(c *nbdclient.Conn) error {
 		var err error
 		out, err = remoteExtents(ctx, c, off, n, max)
 		return err

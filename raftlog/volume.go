@@ -154,9 +154,12 @@ func retryable(err error) bool {
 }
 
 // run executes a request: local (when this host may serve it), or
-// forwarded to the leader, retrying across leader changes until StallTimeout.
-func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remote func(c *nbdclient.Conn) error) error {
-	deadline := time.Now().Add(v.g.h.cfg.StallTimeout)
+// forwarded to the leader, retrying across leader changes until StallTimeout
+// (a write that allocates space, sooner, with ENOSPC, if this host is out
+// of room: Host.outOfRoom).
+func (v *Volume) run(ctx context.Context, isRead, allocates bool, local func() error, remote func(c *nbdclient.Conn) error) error {
+	start := time.Now()
+	deadline := start.Add(v.g.h.cfg.StallTimeout)
 	if v.direct {
 		deadline = time.Now().Add(v.g.h.cfg.HeartbeatTimeout)
 	}
@@ -194,6 +197,11 @@ func (v *Volume) run(ctx context.Context, isRead bool, local func() error, remot
 				v.g.fwd.drop(v.epoch, c)
 			}
 		}
+		if allocates && !v.direct {
+			if err := v.g.h.outOfRoom(v.g.spec.Name, v.g.err(), time.Since(start)); err != nil {
+				return err
+			}
+		}
 		if time.Now().After(deadline) {
 			if v.direct {
 				return fmt.Errorf("%w: %v", volume.ErrUnavailable, err)
@@ -226,7 +234,7 @@ func (v *Volume) mutate(ctx context.Context, o *op, remote func(ctx context.Cont
 			o.id = h
 		}
 	}
-	return v.run(ctx, false, func() error { return v.g.batch.submit(o) }, func(c *nbdclient.Conn) error {
+	return v.run(ctx, false, o.allocates(), func() error { return v.g.batch.submit(o) }, func(c *nbdclient.Conn) error {
 		return remote(nbdclient.WithHandle(ctx, o.id), c)
 	})
 }
@@ -271,7 +279,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := volume.CheckRange(off, int64(len(p)), v.Size()); err != nil {
 		return err
 	}
-	return v.run(ctx, true, func() error { return v.g.fsm.readAt(ctx, p, off) }, func(c *nbdclient.Conn) error {
+	return v.run(ctx, true, false, func() error { return v.g.fsm.readAt(ctx, p, off) }, func(c *nbdclient.Conn) error {
 		return c.ReadAt(ctx, p, off, 0)
 	})
 }
@@ -300,7 +308,7 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, max int) ([]volume.E
 		return nil, err
 	}
 	var out []volume.Extent
-	err := v.run(ctx, true, func() error {
+	err := v.run(ctx, true, false, func() error {
 		var err error
 		out, err = v.g.fsm.extents(ctx, off, n, max)
 		return err

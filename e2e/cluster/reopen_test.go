@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,8 +55,9 @@ const (
 // volume v.
 type fullDisk struct {
 	c          *testbin.Cluster
-	fsDir      string // n3's data directory, a tmpfs
-	failedAt   int    // offset of n3's log before the failure
+	fsDir      string   // n3's data directory, a tmpfs
+	fsDirs     []string // every data directory on a tmpfs (fsDir among them)
+	failedAt   int      // offset of n3's log before the failure
 	m          *model
 	write      func(conn *nbdclient.Conn, blk int64)
 	via1, via3 *nbdclient.Conn
@@ -92,6 +94,13 @@ func startFullDisk(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 // mount a tmpfs (fails it, with TANDEM_REQUIRE_TOOLS set).
 func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	t.Helper()
+	return startFullDisks(t, cfg, 2)
+}
+
+// startFullDisks is startFullDiskCluster with the data directories of
+// hosts (n3 among them) on tmpfs.
+func startFullDisks(t *testing.T, cfg testbin.ClusterConfig, hosts ...int) *fullDisk {
+	t.Helper()
 	skip := t.Skipf
 	if os.Getenv("TANDEM_REQUIRE_TOOLS") != "" {
 		skip = t.Fatalf // as for network namespaces: CI must run these
@@ -102,7 +111,7 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 	fd := &fullDisk{}
 	cfg.Args = append(cfg.Args, "--disk-reserve", fmt.Sprint(fullDiskReserve))
 	cfg.Prepare = func(i int, dir string) {
-		if i != 2 {
+		if !slices.Contains(hosts, i) {
 			return
 		}
 		// Room enough to create the volume; it shrinks below.
@@ -114,7 +123,10 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 				t.Errorf("unmounting %s: %v: %s", dir, err, out)
 			}
 		})
-		fd.fsDir = dir
+		fd.fsDirs = append(fd.fsDirs, dir)
+		if i == 2 {
+			fd.fsDir = dir
+		}
 	}
 	if !cfg.Managed {
 		cfg.Volumes = []string{fmt.Sprintf("%s=%d,leader=n3", vol, fullDiskSize)}
@@ -132,14 +144,18 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 		}
 	}
 	c.Leader(vol)
-	if _, err := c.Nodes[2].WaitLog(regexp.MustCompile(`msg="volume ready" name=v`), 0, time.Minute); err != nil {
-		t.Fatal(err)
+	for _, i := range hosts {
+		if _, err := c.Nodes[i].WaitLog(regexp.MustCompile(`msg="volume ready" name=v`), 0, time.Minute); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Room for what is there (the volume's log segment and spare, 64 MiB
 	// each; in cluster mode the control plane's too) and 72 MiB more.
-	used, _ := fd.df(t)
-	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), fd.fsDir).CombinedOutput(); err != nil {
-		t.Fatalf("shrinking the tmpfs: %v: %s", err, out)
+	for _, dir := range fd.fsDirs {
+		used, _ := dfBytes(t, dir)
+		if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", used+72<<20), dir).CombinedOutput(); err != nil {
+			t.Fatalf("shrinking the tmpfs: %v: %s", err, out)
+		}
 	}
 	return fd
 }
@@ -147,8 +163,14 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 // df returns the bytes used and free on n3's tmpfs.
 func (fd *fullDisk) df(t *testing.T) (used, free int64) {
 	t.Helper()
+	return dfBytes(t, fd.fsDir)
+}
+
+// dfBytes returns the bytes used and free on dir's file system.
+func dfBytes(t *testing.T, dir string) (used, free int64) {
+	t.Helper()
 	var fs syscall.Statfs_t
-	if err := syscall.Statfs(fd.fsDir, &fs); err != nil {
+	if err := syscall.Statfs(dir, &fs); err != nil {
 		t.Fatal(err)
 	}
 	return int64(fs.Blocks-fs.Bfree) * fs.Bsize, int64(fs.Bavail) * fs.Bsize
@@ -363,4 +385,86 @@ func TestLinearizableDiskFull(t *testing.T) {
 		t.Error("n3's agent never opened its replica again")
 	}
 	checkLinearizable(t, h, s)
+}
+
+// TestAllDisksFull fills the disks of all three replicas (three small
+// tmpfs) until no leader can emerge: writes through every agent, the one
+// whose replica may have outlived the others included, then get ENOSPC
+// within seconds (QEMU pauses the VM on it and retries the write when
+// resumed) rather than an EIO after --stall-timeout. Once the disks have
+// room again the agents open their replicas again by themselves, a leader
+// emerges, writes succeed, and every acknowledged write is there. Needs
+// root (mount).
+func TestAllDisksFull(t *testing.T) {
+	fd := startFullDisks(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m")}, 0, 1, 2)
+	c := fd.c
+	m := newModel()
+	write := m.writer(t)
+	conns := []*nbdclient.Conn{dial(t, c, 0), dial(t, c, 1), dial(t, c, 2)}
+	for k := range int64(6) {
+		write(conns[k%3], modelBase+k)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// Fill through n1 until a write is refused.
+	buf := bytes.Repeat([]byte{0xa5}, fillStep)
+	var err error
+	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
+		err = conns[0].WriteAt(ctx, buf, pos, 0)
+	}
+	wantENOSPC := func(what string, err error, took time.Duration) {
+		t.Helper()
+		var ne *nbdclient.Error
+		if !errors.As(err, &ne) || syscall.Errno(ne.Errno) != syscall.ENOSPC {
+			t.Fatalf("%s: %v after %v, want ENOSPC", what, err, took)
+		}
+		// 10 heartbeat timeouts (5 s) without a leader, well before the
+		// stall timeout (30 s).
+		if took > 20*time.Second {
+			t.Errorf("%s: ENOSPC after %v", what, took)
+		}
+	}
+	for i := range fd.fsDirs {
+		t.Logf("%s:\n%s", fd.fsDirs[i], dfOf(fd.fsDirs[i]))
+	}
+	wantENOSPC("filling through n1", err, 0)
+	seq := uint64(0)
+	for i, conn := range conns {
+		seq++
+		tag, blk := tagOf(1, seq), modelBase+16+int64(i)
+		start := time.Now()
+		err := writeBlock(ctx, conn, blk, tag)
+		m.unknown(blk, tag)
+		wantENOSPC(fmt.Sprintf("writing through n%d", i+1), err, time.Since(start))
+		t.Logf("n%d answered ENOSPC after %v", i+1, time.Since(start).Round(time.Millisecond))
+	}
+
+	// Room again: the failed replicas open again, a leader emerges.
+	for _, dir := range fd.fsDirs {
+		if out, err := exec.Command("mount", "-o", "remount,size=1G", dir).CombinedOutput(); err != nil {
+			t.Fatalf("growing the tmpfs: %v: %s", err, out)
+		}
+	}
+	grown := time.Now()
+	testbin.WaitFor(t, time.Minute, "a write through n1 to succeed", func() error {
+		seq++
+		tag, blk := tagOf(1, seq), int64(modelBase+8)
+		if err := writeBlock(ctx, conns[0], blk, tag); err != nil {
+			m.unknown(blk, tag)
+			return err
+		}
+		m.settle(blk, tag)
+		return nil
+	})
+	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
+	for k := range int64(6) {
+		write(conns[k%3], modelBase+k)
+	}
+	verifyThrough(t, c, m)
+	for i := range c.Nodes {
+		if !c.Running(i) {
+			t.Fatalf("n%d's agent exited", i+1)
+		}
+	}
 }
