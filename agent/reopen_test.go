@@ -16,92 +16,105 @@ type fakeReplica struct{ err error }
 func (f *fakeReplica) Name() string { return "v" }
 func (f *fakeReplica) Err() error   { return f.err }
 
+// reopenStep is one check of a replica's state in the reopener tests.
+type reopenStep struct {
+	at      time.Duration // since the start
+	err     error         // the replica's failure at the check (nil: healthy)
+	room    bool          // whether the disk has raftlog.RoomMargin above the reserve
+	due     bool          // what due must answer
+	attempt bool          // reopen now (after a due)
+}
+
+// checkReopenSteps runs steps against a reopener whose first wait is
+// first, failing the test at the first answer of due that differs.
+func checkReopenSteps(t *testing.T, first time.Duration, steps []reopenStep) {
+	t.Helper()
+	r := newReopener(nil, nil, slog.New(slog.DiscardHandler), first)
+	room := false
+	r.room = func() error {
+		if room {
+			return nil
+		}
+		return volume.ErrNoSpace
+	}
+	v := &fakeReplica{}
+	start := time.Unix(1e9, 0)
+	for i, s := range steps {
+		v.err, room = s.err, s.room
+		now := start.Add(s.at)
+		if got := r.due(v, now); got != s.due {
+			t.Fatalf("step %d (%v): due %v, want %v", i, s.at, got, s.due)
+		}
+		if s.attempt {
+			r.attempt(v.Name(), now)
+		}
+	}
+}
+
 // TestReopenBackoff checks when a failed replica is reopened: first
 // after the configured wait, then at doubling intervals up to
 // reopenMaxWait while it fails again, and after the first wait again once
 // it served for as long as it last waited.
 func TestReopenBackoff(t *testing.T) {
 	const first = time.Minute
-	type step struct {
-		at      time.Duration // since the start
-		failed  bool          // the replica's state at the check
-		due     bool          // what due must answer
-		attempt bool          // reopen now (after a due)
-	}
+	failed := errors.New("write: input/output error") // not for lack of space: no early reopening
 	for _, tc := range []struct {
 		name  string
 		first time.Duration
-		steps []step
+		steps []reopenStep
 	}{
 		{
 			name:  "healthy replicas are never due",
 			first: first,
-			steps: []step{{at: 0}, {at: time.Hour}},
+			steps: []reopenStep{{at: 0}, {at: time.Hour}},
 		},
 		{
 			name:  "first wait, then doubling while it fails again",
 			first: first,
-			steps: []step{
-				{at: 0, failed: true},                                          // noticed
-				{at: 59 * time.Second, failed: true},                           // waiting
-				{at: time.Minute, failed: true, due: true, attempt: true},      // first reopening
-				{at: 2*time.Minute + time.Second, failed: true},                // fails again: waits 2 min
-				{at: 3 * time.Minute, failed: true, due: true, attempt: true},  // second
-				{at: 6*time.Minute + time.Second, failed: true},                // waits 4 min
-				{at: 7 * time.Minute, failed: true, due: true, attempt: true},  // third
-				{at: 14 * time.Minute, failed: true},                           // waits 8 min
-				{at: 15 * time.Minute, failed: true, due: true, attempt: true}, // fourth
+			steps: []reopenStep{
+				{at: 0, err: failed},                                          // noticed
+				{at: 59 * time.Second, err: failed},                           // waiting
+				{at: time.Minute, err: failed, due: true, attempt: true},      // first reopening
+				{at: 2*time.Minute + time.Second, err: failed},                // fails again: waits 2 min
+				{at: 3 * time.Minute, err: failed, due: true, attempt: true},  // second
+				{at: 6*time.Minute + time.Second, err: failed},                // waits 4 min
+				{at: 7 * time.Minute, err: failed, due: true, attempt: true},  // third
+				{at: 14 * time.Minute, err: failed},                           // waits 8 min
+				{at: 15 * time.Minute, err: failed, due: true, attempt: true}, // fourth
 			},
 		},
 		{
 			name:  "the wait is capped",
 			first: 20 * time.Minute,
-			steps: []step{
-				{at: 0, failed: true},
-				{at: 20 * time.Minute, failed: true, due: true, attempt: true},
-				{at: 49 * time.Minute, failed: true}, // waits 30 min, not 40
-				{at: 50 * time.Minute, failed: true, due: true, attempt: true},
-				{at: 79 * time.Minute, failed: true},
-				{at: 80 * time.Minute, failed: true, due: true, attempt: true},
+			steps: []reopenStep{
+				{at: 0, err: failed},
+				{at: 20 * time.Minute, err: failed, due: true, attempt: true},
+				{at: 49 * time.Minute, err: failed}, // waits 30 min, not 40
+				{at: 50 * time.Minute, err: failed, due: true, attempt: true},
+				{at: 79 * time.Minute, err: failed},
+				{at: 80 * time.Minute, err: failed, due: true, attempt: true},
 			},
 		},
 		{
 			name:  "a replica that served long enough starts over",
 			first: first,
-			steps: []step{
-				{at: 0, failed: true},
-				{at: time.Minute, failed: true, due: true, attempt: true},
-				{at: 2 * time.Minute},               // serving, for 1 min of its 2
-				{at: 3 * time.Minute},               // served 2 min: forgotten
-				{at: 4 * time.Minute, failed: true}, // noticed anew
-				{at: 4*time.Minute + 59*time.Second, failed: true},
-				{at: 5 * time.Minute, failed: true, due: true, attempt: true}, // one minute again
+			steps: []reopenStep{
+				{at: 0, err: failed},
+				{at: time.Minute, err: failed, due: true, attempt: true},
+				{at: 2 * time.Minute},              // serving, for 1 min of its 2
+				{at: 3 * time.Minute},              // served 2 min: forgotten
+				{at: 4 * time.Minute, err: failed}, // noticed anew
+				{at: 4*time.Minute + 59*time.Second, err: failed},
+				{at: 5 * time.Minute, err: failed, due: true, attempt: true}, // one minute again
 			},
 		},
 		{
 			name:  "0 never reopens",
 			first: 0,
-			steps: []step{{at: 0, failed: true}, {at: time.Hour, failed: true}},
+			steps: []reopenStep{{at: 0, err: failed}, {at: time.Hour, err: failed}},
 		},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newReopener(nil, nil, slog.New(slog.DiscardHandler), tc.first)
-			v := &fakeReplica{}
-			start := time.Unix(1e9, 0)
-			for i, s := range tc.steps {
-				v.err = nil
-				if s.failed {
-					v.err = errors.New("disk full")
-				}
-				now := start.Add(s.at)
-				if got := r.due(v, now); got != s.due {
-					t.Fatalf("step %d (%v): due %v, want %v", i, s.at, got, s.due)
-				}
-				if s.attempt {
-					r.attempt(v.Name(), now)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkReopenSteps(t, tc.first, tc.steps) })
 	}
 }
 
@@ -168,22 +181,15 @@ func TestReopenFailedSince(t *testing.T) {
 func TestReopenEarlyOnRoom(t *testing.T) {
 	full := fmt.Errorf("raftlog: entry 7: %w: 1 MiB free", volume.ErrNoSpace)
 	eio := errors.New("write: input/output error")
-	type step struct {
-		at      time.Duration
-		err     error // the replica's failure at the check (nil: healthy)
-		room    bool  // whether the disk has raftlog.RoomMargin above the reserve
-		due     bool
-		attempt bool
-	}
 	for _, tc := range []struct {
 		name  string
 		first time.Duration
-		steps []step
+		steps []reopenStep
 	}{
 		{
 			name:  "full disk, room again",
 			first: time.Minute,
-			steps: []step{
+			steps: []reopenStep{
 				{at: 0, err: full},                           // noticed
 				{at: 5 * time.Second, err: full},             // no room
 				{at: 6 * time.Second, err: full, room: true}, // room, but too soon after the failure
@@ -198,7 +204,7 @@ func TestReopenEarlyOnRoom(t *testing.T) {
 		{
 			name:  "other failures wait out the backoff",
 			first: time.Minute,
-			steps: []step{
+			steps: []reopenStep{
 				{at: 0, err: eio},
 				{at: 30 * time.Second, err: eio, room: true},
 				{at: time.Minute, err: eio, room: true, due: true, attempt: true},
@@ -209,31 +215,10 @@ func TestReopenEarlyOnRoom(t *testing.T) {
 		{
 			name:  "0 never reopens",
 			first: 0,
-			steps: []step{{at: 0, err: full}, {at: time.Hour, err: full, room: true}},
+			steps: []reopenStep{{at: 0, err: full}, {at: time.Hour, err: full, room: true}},
 		},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newReopener(nil, nil, slog.New(slog.DiscardHandler), tc.first)
-			room := false
-			r.room = func() error {
-				if room {
-					return nil
-				}
-				return full
-			}
-			v := &fakeReplica{}
-			start := time.Unix(1e9, 0)
-			for i, s := range tc.steps {
-				v.err, room = s.err, s.room
-				now := start.Add(s.at)
-				if got := r.due(v, now); got != s.due {
-					t.Fatalf("step %d (%v): due %v, want %v", i, s.at, got, s.due)
-				}
-				if s.attempt {
-					r.attempt(v.Name(), now)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkReopenSteps(t, tc.first, tc.steps) })
 	}
 }
 
