@@ -23,11 +23,10 @@ const RoomMargin = 128 << 20
 
 // outOfRoom returns the error that answers a write which has found no
 // leader for waited, once that is ten heartbeat timeouts (at most
-// StallTimeout),
-// while this host is short of disk space: its replica of the volume failed
-// for lack of it (failure), or its file system has less than RoomMargin
-// above the reserve. Otherwise nil, and the write goes on waiting for a
-// leader until StallTimeout.
+// StallTimeout), while this host is short of disk space: its replica of
+// the volume failed for lack of it (failure), or its file system has less
+// than RoomMargin above the reserve. Otherwise nil, and the write goes on
+// waiting for a leader until StallTimeout.
 //
 // When the disk of every replica fills, they fail at their reserve (or
 // lose their quorum as the others fail) and no leader can emerge until an
