@@ -394,8 +394,9 @@ func TestLinearizableDiskFull(t *testing.T) {
 // resumed) rather than an EIO after --stall-timeout. Once the disks have
 // room again the agents open their replicas again by themselves, a leader
 // emerges, writes succeed, and every acknowledged write is there. Needs
-// root (mount).
+// root (mount) and qemu-io.
 func TestAllDisksFull(t *testing.T) {
+	testbin.Require(t, "qemu-io")
 	fd := startFullDisks(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m")}, 0, 1, 2)
 	c := fd.c
 	m := newModel()
@@ -439,6 +440,15 @@ func TestAllDisksFull(t *testing.T) {
 		wantENOSPC(fmt.Sprintf("writing through n%d", i+1), err, time.Since(start))
 		t.Logf("n%d answered ENOSPC after %v", i+1, time.Since(start).Round(time.Millisecond))
 	}
+	// QEMU's own NBD client sees it as ENOSPC (the error werror=enospc
+	// pauses a VM on). The write goes to the fill's range, which is not
+	// checked.
+	start := time.Now()
+	out, _ := testbin.RunErr(time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x11 %d 64k", fillBase), c.URI(1, vol))
+	if !strings.Contains(out, "No space left on device") {
+		t.Fatalf("qemu-io write through n2 after %v: %s, want ENOSPC", time.Since(start), out)
+	}
+	t.Logf("qemu-io through n2 after %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
 
 	// Room again: the failed replicas open again, a leader emerges.
 	for _, dir := range fd.fsDirs {
