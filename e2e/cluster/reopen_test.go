@@ -101,13 +101,6 @@ func startFullDiskCluster(t *testing.T, cfg testbin.ClusterConfig) *fullDisk {
 // hosts (n3 among them) on tmpfs.
 func startFullDisks(t *testing.T, cfg testbin.ClusterConfig, hosts ...int) *fullDisk {
 	t.Helper()
-	skip := t.Skipf
-	if os.Getenv("TANDEM_REQUIRE_TOOLS") != "" {
-		skip = t.Fatalf // as for network namespaces: CI must run these
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root to mount a tmpfs")
-	}
 	fd := &fullDisk{}
 	cfg.Args = append(cfg.Args, "--disk-reserve", fmt.Sprint(fullDiskReserve))
 	cfg.Prepare = func(i int, dir string) {
@@ -115,14 +108,7 @@ func startFullDisks(t *testing.T, cfg testbin.ClusterConfig, hosts ...int) *full
 			return
 		}
 		// Room enough to create the volume; it shrinks below.
-		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1G", "tmpfs", dir).CombinedOutput(); err != nil {
-			skip("mounting a tmpfs: %v: %s", err, out)
-		}
-		t.Cleanup(func() {
-			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-				t.Errorf("unmounting %s: %v: %s", dir, err, out)
-			}
-		})
+		testbin.MountTmpfs(t, dir, 1<<30)
 		fd.fsDirs = append(fd.fsDirs, dir)
 		if i == 2 {
 			fd.fsDir = dir

@@ -259,3 +259,26 @@ func Require(t testing.TB, programs ...string) {
 		}
 	}
 }
+
+// MountTmpfs mounts a tmpfs of size bytes on dir (an empty directory, a
+// host's data directory in tests of full disks) and unmounts it when the
+// test ends. It skips the test unless it runs as root and can mount
+// (fails it instead with TANDEM_REQUIRE_TOOLS set, as CI does).
+func MountTmpfs(t testing.TB, dir string, size int64) {
+	t.Helper()
+	skip := t.Skipf
+	if os.Getenv("TANDEM_REQUIRE_TOOLS") != "" {
+		skip = t.Fatalf
+	}
+	if os.Geteuid() != 0 {
+		skip("needs root to mount a tmpfs")
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput(); err != nil {
+		skip("mounting a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("unmounting %s: %v: %s", dir, err, out)
+		}
+	})
+}
