@@ -19,8 +19,9 @@ import (
 // got room back, or an error that passed, needs no restart of the agent,
 // which would disconnect the clients of every volume on the host. While
 // the replica is closed and opened again, its clients here go on through
-// a proxy to the other replicas' agents: the export's handoff switches
-// them over and back, as for a replica move (handoff.go).
+// a proxy to the replicas' agents, this one's included (OpenStandIn): the
+// export's handoff switches them over and back, as for a replica move
+// (handoff.go).
 //
 // A replica that failed for lack of disk space (its disk reserve reached)
 // is opened again as soon as the disk has raftlog.RoomMargin free above
@@ -154,25 +155,20 @@ func (r *reopener) attempt(name string, now time.Time) *reopening {
 }
 
 // takeOut hands the clients of the failed replica v over to a proxy to the
-// other replicas (none on a single host: they get errors until the
-// replica is open again) and closes v.
+// replicas' agents (raftlog.Host.OpenStandIn; none on a single host: they
+// get errors until the replica is open again) and closes v.
 func (r *reopener) takeOut(v *raftlog.Volume, now time.Time) {
 	name := v.Name()
 	st := r.attempt(name, now)
-	if st.proxy == nil {
-		me := r.host.ID()
-		others := slices.DeleteFunc(v.Peers(), func(p raftlog.Peer) bool { return p.ID == me })
-		if len(others) > 0 {
-			p, err := r.host.OpenProxy(raftlog.VolumeSpec{Name: name, Size: v.Size(), ReadOnly: v.Caps().ReadOnly, Peers: others})
-			if err != nil {
-				r.log.Warn("serving a failed replica's clients through the other replicas", "volume", name, "err", err)
-			} else {
-				p.StandIn()
-				r.exps.addProxy(p)
-				r.mu.Lock()
-				st.proxy = p
-				r.mu.Unlock()
-			}
+	if peers := v.Peers(); st.proxy == nil && len(peers) > 1 {
+		p, err := r.host.OpenStandIn(raftlog.VolumeSpec{Name: name, Size: v.Size(), ReadOnly: v.Caps().ReadOnly, Peers: peers})
+		if err != nil {
+			r.log.Warn("serving a failed replica's clients through the other replicas", "volume", name, "err", err)
+		} else {
+			r.exps.addProxy(p)
+			r.mu.Lock()
+			st.proxy = p
+			r.mu.Unlock()
 		}
 	}
 	if err := r.host.CloseFailed(name); err != nil {

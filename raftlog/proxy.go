@@ -33,9 +33,9 @@ type proxy struct {
 	size  atomic.Int64
 	ro    bool
 
-	// standIn is set when the proxy serves in place of this host's
-	// replica, closed after a failure (StandIn).
-	standIn atomic.Bool
+	// standIn is set on a proxy that serves in place of this host's
+	// replica, closed after a failure (OpenStandIn).
+	standIn bool
 
 	mu    sync.Mutex
 	next  int // index in peers of the next host to try
@@ -47,6 +47,23 @@ var _ volume.Backend = (*Proxy)(nil)
 // OpenProxy returns a proxy for a volume whose replicas are on spec.Peers
 // (none of them this host).
 func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
+	return h.openProxy(spec, false)
+}
+
+// OpenStandIn returns a proxy that serves the clients of this host's
+// replica of a volume while the replica is closed after a failure, to be
+// opened again. spec.Peers are all the replicas, this host's included: the
+// proxy forwards to this host's own forwarding export too, which reaches
+// the replica once it is open again and leads (requests in flight through
+// the proxy would otherwise find no leader until StallTimeout, and hold up
+// the switch back to the replica). Its writes that find no leader end as
+// the replica's would, with ENOSPC when this host is short of disk space
+// (Host.outOfRoom).
+func (h *Host) OpenStandIn(spec VolumeSpec) (*Proxy, error) {
+	return h.openProxy(spec, true)
+}
+
+func (h *Host) openProxy(spec VolumeSpec, standIn bool) (*Proxy, error) {
 	if err := volume.ValidateName(spec.Name); err != nil {
 		return nil, err
 	}
@@ -54,11 +71,12 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 		return nil, fmt.Errorf("raftlog: proxy of volume %s: no replica hosts", spec.Name)
 	}
 	for _, p := range spec.Peers {
-		if p.ID == h.cfg.ID {
+		if p.ID == h.cfg.ID && !standIn {
 			return nil, fmt.Errorf("raftlog: proxy of volume %s: this host %s holds a replica", spec.Name, p.ID)
 		}
 	}
-	p := &Proxy{proxy: &proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, conns: leaderConns{volume: spec.Name}}}
+	p := &Proxy{proxy: &proxy{h: h, name: spec.Name, peers: append([]Peer(nil), spec.Peers...), ro: spec.ReadOnly, standIn: standIn,
+		conns: leaderConns{volume: spec.Name}}}
 	for i, pe := range p.peers {
 		if pe.ID == spec.PreferredLeader {
 			p.next = i
@@ -67,12 +85,6 @@ func (h *Host) OpenProxy(spec VolumeSpec) (*Proxy, error) {
 	p.size.Store(spec.Size)
 	return p, nil
 }
-
-// StandIn records that p serves the clients of this host's replica of the
-// volume while the replica is closed after a failure: its writes that find
-// no leader then end as the replica's would, with ENOSPC when this host is
-// short of disk space (see Volume.WriteAt).
-func (p *Proxy) StandIn() { p.standIn.Store(true) }
 
 // Writer returns the view of p whose mutations come under writer epoch.
 func (p *Proxy) Writer(epoch uint64) *Proxy { return &Proxy{proxy: p.proxy, epoch: epoch} }
@@ -105,7 +117,7 @@ func (p *Proxy) get(ctx context.Context, lc *leaderConn) (*nbdclient.Conn, error
 }
 
 // run sends a request until a replica's agent answers it, or StallTimeout
-// (a write that allocates, on a stand-in, see StandIn).
+// (a write that allocates, on a stand-in, see OpenStandIn).
 func (p *Proxy) run(ctx context.Context, allocates bool, f func(c *nbdclient.Conn) error) error {
 	start := time.Now()
 	deadline := start.Add(p.h.cfg.StallTimeout)
@@ -121,7 +133,7 @@ func (p *Proxy) run(ctx context.Context, allocates bool, f func(c *nbdclient.Con
 			}
 			lc.drop(c)
 		}
-		if allocates && p.standIn.Load() {
+		if allocates && p.standIn {
 			if err := p.h.outOfRoom(p.name, nil, time.Since(start)); err != nil {
 				return err
 			}

@@ -64,3 +64,29 @@ func TestProxyFollowsTheLeader(t *testing.T) {
 		t.Fatal("a read through a closed proxy succeeded")
 	}
 }
+
+// TestStandInReachesThisHost checks that a stand-in proxy (which serves a
+// replica's clients while the replica is closed to be opened again) sends
+// to this host's own replica too: once the replica is open again and
+// leads, as a preferred leader soon does, the requests through the
+// stand-in reach it instead of finding no leader until StallTimeout.
+func TestStandInReachesThisHost(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.StallTimeout = 5 * time.Second })
+	spec := VolumeSpec{Name: "s", Size: 4 << 20, Peers: c.peers}
+	c.open(spec)
+	l := c.leader("s")
+	p, err := c.hosts[l].h.OpenStandIn(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, 0); err != nil {
+		t.Fatalf("write through a stand-in on the leader's host: %v", err)
+	}
+	got := make([]byte, 4096)
+	if err := c.hosts[l].vol["s"].ReadAt(ctx, got, 0); err != nil || got[0] != 7 {
+		t.Fatalf("leader reads %d (%v), want 7", got[0], err)
+	}
+}
