@@ -44,17 +44,25 @@ type Config struct {
 	// entries are handed to pwritev as their own iovecs without a copy.
 	// Must be between 0 and 16 MiB.
 	InlineThreshold int
+
+	// DirectIO writes segments with O_DIRECT (through an aligned staging
+	// buffer), bypassing the page cache, where the file system allows it;
+	// elsewhere, and with DirectIO false, they are written through the
+	// page cache. See direct.go and docs/raft-log-store.md, "Direct I/O".
+	DirectIO bool
 }
 
 // DefaultConfig returns the recommended configuration: 64 MiB segments
-// pre-zeroed at up to 64 MiB/s, up to 32 (2 GiB) recycled, entries of
-// 32 KiB and more written without a copy.
+// pre-zeroed at up to 64 MiB/s, up to 32 (2 GiB) recycled, written with
+// O_DIRECT; with the page cache, entries of 32 KiB and more are written
+// without a copy.
 func DefaultConfig() Config {
 	return Config{
 		SegmentSize:     64 << 20,
 		PreZeroRate:     64 << 20,
 		MaxRecycled:     32,
 		InlineThreshold: 32 << 10,
+		DirectIO:        true,
 	}
 }
 

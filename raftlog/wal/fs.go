@@ -54,32 +54,45 @@ type file interface {
 	Close() error
 }
 
-// osFS is the Linux implementation.
-type osFS struct{}
+// osFS is the Linux implementation. With stage set, files are written
+// with O_DIRECT where the file system allows it (direct.go); without, through
+// the page cache.
+type osFS struct{ stage *stagePool }
 
 type osFile struct {
 	fd   int
 	name string
-	iov  []unix.Iovec // scratch for WriteV; guarded by the log's writeMu
+	iov  []unix.Iovec  // scratch for WriteV; guarded by the log's writeMu
+	dio  *directWriter // nil: writes go through the page cache
+}
+
+// newOSFile wraps fd, adding an O_DIRECT descriptor when fs asks for one and
+// the file system allows it.
+func (fs osFS) newOSFile(fd int, path string) *osFile {
+	f := &osFile{fd: fd, name: path}
+	if fs.stage != nil {
+		f.dio = openDirect(path, fs.stage)
+	}
+	return f
 }
 
 // maxIOV is the kernel's IOV_MAX.
 const maxIOV = 1024
 
-func (osFS) Create(path string) (file, error) {
+func (fs osFS) Create(path string) (file, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, &os.PathError{Op: "create", Path: path, Err: err}
 	}
-	return &osFile{fd: fd, name: path}, nil
+	return fs.newOSFile(fd, path), nil
 }
 
-func (osFS) Open(path string) (file, error) {
+func (fs osFS) Open(path string) (file, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	return &osFile{fd: fd, name: path}, nil
+	return fs.newOSFile(fd, path), nil
 }
 
 func (osFS) Rename(oldPath, newPath string) error { return os.Rename(oldPath, newPath) }
@@ -145,6 +158,16 @@ func (osFS) Lock(dir string) (io.Closer, error) {
 }
 
 func (f *osFile) WriteV(bufs [][]byte, off int64) error {
+	if f.dio != nil {
+		err := f.dio.writeV(f, bufs, off)
+		if !errors.Is(err, errDirectUnsupported) {
+			return err
+		}
+		// The file system took the O_DIRECT open but not the write: use
+		// the page cache for this file from now on.
+		f.dio.close()
+		f.dio = nil
+	}
 	iov := f.iov[:0]
 	for _, b := range bufs {
 		if len(b) == 0 {
@@ -215,6 +238,9 @@ func (f *osFile) Datasync() error {
 }
 
 func (f *osFile) Truncate(size int64) error {
+	if f.dio != nil {
+		f.dio.invalidate()
+	}
 	if err := unix.Ftruncate(f.fd, size); err != nil {
 		return &os.PathError{Op: "ftruncate", Path: f.name, Err: err}
 	}
@@ -256,6 +282,9 @@ func (f *osFile) Map() ([]byte, func() error, error) {
 }
 
 func (f *osFile) Close() error {
+	if f.dio != nil {
+		f.dio.close()
+	}
 	if err := unix.Close(f.fd); err != nil {
 		return &os.PathError{Op: "close", Path: f.name, Err: err}
 	}

@@ -93,7 +93,11 @@ func (s *segment) recordSpan(idx uint64) (int64, int64) {
 // hold damage a crash cannot explain, and with ErrLocked if another Log has
 // dir open.
 func Open(dir string, cfg Config) (*Log, error) {
-	return open(dir, cfg, osFS{})
+	fsys := osFS{}
+	if cfg.DirectIO {
+		fsys.stage = new(stagePool)
+	}
+	return open(dir, cfg, fsys)
 }
 
 func open(dir string, cfg Config, fsys fileSystem) (*Log, error) {
