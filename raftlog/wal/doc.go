@@ -73,6 +73,12 @@
 // raft leader to replicate its entries while it syncs them) writes the same
 // way and leaves the fdatasync to SyncLogs.
 //
+// With Config.DirectIO (the default) the writes bypass the page cache: they
+// are staged into an aligned buffer and written with O_DIRECT in whole
+// 4 KiB blocks, the first block's beginning rewritten with the bytes it
+// already holds and the last block's rest with zeros (direct.go). A file
+// system that refuses O_DIRECT gets the page-cache path.
+//
 // New segments come from spares. Segments dropped by compaction are recycled
 // (up to Config.MaxRecycled): renamed to spare names and reused, so appends
 // overwrite blocks that are allocated and written and fdatasync flushes data
@@ -101,7 +107,10 @@
 // a crash only the batch being written may be incomplete, and it is the last
 // thing in the last segment. Under kill -9 a partial pwritev is a prefix of
 // the batch; under power loss any subset of its pages may have reached the
-// disk.
+// disk. The block a batch starts in is rewritten whole (by page-cache
+// writeback, or by the O_DIRECT write) with the synced bytes before the
+// batch unchanged: like every log that appends to a partial block, this
+// relies on the device not tearing a sector it rewrites with the same data.
 //
 // Open removes spares and an unfinished meta.tmp, reads meta, removes
 // segments that lie wholly below meta's first index (left by an interrupted
