@@ -35,23 +35,34 @@ const (
 	// buffer addresses: 4 KiB, a multiple of every common logical block
 	// and file-system block size.
 	directAlign = 4096
-	// directChunk is the size of a staging buffer, so the most one
-	// O_DIRECT pwrite carries.
+	// directChunk is the size of the largest staging buffer, so the most
+	// one O_DIRECT pwrite carries.
 	directChunk = 4 << 20
 )
 
-// stagePool hands out aligned staging buffers of directChunk bytes. Each
-// Log has its own, so a busy log reuses one buffer and an idle log's is
-// freed by the garbage collector.
+// stagePool hands out aligned staging buffers, each sized for the writes
+// it serves: a power of two between minStage and directChunk. Each Log has
+// its own, so a busy log reuses one buffer (a log of small batches a small
+// one) and an idle log's is freed by the garbage collector.
 type stagePool struct{ p sync.Pool }
 
-func (s *stagePool) get() *[]byte {
-	if b, ok := s.p.Get().(*[]byte); ok {
+// minStage is the smallest staging buffer.
+const minStage = 16 << 10
+
+// get returns a staging buffer for a write of n bytes, counting the part
+// of the first block it rewrites: the pooled one if it holds n (or
+// directChunk), else a new one.
+func (s *stagePool) get(n int) *[]byte {
+	want := minStage
+	for want < n && want < directChunk {
+		want *= 2
+	}
+	if b, ok := s.p.Get().(*[]byte); ok && len(*b) >= want {
 		return b
 	}
-	raw := make([]byte, directChunk+directAlign)
+	raw := make([]byte, want+directAlign)
 	skip := int(-uintptr(unsafe.Pointer(&raw[0])) & (directAlign - 1))
-	b := raw[skip : skip+directChunk : skip+directChunk]
+	b := raw[skip : skip+want : skip+want]
 	return &b
 }
 
@@ -90,13 +101,17 @@ var errDirectUnsupported = errors.New("wal: O_DIRECT write refused")
 // O_DIRECT write for its alignment; rewriting the range through the page
 // cache is then correct whatever part of it was written.
 func (d *directWriter) writeV(f *osFile, bufs [][]byte, off int64) error {
-	sp := d.stage.get()
+	start := off &^ (directAlign - 1)
+	n := int(off - start) // bytes staged
+	size := n
+	for _, b := range bufs {
+		size += len(b)
+	}
+	sp := d.stage.get(size)
 	defer d.stage.put(sp)
 	st := *sp
 	tailOK := d.tailOK
 	d.tailOK = false // until this write has fully succeeded
-	start := off &^ (directAlign - 1)
-	n := int(off - start) // bytes staged
 	if n > 0 {
 		if tailOK && d.tailOff == start && d.tailLen >= n {
 			copy(st, d.tail[:n])

@@ -138,3 +138,28 @@ func firstDiff(a, b []byte) int {
 	}
 	return min(len(a), len(b))
 }
+
+// TestStagePoolSizes checks that staging buffers are aligned and sized for
+// the write, from minStage to directChunk. (Whether a pooled buffer is
+// reused is up to sync.Pool, which drops some on purpose under -race.)
+func TestStagePoolSizes(t *testing.T) {
+	var s stagePool
+	for _, tc := range []struct {
+		n, want int
+	}{
+		{1, minStage},
+		{minStage, minStage},
+		{minStage + 1, 2 * minStage},
+		{700 << 10, 1 << 20},
+		{directChunk, directChunk},
+		{3 * directChunk, directChunk},
+	} {
+		b := s.get(tc.n)
+		if len(*b) != tc.want || cap(*b) != tc.want {
+			t.Errorf("get(%d): %d bytes (capacity %d), want %d", tc.n, len(*b), cap(*b), tc.want)
+		}
+		if a := uintptr(unsafe.Pointer(&(*b)[0])) % directAlign; a != 0 {
+			t.Errorf("get(%d): buffer %d bytes past a %d-byte boundary", tc.n, a, directAlign)
+		}
+	}
+}
