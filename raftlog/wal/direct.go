@@ -2,6 +2,7 @@ package wal
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -11,9 +12,11 @@ import (
 )
 
 // Segment appends bypass the page cache where the file system allows it
-// (Config.DirectIO): each segment file gets a second descriptor opened with
-// O_DIRECT, and WriteV stages what it is given into an aligned buffer and
-// writes whole aligned blocks through it. A log is written once and read
+// (Config.DirectIO): a segment file being written gets a second descriptor
+// opened with O_DIRECT (through /proc/self/fd, so it is the same file
+// whatever it is renamed to), closed again once the log has moved on to
+// the next segment (DoneWriting). WriteV stages what it is given into an
+// aligned buffer and writes whole aligned blocks through it. A log is written once and read
 // back rarely (a lagging follower, a restart), so caching it buys little
 // and costs much: the kernel's copy of every byte into fresh page-cache
 // pages, which under streaming writes took most of the host's CPU
@@ -70,8 +73,7 @@ func (s *stagePool) put(b *[]byte) { s.p.Put(b) }
 
 // directWriter is the O_DIRECT side of an osFile.
 type directWriter struct {
-	fd    int
-	stage *stagePool
+	fd int
 	// tail holds the bytes [tailOff, tailOff+tailLen) of the file as last
 	// written, tailOff aligned: the beginning of the block the next append
 	// starts in. Valid only while tailOK.
@@ -81,15 +83,15 @@ type directWriter struct {
 	tailOK  bool
 }
 
-// openDirect opens path for O_DIRECT writes; it returns nil when the file
-// system refuses O_DIRECT, and the file is then written through the page
-// cache.
-func openDirect(path string, stage *stagePool) *directWriter {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+// openDirect opens f's file again for O_DIRECT writes; it returns nil when
+// the file system refuses O_DIRECT (or /proc is not mounted), and the file
+// is then written through the page cache.
+func openDirect(f *osFile) *directWriter {
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.fd), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}
-	return &directWriter{fd: fd, stage: stage}
+	return &directWriter{fd: fd}
 }
 
 // errDirectUnsupported reports that an O_DIRECT write was refused for its
@@ -100,15 +102,15 @@ var errDirectUnsupported = errors.New("wal: O_DIRECT write refused")
 // It fails with errDirectUnsupported if the file system refuses the first
 // O_DIRECT write for its alignment; rewriting the range through the page
 // cache is then correct whatever part of it was written.
-func (d *directWriter) writeV(f *osFile, bufs [][]byte, off int64) error {
+func (d *directWriter) writeV(f *osFile, stage *stagePool, bufs [][]byte, off int64) error {
 	start := off &^ (directAlign - 1)
 	n := int(off - start) // bytes staged
 	size := n
 	for _, b := range bufs {
 		size += len(b)
 	}
-	sp := d.stage.get(size)
-	defer d.stage.put(sp)
+	sp := stage.get(size)
+	defer stage.put(sp)
 	st := *sp
 	tailOK := d.tailOK
 	d.tailOK = false // until this write has fully succeeded
@@ -170,9 +172,6 @@ func (d *directWriter) pwrite(f *osFile, b []byte, off int64) error {
 	}
 	return nil
 }
-
-// invalidate forgets the remembered tail: the file changed under it.
-func (d *directWriter) invalidate() { d.tailOK = false }
 
 func (d *directWriter) close() error { return unix.Close(d.fd) }
 

@@ -13,6 +13,7 @@ import (
 type directStep struct {
 	off, n   int64 // write n bytes at off
 	reopen   bool  // close and reopen the file first (the tail is forgotten)
+	done     bool  // call DoneWriting first (the same)
 	truncate int64 // if > 0, truncate the file to this size first
 }
 
@@ -30,6 +31,7 @@ func TestDirectWrites(t *testing.T) {
 		{"unaligned appends", []directStep{{off: 0, n: 48}, {off: 48, n: 100}, {off: 148, n: 4000}, {off: 4148, n: 5000}, {off: 9148, n: 7}}},
 		{"append across staging chunks", []directStep{{off: 0, n: 100}, {off: 100, n: directChunk + 5000}, {off: directChunk + 5100, n: 2 * directChunk}}},
 		{"reopened mid-block", []directStep{{off: 0, n: 5000}, {reopen: true, off: 5000, n: 300}, {off: 5300, n: 10}}},
+		{"written again after DoneWriting", []directStep{{off: 0, n: 5000}, {done: true, off: 5000, n: 300}, {off: 5300, n: 10}}},
 		{"truncated mid-block", []directStep{{off: 0, n: 9000}, {truncate: 6000, off: 6000, n: 1000}}},
 		{"past the end of the file", []directStep{{off: 0, n: 100}, {truncate: 100, off: 8192 + 3000, n: 2000}}},
 	}
@@ -47,8 +49,10 @@ func TestDirectWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { f.Close() }()
-			if f.(*osFile).dio == nil {
+			if d := openDirect(f.(*osFile)); d == nil {
 				t.Skip("the test directory's file system refuses O_DIRECT")
+			} else {
+				d.close()
 			}
 			for i, s := range tc.steps {
 				if s.reopen {
@@ -56,6 +60,9 @@ func TestDirectWrites(t *testing.T) {
 					if f, err = fs.Open(path); err != nil {
 						t.Fatal(err)
 					}
+				}
+				if s.done {
+					f.DoneWriting()
 				}
 				if s.truncate > 0 {
 					if err := f.Truncate(s.truncate); err != nil {
@@ -105,19 +112,21 @@ func TestDirectFallback(t *testing.T) {
 	}
 	defer f.Close()
 	of := f.(*osFile)
-	if of.dio == nil {
+	if d := openDirect(of); d == nil {
 		t.Skip("the test directory's file system refuses O_DIRECT")
+	} else {
+		d.close()
 	}
 	// A misaligned staging buffer: O_DIRECT refuses it with EINVAL.
 	raw := make([]byte, directChunk+directAlign+1)
 	skip := int(-uintptr(unsafe.Pointer(&raw[0]))&(directAlign-1)) + 1
 	bad := raw[skip : skip+directChunk]
-	of.dio.stage = &stagePool{p: sync.Pool{New: func() any { return &bad }}}
+	of.stage = &stagePool{p: sync.Pool{New: func() any { return &bad }}}
 	data := bytes.Repeat([]byte("tandem"), 1000)
 	if err := f.WriteV([][]byte{data}, 100); err != nil {
 		t.Fatal(err)
 	}
-	if of.dio != nil {
+	if of.dio != nil || of.stage != nil {
 		t.Fatal("still writing with O_DIRECT after a refused write")
 	}
 	got, err := os.ReadFile(path)
@@ -161,5 +170,52 @@ func TestStagePoolSizes(t *testing.T) {
 		if a := uintptr(unsafe.Pointer(&(*b)[0])) % directAlign; a != 0 {
 			t.Errorf("get(%d): buffer %d bytes past a %d-byte boundary", tc.n, a, directAlign)
 		}
+	}
+}
+
+// TestDirectOnlyWhileWriting checks that only the segment the log appends
+// to holds an O_DIRECT descriptor: sealed segments release theirs, and a
+// reopened log opens one only when it writes.
+func TestDirectOnlyWhileWriting(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	cfg.DirectIO = true
+	l := mustOpen(t, dir, cfg)
+	for i := uint64(1); len(l.segs) < 3; i += 8 {
+		if err := l.StoreLogs(makeEntries(i, i+7, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := openDirect(l.segs[0].f.(*osFile)); d == nil {
+		t.Skip("the test directory's file system refuses O_DIRECT")
+	} else {
+		d.close()
+	}
+	holding := func(l *Log) (out []int) {
+		for i, s := range l.segs {
+			if s.f.(*osFile).dio != nil {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	if got := holding(l); len(got) != 1 || got[0] != len(l.segs)-1 {
+		t.Errorf("segments holding an O_DIRECT descriptor: %v, want only the last (%d)", got, len(l.segs)-1)
+	}
+	last, _ := l.LastIndex()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = mustOpen(t, dir, cfg)
+	defer l.Close()
+	if got := holding(l); len(got) != 0 {
+		t.Errorf("after reopening, segments holding an O_DIRECT descriptor: %v, want none", got)
+	}
+	if err := l.StoreLogs(makeEntries(last+1, last+1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	checkRange(t, l, 1, last+1, func(uint64) uint64 { return 1 })
+	if got := holding(l); len(got) != 1 || got[0] != len(l.segs)-1 {
+		t.Errorf("after an append, segments holding an O_DIRECT descriptor: %v, want only the last (%d)", got, len(l.segs)-1)
 	}
 }

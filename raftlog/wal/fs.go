@@ -51,6 +51,10 @@ type file interface {
 	// Map maps the whole file read-only; call unmap when done. A file of
 	// size 0 maps to an empty slice.
 	Map() (b []byte, unmap func() error, err error)
+	// DoneWriting tells the file that the log has stopped writing to it
+	// for now (it moved on to the next segment), so it can release what
+	// writing needs; writing again is allowed.
+	DoneWriting()
 	Close() error
 }
 
@@ -62,18 +66,16 @@ type osFS struct{ stage *stagePool }
 type osFile struct {
 	fd   int
 	name string
-	iov  []unix.Iovec  // scratch for WriteV; guarded by the log's writeMu
-	dio  *directWriter // nil: writes go through the page cache
+	iov  []unix.Iovec // scratch for WriteV; guarded by the log's writeMu
+	// stage is set when writes are to use O_DIRECT; dio is the O_DIRECT
+	// descriptor while the file is being written. Guarded like iov.
+	stage *stagePool
+	dio   *directWriter
 }
 
-// newOSFile wraps fd, adding an O_DIRECT descriptor when fs asks for one and
-// the file system allows it.
+// newOSFile wraps fd.
 func (fs osFS) newOSFile(fd int, path string) *osFile {
-	f := &osFile{fd: fd, name: path}
-	if fs.stage != nil {
-		f.dio = openDirect(path, fs.stage)
-	}
-	return f
+	return &osFile{fd: fd, name: path, stage: fs.stage}
 }
 
 // maxIOV is the kernel's IOV_MAX.
@@ -158,15 +160,20 @@ func (osFS) Lock(dir string) (io.Closer, error) {
 }
 
 func (f *osFile) WriteV(bufs [][]byte, off int64) error {
+	if f.stage != nil && f.dio == nil {
+		if f.dio = openDirect(f); f.dio == nil {
+			f.stage = nil // refused: the page cache from now on
+		}
+	}
 	if f.dio != nil {
-		err := f.dio.writeV(f, bufs, off)
+		err := f.dio.writeV(f, f.stage, bufs, off)
 		if !errors.Is(err, errDirectUnsupported) {
 			return err
 		}
 		// The file system took the O_DIRECT open but not the write: use
 		// the page cache for this file from now on.
-		f.dio.close()
-		f.dio = nil
+		f.DoneWriting()
+		f.stage = nil
 	}
 	iov := f.iov[:0]
 	for _, b := range bufs {
@@ -238,9 +245,7 @@ func (f *osFile) Datasync() error {
 }
 
 func (f *osFile) Truncate(size int64) error {
-	if f.dio != nil {
-		f.dio.invalidate()
-	}
+	f.DoneWriting() // the remembered tail no longer holds
 	if err := unix.Ftruncate(f.fd, size); err != nil {
 		return &os.PathError{Op: "ftruncate", Path: f.name, Err: err}
 	}
@@ -281,10 +286,17 @@ func (f *osFile) Map() ([]byte, func() error, error) {
 	return b, func() error { return unix.Munmap(b) }, nil
 }
 
-func (f *osFile) Close() error {
+// DoneWriting closes the O_DIRECT descriptor, if any; a later write opens
+// it again.
+func (f *osFile) DoneWriting() {
 	if f.dio != nil {
 		f.dio.close()
+		f.dio = nil
 	}
+}
+
+func (f *osFile) Close() error {
+	f.DoneWriting()
 	if err := unix.Close(f.fd); err != nil {
 		return &os.PathError{Op: "close", Path: f.name, Err: err}
 	}

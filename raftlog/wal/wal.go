@@ -536,6 +536,9 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 	if newSeg {
 		l.segs = append(l.segs, seg)
 	}
+	if n := len(l.segs); newSeg && n > 1 {
+		l.segs[n-2].f.DoneWriting() // sealed: never appended to again
+	}
 	if l.first == 0 {
 		l.first = first
 	}
