@@ -99,7 +99,7 @@ func openDirect(f *osFile) *directWriter {
 var errDirectUnsupported = errors.New("wal: O_DIRECT write refused")
 
 // writeV writes the concatenation of bufs at off in whole aligned blocks.
-// It fails with errDirectUnsupported if the file system refuses the first
+// It fails with errDirectUnsupported if the file system refuses an
 // O_DIRECT write for its alignment; rewriting the range through the page
 // cache is then correct whatever part of it was written.
 func (d *directWriter) writeV(f *osFile, stage *stagePool, bufs [][]byte, off int64) error {
