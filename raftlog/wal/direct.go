@@ -178,20 +178,7 @@ func (d *directWriter) close() error { return unix.Close(d.fd) }
 // readPrefix reads p at off through the page cache; bytes past the end of
 // the file read as zeros.
 func (f *osFile) readPrefix(p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pread(f.fd, p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "pread", Path: f.name, Err: err}
-		}
-		if n == 0 {
-			clear(p)
-			return nil
-		}
-		p = p[n:]
-		off += int64(n)
-	}
-	return nil
+	n, err := f.readFull(p, off)
+	clear(p[n:])
+	return err
 }

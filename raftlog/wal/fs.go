@@ -220,21 +220,31 @@ func (f *osFile) WriteV(bufs [][]byte, off int64) error {
 }
 
 func (f *osFile) ReadAt(p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pread(f.fd, p, off)
+	n, err := f.readFull(p, off)
+	if err == nil && n < len(p) {
+		err = &os.PathError{Op: "pread", Path: f.name, Err: io.ErrUnexpectedEOF}
+	}
+	return err
+}
+
+// readFull reads p at off, retrying short reads, until p is full or the
+// file ends; it returns how many bytes it read.
+func (f *osFile) readFull(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pread(f.fd, p[done:], off+int64(done))
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return &os.PathError{Op: "pread", Path: f.name, Err: err}
+			return done, &os.PathError{Op: "pread", Path: f.name, Err: err}
 		}
 		if n == 0 {
-			return &os.PathError{Op: "pread", Path: f.name, Err: io.ErrUnexpectedEOF}
+			break
 		}
-		p = p[n:]
-		off += int64(n)
+		done += n
 	}
-	return nil
+	return done, nil
 }
 
 func (f *osFile) Datasync() error {
