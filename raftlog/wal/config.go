@@ -42,6 +42,8 @@ type Config struct {
 	// InlineThreshold is the entry size (Data plus Extensions, bytes) below
 	// which StoreLogs copies an entry into its pooled encode buffer; larger
 	// entries are handed to pwritev as their own iovecs without a copy.
+	// With DirectIO it does not apply: every entry is copied once, into
+	// the direct write's staging buffer.
 	// Must be between 0 and 16 MiB.
 	InlineThreshold int
 
@@ -54,8 +56,8 @@ type Config struct {
 
 // DefaultConfig returns the recommended configuration: 64 MiB segments
 // pre-zeroed at up to 64 MiB/s, up to 32 (2 GiB) recycled, written with
-// O_DIRECT; with the page cache, entries of 32 KiB and more are written
-// without a copy.
+// O_DIRECT (without O_DIRECT, entries of 32 KiB and more are written
+// without a copy).
 func DefaultConfig() Config {
 	return Config{
 		SegmentSize:     64 << 20,

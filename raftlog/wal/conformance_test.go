@@ -24,25 +24,33 @@ type storeUnderTest struct {
 	strict bool
 }
 
-func logStores() []storeUnderTest {
-	return []storeUnderTest{
-		{
-			name: "wal",
-			open: func(t *testing.T, dir string) raft.LogStore {
-				l := mustOpen(t, dir, testConfig())
-				t.Cleanup(func() { l.Close() })
-				return l
-			},
-			reopen: func(t *testing.T, s raft.LogStore, dir string) raft.LogStore {
-				if err := s.(*Log).Close(); err != nil {
-					t.Fatal(err)
-				}
-				l := mustOpen(t, dir, testConfig())
-				t.Cleanup(func() { l.Close() })
-				return l
-			},
-			strict: true,
+// walStore is the WAL under test with cfg.
+func walStore(name string, cfg Config) storeUnderTest {
+	return storeUnderTest{
+		name: name,
+		open: func(t *testing.T, dir string) raft.LogStore {
+			l := mustOpen(t, dir, cfg)
+			t.Cleanup(func() { l.Close() })
+			return l
 		},
+		reopen: func(t *testing.T, s raft.LogStore, dir string) raft.LogStore {
+			if err := s.(*Log).Close(); err != nil {
+				t.Fatal(err)
+			}
+			l := mustOpen(t, dir, cfg)
+			t.Cleanup(func() { l.Close() })
+			return l
+		},
+		strict: true,
+	}
+}
+
+func logStores() []storeUnderTest {
+	buffered := testConfig()
+	buffered.DirectIO = false // the page-cache path, with small entries inlined
+	return []storeUnderTest{
+		walStore("wal", testConfig()),
+		walStore("wal-page-cache", buffered),
 		{
 			// The synced badger baseline of the benchmarks (badgerstore_test.go).
 			name: "badger",

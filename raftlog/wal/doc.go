@@ -76,8 +76,10 @@
 // With Config.DirectIO (the default) the writes bypass the page cache: they
 // are staged into an aligned buffer and written with O_DIRECT in whole
 // 4 KiB blocks, the first block's beginning rewritten with the bytes it
-// already holds and the last block's rest with zeros (direct.go). A file
-// system that refuses O_DIRECT gets the page-cache path.
+// already holds and the last block's rest with zeros (direct.go). Every
+// entry is then copied once, into that staging buffer, and none into the
+// encode buffer. A file system that refuses O_DIRECT gets the page-cache
+// path.
 //
 // New segments come from spares. Segments dropped by compaction are recycled
 // (up to Config.MaxRecycled): renamed to spare names and reused, so appends

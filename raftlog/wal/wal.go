@@ -44,6 +44,7 @@ type Log struct {
 	metaFirst uint64        // durable lower bound (meta file); 0 if none
 	unsynced  *segment      // holds a batch written by StoreLogsNoSync, not yet synced
 	enc       []byte        // pooled encode buffer for headers and small entries
+	inline    int           // entries below this size go into enc (Config.InlineThreshold; 0 with DirectIO)
 	bufs      [][]byte      // pooled iovec list
 	pad       [recAlign]byte
 
@@ -97,7 +98,13 @@ func Open(dir string, cfg Config) (*Log, error) {
 	if cfg.DirectIO {
 		fsys.stage = new(stagePool)
 	}
-	return open(dir, cfg, fsys)
+	l, err := open(dir, cfg, fsys)
+	if err == nil && cfg.DirectIO {
+		// Direct writes copy every byte into their staging buffer: copying
+		// small entries into the encode buffer first would copy them twice.
+		l.inline = 0
+	}
+	return l, err
 }
 
 func open(dir string, cfg Config, fsys fileSystem) (*Log, error) {
@@ -111,7 +118,7 @@ func open(dir string, cfg Config, fsys fileSystem) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
-	l := &Log{dir: dir, cfg: cfg, fs: fsys, lock: lock, failedCh: make(chan struct{})}
+	l := &Log{dir: dir, cfg: cfg, fs: fsys, lock: lock, failedCh: make(chan struct{}), inline: cfg.InlineThreshold}
 	if err := l.recover(); err != nil {
 		for _, s := range l.segs {
 			s.f.Close()
@@ -356,8 +363,8 @@ func (l *Log) StoreLog(entry *raft.Log) error {
 // on an empty log), with one pwritev and one fdatasync (plus a rename and a
 // directory fsync when a new segment starts). When it returns nil every
 // entry is durable. The entries and their Data are not retained; Data of
-// InlineThreshold bytes or more is written from the caller's memory without
-// a copy. If the write or sync fails the log enters the failed state
+// InlineThreshold bytes or more (all Data, with DirectIO) is written from
+// the caller's memory without a copy other than the direct write's staging. If the write or sync fails the log enters the failed state
 // (ErrFailed) until it is reopened.
 func (l *Log) StoreLogs(entries []*raft.Log) error {
 	return l.store(entries, true)
@@ -428,7 +435,7 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 		}
 		size := recSize(payload)
 		inlineBytes += recHeaderSize
-		if payload < uint64(l.cfg.InlineThreshold) {
+		if payload < uint64(l.inline) {
 			inlineBytes += size - recHeaderSize
 		}
 	}
@@ -495,7 +502,7 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 		h.encode(enc[pos:], seg.salt)
 		pos += recHeaderSize
 		padLen := size - recHeaderSize - payload
-		if payload < int64(l.cfg.InlineThreshold) {
+		if payload < int64(l.inline) {
 			pos += int64(copy(enc[pos:], e.Data))
 			pos += int64(copy(enc[pos:], e.Extensions))
 			clear(enc[pos : pos+padLen])
