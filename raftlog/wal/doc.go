@@ -70,8 +70,12 @@
 // Data to pwritev as their own iovecs, so large payloads are never copied and
 // no memory is allocated per call in the steady state. It then calls
 // fdatasync once. StoreLogsNoSync (raft.DeferredSyncLogStore, used by a
-// raft leader to replicate its entries while it syncs them) writes the same
-// way and leaves the fdatasync to SyncLogs.
+// raft leader to replicate its entries while it writes and syncs them)
+// encodes the batch and publishes it without writing it: GetLog serves its
+// entries from the caller's memory, and SyncLogs, or the next StoreLogs,
+// StoreLogsNoSync or DeleteRange, writes it the same way and syncs it. The
+// leader's device write (about 0.1 ms for 4 KiB with O_DIRECT, milliseconds
+// for MiBs) thus runs while its followers already have the entries.
 //
 // With Config.DirectIO (the default) the writes bypass the page cache: they
 // are staged into an aligned buffer and written with O_DIRECT in whole
@@ -102,9 +106,9 @@
 //
 // Invariant: appends are serialized and each batch's fdatasync returns
 // before the next batch is written (StoreLogs syncs its own batch;
-// StoreLogsNoSync leaves it to SyncLogs or to the next StoreLogs,
-// StoreLogsNoSync or DeleteRange, which sync it before doing anything
-// else), and nothing is ever written over or after existing records except
+// StoreLogsNoSync leaves the write and the sync to SyncLogs or to the next
+// StoreLogs, StoreLogsNoSync or DeleteRange, which write and sync it before
+// doing anything else), and nothing is ever written over or after existing records except
 // at the current end of the last segment. Hence at
 // a crash only the batch being written may be incomplete, and it is the last
 // thing in the last segment. Under kill -9 a partial pwritev is a prefix of

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -111,4 +112,65 @@ func TestStoreLogsNoSyncNewSegments(t *testing.T) {
 	l = mustOpen(t, dir, testConfig())
 	defer l.Close()
 	checkRange(t, l, 1, 600, term1)
+}
+
+// TestStoreLogsNoSyncWritesLater checks that StoreLogsNoSync leaves its
+// batch unwritten until SyncLogs: a crash before the sync (the files as
+// they are) recovers the log without the batch, cleanly, while GetLog
+// serves it from memory; after SyncLogs the files hold it.
+func TestStoreLogsNoSyncWritesLater(t *testing.T) {
+	for _, direct := range []bool{true, false} {
+		t.Run(map[bool]string{true: "direct", false: "page-cache"}[direct], func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := testConfig()
+			cfg.DirectIO = direct
+			l := mustOpen(t, dir, cfg)
+			defer l.Close()
+			if err := l.StoreLogs(makeEntries(1, 10, 1)); err != nil {
+				t.Fatal(err)
+			}
+			// 11-40 cross into a second 64 KiB segment (entries of up
+			// to 4 KiB), whose rename is durable before the batch is
+			// written.
+			for _, b := range [][2]uint64{{11, 12}, {13, 40}} {
+				if err := l.StoreLogsNoSync(makeEntries(b[0], b[1], 1)); err != nil {
+					t.Fatal(err)
+				}
+				checkRange(t, l, 1, b[1], term1)
+				expectRecovered(t, copyDir(t, dir), b[0]-1)
+			}
+			if err := l.SyncLogs(); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(l.segs); n < 2 {
+				t.Fatalf("%d segment; the test wants the deferred batch to start a new one", n)
+			}
+			expectRecovered(t, copyDir(t, dir), 40)
+		})
+	}
+}
+
+// TestStoreLogsNoSyncWriteFails checks a deferred write that fails: the
+// sync reports it, the log is failed, and the entries stay readable.
+func TestStoreLogsNoSyncWriteFails(t *testing.T) {
+	ffs := &faultFS{}
+	l, err := open(t.TempDir(), testConfig(), ffs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.StoreLogs(makeEntries(1, 5, 1)); err != nil {
+		t.Fatal(err)
+	}
+	ffs.set("writev", errInjected)
+	if err := l.StoreLogsNoSync(makeEntries(6, 9, 1)); err != nil {
+		t.Fatalf("StoreLogsNoSync wrote at once: %v", err)
+	}
+	if err := l.SyncLogs(); !errors.Is(err, errInjected) {
+		t.Fatalf("SyncLogs = %v, want the write's error", err)
+	}
+	if err := l.StoreLogs(makeEntries(10, 10, 1)); !errors.Is(err, ErrFailed) {
+		t.Fatalf("StoreLogs after the failed write = %v, want ErrFailed", err)
+	}
+	checkRange(t, l, 1, 9, term1)
 }

@@ -42,7 +42,7 @@ type Log struct {
 	failed    error         // sticky: first failed write/sync/truncate
 	failedCh  chan struct{} // closed once failed is set
 	metaFirst uint64        // durable lower bound (meta file); 0 if none
-	unsynced  *segment      // holds a batch written by StoreLogsNoSync, not yet synced
+	pending   *pendingBatch // a batch StoreLogsNoSync accepted, not yet written; also read under mu
 	enc       []byte        // pooled encode buffer for headers and small entries
 	inline    int           // entries below this size go into enc (Config.InlineThreshold; 0 with DirectIO)
 	bufs      [][]byte      // pooled iovec list
@@ -56,6 +56,17 @@ type Log struct {
 	first  uint64     // 0 when the log is empty
 	last   uint64
 	closed bool
+}
+
+// pendingBatch is a batch StoreLogsNoSync encoded and published but left
+// unwritten: the next syncPending writes and syncs it. Until then GetLog
+// serves its entries from the caller's memory.
+type pendingBatch struct {
+	seg     *segment
+	off     int64
+	bufs    [][]byte // the encoded batch, as for WriteV; aliases Log.bufs and Log.enc
+	first   uint64
+	entries []*raft.Log
 }
 
 // segment is one open segment file.
@@ -314,7 +325,8 @@ func (l *Log) LastIndex() (uint64, error) {
 
 // GetLog implements raft.LogStore. It reads the entry at index into out;
 // out.Data and out.Extensions point into a buffer allocated for this call
-// that the caller owns. It returns raft.ErrLogNotFound if the log does not
+// that the caller owns, or, for an entry StoreLogsNoSync accepted and the
+// log has not written yet, into the Data that call was given. It returns raft.ErrLogNotFound if the log does not
 // hold index, an error wrapping ErrCorrupt if the record fails its checksum,
 // and ErrClosed after Close.
 func (l *Log) GetLog(index uint64, out *raft.Log) error {
@@ -326,6 +338,11 @@ func (l *Log) GetLog(index uint64, out *raft.Log) error {
 	if l.first == 0 || index < l.first || index > l.last {
 		l.mu.RUnlock()
 		return raft.ErrLogNotFound
+	}
+	if p := l.pending; p != nil && index >= p.first {
+		*out = *p.entries[index-p.first]
+		l.mu.RUnlock()
+		return nil
 	}
 	i, _ := slices.BinarySearchFunc(l.segs, index, func(s *segment, idx uint64) int {
 		switch {
@@ -372,18 +389,22 @@ func (l *Log) StoreLogs(entries []*raft.Log) error {
 
 // StoreLogsNoSync implements raft.DeferredSyncLogStore (Tandem's copy of
 // hashicorp/raft): it appends entries like StoreLogs, but returns once they
-// are written, before they are durable. GetLog and LastIndex see them at
-// once. They become durable when SyncLogs returns, or when the next
-// StoreLogs, StoreLogsNoSync or DeleteRange starts: each of those first
-// syncs what an earlier call left unsynced, so a batch is never written
-// before the one before it is durable (the invariant recovery relies on).
+// are encoded, before they are written: GetLog and LastIndex see them at
+// once, GetLog from the entries' own memory, which the log keeps (and the
+// caller must not change) until they are written. They are written and
+// made durable by SyncLogs, or when the next StoreLogs, StoreLogsNoSync or
+// DeleteRange starts: each of those first writes and syncs what an earlier
+// call left pending, so a batch is never written before the one before it
+// is durable (the invariant recovery relies on). A raft leader's syncer
+// thus does the leader's disk write while its replicators are already
+// sending the entries (docs/replication.md, "Latency").
 func (l *Log) StoreLogsNoSync(entries []*raft.Log) error {
 	return l.store(entries, false)
 }
 
 // SyncLogs implements raft.DeferredSyncLogStore: when it returns nil, every
-// entry stored before the call is durable. A failed sync puts the log in
-// the failed state (ErrFailed).
+// entry stored before the call is written and durable. A failed write or
+// sync puts the log in the failed state (ErrFailed).
 func (l *Log) SyncLogs() error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
@@ -393,17 +414,26 @@ func (l *Log) SyncLogs() error {
 	return l.syncPending()
 }
 
-// syncPending makes the batch written by StoreLogsNoSync durable, if one is
-// still unsynced. Called with writeMu held.
+// syncPending writes and syncs the batch StoreLogsNoSync left pending, if
+// any. Called with writeMu held. A failure leaves the batch pending (GetLog
+// still serves it) and the log failed.
 func (l *Log) syncPending() error {
-	s := l.unsynced
-	if s == nil {
+	p := l.pending
+	if p == nil {
 		return nil
 	}
-	l.unsynced = nil
-	if err := s.f.Datasync(); err != nil {
-		return l.fail(fmt.Errorf("wal: sync %s: %w", s.path, err))
+	last := p.first + uint64(len(p.entries)) - 1
+	err := p.seg.f.WriteV(p.bufs, p.off)
+	clear(p.bufs) // do not keep the caller's Data alive
+	if err != nil {
+		return l.fail(fmt.Errorf("wal: append entries %d-%d to %s: %w", p.first, last, p.seg.path, err))
 	}
+	if err := p.seg.f.Datasync(); err != nil {
+		return l.fail(fmt.Errorf("wal: sync %s: %w", p.seg.path, err))
+	}
+	l.mu.Lock()
+	l.pending = nil
+	l.mu.Unlock()
 	return nil
 }
 
@@ -516,27 +546,33 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 	}
 	bufs = append(bufs, enc[chunk:pos])
 	l.bufs = bufs
-	defer clear(l.bufs[:len(bufs)]) // do not keep the caller's Data alive
 
-	err := seg.f.WriteV(bufs, off)
-	if err != nil {
-		err = fmt.Errorf("wal: append entries %d-%d to %s: %w", first, first+uint64(len(entries))-1, seg.path, err)
-	} else if !sync {
-		l.unsynced = seg
-	} else if err = seg.f.Datasync(); err != nil {
-		err = fmt.Errorf("wal: sync %s: %w", seg.path, err)
-	}
-	if err != nil {
-		if newSeg {
-			seg.f.Close() // not published; recovery drops or cuts the file
+	var pending *pendingBatch
+	if sync {
+		err := seg.f.WriteV(bufs, off)
+		clear(bufs) // do not keep the caller's Data alive
+		if err != nil {
+			err = fmt.Errorf("wal: append entries %d-%d to %s: %w", first, first+uint64(len(entries))-1, seg.path, err)
+		} else if err = seg.f.Datasync(); err != nil {
+			err = fmt.Errorf("wal: sync %s: %w", seg.path, err)
 		}
-		return l.fail(err)
+		if err != nil {
+			if newSeg {
+				seg.f.Close() // not published; recovery drops or cuts the file
+			}
+			return l.fail(err)
+		}
+	} else {
+		// Published unwritten: the next syncPending writes it, before
+		// anything else is written (or the segment retired).
+		pending = &pendingBatch{seg: seg, off: off, bufs: bufs, first: first, entries: slices.Clone(entries)}
 	}
 	if int64(cap(l.enc)) > 4*l.cfg.SegmentSize {
-		l.enc = nil // do not pin a buffer sized for one huge batch
+		l.enc = nil // do not pin a buffer sized for one huge batch (a pending batch keeps its own)
 	}
 
 	l.mu.Lock()
+	l.pending = pending
 	seg.offsets = offsets
 	seg.end = recOff
 	seg.capacity = max(seg.capacity, seg.end)
