@@ -107,6 +107,37 @@ func TestRunFio(t *testing.T) {
 	}
 }
 
+// TestRunFioLogBound runs the sequential durable write workload with fio
+// and checks the disk bound measured after each round, and Tandem's share
+// of it.
+func TestRunFioLogBound(t *testing.T) {
+	testbin.Require(t, "nbdkit", "fio")
+	cfg := tinyConfig(t, ClientFio, "write-1m-qd8-durable")
+	cfg.Baselines = []string{BaselineNbdkit}
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, cfg, rep, []string{"tandem", "nbdkit"})
+	w := rep.Workloads[0]
+	lb := w.LogBound
+	if lb == nil || len(lb.Runs) != cfg.Repeat || len(lb.Failed) != 0 {
+		t.Fatalf("disk bound %+v, want %d runs", lb, cfg.Repeat)
+	}
+	for _, v := range lb.Runs {
+		if v <= 0 {
+			t.Errorf("disk bound run of %v bytes/s", v)
+		}
+	}
+	want := w.Systems[0].BytesPerSec.Median / Median(lb.Runs)
+	if lb.PerLog.Median != Median(lb.Runs) || math.Abs(lb.TandemShare-want) > 1e-9*want {
+		t.Errorf("disk bound summary %+v, want median %v and share %v", lb, Median(lb.Runs), want)
+	}
+	if md := rep.Markdown(); !strings.Contains(md, "**Disk bound, write-1m-qd8-durable:**") {
+		t.Errorf("no disk bound in the Markdown:\n%s", md)
+	}
+}
+
 // TestRunCancelled cancels a run in the middle of its workloads and checks
 // that every process is stopped and the partial report written.
 func TestRunCancelled(t *testing.T) {

@@ -73,6 +73,10 @@ type Config struct {
 	// Verify makes the Go load generator check every read (needs the Go
 	// client).
 	Verify bool
+	// LogBound measures, after each round of a sequential durable write
+	// workload, what three synced logs get from the filesystem at once: the
+	// disk's bound on Tandem's dev cluster (LogBound; fio client only).
+	LogBound bool
 	// OutDir receives results.json, results.md, results.svg and the servers'
 	// logs; "" means bench-results/<start time>.
 	OutDir string
@@ -109,6 +113,7 @@ func DefaultConfig() Config {
 		Baselines:      []string{BaselineNbdkit, BaselineNBDServer},
 		Scenarios:      []string{ScenarioAgentKill, ScenarioLeaderKill, ScenarioFollowerKill},
 		ScenarioRounds: 1,
+		LogBound:       true,
 	}
 }
 

@@ -80,18 +80,25 @@ func fioArgs(w Workload, uri string, o RunOptions, out string) []string {
 // Run implements Client: one fio job, its JSON output parsed.
 func (f *fioClient) Run(ctx context.Context, ep Endpoint, w Workload, o RunOptions) (Result, error) {
 	res := Result{Client: ClientFio, Round: o.Round}
+	err := f.runFio(ctx, fmt.Sprintf("fio %s against %s", w.Name, ep.URI()),
+		func(out string) []string { return fioArgs(w, ep.URI(), o, out) }, o, &res)
+	return res, err
+}
+
+// runFio runs fio with the arguments args returns for a JSON output file
+// and parses that output into res; what names the run in errors.
+func (f *fioClient) runFio(ctx context.Context, what string, args func(out string) []string, o RunOptions, res *Result) error {
 	out, err := os.CreateTemp(f.dir, "fio-*.json")
 	if err != nil {
-		return res, fmt.Errorf("fio output file: %w", err)
+		return fmt.Errorf("fio output file: %w", err)
 	}
 	out.Close()
 	defer os.Remove(out.Name())
-	args := fioArgs(w, ep.URI(), o, out.Name())
 	// fio must finish on its own well within this; the margin covers its
 	// start-up and connection set-up.
 	rctx, cancel := context.WithTimeout(ctx, o.Warmup+o.Runtime+60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(rctx, f.prog, args...)
+	cmd := exec.CommandContext(rctx, f.prog, args(out.Name())...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
@@ -99,18 +106,18 @@ func (f *fioClient) Run(ctx context.Context, ep Endpoint, w Workload, o RunOptio
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return res, ctx.Err()
+			return ctx.Err()
 		}
-		return res, fmt.Errorf("fio %s against %s: %w\n%s", w.Name, ep.URI(), err, tail(log.String(), 2000))
+		return fmt.Errorf("%s: %w\n%s", what, err, tail(log.String(), 2000))
 	}
 	b, err := os.ReadFile(out.Name())
 	if err != nil {
-		return res, fmt.Errorf("fio %s: reading its JSON: %w", w.Name, err)
+		return fmt.Errorf("%s: reading its JSON: %w", what, err)
 	}
-	if err := parseFio(b, &res); err != nil {
-		return res, fmt.Errorf("fio %s against %s: %w\n%s", w.Name, ep.URI(), err, tail(log.String(), 2000))
+	if err := parseFio(b, res); err != nil {
+		return fmt.Errorf("%s: %w\n%s", what, err, tail(log.String(), 2000))
 	}
-	return res, nil
+	return nil
 }
 
 // fioOutput is the part of fio's JSON output the harness reads.

@@ -72,3 +72,26 @@ func TestFioArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestLogBound checks which workloads get the disk-bound probe and its fio
+// arguments.
+func TestLogBound(t *testing.T) {
+	var with []string
+	for _, w := range StandardWorkloads() {
+		if w.hasLogBound() {
+			with = append(with, w.Name)
+		}
+	}
+	if strings.Join(with, ",") != "write-1m-qd8-durable" {
+		t.Errorf("disk bound measured for %v, want write-1m-qd8-durable only", with)
+	}
+	w, _ := SelectWorkloads([]string{"write-1m-qd8-durable"})
+	o := RunOptions{Runtime: 3 * time.Second, Warmup: 500 * time.Millisecond, Region: 512 * mib}
+	args := logBoundArgs("/d", w[0], o, "/o.json")
+	for _, a := range []string{"--directory=/d", "--numjobs=3", "--group_reporting", "--rw=write", "--bs=1048576",
+		"--direct=1", "--fdatasync=1", "--size=536870912", "--runtime=3000ms", "--ramp_time=500ms", "--output=/o.json"} {
+		if !slices.Contains(args, a) {
+			t.Errorf("%s missing from %s", a, strings.Join(args, " "))
+		}
+	}
+}

@@ -87,6 +87,9 @@ func (r *Report) Markdown() string {
 IOPS: median over the rounds, with the lowest and highest round. MiB/s and latencies: medians over the rounds. Latencies are completion latencies of the workload's reads (of its writes for write-only workloads), each round's percentile from the client's histogram. In the *durable* rows a FLUSH follows every write (fio --fsync=1 queues it behind the write; each Go client goroutine waits for its flush before its next write): IOPS counts the writes, the latency columns are the write's alone, the flush latencies are in results.json (sync_lat).
 Tandem ÷ baseline: the ratio of the medians, with the lowest and highest per-round ratio (Tandem's run divided by the baseline's run of the same round). Above 1× Tandem does more I/O; for latencies (p99, on the QD1 rows) above 1× Tandem is slower.
 `)
+		for _, w := range r.Workloads {
+			logBoundMarkdown(&b, w)
+		}
 	}
 
 	if len(r.Scenarios) > 0 {
@@ -309,3 +312,22 @@ func (r *Report) scenariosMarkdown(b *strings.Builder) {
 
 // durationOf converts a Stat's nanoseconds back to a duration.
 func durationOf(ns float64) time.Duration { return time.Duration(ns) }
+
+// logBoundMarkdown describes w's disk bound, if it was measured.
+func logBoundMarkdown(b *strings.Builder, w WorkloadReport) {
+	lb := w.LogBound
+	if lb == nil || (lb.PerLog.N == 0 && len(lb.Failed) == 0) {
+		return
+	}
+	fmt.Fprintf(b, "\n**Disk bound, %s:** %d synced logs writing at once on this filesystem (fio: %d jobs, each writing its own file sequentially in %s O_DIRECT writes, each followed by fdatasync; one run after each round)",
+		w.Workload.Name, boundLogs, boundLogs, fmtSize(int64(w.Workload.BlockSize)))
+	if lb.PerLog.N == 0 {
+		fmt.Fprintf(b, " could not be measured: %s\n", firstLine(lb.Failed[0]))
+		return
+	}
+	fmt.Fprintf(b, " wrote %.0f MiB/s each (%.0f–%.0f).", lb.PerLog.Median/mib, lb.PerLog.Min/mib, lb.PerLog.Max/mib)
+	if lb.TandemShare > 0 {
+		fmt.Fprintf(b, " Tandem, whose %d replicas each write every byte to such a log on this filesystem, reached **%.2f×** of that (its checkpoints also write the volume files).", boundLogs, lb.TandemShare)
+	}
+	b.WriteString("\n")
+}

@@ -63,6 +63,9 @@ type WorkloadReport struct {
 	// latency workloads, "p50", "p99" and "p99.9" of the workload's main
 	// direction (reads, or writes for write-only workloads).
 	Ratios []Ratio `json:"ratios"`
+	// LogBound is the disk bound measured for a sequential durable write
+	// workload (Config.LogBound), nil if none was.
+	LogBound *LogBound `json:"log_bound,omitempty"`
 }
 
 // SystemRuns holds the runs of one workload on one system and their
@@ -127,12 +130,7 @@ func (s *SystemRuns) summarize(w Workload, repeat int) {
 
 // computeRatios fills wr.Ratios: Tandem against every baseline.
 func (wr *WorkloadReport) computeRatios(systems []*System, repeat int) {
-	var tandem *SystemRuns
-	for i := range wr.Systems {
-		if wr.Systems[i].System == systems[0].Name && systems[0].Role == RoleTandem {
-			tandem = &wr.Systems[i]
-		}
-	}
+	tandem := wr.tandemRuns(systems)
 	wr.Ratios = nil
 	if tandem == nil {
 		return
@@ -151,6 +149,20 @@ func (wr *WorkloadReport) computeRatios(systems []*System, repeat int) {
 				tandem.figures(w, repeat, m.f), b.figures(w, repeat, m.f)))
 		}
 	}
+}
+
+// tandemRuns returns Tandem's runs (systems[0], when it is Tandem), nil if
+// it has none.
+func (wr *WorkloadReport) tandemRuns(systems []*System) *SystemRuns {
+	if len(systems) == 0 || systems[0].Role != RoleTandem {
+		return nil
+	}
+	for i := range wr.Systems {
+		if wr.Systems[i].System == systems[0].Name {
+			return &wr.Systems[i]
+		}
+	}
+	return nil
 }
 
 // ratio returns the ratio of metric against baseline, if computed.

@@ -312,8 +312,38 @@ func (r *runner) runWorkloads(ctx context.Context) error {
 				}
 				r.step("%s %s", prefix, msg)
 			}
+			if lb, ok := r.client.(logBounder); ok && cfg.LogBound && w.hasLogBound() {
+				if err := r.measureBound(ctx, lb, cur, round); err != nil {
+					return err
+				}
+			}
 		}
 	}
+	return nil
+}
+
+// measureBound runs the disk-bound probe of cur's workload once (see
+// bound.go); it returns only the context's error.
+func (r *runner) measureBound(ctx context.Context, lb logBounder, cur *WorkloadReport, round int) error {
+	w := cur.Workload
+	if cur.LogBound == nil {
+		cur.LogBound = &LogBound{Runs: []float64{}}
+	}
+	prefix := fmt.Sprintf("%s disk bound (%d synced logs) round %d/%d ...", w.Name, boundLogs, round, r.cfg.Repeat)
+	perLog, err := lb.LogBound(ctx, filepath.Join(r.workDir, "log-bound"), w, RunOptions{
+		Runtime: r.cfg.Runtime, Warmup: r.cfg.Warmup, Region: r.cfg.Size, Round: round,
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		r.log.Warn("disk bound failed", "workload", w.Name, "round", round, "err", err)
+		cur.LogBound.Failed = append(cur.LogBound.Failed, fmt.Sprintf("round %d: %v", round, err))
+		r.step("%s FAILED: %v", prefix, firstLine(err.Error()))
+		return nil
+	}
+	cur.LogBound.Runs = append(cur.LogBound.Runs, perLog)
+	r.step("%s %.0f MiB/s per log", prefix, perLog/mib)
 	return nil
 }
 
@@ -381,6 +411,9 @@ func (r *runner) finish() {
 		}
 		if len(r.systems) > 0 {
 			wr.computeRatios(r.systems, r.cfg.Repeat)
+		}
+		if wr.LogBound != nil {
+			wr.LogBound.summarize(wr.tandemRuns(r.systems))
 		}
 	}
 	r.rep.ScenarioSummaries = r.rep.summarizeScenarios()

@@ -110,6 +110,7 @@ Scenarios (--scenarios, "none" for none):
 	f.StringSliceVar(&scenarios, "scenarios", cfg.Scenarios, `fault scenarios to run after the workloads ("none" for none)`)
 	f.IntVar(&cfg.ScenarioRounds, "scenario-rounds", cfg.ScenarioRounds, "times each scenario runs (the report adds medians over the rounds)")
 	f.BoolVar(&cfg.Verify, "verify", false, "check every read's data (Go client)")
+	f.BoolVar(&cfg.LogBound, "log-bound", cfg.LogBound, "after each round of write-1m-qd8-durable, measure what 3 synced logs get from the filesystem at once (fio client)")
 	f.StringVar(&cfg.OutDir, "out", "", "results directory (default bench-results/<timestamp>)")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "where Tandem's data and the baselines' files go (default: a temporary directory)")
 	f.BoolVar(&cfg.KeepWorkDir, "keep-work-dir", false, "keep the data files after the run")
