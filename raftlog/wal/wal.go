@@ -326,9 +326,9 @@ func (l *Log) LastIndex() (uint64, error) {
 // GetLog implements raft.LogStore. It reads the entry at index into out;
 // out.Data and out.Extensions point into a buffer allocated for this call
 // that the caller owns, or, for an entry StoreLogsNoSync accepted and the
-// log has not written yet, into the Data that call was given. It returns raft.ErrLogNotFound if the log does not
-// hold index, an error wrapping ErrCorrupt if the record fails its checksum,
-// and ErrClosed after Close.
+// log has not written yet, into the Data that call was given. It returns
+// raft.ErrLogNotFound if the log does not hold index, an error wrapping
+// ErrCorrupt if the record fails its checksum, and ErrClosed after Close.
 func (l *Log) GetLog(index uint64, out *raft.Log) error {
 	l.mu.RLock()
 	if l.closed {
@@ -422,14 +422,8 @@ func (l *Log) syncPending() error {
 	if p == nil {
 		return nil
 	}
-	last := p.first + uint64(len(p.entries)) - 1
-	err := p.seg.f.WriteV(p.bufs, p.off)
-	clear(p.bufs) // do not keep the caller's Data alive
-	if err != nil {
-		return l.fail(fmt.Errorf("wal: append entries %d-%d to %s: %w", p.first, last, p.seg.path, err))
-	}
-	if err := p.seg.f.Datasync(); err != nil {
-		return l.fail(fmt.Errorf("wal: sync %s: %w", p.seg.path, err))
+	if err := writeBatch(p.seg, p.bufs, p.off, p.entries); err != nil {
+		return l.fail(err)
 	}
 	l.mu.Lock()
 	l.pending = nil
@@ -549,14 +543,7 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 
 	var pending *pendingBatch
 	if sync {
-		err := seg.f.WriteV(bufs, off)
-		clear(bufs) // do not keep the caller's Data alive
-		if err != nil {
-			err = fmt.Errorf("wal: append entries %d-%d to %s: %w", first, first+uint64(len(entries))-1, seg.path, err)
-		} else if err = seg.f.Datasync(); err != nil {
-			err = fmt.Errorf("wal: sync %s: %w", seg.path, err)
-		}
-		if err != nil {
+		if err := writeBatch(seg, bufs, off, entries); err != nil {
 			if newSeg {
 				seg.f.Close() // not published; recovery drops or cuts the file
 			}
@@ -587,6 +574,21 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 	}
 	l.last = entries[len(entries)-1].Index
 	l.mu.Unlock()
+	return nil
+}
+
+// writeBatch writes the encoded batch bufs of entries at off in seg and
+// syncs it. It clears bufs, so that the log does not keep the entries'
+// Data alive.
+func writeBatch(seg *segment, bufs [][]byte, off int64, entries []*raft.Log) error {
+	err := seg.f.WriteV(bufs, off)
+	clear(bufs)
+	if err != nil {
+		return fmt.Errorf("wal: append entries %d-%d to %s: %w", entries[0].Index, entries[len(entries)-1].Index, seg.path, err)
+	}
+	if err := seg.f.Datasync(); err != nil {
+		return fmt.Errorf("wal: sync %s: %w", seg.path, err)
+	}
 	return nil
 }
 
