@@ -100,7 +100,8 @@
 //
 // The in-memory index (record offsets per segment) is rebuilt by Open and
 // serves GetLog with one pread into a buffer the caller then owns; the
-// record's checksums are verified on every read.
+// record's checksums are verified on every read. LogType (raft's
+// start-up scan for configuration entries) reads a record's header alone.
 //
 // # Recovery and the crash-safety argument
 //
@@ -123,7 +124,11 @@
 // compaction), and scans the others. Sealed segments (all but the last) must
 // consist of valid records followed only by zeros: their last batch was synced
 // before the next segment was written, and the segment filled its whole
-// reservation first, so no stale bytes of a recycled file remain in it. In
+// reservation first, so no stale bytes of a recycled file remain in it.
+// There the scan checks each record's header (its checksum covers the
+// payload's checksum) and skips the payload, reading one block per record
+// instead of the whole log; GetLog verifies the payload when the entry is
+// read, so damage there is reported then rather than by Open. In
 // the last segment the scan stops at the first invalid record (or at a
 // header that does not match the file name: a recycled file whose first
 // batch did not land); what follows is:

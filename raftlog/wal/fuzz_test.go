@@ -30,7 +30,7 @@ func FuzzScanSegment(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, 128))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		sc := scanSegment(data, 1, fuzzSalt, nil)
+		sc := scanSegment(data, 1, fuzzSalt, nil, true)
 		if !sc.headerOK {
 			if len(sc.offsets) != 0 || sc.end != 0 {
 				t.Fatalf("records without a header: %+v", sc)
@@ -68,7 +68,7 @@ func FuzzScanSegment(f *testing.F) {
 		if !bytes.Equal(img, data[:sc.end]) {
 			t.Fatalf("re-encoded records differ from the image")
 		}
-		again := scanSegment(data[:sc.end], 1, fuzzSalt, nil)
+		again := scanSegment(data[:sc.end], 1, fuzzSalt, nil, true)
 		if again.state != tailClean || len(again.offsets) != len(sc.offsets) || again.end != sc.end {
 			t.Fatalf("cut image scans %v with %d records to %d, want clean %d to %d",
 				again.state, len(again.offsets), again.end, len(sc.offsets), sc.end)
@@ -184,7 +184,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 func reseal(img []byte, salt uint32) []byte {
 	out := make([]byte, segHeaderSize)
 	encodeSegHeader(out, 1, salt)
-	sc := scanSegment(img, 1, fuzzSalt, nil)
+	sc := scanSegment(img, 1, fuzzSalt, nil, true)
 	for i, off := range sc.offsets {
 		next := sc.end
 		if i+1 < len(sc.offsets) {

@@ -286,6 +286,36 @@ func TestCorruptionInEarlierRecord(t *testing.T) {
 	})
 }
 
+// TestSealedPayloadCorruption damages a payload in a sealed segment: Open
+// checks only the headers there (it reads one block per record, not the
+// whole log), and GetLog reports the damage when the entry is read.
+func TestSealedPayloadCorruption(t *testing.T) {
+	src := t.TempDir()
+	lay := buildLog(t, src, testConfig(), 60, 1)
+	if len(lay.segs) < 2 {
+		t.Fatalf("want several segments, got %d", len(lay.segs))
+	}
+	sealed := lay.segs[0]
+	idx := sealed.base
+	for len(makeEntry(idx, 1).Data) == 0 {
+		idx++
+	}
+	if idx > sealed.base+uint64(len(sealed.offsets))-1 {
+		t.Fatal("no entry with data in the sealed segment")
+	}
+	dir := copyDir(t, src)
+	flipBit(t, filepath.Join(dir, filepath.Base(sealed.path)), sealed.offsets[idx-sealed.base]+recHeaderSize, 3)
+	l := mustOpen(t, dir, testConfig())
+	defer l.Close()
+	var e raft.Log
+	if err := l.GetLog(idx, &e); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("GetLog(%d) of the damaged entry = %v, want ErrCorrupt", idx, err)
+	}
+	if err := l.GetLog(idx+1, &e); err != nil {
+		t.Fatalf("GetLog(%d) next to the damaged entry: %v", idx+1, err)
+	}
+}
+
 // TestGetLogDetectsCorruption damages a record after Open indexed it.
 func TestGetLogDetectsCorruption(t *testing.T) {
 	dir := t.TempDir()
@@ -605,5 +635,36 @@ func TestRoomStaleSpare(t *testing.T) {
 	case <-l.Failed():
 		t.Fatalf("the log failed: %v", l.Err())
 	default:
+	}
+}
+
+// TestLogType checks LogType against GetLog's entries, on disk, pending
+// and missing, and on a damaged record header.
+func TestLogType(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, testConfig())
+	defer l.Close()
+	if err := l.StoreLogs(makeEntries(1, 40, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StoreLogsNoSync(makeEntries(41, 45, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 45; i++ {
+		got, err := l.LogType(i)
+		if want := makeEntry(i, 1).Type; err != nil || got != want {
+			t.Fatalf("LogType(%d) = %v, %v; want %v", i, got, err, want)
+		}
+	}
+	if _, err := l.LogType(46); err != raft.ErrLogNotFound {
+		t.Fatalf("LogType past the end = %v, want ErrLogNotFound", err)
+	}
+	if err := l.SyncLogs(); err != nil {
+		t.Fatal(err)
+	}
+	s := l.segs[0]
+	flipBit(t, s.path, s.offsets[2]+20, 0)
+	if _, err := l.LogType(s.base + 2); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("LogType of a damaged header = %v, want ErrCorrupt", err)
 	}
 }

@@ -46,6 +46,11 @@ type segScan struct {
 // scanSegment scans a segment image b whose file name says its first record
 // has index base and its records are sealed with salt. It never fails:
 // damage is reported in the result. offsets is reused if it has capacity.
+// With payloads false it checks each record's header (its checksum
+// covers the index, term, lengths and payload checksum) but not the
+// payload's checksum and padding, so it reads one block per record: for a
+// sealed segment, whose every batch was synced before the next segment
+// was written, and whose payloads GetLog verifies when it reads them.
 // Records sealed with another salt (left in a recycled file by the segment
 // it used to be) are never valid here.
 //
@@ -66,7 +71,7 @@ type segScan struct {
 //   - any other valid record after p: corrupt. Batches are written one after
 //     the other and each is synced before the next starts, so a record of a
 //     later batch proves that the failed record had been synced.
-func scanSegment(b []byte, base uint64, salt uint32, offsets []int64) segScan {
+func scanSegment(b []byte, base uint64, salt uint32, offsets []int64, payloads bool) segScan {
 	s := segScan{offsets: offsets[:0]}
 	if gotBase, gotSalt, ok := decodeSegHeader(b); !ok || gotBase != base || gotSalt != salt {
 		// Torn, damaged, or the header of the segment a recycled file
@@ -82,7 +87,7 @@ func scanSegment(b []byte, base uint64, salt uint32, offsets []int64) segScan {
 	var prev *recHeader
 	var prevHdr recHeader
 	for {
-		h, ok := validRecordAt(b, p, salt)
+		h, ok := validRecordAt(b, p, salt, payloads)
 		if ok && h.index != next {
 			ok = false
 		}
@@ -102,9 +107,9 @@ func scanSegment(b []byte, base uint64, salt uint32, offsets []int64) segScan {
 	}
 }
 
-// validRecordAt decodes and fully checks (header, bounds, payload checksum,
-// zero padding) the record at offset p of b.
-func validRecordAt(b []byte, p int64, salt uint32) (recHeader, bool) {
+// validRecordAt decodes and checks the record at offset p of b: its header
+// and bounds, and with payloads also its payload checksum and zero padding.
+func validRecordAt(b []byte, p int64, salt uint32, payloads bool) (recHeader, bool) {
 	if p < 0 || p+recHeaderSize > int64(len(b)) {
 		return recHeader{}, false
 	}
@@ -115,6 +120,9 @@ func validRecordAt(b []byte, p int64, salt uint32) (recHeader, bool) {
 	size := h.size()
 	if size > int64(len(b))-p {
 		return h, false
+	}
+	if !payloads {
+		return h, true
 	}
 	payloadEnd := p + recHeaderSize + int64(h.dataLen) + int64(h.extLen)
 	data := b[p+recHeaderSize : p+recHeaderSize+int64(h.dataLen)]
@@ -149,7 +157,7 @@ func (s *segScan) classify(b []byte, p int64, e uint64, salt uint32, prev *recHe
 			q += recAlign
 			continue
 		}
-		h, ok := validRecordAt(b, q, salt)
+		h, ok := validRecordAt(b, q, salt, true)
 		if !ok {
 			q += recAlign
 			continue

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -102,8 +103,9 @@ func (s *segment) recordSpan(idx uint64) (int64, int64) {
 // scans every segment, cuts a torn tail (see the package documentation),
 // removes files left over by an interrupted truncation and rebuilds the
 // in-memory index. It fails with an error wrapping ErrCorrupt if the files
-// hold damage a crash cannot explain, and with ErrLocked if another Log has
-// dir open.
+// hold damage a crash cannot explain (in sealed segments it checks record
+// headers only: GetLog reports a damaged payload there), and with
+// ErrLocked if another Log has dir open.
 func Open(dir string, cfg Config) (*Log, error) {
 	fsys := osFS{}
 	if cfg.DirectIO {
@@ -206,12 +208,13 @@ func (l *Log) recover() error {
 		if err != nil {
 			return err
 		}
-		seg, sc, err := scanFile(f, path, sf.base, sf.salt)
+		last := i == len(files)-1
+		seg, sc, err := scanFile(f, path, sf.base, sf.salt, last)
 		if err != nil {
 			f.Close()
 			return err
 		}
-		if i < len(files)-1 {
+		if !last {
 			// A sealed segment: its last batch was synced before the
 			// next segment received any write, so it must end cleanly.
 			if !sc.headerOK || sc.state != tailClean || len(sc.offsets) == 0 {
@@ -281,13 +284,18 @@ func (l *Log) recover() error {
 	return nil
 }
 
-// scanFile maps and scans one segment file.
-func scanFile(f file, path string, base uint64, salt uint32) (*segment, segScan, error) {
+// scanFile maps and scans one segment file, checking its records' payloads
+// if payloads is set (see scanSegment).
+func scanFile(f file, path string, base uint64, salt uint32, payloads bool) (*segment, segScan, error) {
 	b, unmap, err := f.Map()
 	if err != nil {
 		return nil, segScan{}, err
 	}
-	sc := scanSegment(b, base, salt, nil)
+	if !payloads && len(b) > 0 {
+		// One block per record is read: no read-ahead of the payloads.
+		_ = unix.Madvise(b, unix.MADV_RANDOM)
+	}
+	sc := scanSegment(b, base, salt, nil, payloads)
 	size := int64(len(b))
 	if err := unmap(); err != nil {
 		return nil, sc, err
@@ -331,32 +339,16 @@ func (l *Log) LastIndex() (uint64, error) {
 // ErrCorrupt if the record fails its checksum, and ErrClosed after Close.
 func (l *Log) GetLog(index uint64, out *raft.Log) error {
 	l.mu.RLock()
-	if l.closed {
+	pending, s, off, size, err := l.locateLocked(index)
+	if err != nil || pending != nil {
 		l.mu.RUnlock()
-		return ErrClosed
-	}
-	if l.first == 0 || index < l.first || index > l.last {
-		l.mu.RUnlock()
-		return raft.ErrLogNotFound
-	}
-	if p := l.pending; p != nil && index >= p.first {
-		*out = *p.entries[index-p.first]
-		l.mu.RUnlock()
-		return nil
-	}
-	i, _ := slices.BinarySearchFunc(l.segs, index, func(s *segment, idx uint64) int {
-		switch {
-		case s.lastIndex() < idx:
-			return -1
-		case s.base > idx:
-			return 1
+		if pending != nil {
+			*out = *pending
 		}
-		return 0
-	})
-	s := l.segs[i]
-	off, size := s.recordSpan(index)
+		return err
+	}
 	buf := make([]byte, size)
-	err := s.f.ReadAt(buf, off)
+	err = s.f.ReadAt(buf, off)
 	l.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("wal: read entry %d: %w", index, err)
@@ -368,6 +360,58 @@ func (l *Log) GetLog(index uint64, out *raft.Log) error {
 		return fmt.Errorf("wal: %w: %s offset %d holds entry %d, want %d", ErrCorrupt, s.path, off, out.Index, index)
 	}
 	return nil
+}
+
+// LogType implements raft.LogTypeStore (Tandem's copy of hashicorp/raft):
+// the type of the entry at index, read from its record header alone (whose
+// checksum is verified), so that raft's start-up scan for configuration
+// entries does not read every entry's data. Errors are GetLog's.
+func (l *Log) LogType(index uint64) (raft.LogType, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock() // held for the pread, as in GetLog
+	pending, s, off, _, err := l.locateLocked(index)
+	if err != nil || pending != nil {
+		if pending != nil {
+			return pending.Type, nil
+		}
+		return 0, err
+	}
+	var b [recHeaderSize]byte
+	if err := s.f.ReadAt(b[:], off); err != nil {
+		return 0, fmt.Errorf("wal: read entry %d: %w", index, err)
+	}
+	h, ok := decodeRecHeader(b[:], s.salt)
+	if !ok || h.index != index {
+		return 0, fmt.Errorf("wal: %w: %s offset %d: no valid record header for entry %d", ErrCorrupt, s.path, off, index)
+	}
+	return raft.LogType(h.typ), nil
+}
+
+// locateLocked finds the entry at index: the entry itself if it is pending
+// (StoreLogsNoSync), else its segment, offset and record size. Called with
+// mu held for reading.
+func (l *Log) locateLocked(index uint64) (pending *raft.Log, s *segment, off, size int64, err error) {
+	if l.closed {
+		return nil, nil, 0, 0, ErrClosed
+	}
+	if l.first == 0 || index < l.first || index > l.last {
+		return nil, nil, 0, 0, raft.ErrLogNotFound
+	}
+	if p := l.pending; p != nil && index >= p.first {
+		return p.entries[index-p.first], nil, 0, 0, nil
+	}
+	i, _ := slices.BinarySearchFunc(l.segs, index, func(s *segment, idx uint64) int {
+		switch {
+		case s.lastIndex() < idx:
+			return -1
+		case s.base > idx:
+			return 1
+		}
+		return 0
+	})
+	s = l.segs[i]
+	off, size = s.recordSpan(index)
+	return nil, s, off, size, nil
 }
 
 // StoreLog implements raft.LogStore; it is StoreLogs with one entry.
@@ -886,4 +930,5 @@ var (
 	_ raft.LogStore             = (*Log)(nil)
 	_ raft.MonotonicLogStore    = (*Log)(nil)
 	_ raft.DeferredSyncLogStore = (*Log)(nil)
+	_ raft.LogTypeStore         = (*Log)(nil)
 )

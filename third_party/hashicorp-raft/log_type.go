@@ -1,0 +1,43 @@
+// Copyright (c) HashiCorp, Inc.
+// SPDX-License-Identifier: MPL-2.0
+
+// This file is Tandem's addition to its copy of hashicorp/raft (see
+// third_party/README.md in the Tandem repository).
+
+package raft
+
+// LogTypeStore is a LogStore that can tell an entry's type without reading
+// its data. NewRaft scans every entry after the last snapshot for
+// configuration changes; with a LogTypeStore (directly, or as the store
+// behind a LogCache) it reads only the configuration entries in full,
+// which matters when the entries are large and not cached.
+type LogTypeStore interface {
+	// LogType returns the type of the entry at index, or an error as
+	// GetLog would.
+	LogType(index uint64) (LogType, error)
+}
+
+// LogType implements LogTypeStore: from the cache, else from the store
+// (with GetLog if the store is no LogTypeStore).
+func (c *LogCache) LogType(idx uint64) (LogType, error) {
+	c.l.RLock()
+	cached := c.cache[idx%uint64(len(c.cache))]
+	c.l.RUnlock()
+	if cached != nil && cached.Index == idx {
+		return cached.Type, nil
+	}
+	if ts, ok := c.store.(LogTypeStore); ok {
+		return ts.LogType(idx)
+	}
+	var l Log
+	if err := c.store.GetLog(idx, &l); err != nil {
+		return 0, err
+	}
+	return l.Type, nil
+}
+
+// isConfigurationType reports whether entries of type t change the
+// configuration (see processConfigurationLogEntry).
+func isConfigurationType(t LogType) bool {
+	return t == LogConfiguration || t == LogAddPeerDeprecated || t == LogRemovePeerDeprecated
+}
