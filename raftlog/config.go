@@ -107,7 +107,7 @@ func DefaultConfig() Config {
 		SnapshotInterval:   30 * time.Second,
 		SnapshotThreshold:  1024,
 		TrailingLogs:       512,
-		SnapshotBytes:      2 << 30,
+		SnapshotBytes:      1 << 30,
 		MaxInflightEntries: 4,
 		MaxEntryBytes:      4 << 20,
 		StallTimeout:       60 * time.Second,
