@@ -722,3 +722,32 @@ func waitFailed(t *testing.T, v *Volume) error {
 	}
 	return v.Err()
 }
+
+// TestApplyAfterShutdownReturns checks that a write submitted as its
+// replica's raft shuts down returns: raft leaves a future that reached its
+// buffered apply channel unanswered, and the group answers it with
+// raft.ErrRaftShutdown once raft is down (a stuck one held the agent's
+// switch to the stand-in proxy for a minute, TestLinearizableDiskFull).
+func TestApplyAfterShutdownReturns(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	c.open(VolumeSpec{Name: "vol", Size: 1 << 20})
+	g := c.hosts[0].vol["vol"].g
+	g.leave(g.raft)
+	done := make(chan error, 20)
+	for range 20 { // more than the apply channel holds
+		go func() {
+			_, err := g.applyEntry([]byte{1})
+			done <- err
+		}()
+	}
+	for range 20 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("an entry applied after shutdown")
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("applyEntry did not return after raft shut down")
+		}
+	}
+}
