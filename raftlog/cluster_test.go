@@ -724,10 +724,10 @@ func waitFailed(t *testing.T, v *Volume) error {
 }
 
 // TestApplyAfterShutdownReturns checks that a write submitted as its
-// replica's raft shuts down returns: raft leaves a future that reached its
-// buffered apply channel unanswered, and the group answers it with
-// raft.ErrRaftShutdown once raft is down (a stuck one held the agent's
-// switch to the stand-in proxy for a minute, TestLinearizableDiskFull).
+// replica's raft shuts down returns: upstream raft leaves a future that
+// reached its buffered apply channel unanswered, Tandem's copy returns
+// raft.ErrRaftShutdown (a stuck one held the agent's switch to the
+// stand-in proxy for a minute, TestLinearizableDiskFull).
 func TestApplyAfterShutdownReturns(t *testing.T) {
 	c := newTestCluster(t, 1, nil)
 	c.open(VolumeSpec{Name: "vol", Size: 1 << 20})

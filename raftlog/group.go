@@ -78,13 +78,6 @@ type Group struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
-
-	// down is closed once this group's raft has shut down (shutdown).
-	// raft answers no future still queued in its buffered apply channel
-	// at shutdown (BatchApplyCh): applyEntry then returns
-	// raft.ErrRaftShutdown instead of waiting forever.
-	down     chan struct{}
-	downOnce sync.Once
 }
 
 // groupConfig is what a group needs from its host.
@@ -123,7 +116,6 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		commits: map[*byte]chan applyOutcome{},
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),
-		down:    make(chan struct{}),
 	}
 	if err := os.MkdirAll(gc.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
@@ -312,16 +304,7 @@ func (g *Group) applyEntry(data []byte) (fenced []uint64, err error) {
 		}
 		ch <- out
 	}()
-	var out applyOutcome
-	select {
-	case out = <-ch:
-	case <-g.down:
-		select {
-		case out = <-ch: // answered as raft shut down
-		default:
-			out.err = raft.ErrRaftShutdown
-		}
-	}
+	out := <-ch
 	g.commitMu.Lock()
 	delete(g.commits, key)
 	g.commitMu.Unlock()
@@ -390,17 +373,10 @@ func (g *Group) failed(err error) {
 // other hosts' RPCs to it then fail at once instead of waiting for their
 // timeout (10 s), which held up their elections and shutdowns.
 func (g *Group) leave(r *raft.Raft) {
-	g.shutdown(r)
+	r.Shutdown().Error()
 	if c, ok := g.trans.(io.Closer); ok {
 		c.Close()
 	}
-}
-
-// shutdown shuts r, this group's raft, down and then closes down.
-func (g *Group) shutdown(r *raft.Raft) error {
-	err := r.Shutdown().Error()
-	g.downOnce.Do(func() { close(g.down) })
-	return err
 }
 
 // err returns the failure that took this replica out of service, or nil.
@@ -842,7 +818,7 @@ func (g *Group) close(discard bool) error {
 	g.streams.end()
 	var err error
 	if g.raft != nil {
-		err = g.shutdown(g.raft)
+		err = g.raft.Shutdown().Error()
 	}
 	g.wg.Wait()
 	if g.fwd != nil {

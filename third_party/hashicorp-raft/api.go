@@ -846,6 +846,7 @@ func (r *Raft) ApplyLog(log Log, timeout time.Duration) ApplyFuture {
 		},
 	}
 	logFuture.init()
+	logFuture.ShutdownCh = r.shutdownCh // Tandem: see future.go
 
 	select {
 	case <-timer:
@@ -872,6 +873,7 @@ func (r *Raft) Barrier(timeout time.Duration) Future {
 	// Create a log future, no index or term yet
 	logFuture := &logFuture{log: Log{Type: LogBarrier}}
 	logFuture.init()
+	logFuture.ShutdownCh = r.shutdownCh // Tandem: see future.go
 
 	select {
 	case <-timer:
@@ -1094,6 +1096,7 @@ func (r *Raft) Restore(meta *SnapshotMeta, reader io.Reader, timeout time.Durati
 		},
 	}
 	noop.init()
+	noop.ShutdownCh = r.shutdownCh // Tandem: see future.go
 	select {
 	case <-timer:
 		return ErrEnqueueTimeout

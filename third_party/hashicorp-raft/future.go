@@ -113,7 +113,15 @@ func (d *deferError) Error() error {
 	select {
 	case d.err = <-d.errCh:
 	case <-d.ShutdownCh:
-		d.err = ErrRaftShutdown
+		// Tandem: an answer given as raft shut down wins. With
+		// ShutdownCh set (Apply, Barrier and the restore's no-op do
+		// so), a future that raft never answers (one still in the
+		// buffered applyCh at shutdown, BatchApplyCh) returns too.
+		select {
+		case d.err = <-d.errCh:
+		default:
+			d.err = ErrRaftShutdown
+		}
 	}
 	return d.err
 }
