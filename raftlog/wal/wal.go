@@ -66,7 +66,6 @@ type pendingBatch struct {
 	seg     *segment
 	off     int64
 	bufs    [][]byte // the encoded batch, as for WriteV; aliases Log.bufs and Log.enc
-	first   uint64
 	entries []*raft.Log
 }
 
@@ -340,12 +339,14 @@ func (l *Log) LastIndex() (uint64, error) {
 func (l *Log) GetLog(index uint64, out *raft.Log) error {
 	l.mu.RLock()
 	pending, s, off, size, err := l.locateLocked(index)
-	if err != nil || pending != nil {
+	if err != nil {
 		l.mu.RUnlock()
-		if pending != nil {
-			*out = *pending
-		}
 		return err
+	}
+	if pending != nil {
+		l.mu.RUnlock()
+		*out = *pending
+		return nil
 	}
 	buf := make([]byte, size)
 	err = s.f.ReadAt(buf, off)
@@ -370,11 +371,11 @@ func (l *Log) LogType(index uint64) (raft.LogType, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock() // held for the pread, as in GetLog
 	pending, s, off, _, err := l.locateLocked(index)
-	if err != nil || pending != nil {
-		if pending != nil {
-			return pending.Type, nil
-		}
+	if err != nil {
 		return 0, err
+	}
+	if pending != nil {
+		return pending.Type, nil
 	}
 	var b [recHeaderSize]byte
 	if err := s.f.ReadAt(b[:], off); err != nil {
@@ -397,8 +398,8 @@ func (l *Log) locateLocked(index uint64) (pending *raft.Log, s *segment, off, si
 	if l.first == 0 || index < l.first || index > l.last {
 		return nil, nil, 0, 0, raft.ErrLogNotFound
 	}
-	if p := l.pending; p != nil && index >= p.first {
-		return p.entries[index-p.first], nil, 0, 0, nil
+	if p := l.pending; p != nil && index >= p.entries[0].Index {
+		return p.entries[index-p.entries[0].Index], nil, 0, 0, nil
 	}
 	i, _ := slices.BinarySearchFunc(l.segs, index, func(s *segment, idx uint64) int {
 		switch {
@@ -425,7 +426,8 @@ func (l *Log) StoreLog(entry *raft.Log) error {
 // directory fsync when a new segment starts). When it returns nil every
 // entry is durable. The entries and their Data are not retained; Data of
 // InlineThreshold bytes or more (all Data, with DirectIO) is written from
-// the caller's memory without a copy other than the direct write's staging. If the write or sync fails the log enters the failed state
+// the caller's memory without a copy other than the direct write's
+// staging. If the write or sync fails the log enters the failed state
 // (ErrFailed) until it is reopened.
 func (l *Log) StoreLogs(entries []*raft.Log) error {
 	return l.store(entries, true)
@@ -596,7 +598,7 @@ func (l *Log) store(entries []*raft.Log, sync bool) error {
 	} else {
 		// Published unwritten: the next syncPending writes it, before
 		// anything else is written (or the segment retired).
-		pending = &pendingBatch{seg: seg, off: off, bufs: bufs, first: first, entries: slices.Clone(entries)}
+		pending = &pendingBatch{seg: seg, off: off, bufs: bufs, entries: slices.Clone(entries)}
 	}
 	if int64(cap(l.enc)) > 4*l.cfg.SegmentSize {
 		l.enc = nil // do not pin a buffer sized for one huge batch (a pending batch keeps its own)
