@@ -38,11 +38,11 @@ func (b *batcher) submit(o *op) error {
 	if b.inflight < b.maxInflight {
 		// Room in flight: this goroutine commits the queue itself (no
 		// hand-off), and starts further entries if more room is left.
-		batch, size := b.takeLocked()
+		batch := b.takeLocked()
 		b.inflight++
 		b.kickLocked()
 		b.mu.Unlock()
-		b.run(batch, size)
+		b.run(batch)
 	} else {
 		b.mu.Unlock()
 	}
@@ -50,7 +50,7 @@ func (b *batcher) submit(o *op) error {
 }
 
 // takeLocked removes the next entry's worth of ops from the queue.
-func (b *batcher) takeLocked() ([]*pendingOp, int) {
+func (b *batcher) takeLocked() []*pendingOp {
 	n, size := 0, entryHeader
 	for n < len(b.queue) && (n == 0 || size+b.queue[n].op.encodedLen() <= b.maxBytes) {
 		size += b.queue[n].op.encodedLen()
@@ -59,25 +59,25 @@ func (b *batcher) takeLocked() ([]*pendingOp, int) {
 	batch := make([]*pendingOp, n)
 	copy(batch, b.queue)
 	b.queue = append(b.queue[:0], b.queue[n:]...)
-	return batch, size
+	return batch
 }
 
 // kickLocked starts entries on new goroutines while there is room in
 // flight.
 func (b *batcher) kickLocked() {
 	for b.inflight < b.maxInflight && len(b.queue) > 0 {
-		batch, size := b.takeLocked()
+		batch := b.takeLocked()
 		b.inflight++
-		go b.run(batch, size)
+		go b.run(batch)
 	}
 }
 
-func (b *batcher) run(batch []*pendingOp, size int) {
+func (b *batcher) run(batch []*pendingOp) {
 	ops := make([]*op, len(batch))
 	for i, p := range batch {
 		ops[i] = p.op
 	}
-	data := encodeEntry(make([]byte, 0, size), ops)
+	data := encodeEntry(ops)
 	fenced, err := b.apply(data)
 	for _, p := range batch {
 		if err == nil && p.op.id != 0 && slices.Contains(fenced, p.op.id) {

@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -64,19 +65,29 @@ func (o *op) allocates() bool {
 	return o.kind == opWrite || (o.kind == opZero && o.flags&flagPunch == 0)
 }
 
-// encodeEntry appends the encoding of ops to dst.
-func encodeEntry(dst []byte, ops []*op) []byte {
-	dst = append(dst, entryVersion)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(ops)))
-	for _, o := range ops {
-		dst = append(dst, o.kind, o.flags)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(o.off))
-		dst = binary.BigEndian.AppendUint32(dst, uint32(o.n))
-		dst = binary.BigEndian.AppendUint64(dst, o.id)
-		dst = binary.BigEndian.AppendUint64(dst, o.epoch)
-		dst = append(dst, o.data...)
+// encodeEntry returns the encoding of ops in a new slice. bytes.Join
+// allocates it without zeroing it first, and then fills it: an entry is up
+// to MaxEntryBytes, so clearing it before the copy would cost a pass over
+// the data on the leader's write path.
+func encodeEntry(ops []*op) []byte {
+	hdrs := make([]byte, 0, entryHeader+opHeader*len(ops))
+	hdrs = append(hdrs, entryVersion)
+	hdrs = binary.BigEndian.AppendUint32(hdrs, uint32(len(ops)))
+	if len(ops) == 0 {
+		return hdrs
 	}
-	return dst
+	parts := make([][]byte, 0, 2*len(ops))
+	start := 0 // the first op's part carries the entry header too
+	for _, o := range ops {
+		hdrs = append(hdrs, o.kind, o.flags)
+		hdrs = binary.BigEndian.AppendUint64(hdrs, uint64(o.off))
+		hdrs = binary.BigEndian.AppendUint32(hdrs, uint32(o.n))
+		hdrs = binary.BigEndian.AppendUint64(hdrs, o.id)
+		hdrs = binary.BigEndian.AppendUint64(hdrs, o.epoch)
+		parts = append(parts, hdrs[start:], o.data)
+		start = len(hdrs)
+	}
+	return bytes.Join(parts, nil)
 }
 
 // decodeEntry calls fn for each op in b, in order. The data slices alias b.

@@ -16,7 +16,7 @@ func TestEntryRoundTrip(t *testing.T) {
 		{kind: opWrite, off: 512, n: 2, data: []byte("ok"), id: 7, epoch: 1 << 60},
 		{kind: opFence, off: 1234, epoch: 99, id: 8},
 	}
-	b := encodeEntry(nil, ops)
+	b := encodeEntry(ops)
 	var got []op
 	if err := decodeEntry(b, func(o op) error { got = append(got, o); return nil }); err != nil {
 		t.Fatal(err)
@@ -29,6 +29,40 @@ func TestEntryRoundTrip(t *testing.T) {
 		if g.kind != o.kind || g.flags != o.flags || g.off != o.off || g.id != o.id || g.epoch != o.epoch || (o.kind != opGrow && g.n != o.n) || !bytes.Equal(g.data, o.data) {
 			t.Errorf("op %d: got %+v, want %+v", i, g, *o)
 		}
+	}
+}
+
+// TestEntryEncoding pins the byte layout of version 3 entries, and the
+// length the batcher counts with (entryHeader plus each op's encodedLen).
+func TestEntryEncoding(t *testing.T) {
+	tests := []struct {
+		name string
+		ops  []*op
+		want []byte
+	}{
+		{"no ops", nil, []byte{3, 0, 0, 0, 0}},
+		{"one write", []*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc"), id: 5, epoch: 9}}, []byte{
+			3, 0, 0, 0, 1,
+			opWrite, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9, 'a', 'b', 'c'}},
+		{"zero then write", []*op{{kind: opZero, flags: flagPunch, off: 2, n: 7}, {kind: opWrite, off: 0, n: 1, data: []byte("x")}}, []byte{
+			3, 0, 0, 0, 2,
+			opZero, flagPunch, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+			opWrite, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'x'}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := encodeEntry(tt.ops)
+			if !bytes.Equal(got, tt.want) {
+				t.Errorf("encodeEntry = %v, want %v", got, tt.want)
+			}
+			n := entryHeader
+			for _, o := range tt.ops {
+				n += o.encodedLen()
+			}
+			if len(got) != n {
+				t.Errorf("len = %d, batcher counts %d", len(got), n)
+			}
+		})
 	}
 }
 
@@ -47,7 +81,7 @@ func TestEntryDecodesV2(t *testing.T) {
 }
 
 func TestEntryRejectsGarbage(t *testing.T) {
-	good := encodeEntry(nil, []*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}})
+	good := encodeEntry([]*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}})
 	cases := map[string][]byte{
 		"empty":          nil,
 		"bad version":    append([]byte{9}, good[1:]...),
@@ -65,7 +99,7 @@ func TestEntryRejectsGarbage(t *testing.T) {
 }
 
 func FuzzDecodeEntry(f *testing.F) {
-	f.Add(encodeEntry(nil, []*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}, {kind: opZero, n: 9}}))
+	f.Add(encodeEntry([]*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}, {kind: opZero, n: 9}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = decodeEntry(b, func(o op) error {
 			if o.off < 0 || (o.kind == opWrite && int64(len(o.data)) != o.n) {

@@ -28,7 +28,7 @@ func testFSM(t *testing.T) *fsm {
 }
 
 func entry(index uint64, ops ...*op) *raft.Log {
-	return &raft.Log{Index: index, Type: raft.LogCommand, Data: encodeEntry(nil, ops)}
+	return &raft.Log{Index: index, Type: raft.LogCommand, Data: encodeEntry(ops)}
 }
 
 func TestFSMAppliesARetriedOpOnce(t *testing.T) {
