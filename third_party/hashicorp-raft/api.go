@@ -596,7 +596,7 @@ func NewRaft(conf *Config, fsm FSM, logs LogStore, stable StableStore, snaps Sna
 
 	// Scan through the log for any configuration change entries.
 	snapshotIndex, _ := r.getLastSnapshot()
-	typer, _ := r.logs.(LogTypeStore) // Tandem: skip reading other entries
+	typer := logTypeStore(r.logs) // Tandem: skip reading other entries
 	for index := snapshotIndex + 1; index <= lastLog.Index; index++ {
 		if typer != nil {
 			if t, err := typer.LogType(index); err == nil && !isConfigurationType(t) {

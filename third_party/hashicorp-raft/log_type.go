@@ -17,8 +17,22 @@ type LogTypeStore interface {
 	LogType(index uint64) (LogType, error)
 }
 
-// LogType implements LogTypeStore: from the cache, else from the store
-// (with GetLog if the store is no LogTypeStore).
+// logTypeStore returns the LogTypeStore behind logs, or nil (as
+// deferredSyncStore does for DeferredSyncLogStore): a LogCache is one only
+// when its store is.
+func logTypeStore(logs LogStore) LogTypeStore {
+	if c, ok := logs.(*LogCache); ok {
+		if _, ok := c.store.(LogTypeStore); !ok {
+			return nil
+		}
+		return c
+	}
+	ts, _ := logs.(LogTypeStore)
+	return ts
+}
+
+// LogType implements LogTypeStore: from the cache, else from the store,
+// which must be a LogTypeStore (see logTypeStore).
 func (c *LogCache) LogType(idx uint64) (LogType, error) {
 	c.l.RLock()
 	cached := c.cache[idx%uint64(len(c.cache))]
@@ -26,14 +40,7 @@ func (c *LogCache) LogType(idx uint64) (LogType, error) {
 	if cached != nil && cached.Index == idx {
 		return cached.Type, nil
 	}
-	if ts, ok := c.store.(LogTypeStore); ok {
-		return ts.LogType(idx)
-	}
-	var l Log
-	if err := c.store.GetLog(idx, &l); err != nil {
-		return 0, err
-	}
-	return l.Type, nil
+	return c.store.(LogTypeStore).LogType(idx)
 }
 
 // isConfigurationType reports whether entries of type t change the
