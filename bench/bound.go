@@ -88,7 +88,7 @@ func (f *fioClient) LogBound(ctx context.Context, dir string, w Workload, o RunO
 func (b *LogBound) summarize(tandem *SystemRuns) {
 	b.PerLog = Summarize(b.Runs)
 	b.TandemShare = 0
-	if tandem != nil && tandem.BytesPerSec.N > 0 && b.PerLog.N > 0 && b.PerLog.Median > 0 {
+	if tandem != nil && b.PerLog.Median > 0 {
 		b.TandemShare = tandem.BytesPerSec.Median / b.PerLog.Median
 	}
 }
