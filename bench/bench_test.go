@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -133,8 +134,16 @@ func TestRunFioLogBound(t *testing.T) {
 	if lb.PerLog.Median != Median(lb.Runs) || math.Abs(lb.TandemShare-want) > 1e-9*want {
 		t.Errorf("disk bound summary %+v, want median %v and share %v", lb, Median(lb.Runs), want)
 	}
-	if md := rep.Markdown(); !strings.Contains(md, "**Disk bound, write-1m-qd8-durable:**") {
+	wantVs := lb.PerLog.Median / w.Systems[1].BytesPerSec.Median
+	if got, ok := lb.VsBaselines["nbdkit"]; !ok || len(lb.VsBaselines) != 1 || math.Abs(got-wantVs) > 1e-9*wantVs {
+		t.Errorf("disk bound against the baselines %v, want nbdkit %v", lb.VsBaselines, wantVs)
+	}
+	md := rep.Markdown()
+	if !strings.Contains(md, "**Disk bound, write-1m-qd8-durable:**") {
 		t.Errorf("no disk bound in the Markdown:\n%s", md)
+	}
+	if want := fmt.Sprintf("Each bare log wrote %.2f× nbdkit's bandwidth", wantVs); !strings.Contains(md, want) {
+		t.Errorf("the Markdown lacks %q:\n%s", want, md)
 	}
 }
 

@@ -32,6 +32,11 @@ type LogBound struct {
 	// TandemShare is Tandem's median bandwidth divided by PerLog's
 	// median: the share of the bound Tandem reached.
 	TandemShare float64 `json:"tandem_share"`
+	// VsBaselines maps each baseline to PerLog's median divided by the
+	// baseline's median bandwidth: the ratio to that baseline of a cluster
+	// whose only cost were its logs. Where it is below a ratio target, the
+	// disk alone keeps any dev cluster on this filesystem from the target.
+	VsBaselines map[string]float64 `json:"per_log_vs_baselines,omitempty"`
 	// Failed holds the errors of probes that did not complete.
 	Failed []string `json:"failed,omitempty"`
 }
@@ -83,12 +88,24 @@ func (f *fioClient) LogBound(ctx context.Context, dir string, w Workload, o RunO
 	return res.BytesPerSec / boundLogs, nil
 }
 
-// summarize fills PerLog and TandemShare; tandem is Tandem's runs of the
-// workload, nil if it has none.
-func (b *LogBound) summarize(tandem *SystemRuns) {
+// summarize fills PerLog, TandemShare and VsBaselines from the workload's
+// runs on every system; tandem is Tandem's, nil if it has none.
+func (b *LogBound) summarize(tandem *SystemRuns, systems []SystemRuns) {
 	b.PerLog = Summarize(b.Runs)
-	b.TandemShare = 0
-	if tandem != nil && b.PerLog.Median > 0 {
+	b.TandemShare, b.VsBaselines = 0, nil
+	if b.PerLog.Median <= 0 {
+		return
+	}
+	if tandem != nil {
 		b.TandemShare = tandem.BytesPerSec.Median / b.PerLog.Median
+	}
+	for _, s := range systems {
+		if (tandem != nil && s.System == tandem.System) || s.BytesPerSec.Median <= 0 {
+			continue
+		}
+		if b.VsBaselines == nil {
+			b.VsBaselines = map[string]float64{}
+		}
+		b.VsBaselines[s.System] = b.PerLog.Median / s.BytesPerSec.Median
 	}
 }

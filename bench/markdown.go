@@ -329,5 +329,14 @@ func logBoundMarkdown(b *strings.Builder, w WorkloadReport) {
 	if lb.TandemShare > 0 {
 		fmt.Fprintf(b, " Tandem, whose %d replicas each write every byte to such a log on this filesystem, reached **%.2f×** of that (its checkpoints also write the volume files).", boundLogs, lb.TandemShare)
 	}
+	if len(lb.VsBaselines) > 0 {
+		var parts []string
+		for _, s := range w.Systems { // in the table's order
+			if v, ok := lb.VsBaselines[s.System]; ok {
+				parts = append(parts, fmt.Sprintf("%.2f× %s's", v, s.System))
+			}
+		}
+		fmt.Fprintf(b, " Each bare log wrote %s bandwidth: about what a cluster whose only cost were its logs would reach.", strings.Join(parts, " and "))
+	}
 	b.WriteString("\n")
 }

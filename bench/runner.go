@@ -413,7 +413,7 @@ func (r *runner) finish() {
 			wr.computeRatios(r.systems, r.cfg.Repeat)
 		}
 		if wr.LogBound != nil {
-			wr.LogBound.summarize(wr.tandemRuns(r.systems))
+			wr.LogBound.summarize(wr.tandemRuns(r.systems), wr.Systems)
 		}
 	}
 	r.rep.ScenarioSummaries = r.rep.summarizeScenarios()
