@@ -88,6 +88,28 @@ func (g *testGroup) leader() *member {
 	return nil
 }
 
+// onLeader runs f on the leader until it succeeds, again on whoever then
+// leads while f fails for a change of leader (the group's 300 ms
+// heartbeat loses leadership on a starved machine), and returns the
+// member it succeeded on. f must be safe to repeat: a command whose
+// leader was lost may still have been committed.
+func (g *testGroup) onLeader(what string, f func(l *member) error) *member {
+	g.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		l := g.leader()
+		err := f(l)
+		if err == nil {
+			return l
+		}
+		lost := errors.Is(err, ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader)
+		if !lost || time.Now().After(deadline) {
+			g.t.Fatalf("%s on %s: %v", what, l.name, err)
+		}
+		g.t.Logf("%s on %s: %v; again on the leader", what, l.name, err)
+	}
+}
+
 func waitCatalog(t *testing.T, m *member, what string, ok func(*catalog.State) bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -113,32 +135,38 @@ func TestControlGroup(t *testing.T) {
 	for _, n := range g.voters {
 		g.start(n)
 	}
-	l := g.leader()
 	ctx := context.Background()
 	for _, n := range []string{"a", "b", "c", "d"} {
-		if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: &catalog.Host{Name: n, RaftAddr: "x", Capacity: 1 << 40}}); err != nil {
-			t.Fatal(err)
+		g.onLeader("putting host "+n, func(l *member) error {
+			return l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: &catalog.Host{Name: n, RaftAddr: "x", Capacity: 1 << 40}})
+		})
+	}
+	g.onLeader("a refused command", func(l *member) error {
+		err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "zz"}}})
+		if errors.Is(err, catalog.ErrNotFound) {
+			return nil
 		}
-	}
-	err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "zz"}}})
-	if !errors.Is(err, catalog.ErrNotFound) {
-		t.Fatalf("a refused command: %v, want ErrNotFound", err)
-	}
-	if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "c"}}}); err != nil {
-		t.Fatal(err)
-	}
+		return fmt.Errorf("%w, want ErrNotFound", err)
+	})
+	tries := 0
+	g.onLeader("creating volume v", func(l *member) error {
+		tries++
+		err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "c"}}})
+		if tries > 1 && errors.Is(err, catalog.ErrExists) {
+			return nil // the try whose leader was lost committed it
+		}
+		return err
+	})
 	for _, n := range g.voters {
 		waitCatalog(t, g.members[n], "volume v", func(s *catalog.State) bool { return s.Volumes["v"] != nil })
-		if m := g.members[n]; m != l {
+		if m := g.members[n]; !m.ctl.IsLeader() {
 			if err := m.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdRemoveVolume, Name: "v"}); !errors.Is(err, ErrNotLeader) {
 				t.Fatalf("proposal on follower %s: %v", n, err)
 			}
 		}
 	}
 	d := g.start("d")
-	if err := l.ctl.EnsureMember("d", d.addr); err != nil {
-		t.Fatal(err)
-	}
+	l := g.onLeader("adding d", func(l *member) error { return l.ctl.EnsureMember("d", d.addr) })
 	waitCatalog(t, d, "volume v", func(s *catalog.State) bool { return s.Volumes["v"] != nil })
 	if st := l.ctl.Status(); st.Members["d"] != "nonvoter" || fmt.Sprint(st.Voters) != "[a b c]" {
 		t.Fatalf("status %+v", st)
@@ -151,9 +179,13 @@ func TestControlGroup(t *testing.T) {
 		}
 	}
 	g.stop(f)
-	if err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdResizeVolume, Name: "v", Size: 2 << 20}); err != nil {
-		t.Fatal(err)
-	}
+	l = g.onLeader("resizing v", func(l *member) error {
+		err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdResizeVolume, Name: "v", Size: 2 << 20})
+		if v := l.ctl.State().Volumes["v"]; err != nil && v != nil && v.Size == 2<<20 {
+			return nil // the try whose leader was lost committed it
+		}
+		return err
+	})
 	m := g.start(f)
 	waitCatalog(t, m, "the resize made while it was down", func(s *catalog.State) bool {
 		return s.Volumes["v"] != nil && s.Volumes["v"].Size == 2<<20
