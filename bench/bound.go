@@ -33,9 +33,10 @@ type LogBound struct {
 	// median: the share of the bound Tandem reached.
 	TandemShare float64 `json:"tandem_share"`
 	// VsBaselines maps each baseline to PerLog's median divided by the
-	// baseline's median bandwidth: the ratio to that baseline of a cluster
-	// whose only cost were its logs. Where it is below a ratio target, the
-	// disk alone keeps any dev cluster on this filesystem from the target.
+	// baseline's median bandwidth: about the ratio to that baseline of a
+	// cluster whose only cost were its logs. A ratio target above it is
+	// out of the dev cluster's reach on this filesystem in practice
+	// (docs/benchmarks.md, "The disk bound").
 	VsBaselines map[string]float64 `json:"per_log_vs_baselines,omitempty"`
 	// Failed holds the errors of probes that did not complete.
 	Failed []string `json:"failed,omitempty"`
