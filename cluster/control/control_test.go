@@ -143,8 +143,11 @@ func TestControlGroup(t *testing.T) {
 	}
 	g.onLeader("a refused command", func(l *member) error {
 		err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdCreateVolume, Volume: &catalog.Volume{Name: "v", Size: 1 << 20, Replicas: []string{"a", "b", "zz"}}})
-		if errors.Is(err, catalog.ErrNotFound) {
+		switch {
+		case errors.Is(err, catalog.ErrNotFound):
 			return nil
+		case err == nil:
+			return errors.New("accepted, want ErrNotFound")
 		}
 		return fmt.Errorf("%w, want ErrNotFound", err)
 	})
