@@ -396,7 +396,7 @@ func (g *Group) watch() {
 	obsCh := make(chan raft.Observation, 16)
 	obs := raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.RaftState:
+		case raft.LeaderObservation, raft.RaftState, raft.FailedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -407,7 +407,7 @@ func (g *Group) watch() {
 	defer renew.Stop()
 	snap := time.NewTicker(time.Second)
 	defer snap.Stop()
-	var lastTransfer time.Time
+	handBack := newHandBack(g.h.cfg.HeartbeatTimeout)
 	idle := spareReleaser{logs: g.logs}
 	failing, _ := g.logs.(interface {
 		Failed() <-chan struct{}
@@ -424,15 +424,19 @@ func (g *Group) watch() {
 		case <-logFailed:
 			logFailed = nil
 			g.failed(fmt.Errorf("raftlog: write log: %w", failing.Err()))
-		case <-obsCh:
+		case o := <-obsCh:
+			if f, ok := o.Data.(raft.FailedHeartbeatObservation); ok {
+				handBack.heartbeatFailed(f.PeerID, time.Now())
+				continue
+			}
 			g.checkLeadership()
-		case <-renew.C:
+		case now := <-renew.C:
 			g.checkLeadership()
 			if g.ready.Load() && g.lease.remaining() < g.lease.duration/2 {
 				go g.verify()
 			}
-			if p := *g.preferred.Load(); p != "" && p != g.cfg.Local && g.ready.Load() && time.Since(lastTransfer) > 10*time.Second {
-				lastTransfer = time.Now()
+			handBack.ready(g.ready.Load(), now)
+			if p := *g.preferred.Load(); p != "" && p != g.cfg.Local && handBack.due(p, now) {
 				go g.transferTo(p)
 			}
 		case <-snap.C:
@@ -582,7 +586,8 @@ func (g *Group) verify() {
 	}
 }
 
-// transferTo hands leadership to the preferred host once it is caught up.
+// transferTo hands leadership to the preferred host (raft first brings it
+// up to date, within ElectionTimeout).
 func (g *Group) transferTo(id string) {
 	var addr raft.ServerAddress
 	for _, p := range g.peers() {
