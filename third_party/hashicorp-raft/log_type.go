@@ -6,6 +6,8 @@
 
 package raft
 
+import "errors"
+
 // LogTypeStore is a LogStore that can tell an entry's type without reading
 // its data. NewRaft scans every entry after the last snapshot for
 // configuration changes; with a LogTypeStore (directly, or as the store
@@ -31,8 +33,13 @@ func logTypeStore(logs LogStore) LogTypeStore {
 	return ts
 }
 
-// LogType implements LogTypeStore: from the cache, else from the store,
-// which must be a LogTypeStore (see logTypeStore).
+// errNoLogType is LogCache.LogType's answer for an entry it has not cached
+// when its store is no LogTypeStore.
+var errNoLogType = errors.New("raft: the log store cannot tell entry types")
+
+// LogType implements LogTypeStore: from the cache, else from the store if
+// it is a LogTypeStore, else errNoLogType (logTypeStore does not hand such
+// a cache out as a LogTypeStore).
 func (c *LogCache) LogType(idx uint64) (LogType, error) {
 	c.l.RLock()
 	cached := c.cache[idx%uint64(len(c.cache))]
@@ -40,7 +47,11 @@ func (c *LogCache) LogType(idx uint64) (LogType, error) {
 	if cached != nil && cached.Index == idx {
 		return cached.Type, nil
 	}
-	return c.store.(LogTypeStore).LogType(idx)
+	ts, ok := c.store.(LogTypeStore)
+	if !ok {
+		return 0, errNoLogType
+	}
+	return ts.LogType(idx)
 }
 
 // isConfigurationType reports whether entries of type t change the

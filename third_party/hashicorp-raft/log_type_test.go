@@ -7,6 +7,7 @@
 package raft
 
 import (
+	"errors"
 	"sync"
 	"testing"
 )
@@ -76,5 +77,25 @@ func TestNewRaftReadsOnlyConfigurationEntries(t *testing.T) {
 	}
 	if idx := r.configurations.latestIndex; idx != 10 {
 		t.Errorf("latest configuration at %d, want 10", idx)
+	}
+}
+
+// TestLogCacheLogTypeUntypedStore checks that a LogCache over a store that
+// is no LogTypeStore answers LogType for an entry it has not cached with an
+// error, not a panic, and that logTypeStore does not offer it.
+func TestLogCacheLogTypeUntypedStore(t *testing.T) {
+	store := NewInmemStore()
+	if err := store.StoreLog(&Log{Index: 1, Term: 1, Type: LogCommand}); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := NewLogCache(4, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := logTypeStore(cache); ts != nil {
+		t.Fatalf("logTypeStore offered a cache over an untyped store: %T", ts)
+	}
+	if _, err := cache.LogType(1); !errors.Is(err, errNoLogType) {
+		t.Fatalf("LogType of an uncached entry = %v, want errNoLogType", err)
 	}
 }
