@@ -118,6 +118,10 @@ type Raft struct {
 	lastContact     time.Time
 	lastContactLock sync.RWMutex
 
+	// campaignHint asks the follower loop to check for its leader's silence
+	// at once (hintCampaign). Used only by the main thread.
+	campaignHint bool
+
 	// leaderAddr is the current cluster leader Address
 	leaderAddr ServerAddress
 	// LeaderID is the current cluster leader ID

@@ -164,6 +164,9 @@ func (r *Raft) runFollower() {
 	heartbeatTimer := randomTimeout(r.config().HeartbeatTimeout)
 
 	for r.getState() == Follower {
+		if r.takeCampaignHint() {
+			heartbeatTimer = time.After(0)
+		}
 		r.mainThreadSaturation.sleeping()
 
 		select {
@@ -213,15 +216,16 @@ func (r *Raft) runFollower() {
 
 		case <-heartbeatTimer:
 			r.mainThreadSaturation.working()
-			// Restart the heartbeat timer
+			// Check if we have had a successful contact, and restart the
+			// heartbeat timer: from that contact if we have
+			// (silenceTimer), else a full random timeout.
 			hbTimeout := r.config().HeartbeatTimeout
-			heartbeatTimer = randomTimeout(hbTimeout)
-
-			// Check if we have had a successful contact
 			lastContact := r.LastContact()
-			if time.Since(lastContact) < hbTimeout {
+			if since := time.Since(lastContact); since < hbTimeout {
+				heartbeatTimer = silenceTimer(hbTimeout, since)
 				continue
 			}
+			heartbeatTimer = randomTimeout(hbTimeout)
 
 			// Heartbeat failed! Transition to the candidate state
 			lastLeaderAddr, lastLeaderID := r.LeaderWithID()
@@ -1734,6 +1738,7 @@ func (r *Raft) requestVote(rpc RPC, req *RequestVoteRequest) {
 			"candidate", candidate,
 			"last-term", lastTerm,
 			"last-candidate-term", req.LastLogTerm)
+		r.hintCampaign()
 		return
 	}
 
@@ -1742,6 +1747,7 @@ func (r *Raft) requestVote(rpc RPC, req *RequestVoteRequest) {
 			"candidate", candidate,
 			"last-index", lastIdx,
 			"last-candidate-index", req.LastLogIndex)
+		r.hintCampaign()
 		return
 	}
 
@@ -1764,8 +1770,8 @@ func (r *Raft) requestVote(rpc RPC, req *RequestVoteRequest) {
 // from the leader cannot disrupt it.
 //
 // Upstream turns down every vote request while a leader is known, which a
-// follower forgets only when its own heartbeat timer fires, between one and
-// two heartbeat timeouts after the leader's last message. After a leader
+// follower forgets only when its own heartbeat timer fires, one to three
+// heartbeat timeouts after the leader's last message. After a leader
 // dies, the first follower to time out was therefore often refused by the
 // other, which had not timed out yet, and the other refused in turn by the
 // first when its log was shorter; the election then waited out a full
@@ -1843,6 +1849,7 @@ func (r *Raft) requestPreVote(rpc RPC, req *RequestPreVoteRequest) {
 			"candidate", candidate,
 			"last-term", lastTerm,
 			"last-candidate-term", req.LastLogTerm)
+		r.hintCampaign()
 		return
 	}
 
@@ -1851,6 +1858,7 @@ func (r *Raft) requestPreVote(rpc RPC, req *RequestPreVoteRequest) {
 			"candidate", candidate,
 			"last-index", lastIdx,
 			"last-candidate-index", req.LastLogIndex)
+		r.hintCampaign()
 		return
 	}
 
