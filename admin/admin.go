@@ -112,6 +112,10 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	if s.cfg.Cluster != nil {
+		if err := s.cfg.Cluster.ControlError(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "control_error": err.Error()})
+			return
+		}
 		if _, _, ok := s.cfg.Cluster.Leader(); !ok {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "control_leader": "none known"})
 			return

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -105,5 +106,40 @@ func TestEndpoints(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST /v1/volumes: %d", resp.StatusCode)
+	}
+}
+
+// TestControlFailed checks what an agent that left the control plane (its
+// control write log failed) answers: not ready, saying why, and a 503
+// naming the failure at once for requests it would forward to the leader.
+func TestControlFailed(t *testing.T) {
+	cfg := raftlog.DefaultConfig()
+	cfg.ID, cfg.DataDir = "h1", t.TempDir()
+	h, err := raftlog.OpenHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	f := &fakeCluster{controlErr: errors.New("control: write log: wal: failed: disk gone")}
+	srv := httptest.NewServer(Handler(Config{Host: h, Cluster: f, Token: "tok"}))
+	t.Cleanup(srv.Close)
+	tests := []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/healthz", 200, `"ok"`},
+		{"/readyz", 503, `"control_error": "control: write log: wal: failed: disk gone"`},
+		{"/v1/volumes", 503, `this agent left the control plane (control: write log: wal: failed: disk gone)`},
+	}
+	for _, tc := range tests {
+		start := time.Now()
+		code, body := get(t, srv.URL+tc.path)
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("GET %s: %d %s, want %d with %s", tc.path, code, body, tc.code, tc.want)
+		}
+		if d := time.Since(start); d >= leaderWait {
+			t.Errorf("GET %s took %v: it waited for a leader", tc.path, d)
+		}
 	}
 }

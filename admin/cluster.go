@@ -26,6 +26,9 @@ type Cluster interface {
 	// Leader returns the admin address of the control leader, and whether
 	// this agent is the leader. ok is false when no leader is known.
 	Leader() (addr string, self bool, ok bool)
+	// ControlError says why this agent left the control plane (its
+	// control write log failed), or is nil while it is a member.
+	ControlError() error
 	Status(ctx context.Context) (ClusterStatus, error)
 	Hosts(ctx context.Context) ([]Host, error)
 	Volumes(ctx context.Context) ([]Volume, error)
@@ -339,6 +342,8 @@ func (s *server) onLeader(changes bool, h http.HandlerFunc) http.HandlerFunc {
 		}
 		addr, self, ok := s.waitLeader(r.Context())
 		switch {
+		case !ok && s.cfg.Cluster.ControlError() != nil:
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("this agent left the control plane (%v): send the request to another agent, and restart this one once its disk is repaired or has room", s.cfg.Cluster.ControlError()))
 		case !ok:
 			// Retry-After marks a request that was not carried out at
 			// all: a client may send it again as is.
@@ -363,7 +368,7 @@ const leaderWait = 5 * time.Second
 func (s *server) waitLeader(ctx context.Context) (addr string, self, ok bool) {
 	deadline := time.Now().Add(leaderWait)
 	for {
-		if addr, self, ok = s.cfg.Cluster.Leader(); ok || time.Now().After(deadline) {
+		if addr, self, ok = s.cfg.Cluster.Leader(); ok || time.Now().After(deadline) || s.cfg.Cluster.ControlError() != nil {
 			return addr, self, ok
 		}
 		select {

@@ -24,6 +24,9 @@ type fakeCluster struct {
 	vols  []Volume
 	// err, if set, is returned by every changing method.
 	err error
+	// controlErr, if set, is ControlError's: this agent left the control
+	// plane, and knows no leader.
+	controlErr error
 }
 
 func (f *fakeCluster) record(format string, args ...any) {
@@ -32,7 +35,13 @@ func (f *fakeCluster) record(format string, args ...any) {
 	f.calls = append(f.calls, fmt.Sprintf(format, args...))
 }
 
-func (f *fakeCluster) Leader() (string, bool, bool)                  { return "self", true, true }
+func (f *fakeCluster) Leader() (string, bool, bool) {
+	if f.controlErr != nil {
+		return "", false, false
+	}
+	return "self", true, true
+}
+func (f *fakeCluster) ControlError() error                           { return f.controlErr }
 func (f *fakeCluster) Status(context.Context) (ClusterStatus, error) { return ClusterStatus{}, nil }
 func (f *fakeCluster) Hosts(context.Context) ([]Host, error)         { return nil, nil }
 func (f *fakeCluster) Volumes(context.Context) ([]Volume, error)     { return f.vols, nil }

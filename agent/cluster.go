@@ -380,7 +380,7 @@ func (a *clusterAgent) close() {
 // view is the cluster as this agent reports it in its metrics.
 func (a *clusterAgent) view() metrics.ClusterView {
 	v := metrics.ClusterView{Members: map[string]string{}, ControlLeader: a.ctl.IsLeader(), ControlApplied: a.ctl.Status().Applied,
-		Volumes: len(a.ctl.State().Volumes)}
+		ControlFailed: a.ctl.Failed() != nil, Volumes: len(a.ctl.State().Volumes)}
 	for _, m := range a.members.Members() {
 		v.Members[m.Name] = string(m.State)
 	}
@@ -885,6 +885,10 @@ func writeFileSync(path string, b []byte) error {
 }
 
 // ---- the admin API (admin.Cluster) ----
+
+// Leader implements admin.Cluster.
+// ControlError implements admin.Cluster.
+func (a *clusterAgent) ControlError() error { return a.ctl.Failed() }
 
 // Leader implements admin.Cluster.
 func (a *clusterAgent) Leader() (string, bool, bool) {

@@ -171,7 +171,10 @@ type ClusterView struct {
 	// ControlApplied its applied index; Volumes the catalog's volumes.
 	ControlLeader  bool
 	ControlApplied uint64
-	Volumes        int
+	// ControlFailed is true once this agent left the control plane
+	// because its control write log failed.
+	ControlFailed bool
+	Volumes       int
 }
 
 // memberStates are the states reported by tandem_member_state.
@@ -182,6 +185,7 @@ var (
 	descCtlLead  = prometheus.NewDesc("tandem_control_leader", "1 if this agent leads the control plane.", nil, nil)
 	descCtlIndex = prometheus.NewDesc("tandem_control_applied_index", "Control-plane log index applied to this agent's catalog.", nil, nil)
 	descVolumes  = prometheus.NewDesc("tandem_catalog_volumes", "Volumes in this agent's catalog.", nil, nil)
+	descCtlFail  = prometheus.NewDesc("tandem_control_failed", "1 if this agent left the control plane because its control write log failed (until it restarts).", nil, nil)
 )
 
 // WatchCluster exports view() at every scrape.
@@ -192,7 +196,7 @@ func (m *Metrics) WatchCluster(view func() ClusterView) {
 type clusterCollector func() ClusterView
 
 func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMember, descCtlLead, descCtlIndex, descVolumes} {
+	for _, d := range []*prometheus.Desc{descMember, descCtlLead, descCtlIndex, descCtlFail, descVolumes} {
 		ch <- d
 	}
 }
@@ -214,5 +218,10 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descCtlLead, prometheus.GaugeValue, lead)
 	ch <- prometheus.MustNewConstMetric(descCtlIndex, prometheus.GaugeValue, float64(v.ControlApplied))
+	failed := 0.0
+	if v.ControlFailed {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCtlFail, prometheus.GaugeValue, failed)
 	ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(v.Volumes))
 }

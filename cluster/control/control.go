@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -54,6 +55,10 @@ type Config struct {
 	HeartbeatTimeout time.Duration
 	// Logger receives the group's logs.
 	Logger *slog.Logger
+
+	// logConfig, if set (by this package's tests), adjusts the write
+	// log's configuration.
+	logConfig func(*wal.Config)
 }
 
 // ValidateVoters checks a voter list: 1, 3 or 5 distinct names.
@@ -82,6 +87,10 @@ type Control struct {
 	fsm   *fsm
 	logs  *wal.Log
 	trans *transport.Transport
+
+	// failed holds why this member left the group (its write log
+	// failed), nil while it is a member.
+	failed atomic.Pointer[error]
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -118,7 +127,11 @@ func Open(cfg Config) (_ *Control, err error) {
 			c.closeStores()
 		}
 	}()
-	if c.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wal.DefaultConfig()); err != nil {
+	wc := wal.DefaultConfig()
+	if cfg.logConfig != nil {
+		cfg.logConfig(&wc)
+	}
+	if c.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wc); err != nil {
 		return nil, fmt.Errorf("control: log: %w", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, raftlog.HCLogger(log, "control"))
@@ -154,7 +167,42 @@ func Open(cfg Config) (_ *Control, err error) {
 		c.wg.Add(1)
 		go c.bootstrap()
 	}
+	c.wg.Add(1)
+	go c.watchLog()
 	return c, nil
+}
+
+// watchLog takes this member out of the group when its write log fails (a
+// disk error, or a full disk). A failed log refuses every append until it
+// is reopened, so the member could no longer follow; left running, it
+// would still campaign whenever it stopped hearing the leader, and could
+// win an election and step down at its first append. Its raft is shut
+// down instead: it neither votes nor stands, the group goes on with the
+// other voters, and the failure shows in Failed, Status, the agent's
+// /readyz and its metrics. The catalog stays the last one applied; the
+// agent rejoins when it restarts (on a repaired disk, or one with room).
+func (c *Control) watchLog() {
+	defer c.wg.Done()
+	select {
+	case <-c.stop:
+		return
+	case <-c.logs.Failed():
+	}
+	err := fmt.Errorf("control: write log: %w", c.logs.Err())
+	c.failed.Store(&err)
+	c.log.Error("the control plane's write log failed: this agent leaves the control plane until it restarts", "err", err)
+	if serr := c.raft.Shutdown().Error(); serr != nil {
+		c.log.Warn("stopping the control plane member", "err", serr)
+	}
+}
+
+// Failed returns why this agent left the control group (its write log
+// failed; see watchLog), or nil while it is a member.
+func (c *Control) Failed() error {
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // bootstrap waits until every voter's address is known, then bootstraps
@@ -206,6 +254,9 @@ func (c *Control) Changes() <-chan struct{} { return c.fsm.changes() }
 
 // Leader returns the name of the control leader, if one is known.
 func (c *Control) Leader() (string, bool) {
+	if c.Failed() != nil {
+		return "", false // its raft stopped: what it knew is stale
+	}
 	_, id := c.raft.LeaderWithID()
 	return string(id), id != ""
 }
@@ -228,7 +279,7 @@ func (c *Control) Leader() (string, bool) {
 // the new commit index. A restarted member is never caught up on the
 // catalog of its last snapshot.
 func (c *Control) CaughtUp() bool {
-	if _, id := c.raft.LeaderWithID(); id == "" {
+	if _, ok := c.Leader(); !ok {
 		return false
 	}
 	if c.raft.State() != raft.Leader && c.raft.LastContact().IsZero() {
@@ -298,12 +349,17 @@ type Status struct {
 	Voters  []string
 	// Members maps every member to its role: voter or nonvoter.
 	Members map[string]string
+	// Error says why this agent left the group (Failed), if it did.
+	Error string
 }
 
 // Status returns the control group's status.
 func (c *Control) Status() Status {
 	s := Status{Term: c.raft.CurrentTerm(), Applied: c.raft.AppliedIndex(), Members: map[string]string{}}
 	s.Leader, _ = c.Leader()
+	if err := c.Failed(); err != nil {
+		s.Error = err.Error()
+	}
 	if f := c.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			role := "nonvoter"

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/internal/testnet"
 	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/raftlog/wal"
 )
 
 type member struct {
@@ -22,6 +25,9 @@ type member struct {
 	addr string
 	host *raftlog.Host
 	ctl  *Control
+	// full makes the member's write log fail when it needs a new segment
+	// (with testGroup.smallLogs).
+	full atomic.Bool
 }
 
 type testGroup struct {
@@ -30,6 +36,9 @@ type testGroup struct {
 	mu      sync.Mutex
 	addrs   map[string]string
 	members map[string]*member
+	// smallLogs gives the members' write logs 64 KiB segments and a room
+	// check that fails while member.full is set.
+	smallLogs bool
 }
 
 func (g *testGroup) resolve(name string) (string, bool) {
@@ -52,7 +61,19 @@ func (g *testGroup) start(name string) *member {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Open(Config{Name: name, Dir: filepath.Join(m.dir, "control"), Host: h, Voters: g.voters, Resolve: g.resolve, HeartbeatTimeout: 300 * time.Millisecond})
+	ccfg := Config{Name: name, Dir: filepath.Join(m.dir, "control"), Host: h, Voters: g.voters, Resolve: g.resolve, HeartbeatTimeout: 300 * time.Millisecond}
+	if g.smallLogs {
+		ccfg.logConfig = func(c *wal.Config) {
+			c.SegmentSize, c.PreZeroRate, c.MaxRecycled = 64<<10, 0, 0
+			c.Room = func(int64) error {
+				if m.full.Load() {
+					return errNoRoom
+				}
+				return nil
+			}
+		}
+	}
+	c, err := Open(ccfg)
 	if err != nil {
 		h.Close()
 		t.Fatal(err)
@@ -229,6 +250,96 @@ func TestControlGroup(t *testing.T) {
 			t.Fatal("not every member caught up within 30 s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+var errNoRoom = errors.New("test: no room on the disk")
+
+// TestLogFailure fails the write log of the leader, then of a follower,
+// and checks that the member leaves the group (its raft stops: it neither
+// votes nor stands), says why, stops claiming a leader or a current
+// catalog, and that the other two go on committing; restarted with room,
+// it rejoins with the catalog.
+func TestLogFailure(t *testing.T) {
+	for _, victim := range []string{"leader", "follower"} {
+		t.Run(victim, func(t *testing.T) {
+			g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}, smallLogs: true}
+			defer func() {
+				for n := range g.members {
+					g.stop(n)
+				}
+			}()
+			for _, n := range g.voters {
+				g.start(n)
+			}
+			ctx := context.Background()
+			put := func(i int) {
+				// 4 KiB per command: a 64 KiB segment fills in about 16.
+				g.onLeader(fmt.Sprint("putting host ", i), func(l *member) error {
+					err := l.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdPutHost, Host: &catalog.Host{Name: fmt.Sprint("h", i), RaftAddr: strings.Repeat("x", 4<<10), Capacity: 1 << 40}})
+					if errors.Is(err, wal.ErrFailed) || errors.Is(err, errNoRoom) {
+						// The leader's own log failed: it is leaving.
+						return fmt.Errorf("%w: %w", ErrNotLeader, err)
+					}
+					return err
+				})
+			}
+			put(0)
+			v := g.leader()
+			if victim == "follower" {
+				for _, n := range g.voters {
+					if g.members[n] != v {
+						v = g.members[n]
+						break
+					}
+				}
+			}
+			v.full.Store(true)
+			i := 1
+			for ; v.ctl.Failed() == nil; i++ {
+				if i > 500 {
+					t.Fatalf("%s's log never failed", v.name)
+				}
+				put(i)
+			}
+			if err := v.ctl.Failed(); !errors.Is(err, wal.ErrFailed) || !strings.Contains(err.Error(), errNoRoom.Error()) {
+				t.Fatalf("Failed() = %v, want wal.ErrFailed for the room", err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for v.ctl.raft.State() != raft.Shutdown {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s's raft still %v after its log failed", v.name, v.ctl.raft.State())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if st := v.ctl.Status(); st.Error == "" || st.Leader != "" {
+				t.Fatalf("status of the failed member %+v: want its error and no leader", st)
+			}
+			if _, ok := v.ctl.Leader(); ok || v.ctl.CaughtUp() {
+				t.Fatal("the failed member still claims a leader or a current catalog")
+			}
+
+			// The other two go on.
+			last := fmt.Sprint("h", i)
+			put(i)
+			if l := g.leader(); l == v {
+				t.Fatal("the failed member leads")
+			}
+			for _, n := range g.voters {
+				if m := g.members[n]; m != v {
+					waitCatalog(t, m, last, func(s *catalog.State) bool { return s.Hosts[last] != nil })
+				}
+			}
+
+			// Restarted with room, it rejoins and catches up.
+			v.full.Store(false)
+			g.stop(v.name)
+			m := g.start(v.name)
+			waitCatalog(t, m, last, func(s *catalog.State) bool { return s.Hosts[last] != nil })
+			if m.ctl.Failed() != nil {
+				t.Fatalf("restarted member: %v", m.ctl.Failed())
+			}
+		})
 	}
 }
 
