@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/raftlog/wal"
 )
 
 // Peer is one host of the cluster as the replication layer sees it.
@@ -93,6 +94,9 @@ type Config struct {
 	// barrierFault, if set (by this package's tests), is asked before each
 	// leader's barrier and fails it with the error it returns.
 	barrierFault func(volume string) error
+	// logConfig, if set (by this package's tests), adjusts each write
+	// log's configuration.
+	logConfig func(*wal.Config)
 }
 
 // DefaultConfig returns the tuning used by the agent; the caller fills in

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/raftlog/wal"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -93,6 +95,53 @@ func TestDiskReserveFailsReplica(t *testing.T) {
 		t.Fatalf("follower's failure: %v", err)
 	}
 	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 8192, 0); err != nil {
+		t.Fatalf("write after the follower failed: %v", err)
+	}
+}
+
+// TestWriteLogFailsReplica checks the group's own path for a failed write
+// log (the watch loop's logFailed), not the volume file's: a follower
+// whose log cannot start a new segment, while its volume file has room,
+// leaves its group with the log's error, and the others go on.
+func TestWriteLogFailsReplica(t *testing.T) {
+	errLogFull := errors.New("test: the log's disk is full")
+	full := map[string]*atomic.Bool{"n1": {}, "n2": {}, "n3": {}}
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		f := full[cfg.ID]
+		cfg.logConfig = func(wc *wal.Config) {
+			wc.SegmentSize, wc.PreZeroRate, wc.MaxRecycled = 64<<10, 0, 0
+			room := wc.Room
+			wc.Room = func(n int64) error {
+				if f.Load() {
+					return errLogFull
+				}
+				return room(n)
+			}
+		}
+	})
+	c.open(VolumeSpec{Name: "vol", Size: 8 << 20})
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx := context.Background()
+	lv, fv := c.hosts[l].vol["vol"], c.hosts[f].vol["vol"]
+	full[c.peers[f].ID].Store(true)
+	// 16 KiB writes: a 64 KiB segment fills in a few, and the follower
+	// needs a fresh one (the one prepared before the room failed first).
+	for i := 0; fv.Err() == nil; i++ {
+		if i > 2000 {
+			t.Fatal("the follower's log never failed")
+		}
+		if err := lv.WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, 16<<10), int64(i%512)*16<<10, 0); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if err := fv.Err(); !errors.Is(err, wal.ErrFailed) || !strings.Contains(err.Error(), errLogFull.Error()) || !strings.Contains(err.Error(), "write log") {
+		t.Fatalf("follower's failure: %v, want its write log's", err)
+	}
+	if err := lv.Err(); err != nil {
+		t.Fatalf("leader failed too: %v", err)
+	}
+	if err := lv.WriteAt(ctx, bytes.Repeat([]byte{0xee}, 4096), 0, 0); err != nil {
 		t.Fatalf("write after the follower failed: %v", err)
 	}
 }

@@ -137,7 +137,7 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.fsm.restore = g.restore
 	g.fsm.onFail = g.failed
 	g.fsm.room = h.room.check
-	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"), h.room.check)
+	g.logs, err = openLogStore(filepath.Join(gc.Dir, "log"), h.room.check, h.cfg.logConfig)
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: log: %w", spec.Name, err)
 	}
@@ -256,9 +256,13 @@ func logCovers(logs raft.LogStore, snaps raft.SnapshotStore, index, term uint64)
 // openLogStore opens the raft log of a group: a segment WAL with one
 // fdatasync per append batch (docs/raft-log-store.md).
 // Its fresh segments are allocated only if room allows (the disk reserve).
-func openLogStore(dir string, room func(n int64) error) (raft.LogStore, error) {
+// adjust, if not nil, changes the configuration (tests).
+func openLogStore(dir string, room func(n int64) error, adjust func(*wal.Config)) (raft.LogStore, error) {
 	cfg := wal.DefaultConfig()
 	cfg.Room = room
+	if adjust != nil {
+		adjust(&cfg)
+	}
 	l, err := wal.Open(dir, cfg)
 	if err != nil {
 		return nil, err // not a nil *wal.Log in a non-nil interface
