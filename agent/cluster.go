@@ -886,7 +886,6 @@ func writeFileSync(path string, b []byte) error {
 
 // ---- the admin API (admin.Cluster) ----
 
-// Leader implements admin.Cluster.
 // ControlError implements admin.Cluster.
 func (a *clusterAgent) ControlError() error { return a.ctl.Failed() }
 
