@@ -2035,10 +2035,11 @@ func (r *Raft) electSelf() <-chan *voteResult {
 	// Create a response channel
 	respCh := make(chan *voteResult, len(r.configurations.latest.Servers))
 
-	// Increment the term
+	// Increment the term (and vote for ourselves with it, if the stable
+	// store can do both in one write)
 	newTerm := r.getCurrentTerm() + 1
 
-	r.setCurrentTerm(newTerm)
+	selfVoted := r.setTermAndVote(newTerm, r.getRPCHeader().Addr)
 	// Construct the request
 	lastIdx, lastTerm := r.getLastEntry()
 	req := &RequestVoteRequest{
@@ -2075,11 +2076,12 @@ func (r *Raft) electSelf() <-chan *voteResult {
 			if server.ID == r.localID {
 				r.logger.Debug("voting for self", "term", req.Term, "id", r.localID)
 
-				// Persist a vote for ourselves
-				if err := r.persistVote(req.Term, req.RPCHeader.Addr); err != nil {
-					r.logger.Error("failed to persist vote", "error", err)
-					return nil
-
+				// Persist a vote for ourselves (unless done with the term)
+				if !selfVoted {
+					if err := r.persistVote(req.Term, req.RPCHeader.Addr); err != nil {
+						r.logger.Error("failed to persist vote", "error", err)
+						return nil
+					}
 				}
 				// Include our own vote
 				respCh <- &voteResult{
@@ -2186,6 +2188,9 @@ func (r *Raft) preElectSelf() <-chan *preVoteResult {
 
 // persistVote is used to persist our vote for safety.
 func (r *Raft) persistVote(term uint64, candidate []byte) error {
+	if b, ok := r.stable.(BatchStableStore); ok {
+		return b.SetBatch(map[string]uint64{string(keyLastVoteTerm): term}, map[string][]byte{string(keyLastVoteCand): candidate})
+	}
 	if err := r.stable.SetUint64(keyLastVoteTerm, term); err != nil {
 		return err
 	}
