@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/raftlog/stablefile"
 	"github.com/tandem-project/tandem/raftlog/transport"
 	"github.com/tandem-project/tandem/raftlog/wal"
 	"github.com/tandem-project/tandem/volume"
@@ -38,6 +39,7 @@ type Group struct {
 	// restore at start) may run before g.raft is assigned.
 	started atomic.Pointer[raft.Raft]
 	logs    raft.LogStore
+	stable  *stablefile.Store
 	trans   raft.Transport
 	layer   *mux.Layer
 
@@ -145,7 +147,10 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: snapshots: %w", spec.Name, err)
 	}
-	stable := h.meta.Stable(spec.Name)
+	if g.stable, err = h.OpenStable(spec.Name, gc.Dir); err != nil {
+		return nil, err
+	}
+	stable := g.stable
 
 	// The FSM restarts from the last checkpoint.
 	if list, err := snaps.List(); err == nil && len(list) > 0 {
@@ -849,6 +854,11 @@ func (g *Group) closeStores(discard bool) error {
 	}
 	if c, ok := g.logs.(io.Closer); ok {
 		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if g.stable != nil {
+		if cerr := g.stable.Close(); err == nil {
 			err = cerr
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tandem-project/tandem/raftlog/meta"
 	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/raftlog/stablefile"
 	"github.com/tandem-project/tandem/volume"
 )
 
@@ -295,6 +296,31 @@ func (h *Host) RaftLayer(group string) (*mux.Layer, error) {
 // Stable returns the raft stable store of a group in the host's metadata
 // database.
 func (h *Host) Stable(group string) *meta.Stable { return h.meta.Stable(group) }
+
+// OpenStable opens the raft stable store (term and vote) of group in its
+// directory dir (stablefile: one in-place write per vote). Versions before
+// it kept them in the metadata database under Stable(group); whatever is
+// still there is moved into the file first, then deleted. Keys are left
+// there only by a version that predates the file, or by a crash between
+// the two steps (the same values), so they always win over the file.
+func (h *Host) OpenStable(group, dir string) (*stablefile.Store, error) {
+	s, err := stablefile.Open(filepath.Join(dir, "stable"))
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: %s: %w", group, err)
+	}
+	old := h.meta.Stable(group)
+	kv, err := old.All()
+	if err == nil && len(kv) > 0 {
+		if err = s.SetAll(kv); err == nil {
+			err = old.Drop()
+		}
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("raftlog: %s: moving the raft term and vote to their file: %w", group, err)
+	}
+	return s, nil
+}
 
 // serveStream answers a catch-up stream request for a volume.
 func (h *Host) serveStream(name string, c net.Conn) {

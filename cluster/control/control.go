@@ -28,6 +28,7 @@ import (
 
 	"github.com/tandem-project/tandem/cluster/catalog"
 	"github.com/tandem-project/tandem/raftlog"
+	"github.com/tandem-project/tandem/raftlog/stablefile"
 	"github.com/tandem-project/tandem/raftlog/transport"
 	"github.com/tandem-project/tandem/raftlog/wal"
 )
@@ -81,12 +82,13 @@ func ValidateVoters(voters []string) error {
 
 // Control is this agent's member of the control-plane group.
 type Control struct {
-	cfg   Config
-	log   *slog.Logger
-	raft  *raft.Raft
-	fsm   *fsm
-	logs  *wal.Log
-	trans *transport.Transport
+	cfg    Config
+	log    *slog.Logger
+	raft   *raft.Raft
+	fsm    *fsm
+	logs   *wal.Log
+	stable *stablefile.Store
+	trans  *transport.Transport
 
 	// failed holds why this member left the group (its write log
 	// failed), nil while it is a member.
@@ -146,7 +148,10 @@ func Open(cfg Config) (_ *Control, err error) {
 		return nil, errors.New("control: the host has no replication address")
 	}
 	c.trans = transport.New(transport.Config{Stream: layer, Logger: log})
-	stable := cfg.Host.Stable(GroupName)
+	if c.stable, err = cfg.Host.OpenStable(GroupName, cfg.Dir); err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	stable := c.stable
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
@@ -464,10 +469,16 @@ func (c *Control) closeStores() error {
 	if c.trans != nil {
 		c.trans.Close()
 	}
-	if c.logs != nil {
-		return c.logs.Close()
+	var err error
+	if c.stable != nil {
+		err = c.stable.Close()
 	}
-	return nil
+	if c.logs != nil {
+		if lerr := c.logs.Close(); lerr != nil {
+			err = lerr
+		}
+	}
+	return err
 }
 
 // fsm applies catalog commands.

@@ -154,6 +154,29 @@ func (d *DB) Stable(group string) *Stable {
 // Drop removes the group's keys (when its replica is deleted).
 func (s *Stable) Drop() error { return s.db.DeletePrefix(s.prefix) }
 
+// All returns the group's keys (without the prefix) and values.
+func (s *Stable) All() (map[string][]byte, error) {
+	kv := map[string][]byte{}
+	err := s.db.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = []byte(s.prefix)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			kv[string(it.Item().Key()[len(s.prefix):])] = v
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("meta: reading %s: %w", s.prefix, err)
+	}
+	return kv, nil
+}
+
 // Stable implements hashicorp/raft's StableStore on a DB.
 type Stable struct {
 	db     *DB
