@@ -48,6 +48,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-project/tandem/volume/blockfile"
 )
 
 const (
@@ -117,24 +119,12 @@ func create(path string) error {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = blockfile.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		return fmt.Errorf("stablefile: creating %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // load reads both slots and keeps the newer valid one.
@@ -326,13 +316,6 @@ func (s *Store) GetUint64(key []byte) (uint64, error) {
 		return 0, fmt.Errorf("stablefile: %s holds %d bytes, not a uint64", key, len(b))
 	}
 	return binary.BigEndian.Uint64(b), nil
-}
-
-// Empty reports whether no key was ever set.
-func (s *Store) Empty() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.kv) == 0
 }
 
 // Close closes the file.

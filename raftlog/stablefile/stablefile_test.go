@@ -27,7 +27,7 @@ func open(t *testing.T, path string) *Store {
 func TestRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "stable")
 	s := open(t, path)
-	if !s.Empty() {
+	if len(s.kv) != 0 {
 		t.Fatal("a new store is not empty")
 	}
 	// hashicorp/raft tells a missing key by this text.
@@ -73,7 +73,7 @@ func TestTooLarge(t *testing.T) {
 	if err := s.Set([]byte("k"), make([]byte, slotSize)); err == nil {
 		t.Fatal("a value larger than a slot was accepted")
 	}
-	if !s.Empty() {
+	if len(s.kv) != 0 {
 		t.Fatal("the refused value was kept")
 	}
 }
