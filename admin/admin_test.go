@@ -14,7 +14,8 @@ import (
 	"github.com/tandem-project/tandem/raftlog"
 )
 
-func testServer(t *testing.T) *httptest.Server {
+// testHost opens a single-host replication layer, closed at cleanup.
+func testHost(t *testing.T) *raftlog.Host {
 	t.Helper()
 	cfg := raftlog.DefaultConfig()
 	cfg.ID, cfg.DataDir = "h1", t.TempDir()
@@ -23,6 +24,12 @@ func testServer(t *testing.T) *httptest.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func testServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	h := testHost(t)
 	if _, err := h.OpenVolume(raftlog.VolumeSpec{Name: "vol0", Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -113,15 +120,8 @@ func TestEndpoints(t *testing.T) {
 // control write log failed) answers: not ready, saying why, and a 503
 // naming the failure at once for requests it would forward to the leader.
 func TestControlFailed(t *testing.T) {
-	cfg := raftlog.DefaultConfig()
-	cfg.ID, cfg.DataDir = "h1", t.TempDir()
-	h, err := raftlog.OpenHost(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
 	f := &fakeCluster{controlErr: errors.New("control: write log: wal: failed: disk gone")}
-	srv := httptest.NewServer(Handler(Config{Host: h, Cluster: f, Token: "tok"}))
+	srv := httptest.NewServer(Handler(Config{Host: testHost(t), Cluster: f, Token: "tok"}))
 	t.Cleanup(srv.Close)
 	tests := []struct {
 		path string
