@@ -131,6 +131,20 @@ func (g *testGroup) onLeader(what string, f func(l *member) error) *member {
 	}
 }
 
+// newGroup starts the voters a, b and c of a group stopped at cleanup.
+func newGroup(t *testing.T, smallLogs bool) *testGroup {
+	g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}, smallLogs: smallLogs}
+	t.Cleanup(func() {
+		for n := range g.members {
+			g.stop(n)
+		}
+	})
+	for _, n := range g.voters {
+		g.start(n)
+	}
+	return g
+}
+
 func waitCatalog(t *testing.T, m *member, what string, ok func(*catalog.State) bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -147,15 +161,7 @@ func waitCatalog(t *testing.T, m *member, what string, ok func(*catalog.State) b
 // the catalog, refuses proposals on followers, and restarts a voter that
 // comes back with the catalog.
 func TestControlGroup(t *testing.T) {
-	g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}}
-	defer func() {
-		for n := range g.members {
-			g.stop(n)
-		}
-	}()
-	for _, n := range g.voters {
-		g.start(n)
-	}
+	g := newGroup(t, false)
 	ctx := context.Background()
 	for _, n := range []string{"a", "b", "c", "d"} {
 		g.onLeader("putting host "+n, func(l *member) error {
@@ -263,15 +269,7 @@ var errNoRoom = errors.New("test: no room on the disk")
 func TestLogFailure(t *testing.T) {
 	for _, victim := range []string{"leader", "follower"} {
 		t.Run(victim, func(t *testing.T) {
-			g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}, smallLogs: true}
-			defer func() {
-				for n := range g.members {
-					g.stop(n)
-				}
-			}()
-			for _, n := range g.voters {
-				g.start(n)
-			}
+			g := newGroup(t, true)
 			ctx := context.Background()
 			put := func(i int) {
 				// 4 KiB per command: a 64 KiB segment fills in about 16.
