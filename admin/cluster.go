@@ -343,7 +343,7 @@ func (s *server) onLeader(changes bool, h http.HandlerFunc) http.HandlerFunc {
 		addr, self, ok := s.waitLeader(r.Context())
 		switch {
 		case !ok && s.cfg.Cluster.ControlError() != nil:
-			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("this agent left the control plane (%v): send the request to another agent, and restart this one once its disk is repaired or has room", s.cfg.Cluster.ControlError()))
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("this agent left the control plane (%v): send the request to another agent; this one rejoins once its log opens again (--replica-retry, or as soon as a full disk has room), or when restarted", s.cfg.Cluster.ControlError()))
 		case !ok:
 			// Retry-After marks a request that was not carried out at
 			// all: a client may send it again as is.

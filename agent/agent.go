@@ -80,10 +80,11 @@ type Config struct {
 	Replication raftlog.Config
 	// ShutdownTimeout bounds the wait for requests in flight at shutdown.
 	ShutdownTimeout time.Duration
-	// ReplicaRetry is how long after a replica failed (its disk) the agent
-	// opens it again, doubling while it fails again, and for a full disk
-	// also as soon as the disk has room (reopen.go); 0 leaves it out until
-	// the agent restarts.
+	// ReplicaRetry is how long after a replica or the agent's control-plane
+	// member failed (its disk) the agent opens it again, doubling while it
+	// fails again, and for a full disk also as soon as the disk has room
+	// (reopen.go, control.Config.Retry); 0 leaves it out until the agent
+	// restarts.
 	ReplicaRetry time.Duration
 	// Logger receives the agent's logs. Nil discards.
 	Logger *slog.Logger

@@ -344,6 +344,8 @@ func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *ex
 		Voters:           a.cc.ControlVoters,
 		Resolve:          a.resolve,
 		HeartbeatTimeout: cfg.Replication.HeartbeatTimeout,
+		Retry:            cfg.ReplicaRetry,
+		Room:             func() error { return host.Room(raftlog.RoomMargin) },
 		Logger:           a.log,
 	})
 	if err != nil {

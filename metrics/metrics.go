@@ -185,7 +185,7 @@ var (
 	descCtlLead  = prometheus.NewDesc("tandem_control_leader", "1 if this agent leads the control plane.", nil, nil)
 	descCtlIndex = prometheus.NewDesc("tandem_control_applied_index", "Control-plane log index applied to this agent's catalog.", nil, nil)
 	descVolumes  = prometheus.NewDesc("tandem_catalog_volumes", "Volumes in this agent's catalog.", nil, nil)
-	descCtlFail  = prometheus.NewDesc("tandem_control_failed", "1 if this agent left the control plane because its control write log failed (until it restarts).", nil, nil)
+	descCtlFail  = prometheus.NewDesc("tandem_control_failed", "1 while this agent is out of the control plane because its control write log failed (until the log opens again; see --replica-retry).", nil, nil)
 )
 
 // WatchCluster exports view() at every scrape.

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -31,6 +32,7 @@ import (
 	"github.com/tandem-project/tandem/raftlog/stablefile"
 	"github.com/tandem-project/tandem/raftlog/transport"
 	"github.com/tandem-project/tandem/raftlog/wal"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // GroupName is the control group's name on the mux port (volume names
@@ -54,12 +56,23 @@ type Config struct {
 	Resolve func(name string) (addr string, ok bool)
 	// HeartbeatTimeout and ElectionTimeout tune raft (0: 650 ms).
 	HeartbeatTimeout time.Duration
+	// Retry is how long after its write log failed this member opens it
+	// again and rejoins the group, doubling while it fails again, up to
+	// 30 minutes (0: it stays out until the agent restarts). One whose
+	// log failed for lack of disk space is also opened again as soon as
+	// Room reports room, at most every 10 seconds.
+	Retry time.Duration
+	// Room, if set, returns nil when the disk under Dir has room for the
+	// log again (raftlog.Host.Room with a margin, say).
+	Room func() error
 	// Logger receives the group's logs.
 	Logger *slog.Logger
 
 	// logConfig, if set (by this package's tests), adjusts the write
 	// log's configuration.
 	logConfig func(*wal.Config)
+	// roomEvery, if set (by this package's tests), replaces roomRetryGap.
+	roomEvery time.Duration
 }
 
 // ValidateVoters checks a voter list: 1, 3 or 5 distinct names.
@@ -82,13 +95,15 @@ func ValidateVoters(voters []string) error {
 
 // Control is this agent's member of the control-plane group.
 type Control struct {
-	cfg    Config
-	log    *slog.Logger
-	raft   *raft.Raft
-	fsm    *fsm
-	logs   *wal.Log
-	stable *stablefile.Store
-	trans  *transport.Transport
+	cfg   Config
+	log   *slog.Logger
+	fsm   *fsm
+	snaps raft.SnapshotStore
+
+	// mu guards in: the stores of a failed instance are closed, and the
+	// instance replaced, with mu held; whoever reads them holds it shared.
+	mu sync.RWMutex
+	in *instance
 
 	// failed holds why this member left the group (its write log
 	// failed), nil while it is a member.
@@ -97,6 +112,32 @@ type Control struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
+
+// instance is one run of this agent's member: its raft and the stores it
+// writes. One whose write log failed is stopped, and replaced by a new one
+// once the log opens again (watchLog); the catalog (fsm) outlives them.
+type instance struct {
+	raft   *raft.Raft
+	logs   *wal.Log
+	stable *stablefile.Store
+	trans  *transport.Transport
+}
+
+// cur returns the current instance. Its raft may be shut down (after a
+// failure) but is never nil.
+func (c *Control) cur() *instance {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.in
+}
+
+// maxRetry bounds the wait between two reopenings of a log that keeps
+// failing; roomRetryGap is the least time between two early reopenings of
+// one that failed for lack of disk space.
+const (
+	maxRetry     = 30 * time.Minute
+	roomRetryGap = 10 * time.Second
+)
 
 // ErrNotLeader is returned by Propose on an agent that does not lead the
 // control group.
@@ -123,51 +164,16 @@ func Open(cfg Config) (_ *Control, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	c := &Control{cfg: cfg, log: log, fsm: newFSM(), stop: make(chan struct{})}
-	defer func() {
-		if err != nil {
-			c.closeStores()
-		}
-	}()
-	wc := wal.DefaultConfig()
-	if cfg.logConfig != nil {
-		cfg.logConfig(&wc)
-	}
-	if c.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wc); err != nil {
-		return nil, fmt.Errorf("control: log: %w", err)
-	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, raftlog.HCLogger(log, "control"))
 	if err != nil {
 		return nil, fmt.Errorf("control: snapshots: %w", err)
 	}
-	layer, err := cfg.Host.RaftLayer(GroupName)
+	c := &Control{cfg: cfg, log: log, fsm: newFSM(), snaps: snaps, stop: make(chan struct{})}
+	in, exists, err := c.start()
 	if err != nil {
-		return nil, fmt.Errorf("control: %w", err)
+		return nil, err
 	}
-	if layer == nil {
-		return nil, errors.New("control: the host has no replication address")
-	}
-	c.trans = transport.New(transport.Config{Stream: layer, Logger: log})
-	if c.stable, err = cfg.Host.OpenStable(GroupName, cfg.Dir); err != nil {
-		return nil, fmt.Errorf("control: %w", err)
-	}
-	stable := c.stable
-
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.Name)
-	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.HeartbeatTimeout
-	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
-	rc.SnapshotThreshold = 1024
-	rc.TrailingLogs = 1024
-	rc.Logger = raftlog.HCLogger(log, "control")
-	exists, err := raft.HasExistingState(c.logs, stable, snaps)
-	if err != nil {
-		return nil, fmt.Errorf("control: %w", err)
-	}
-	if c.raft, err = raft.NewRaft(rc, c.fsm, c.logs, stable, snaps, c.trans); err != nil {
-		return nil, fmt.Errorf("control: %w", err)
-	}
+	c.in = in
 	if !exists && slices.Contains(cfg.Voters, cfg.Name) {
 		c.wg.Add(1)
 		go c.bootstrap()
@@ -177,27 +183,148 @@ func Open(cfg Config) (_ *Control, err error) {
 	return c, nil
 }
 
+// start opens the member's stores and starts its raft; exists reports
+// whether they held a state already (else the group may need a bootstrap).
+func (c *Control) start() (_ *instance, exists bool, err error) {
+	cfg := c.cfg
+	in := &instance{}
+	defer func() {
+		if err != nil {
+			in.closeStores()
+		}
+	}()
+	wc := wal.DefaultConfig()
+	if cfg.logConfig != nil {
+		cfg.logConfig(&wc)
+	}
+	if in.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wc); err != nil {
+		return nil, false, fmt.Errorf("control: log: %w", err)
+	}
+	layer, err := cfg.Host.RaftLayer(GroupName)
+	if err != nil {
+		return nil, false, fmt.Errorf("control: %w", err)
+	}
+	if layer == nil {
+		return nil, false, errors.New("control: the host has no replication address")
+	}
+	in.trans = transport.New(transport.Config{Stream: layer, Logger: c.log})
+	if in.stable, err = cfg.Host.OpenStable(GroupName, cfg.Dir); err != nil {
+		return nil, false, fmt.Errorf("control: %w", err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.HeartbeatTimeout
+	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 1024
+	rc.Logger = raftlog.HCLogger(c.log, "control")
+	if exists, err = raft.HasExistingState(in.logs, in.stable, c.snaps); err != nil {
+		return nil, false, fmt.Errorf("control: %w", err)
+	}
+	if in.raft, err = raft.NewRaft(rc, c.fsm, in.logs, in.stable, c.snaps, in.trans); err != nil {
+		return nil, false, fmt.Errorf("control: %w", err)
+	}
+	return in, exists, nil
+}
+
 // watchLog takes this member out of the group when its write log fails (a
-// disk error, or a full disk). A failed log refuses every append until it
-// is reopened, so the member could no longer follow; left running, it
-// would still campaign whenever it stopped hearing the leader, and could
-// win an election and step down at its first append. Its raft is shut
-// down instead: it neither votes nor stands, the group goes on with the
-// other voters, and the failure shows in Failed, Status, the agent's
-// /readyz and its metrics. The catalog stays the last one applied; the
-// agent rejoins when it restarts (on a repaired disk, or one with room).
+// disk error, or a full disk), and brings it back when the log opens again.
+//
+// A failed log refuses every append until it is reopened, so the member
+// could no longer follow; left running, it would still campaign whenever
+// it stopped hearing the leader, and could win an election and step down
+// at its first append. Its raft and transport are stopped instead: it
+// neither votes nor stands, the other voters' requests to it fail at once,
+// the group goes on with them, and the failure shows in Failed, Status,
+// the agent's /readyz and its metrics. The catalog stays the last one
+// applied.
+//
+// After Config.Retry (doubling while it fails again; early once Room
+// reports room if it failed for lack of space), the log is opened again
+// (which cuts a torn tail) and a new raft started on it, over the same
+// catalog: the member rejoins and catches up from the leader. An agent
+// restart does the same.
 func (c *Control) watchLog() {
 	defer c.wg.Done()
-	select {
-	case <-c.stop:
-		return
-	case <-c.logs.Failed():
+	wait := c.cfg.Retry
+	for {
+		in := c.cur()
+		started := time.Now()
+		select {
+		case <-c.stop:
+			return
+		case <-in.logs.Failed():
+		}
+		err := fmt.Errorf("control: write log: %w", in.logs.Err())
+		c.failed.Store(&err)
+		if c.cfg.Retry <= 0 {
+			c.log.Error("the control plane's write log failed: this agent leaves the control plane until it restarts", "err", err)
+		} else {
+			if time.Since(started) >= wait {
+				wait = c.cfg.Retry // it served for as long as it waited: a new failure
+			}
+			c.log.Error("the control plane's write log failed: this agent leaves the control plane and opens its log again later", "in", wait, "err", err)
+		}
+		if serr := in.raft.Shutdown().Error(); serr != nil {
+			c.log.Warn("stopping the control plane member", "err", serr)
+		}
+		in.trans.Close()
+		if c.cfg.Retry <= 0 {
+			return
+		}
+		c.mu.Lock()
+		in.closeStores()
+		c.mu.Unlock()
+		noRoom := errors.Is(err, volume.ErrNoSpace) || errors.Is(err, syscall.ENOSPC)
+		for {
+			if !c.awaitRetry(wait, noRoom) {
+				return
+			}
+			wait = min(2*wait, maxRetry)
+			next, _, err := c.start()
+			if err != nil {
+				c.log.Warn("opening the control plane's write log again failed", "next_in", wait, "err", err)
+				continue
+			}
+			c.mu.Lock()
+			c.in = next
+			c.mu.Unlock()
+			c.failed.Store(nil)
+			c.log.Info("the control plane's write log is open again: this agent rejoins the control plane")
+			break
+		}
 	}
-	err := fmt.Errorf("control: write log: %w", c.logs.Err())
-	c.failed.Store(&err)
-	c.log.Error("the control plane's write log failed: this agent leaves the control plane until it restarts", "err", err)
-	if serr := c.raft.Shutdown().Error(); serr != nil {
-		c.log.Warn("stopping the control plane member", "err", serr)
+}
+
+// awaitRetry waits for the next attempt at opening a failed log: wait, or
+// less once Room reports room if the log failed for lack of it. It
+// returns false if the member stops meanwhile.
+func (c *Control) awaitRetry(wait time.Duration, noRoom bool) bool {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	var room <-chan time.Time
+	if noRoom && c.cfg.Room != nil {
+		every := roomRetryGap
+		if c.cfg.roomEvery > 0 {
+			every = c.cfg.roomEvery
+		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		room = tick.C
+	}
+	for {
+		select {
+		case <-c.stop:
+			return false
+		case <-t.C:
+			return true
+		case <-room:
+			if c.cfg.Room() == nil {
+				return true
+			}
+		}
 	}
 }
 
@@ -230,7 +357,7 @@ func (c *Control) bootstrap() {
 			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(v), Address: raft.ServerAddress(addr)})
 		}
 		if len(missing) == 0 {
-			err := c.raft.BootstrapCluster(conf).Error()
+			err := c.cur().raft.BootstrapCluster(conf).Error()
 			if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 				c.log.Error("bootstrapping the control plane failed", "err", err)
 			} else {
@@ -262,7 +389,7 @@ func (c *Control) Leader() (string, bool) {
 	if c.Failed() != nil {
 		return "", false // its raft stopped: what it knew is stale
 	}
-	_, id := c.raft.LeaderWithID()
+	_, id := c.cur().raft.LeaderWithID()
 	return string(id), id != ""
 }
 
@@ -284,10 +411,15 @@ func (c *Control) Leader() (string, bool) {
 // the new commit index. A restarted member is never caught up on the
 // catalog of its last snapshot.
 func (c *Control) CaughtUp() bool {
-	if _, ok := c.Leader(); !ok {
+	// Shared: the stores of a failed instance are closed with mu held,
+	// after Failed reports the failure, which Leader checks.
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	r := c.in.raft
+	if _, id := r.LeaderWithID(); id == "" || c.Failed() != nil {
 		return false
 	}
-	if c.raft.State() != raft.Leader && c.raft.LastContact().IsZero() {
+	if r.State() != raft.Leader && r.LastContact().IsZero() {
 		return false
 	}
 	// A restarted member's commit index is 0 until it learns the
@@ -295,11 +427,11 @@ func (c *Control) CaughtUp() bool {
 	// which may come after a heartbeat has already told it the leader
 	// (heartbeats carry no commit index); a leader once its no-op is
 	// committed. Until then it holds the catalog of its last snapshot.
-	commit := c.raft.CommitIndex()
-	if commit == 0 || c.raft.AppliedIndex() < commit {
+	commit := r.CommitIndex()
+	if commit == 0 || r.AppliedIndex() < commit {
 		return false
 	}
-	last, term, err := lastCommand(c.logs, commit)
+	last, term, err := lastCommand(c.in.logs, commit)
 	if err != nil {
 		c.log.Warn("reading the control log", "err", err)
 		return false
@@ -307,7 +439,7 @@ func (c *Control) CaughtUp() bool {
 	// A new leader learns how far the log is committed only once an entry
 	// of its own term is (its no-op): until then its commit index is
 	// whatever it knew before.
-	if c.raft.State() == raft.Leader && term != c.raft.CurrentTerm() {
+	if r.State() == raft.Leader && term != r.CurrentTerm() {
 		return false
 	}
 	return c.fsm.index() >= last
@@ -341,10 +473,12 @@ func lastCommand(logs raft.LogStore, index uint64) (last, term uint64, err error
 }
 
 // IsLeader reports whether this agent leads the control group.
-func (c *Control) IsLeader() bool { return c.raft.State() == raft.Leader }
+func (c *Control) IsLeader() bool { return c.cur().raft.State() == raft.Leader }
 
 // LeaderCh reports changes of this agent's leadership (see raft.LeaderCh).
-func (c *Control) LeaderCh() <-chan bool { return c.raft.LeaderCh() }
+// A member that rejoins after its log failed has a new channel: call
+// LeaderCh again after each change.
+func (c *Control) LeaderCh() <-chan bool { return c.cur().raft.LeaderCh() }
 
 // Status is the control group as this agent sees it.
 type Status struct {
@@ -360,12 +494,13 @@ type Status struct {
 
 // Status returns the control group's status.
 func (c *Control) Status() Status {
-	s := Status{Term: c.raft.CurrentTerm(), Applied: c.raft.AppliedIndex(), Members: map[string]string{}}
+	r := c.cur().raft
+	s := Status{Term: r.CurrentTerm(), Applied: r.AppliedIndex(), Members: map[string]string{}}
 	s.Leader, _ = c.Leader()
 	if err := c.Failed(); err != nil {
 		s.Error = err.Error()
 	}
-	if f := c.raft.GetConfiguration(); f.Error() == nil {
+	if f := r.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			role := "nonvoter"
 			if srv.Suffrage == raft.Voter {
@@ -399,7 +534,7 @@ func (c *Control) Commit(ctx context.Context, cmd catalog.Command) (uint64, erro
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	f := c.raft.Apply(cmd.Encode(), timeout)
+	f := c.cur().raft.Apply(cmd.Encode(), timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
@@ -419,7 +554,7 @@ func (c *Control) Barrier(ctx context.Context) error {
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	return c.raft.Barrier(timeout).Error()
+	return c.cur().raft.Barrier(timeout).Error()
 }
 
 // EnsureMember adds an agent to the group as a non-voter if it is not a
@@ -429,7 +564,8 @@ func (c *Control) EnsureMember(name, addr string) error {
 	if !c.IsLeader() {
 		return ErrNotLeader
 	}
-	f := c.raft.GetConfiguration()
+	r := c.cur().raft
+	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return err
 	}
@@ -443,9 +579,9 @@ func (c *Control) EnsureMember(name, addr string) error {
 	}
 	var fut raft.IndexFuture
 	if slices.Contains(c.cfg.Voters, name) {
-		fut = c.raft.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
+		fut = r.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
 	} else {
-		fut = c.raft.AddNonvoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
+		fut = r.AddNonvoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
 	}
 	if err := fut.Error(); err != nil {
 		return fmt.Errorf("control: adding %s (%s): %w", name, addr, err)
@@ -457,26 +593,32 @@ func (c *Control) EnsureMember(name, addr string) error {
 // Close stops this agent's member of the group.
 func (c *Control) Close() error {
 	close(c.stop)
-	err := c.raft.Shutdown().Error()
-	c.wg.Wait()
-	if cerr := c.closeStores(); err == nil {
+	c.wg.Wait() // watchLog no longer replaces the instance
+	in := c.cur()
+	err := in.raft.Shutdown().Error()
+	in.trans.Close()
+	if cerr := in.closeStores(); err == nil {
 		err = cerr
 	}
 	return err
 }
 
-func (c *Control) closeStores() error {
-	if c.trans != nil {
-		c.trans.Close()
+// closeStores closes the instance's log and stable store (and its
+// transport, if raft never started on it); later calls do nothing.
+func (in *instance) closeStores() error {
+	if in.raft == nil && in.trans != nil {
+		in.trans.Close()
 	}
 	var err error
-	if c.stable != nil {
-		err = c.stable.Close()
+	if in.stable != nil {
+		err = in.stable.Close()
+		in.stable = nil
 	}
-	if c.logs != nil {
-		if lerr := c.logs.Close(); lerr != nil {
+	if in.logs != nil {
+		if lerr := in.logs.Close(); lerr != nil {
 			err = lerr
 		}
+		in.logs = nil
 	}
 	return err
 }
@@ -523,6 +665,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if l.Index <= f.st.Index {
+		// Applied before this member's log failed and a new instance
+		// replayed it (watchLog): committed entries never change.
+		return nil
+	}
 	err := f.st.Apply(l.Index, l.Data)
 	f.notifyLocked()
 	return err
@@ -551,9 +698,15 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.Index < f.st.Index {
+		// A new instance after a log failure (watchLog) restores its last
+		// snapshot: the catalog it already holds is newer, and as
+		// committed. Keep it rather than go back in time.
+		return nil
+	}
 	f.st = st
 	f.notifyLocked()
-	f.mu.Unlock()
 	return nil
 }
 

@@ -1,9 +1,11 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/tandem-project/tandem/internal/testnet"
 	"github.com/tandem-project/tandem/raftlog"
 	"github.com/tandem-project/tandem/raftlog/wal"
+	"github.com/tandem-project/tandem/volume"
 )
 
 type member struct {
@@ -39,6 +42,8 @@ type testGroup struct {
 	// smallLogs gives the members' write logs 64 KiB segments and a room
 	// check that fails while member.full is set.
 	smallLogs bool
+	// configure adjusts each member's configuration.
+	configure []func(*member, *Config)
 }
 
 func (g *testGroup) resolve(name string) (string, bool) {
@@ -72,6 +77,9 @@ func (g *testGroup) start(name string) *member {
 				return nil
 			}
 		}
+	}
+	for _, f := range g.configure {
+		f(m, &ccfg)
 	}
 	c, err := Open(ccfg)
 	if err != nil {
@@ -132,8 +140,8 @@ func (g *testGroup) onLeader(what string, f func(l *member) error) *member {
 }
 
 // newGroup starts the voters a, b and c of a group stopped at cleanup.
-func newGroup(t *testing.T, smallLogs bool) *testGroup {
-	g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}, smallLogs: smallLogs}
+func newGroup(t *testing.T, smallLogs bool, configure ...func(*member, *Config)) *testGroup {
+	g := &testGroup{t: t, voters: []string{"a", "b", "c"}, addrs: map[string]string{}, members: map[string]*member{}, smallLogs: smallLogs, configure: configure}
 	t.Cleanup(func() {
 		for n := range g.members {
 			g.stop(n)
@@ -242,11 +250,11 @@ func TestControlGroup(t *testing.T) {
 				all = false
 				continue
 			}
-			if n != restarted && mm.ctl.raft.State() != raft.Leader {
+			if n != restarted && mm.ctl.cur().raft.State() != raft.Leader {
 				continue
 			}
 			if v := mm.ctl.State().Volumes["v"]; v == nil || v.Size != 2<<20 {
-				t.Fatalf("%s (%v) reports itself caught up with a catalog that misses the resize", n, mm.ctl.raft.State())
+				t.Fatalf("%s (%v) reports itself caught up with a catalog that misses the resize", n, mm.ctl.cur().raft.State())
 			}
 		}
 		if all {
@@ -259,17 +267,38 @@ func TestControlGroup(t *testing.T) {
 	}
 }
 
-var errNoRoom = errors.New("test: no room on the disk")
+var errNoRoom = fmt.Errorf("test: %w", volume.ErrNoSpace)
 
 // TestLogFailure fails the write log of the leader, then of a follower,
 // and checks that the member leaves the group (its raft stops: it neither
 // votes nor stands), says why, stops claiming a leader or a current
-// catalog, and that the other two go on committing; restarted with room,
-// it rejoins with the catalog.
+// catalog, keeps its catalog, and that the other two go on committing.
+// Then it rejoins by itself with the catalog: after Config.Retry (the
+// leader, whose group has no Room), or as soon as its disk has room (the
+// follower, whose Retry is an hour); or, with no Retry, once restarted.
 func TestLogFailure(t *testing.T) {
-	for _, victim := range []string{"leader", "follower"} {
-		t.Run(victim, func(t *testing.T) {
-			g := newGroup(t, true)
+	for _, tc := range []struct {
+		victim string
+		retry  time.Duration
+		room   bool
+	}{
+		{"leader", 300 * time.Millisecond, false},
+		{"follower", time.Hour, true},
+		{"follower", 0, false},
+	} {
+		t.Run(fmt.Sprintf("%s/retry=%v/room=%v", tc.victim, tc.retry, tc.room), func(t *testing.T) {
+			g := newGroup(t, true, func(m *member, c *Config) {
+				c.Retry = tc.retry
+				if tc.room {
+					c.roomEvery = 50 * time.Millisecond
+					c.Room = func() error {
+						if m.full.Load() {
+							return errNoRoom
+						}
+						return nil
+					}
+				}
+			})
 			ctx := context.Background()
 			put := func(i int) {
 				// 4 KiB per command: a 64 KiB segment fills in about 16.
@@ -284,13 +313,19 @@ func TestLogFailure(t *testing.T) {
 			}
 			put(0)
 			v := g.leader()
-			if victim == "follower" {
+			if tc.victim == "follower" {
 				for _, n := range g.voters {
 					if g.members[n] != v {
 						v = g.members[n]
 						break
 					}
 				}
+			}
+			// A snapshot older than the catalog it will hold when its log
+			// fails: what a new instance restores first.
+			waitCatalog(t, v, "h0", func(s *catalog.State) bool { return s.Hosts["h0"] != nil })
+			if err := v.ctl.cur().raft.Snapshot().Error(); err != nil {
+				t.Fatal(err)
 			}
 			v.full.Store(true)
 			i := 1
@@ -300,13 +335,17 @@ func TestLogFailure(t *testing.T) {
 				}
 				put(i)
 			}
-			if err := v.ctl.Failed(); !errors.Is(err, wal.ErrFailed) || !strings.Contains(err.Error(), errNoRoom.Error()) {
+			if err := v.ctl.Failed(); !errors.Is(err, wal.ErrFailed) || !errors.Is(err, volume.ErrNoSpace) {
 				t.Fatalf("Failed() = %v, want wal.ErrFailed for the room", err)
 			}
+			held := v.ctl.State()
+			if held.Hosts["h0"] == nil {
+				t.Fatalf("the failed member lost its catalog: %+v", held)
+			}
 			deadline := time.Now().Add(10 * time.Second)
-			for v.ctl.raft.State() != raft.Shutdown {
+			for v.ctl.cur().raft.State() != raft.Shutdown {
 				if time.Now().After(deadline) {
-					t.Fatalf("%s's raft still %v after its log failed", v.name, v.ctl.raft.State())
+					t.Fatalf("%s's raft still %v after its log failed", v.name, v.ctl.cur().raft.State())
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -328,15 +367,55 @@ func TestLogFailure(t *testing.T) {
 					waitCatalog(t, m, last, func(s *catalog.State) bool { return s.Hosts[last] != nil })
 				}
 			}
-
-			// Restarted with room, it rejoins and catches up.
-			v.full.Store(false)
-			g.stop(v.name)
-			m := g.start(v.name)
-			waitCatalog(t, m, last, func(s *catalog.State) bool { return s.Hosts[last] != nil })
-			if m.ctl.Failed() != nil {
-				t.Fatalf("restarted member: %v", m.ctl.Failed())
+			if v.ctl.Failed() == nil {
+				t.Fatal("the member rejoined while its disk had no room")
 			}
+
+			// With room, it rejoins: by itself, or when restarted. Its
+			// catalog never goes back to its last snapshot meanwhile.
+			v.full.Store(false)
+			m := v
+			if tc.retry == 0 {
+				g.stop(v.name)
+				m = g.start(v.name)
+			} else {
+				stop := make(chan struct{})
+				back := make(chan string, 1)
+				go func() {
+					for {
+						select {
+						case <-stop:
+							back <- ""
+							return
+						default:
+						}
+						if st := v.ctl.State(); st.Index < held.Index {
+							back <- fmt.Sprintf("catalog went back from index %d to %d", held.Index, st.Index)
+							return
+						}
+						time.Sleep(time.Millisecond)
+					}
+				}()
+				defer func() {
+					close(stop)
+					if msg := <-back; msg != "" {
+						t.Error(msg)
+					}
+				}()
+			}
+			waitCatalog(t, m, last, func(s *catalog.State) bool { return s.Hosts[last] != nil })
+			deadline = time.Now().Add(10 * time.Second)
+			for m.ctl.Failed() != nil || !m.ctl.CaughtUp() {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: failed %v, caught up %v", m.name, m.ctl.Failed(), m.ctl.CaughtUp())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// It follows again: it applies a new command.
+			i++
+			next := fmt.Sprint("h", i)
+			put(i)
+			waitCatalog(t, m, next, func(s *catalog.State) bool { return s.Hosts[next] != nil })
 		})
 	}
 }
@@ -386,4 +465,53 @@ func TestLastCommand(t *testing.T) {
 			t.Errorf("lastCommand(commit %d): term %d, want %d", tc.commit, term, wantTerm)
 		}
 	}
+}
+
+// TestFSMKeepsNewerCatalog checks what lets a member rejoin over the
+// catalog it held when its log failed: the snapshot and the log entries a
+// new instance goes through again change nothing older than that catalog
+// (a replay that put h back to its old capacity would show the past), and
+// what comes after is applied.
+func TestFSMKeepsNewerCatalog(t *testing.T) {
+	put := func(capacity int64) []byte {
+		return catalog.Command{Kind: catalog.CmdPutHost, Host: &catalog.Host{Name: "h", RaftAddr: "x", Capacity: capacity}}.Encode()
+	}
+	f := newFSM()
+	var snap []byte
+	for i := uint64(1); i <= 5; i++ {
+		if err := f.Apply(&raft.Log{Index: i, Type: raft.LogCommand, Data: put(int64(i))}); err != nil {
+			t.Fatalf("applying %d: %v", i, err)
+		}
+		if i == 3 {
+			s, err := f.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap = []byte(s.(snapshot))
+		}
+	}
+	check := func(what string, index uint64, capacity int64) {
+		t.Helper()
+		st := f.state()
+		if st.Index != index || st.Hosts["h"].Capacity != capacity {
+			t.Fatalf("%s: catalog at index %d with capacity %d, want %d and %d", what, st.Index, st.Hosts["h"].Capacity, index, capacity)
+		}
+	}
+	if err := f.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
+		t.Fatal(err)
+	}
+	check("after restoring an older snapshot", 5, 5)
+	for i := uint64(4); i <= 5; i++ {
+		f.Apply(&raft.Log{Index: i, Type: raft.LogCommand, Data: put(int64(i))})
+		check(fmt.Sprint("after replaying ", i), 5, 5)
+	}
+	f.Apply(&raft.Log{Index: 6, Type: raft.LogCommand, Data: put(6)})
+	check("after a new entry", 6, 6)
+
+	// A fresh member takes the snapshot.
+	f = newFSM()
+	if err := f.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
+		t.Fatal(err)
+	}
+	check("a fresh member after restoring", 3, 3)
 }

@@ -195,7 +195,7 @@ closed cleanly.`,
 		"cluster mode: PEM revocation list of --admin-tls-ca: the agents' calls to each other refuse admin APIs whose certificate it lists")
 	cl.register(f)
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for requests in flight")
-	f.DurationVar(&cfg.ReplicaRetry, "replica-retry", cfg.ReplicaRetry, "how long after a replica failed (a disk error, a full disk) the agent opens it again, doubling while it fails again, up to 30m; one that failed for a full disk also as soon as the disk has room (0: only at a restart)")
+	f.DurationVar(&cfg.ReplicaRetry, "replica-retry", cfg.ReplicaRetry, "how long after a replica, or this agent's control-plane member, failed (a disk error, a full disk) the agent opens it again, doubling while it fails again, up to 30m; one that failed for a full disk also as soon as the disk has room (0: only at a restart)")
 	f.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "how long followers wait for a silent leader before electing another")
 	f.DurationVar(&cfg.Replication.StallTimeout, "stall-timeout", cfg.Replication.StallTimeout, "how long I/O waits for a leader before failing with EIO")
 	f.DurationVar(&cfg.Replication.SnapshotInterval, "checkpoint-interval", cfg.Replication.SnapshotInterval, "how often a volume checkpoints (syncs its file and lets the log be trimmed)")
