@@ -337,6 +337,7 @@ func startCluster(cfg Config, host *raftlog.Host, srv, fwd *nbd.Server, exps *ex
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	host.SetPeerShortOfRoom(a.peerShortOfRoom)
 	a.ctl, err = control.Open(control.Config{
 		Name:             cfg.Name,
 		Dir:              filepath.Join(cfg.DataDir, "control"),
@@ -398,7 +399,40 @@ func (a *clusterAgent) meta() membership.Meta {
 			failed++
 		}
 	}
-	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version, Failed: failed}
+	return membership.Meta{Raft: a.host.RaftAddr(), NBD: a.nbdAddr, Admin: a.adminAddr, Capacity: capacity, Free: free, Version: a.cfg.Version, Failed: failed,
+		Short: a.shortOfRoom()}
+}
+
+// shortOfRoom reports whether this host's disk is short of space for its
+// replicas: within raftlog.RoomMargin of the reserve, or under a replica
+// that failed for lack of space and is not open again yet.
+func (a *clusterAgent) shortOfRoom() bool {
+	if a.host.Room(raftlog.RoomMargin) != nil {
+		return true
+	}
+	for _, name := range a.reopen.tracked() {
+		a.mu.Lock()
+		open := a.vols[name] != nil
+		a.mu.Unlock()
+		if !open && a.reopen.noRoom(name) {
+			return true // closed, to be opened again
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, v := range a.vols {
+		if errors.Is(v.Err(), volume.ErrNoSpace) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerShortOfRoom reports whether agent name last said its disk is short
+// of space (raftlog.Host.SetPeerShortOfRoom).
+func (a *clusterAgent) peerShortOfRoom(name string) bool {
+	m, ok := a.members.Member(name)
+	return ok && m.State == membership.Alive && m.Meta.Short
 }
 
 // space returns the capacity offered (the data directory's file system
@@ -426,13 +460,15 @@ func (a *clusterAgent) resolve(name string) (string, bool) {
 }
 
 // joinLoop joins the configured agents, retrying until one answers, and
-// refreshes this agent's gossiped free space every 10 s.
+// refreshes this agent's gossiped free space every 10 s, and at once
+// when its disk becomes short of space or has room again.
 func (a *clusterAgent) joinLoop() {
 	defer a.wg.Done()
 	joined := len(a.cc.Join) == 0
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	var lastMeta time.Time
+	var short bool
 	for {
 		if !joined {
 			// Joined means another agent is alive in our view: a join
@@ -450,8 +486,11 @@ func (a *clusterAgent) joinLoop() {
 				a.log.Debug("joining the cluster", "err", err)
 			}
 		}
-		if time.Since(lastMeta) > 10*time.Second {
-			lastMeta = time.Now()
+		if now := a.shortOfRoom(); now != short || time.Since(lastMeta) > 10*time.Second {
+			if now != short {
+				a.log.Info("telling the cluster whether this host's disk is short of space", "short", now)
+			}
+			short, lastMeta = now, time.Now()
 			_ = a.members.UpdateMeta()
 		}
 		select {

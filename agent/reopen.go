@@ -117,6 +117,15 @@ func (r *reopener) early(st *reopening, now time.Time) bool {
 	return st.noRoom && r.room != nil && now.Sub(st.last) >= roomRetryGap && r.room() == nil
 }
 
+// noRoom reports whether name's replica, tracked as failed, failed for
+// lack of disk space last.
+func (r *reopener) noRoom(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.byName[name]
+	return st != nil && st.noRoom
+}
+
 // failedSince returns when this host first saw its replica of volume name
 // fail (zero if it is not tracked as failed).
 func (r *reopener) failedSince(name string) time.Time {

@@ -3,6 +3,8 @@ package raftlog
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,28 +25,67 @@ const RoomMargin = 128 << 20
 
 // outOfRoom returns the error that answers a write which has found no
 // leader for waited, once that is ten heartbeat timeouts (at most
-// StallTimeout), while this host is short of disk space: its replica of
-// the volume failed for lack of it (failure), or its file system has less
-// than RoomMargin above the reserve. Otherwise nil, and the write goes on
-// waiting for a leader until StallTimeout.
+// StallTimeout), while the volume's replicas are short of disk space:
+// this host's replica failed for lack of it (failure), or this host's file
+// system has less than RoomMargin above the reserve; or the hosts of so
+// many of the volume's replicas said they are short (SetPeerShortOfRoom)
+// that the others are no quorum. Otherwise nil, and the write goes on
+// waiting for a leader until StallTimeout. replicas are the IDs of the
+// volume's replica hosts; this host's disk counts only if it is one of
+// them (a stand-in's is, a proxy's is not).
 //
-// When the disk of every replica fills, they fail at their reserve (or
-// lose their quorum as the others fail) and no leader can emerge until an
-// operator makes room. ENOSPC then tells the client so within seconds;
-// QEMU's default (werror=enospc) pauses the VM and retries the write when
-// it is resumed, where an EIO after StallTimeout would reach the guest.
-func (h *Host) outOfRoom(name string, failure error, waited time.Duration) error {
+// When the disks of a volume's replicas fill, they fail at their reserve
+// (or lose their quorum as the others fail) and no leader can emerge until
+// an operator makes room. ENOSPC then tells the client so within seconds,
+// on every host, including those with room; QEMU's default
+// (werror=enospc) pauses the VM and retries the write when it is resumed,
+// where an EIO after StallTimeout would reach the guest.
+func (h *Host) outOfRoom(name string, failure error, waited time.Duration, replicas []string) error {
 	wait := min(10*h.cfg.HeartbeatTimeout, h.cfg.StallTimeout)
 	if waited < wait {
 		return nil
 	}
-	if !errors.Is(failure, volume.ErrNoSpace) {
-		if failure = h.room.check(RoomMargin); failure == nil {
-			return nil
+	if !slices.Contains(replicas, h.cfg.ID) {
+		failure = nil // a proxy's host: its own disk holds nothing of the volume
+	} else if !errors.Is(failure, volume.ErrNoSpace) {
+		failure = h.room.check(RoomMargin)
+	}
+	if failure != nil {
+		return fmt.Errorf("%w: volume %s: no leader took the write in %v, and this host is short of disk space: %v",
+			volume.ErrNoSpace, name, wait, failure)
+	}
+	short := h.peersShortOfRoom(replicas)
+	if len(replicas)-len(short) >= len(replicas)/2+1 {
+		return nil
+	}
+	return fmt.Errorf("%w: volume %s: no leader took the write in %v, and the hosts of %d of its %d replicas (%s) say their disks are short of space",
+		volume.ErrNoSpace, name, wait, len(short), len(replicas), strings.Join(short, ", "))
+}
+
+// peersShortOfRoom returns the hosts among replicas, other than this one,
+// that said they are short of disk space.
+func (h *Host) peersShortOfRoom(replicas []string) []string {
+	f := h.peerShort.Load()
+	if f == nil {
+		return nil
+	}
+	var short []string
+	for _, id := range replicas {
+		if id != h.cfg.ID && (*f)(id) {
+			short = append(short, id)
 		}
 	}
-	return fmt.Errorf("%w: volume %s: no leader took the write in %v, and this host is short of disk space: %v",
-		volume.ErrNoSpace, name, wait, failure)
+	return short
+}
+
+// SetPeerShortOfRoom makes writes that find no leader consult f on the
+// other hosts of the volume's replicas: f reports whether a host last said
+// (gossip) that its disk is short of space, within RoomMargin of its
+// reserve or with a replica failed for lack of it. When those hosts leave
+// the others no quorum, the write gets ENOSPC after ten heartbeat
+// timeouts, as on a host short of space itself (see outOfRoom).
+func (h *Host) SetPeerShortOfRoom(f func(host string) bool) {
+	h.peerShort.Store(&f)
 }
 
 // diskRoom keeps volume data and write logs out of a reserve of free space

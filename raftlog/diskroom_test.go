@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -146,40 +147,64 @@ func TestWriteLogFailsReplica(t *testing.T) {
 	}
 }
 
-// TestOutOfRoom checks when a write that finds no leader is answered
-// ENOSPC: after ten heartbeat timeouts (at most StallTimeout), if this
-// host's replica failed for lack of space or its disk is within
-// RoomMargin of the reserve.
+// TestOutOfRoom checks when a write that finds no leader gets ENOSPC:
+// after ten heartbeat timeouts (at most StallTimeout), if this host's
+// replica failed for lack of space or its disk is within RoomMargin of the
+// reserve, or if the hosts that said (gossip) their disks are short of
+// space hold so many replicas that the others are no quorum. A proxy's
+// host (not among the replicas) does not count its own disk.
 func TestOutOfRoom(t *testing.T) {
 	const mib = 1 << 20
 	full := fmt.Errorf("%w: entry 9: %w", errReplicaFailed, volume.ErrNoSpace)
 	eio := fmt.Errorf("%w: entry 9: input/output error", errReplicaFailed)
+	three := []string{"a", "b", "c"}
 	for _, tc := range []struct {
-		name    string
-		stall   time.Duration // StallTimeout (HeartbeatTimeout is 1 s)
-		failure error
-		free    int64 // above the 256 MiB reserve
-		waited  time.Duration
-		enospc  bool
+		name     string
+		stall    time.Duration // StallTimeout (HeartbeatTimeout is 1 s)
+		failure  error
+		free     int64 // above the 256 MiB reserve
+		waited   time.Duration
+		replicas []string // this host is "a"
+		short    []string // the other hosts that say they are short
+		enospc   bool
 	}{
-		{"replica full, not waited enough", time.Minute, full, 0, 9 * time.Second, false},
-		{"replica full", time.Minute, full, 0, 10 * time.Second, true},
-		{"replica full, the disk has room again", time.Minute, full, 1 << 40, 10 * time.Second, true},
-		{"healthy replica, disk short", time.Minute, nil, RoomMargin - mib, 10 * time.Second, true},
-		{"healthy replica, disk has room", time.Minute, nil, RoomMargin, 10 * time.Second, false},
-		{"disk error, disk has room", time.Minute, eio, 1 << 40, time.Minute, false},
-		{"disk error, disk short", time.Minute, eio, 0, 10 * time.Second, true},
-		{"short StallTimeout bounds the wait", 5 * time.Second, full, 0, 5 * time.Second, true},
+		{"replica full, not waited enough", time.Minute, full, 0, 9 * time.Second, three, nil, false},
+		{"replica full", time.Minute, full, 0, 10 * time.Second, three, nil, true},
+		{"replica full, the disk has room again", time.Minute, full, 1 << 40, 10 * time.Second, three, nil, true},
+		{"healthy replica, disk short", time.Minute, nil, RoomMargin - mib, 10 * time.Second, three, nil, true},
+		{"healthy replica, disk has room", time.Minute, nil, RoomMargin, 10 * time.Second, three, nil, false},
+		{"disk error, disk has room", time.Minute, eio, 1 << 40, time.Minute, three, nil, false},
+		{"disk error, disk short", time.Minute, eio, 0, 10 * time.Second, three, nil, true},
+		{"short StallTimeout bounds the wait", 5 * time.Second, full, 0, 5 * time.Second, three, nil, true},
+		{"one peer short: a quorum is left", time.Minute, nil, 1 << 40, time.Minute, three, []string{"b"}, false},
+		{"two peers short: no quorum", time.Minute, nil, 1 << 40, 10 * time.Second, three, []string{"b", "c"}, true},
+		{"two peers short, not waited enough", time.Minute, nil, 1 << 40, 9 * time.Second, three, []string{"b", "c"}, false},
+		{"short hosts hold no replica", time.Minute, nil, 1 << 40, time.Minute, three, []string{"d", "e"}, false},
+		{"five replicas, two short", time.Minute, nil, 1 << 40, time.Minute, []string{"a", "b", "c", "d", "e"}, []string{"b", "c"}, false},
+		{"five replicas, three short", time.Minute, nil, 1 << 40, 10 * time.Second, []string{"a", "b", "c", "d", "e"}, []string{"b", "c", "d"}, true},
+		{"proxy host short, replicas have room", time.Minute, nil, 0, time.Minute, []string{"b", "c", "d"}, nil, false},
+		{"proxy host, two replica hosts short", time.Minute, nil, 1 << 40, 10 * time.Second, []string{"b", "c", "d"}, []string{"b", "d"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &Host{cfg: Config{HeartbeatTimeout: time.Second, StallTimeout: tc.stall}, room: newDiskRoom("/data", 256*mib)}
+			h := &Host{cfg: Config{ID: "a", HeartbeatTimeout: time.Second, StallTimeout: tc.stall}, room: newDiskRoom("/data", 256*mib)}
 			h.room.statfs = func(string) (int64, error) { return 256*mib + tc.free, nil }
-			err := h.outOfRoom("v", tc.failure, tc.waited)
+			h.SetPeerShortOfRoom(func(host string) bool {
+				if host == "a" {
+					t.Error("asked about this host")
+				}
+				return slices.Contains(tc.short, host)
+			})
+			err := h.outOfRoom("v", tc.failure, tc.waited, tc.replicas)
 			if got := errors.Is(err, volume.ErrNoSpace); got != tc.enospc {
 				t.Fatalf("outOfRoom: %v, want ENOSPC %v", err, tc.enospc)
 			}
 			if err != nil && !strings.Contains(err.Error(), "volume v") {
 				t.Errorf("error %q does not name the volume", err)
+			}
+			for _, s := range tc.short {
+				if err != nil && slices.Contains(tc.replicas, s) && tc.failure == nil && tc.free > RoomMargin && !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not name host %s", err, s)
+				}
 			}
 		})
 	}

@@ -30,6 +30,9 @@ type Host struct {
 
 	// room keeps volume data and logs out of the disk reserve.
 	room *diskRoom
+	// peerShort reports whether another host said its disk is short of
+	// space (SetPeerShortOfRoom); nil: no host is known to be.
+	peerShort atomic.Pointer[func(host string) bool]
 
 	// opened is when the host started: a restarted host must not vote
 	// for a HeartbeatTimeout after it (see docs/replication.md, "Reads").

@@ -57,6 +57,15 @@ func (g *Group) peers() []Peer {
 	return g.cfg.Peers
 }
 
+// peerIDs returns the IDs of ps.
+func peerIDs(ps []Peer) []string {
+	ids := make([]string, len(ps))
+	for i, p := range ps {
+		ids[i] = p.ID
+	}
+	return ids
+}
+
 // setPeers replaces the known member hosts.
 func (g *Group) setPeers(ps []Peer) {
 	c := slices.Clone(ps)

@@ -117,7 +117,8 @@ func (p *Proxy) get(ctx context.Context, lc *leaderConn) (*nbdclient.Conn, error
 }
 
 // run sends a request until a replica's agent answers it, or StallTimeout
-// (a write that allocates, on a stand-in, see OpenStandIn).
+// (a write that allocates, sooner, with ENOSPC, when the replicas' hosts
+// are short of disk space: Host.outOfRoom; on a stand-in, this host too).
 func (p *Proxy) run(ctx context.Context, allocates bool, f func(c *nbdclient.Conn) error) error {
 	start := time.Now()
 	deadline := start.Add(p.h.cfg.StallTimeout)
@@ -133,8 +134,8 @@ func (p *Proxy) run(ctx context.Context, allocates bool, f func(c *nbdclient.Con
 			}
 			lc.drop(c)
 		}
-		if allocates && p.standIn {
-			if err := p.h.outOfRoom(p.name, nil, time.Since(start)); err != nil {
+		if allocates {
+			if err := p.h.outOfRoom(p.name, nil, time.Since(start), peerIDs(p.peers)); err != nil {
 				return err
 			}
 		}

@@ -198,7 +198,7 @@ func (v *Volume) run(ctx context.Context, isRead, allocates bool, local func() e
 			}
 		}
 		if allocates && !v.direct {
-			if err := v.g.h.outOfRoom(v.g.spec.Name, v.g.err(), time.Since(start)); err != nil {
+			if err := v.g.h.outOfRoom(v.g.spec.Name, v.g.err(), time.Since(start), peerIDs(v.g.peers())); err != nil {
 				return err
 			}
 		}

@@ -33,6 +33,11 @@ type Meta struct {
 	// Failed counts the agent's replicas out of service after a failure
 	// of their disk (the control leader asks which, to heal them).
 	Failed int `json:"x,omitempty"`
+	// Short is set while the agent's disk is short of space: within
+	// raftlog.RoomMargin of its reserve, or under a replica that failed
+	// for lack of space. Writes that find no leader elsewhere then end
+	// with ENOSPC once such hosts leave the others no quorum.
+	Short bool `json:"s,omitempty"`
 }
 
 // State is a member's state.

@@ -400,22 +400,10 @@ func TestAllDisksFull(t *testing.T) {
 	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
 		err = conns[0].WriteAt(ctx, buf, pos, 0)
 	}
-	wantENOSPC := func(what string, err error, took time.Duration) {
-		t.Helper()
-		var ne *nbdclient.Error
-		if !errors.As(err, &ne) || syscall.Errno(ne.Errno) != syscall.ENOSPC {
-			t.Fatalf("%s: %v after %v, want ENOSPC", what, err, took)
-		}
-		// 10 heartbeat timeouts (5 s) without a leader, well before the
-		// stall timeout (30 s).
-		if took > 20*time.Second {
-			t.Errorf("%s: ENOSPC after %v", what, took)
-		}
-	}
 	for i := range fd.fsDirs {
 		t.Logf("%s:\n%s", fd.fsDirs[i], dfOf(fd.fsDirs[i]))
 	}
-	wantENOSPC("filling through n1", err, 0)
+	wantENOSPC(t, "filling through n1", err, 0)
 	seq := uint64(0)
 	for i, conn := range conns {
 		seq++
@@ -423,7 +411,7 @@ func TestAllDisksFull(t *testing.T) {
 		start := time.Now()
 		err := writeBlock(ctx, conn, blk, tag)
 		m.unknown(blk, tag)
-		wantENOSPC(fmt.Sprintf("writing through n%d", i+1), err, time.Since(start))
+		wantENOSPC(t, fmt.Sprintf("writing through n%d", i+1), err, time.Since(start))
 		t.Logf("n%d answered ENOSPC after %v", i+1, time.Since(start).Round(time.Millisecond))
 	}
 	// QEMU's own NBD client sees it as ENOSPC (the error werror=enospc
@@ -463,4 +451,84 @@ func TestAllDisksFull(t *testing.T) {
 			t.Fatalf("n%d's agent exited", i+1)
 		}
 	}
+}
+
+// wantENOSPC fails the test unless err is an NBD ENOSPC that came within
+// 20 s: 10 heartbeat timeouts (5 s) without a leader, well before the
+// stall timeout (30 s), after which it would be EIO.
+func wantENOSPC(t *testing.T, what string, err error, took time.Duration) {
+	t.Helper()
+	var ne *nbdclient.Error
+	if !errors.As(err, &ne) || syscall.Errno(ne.Errno) != syscall.ENOSPC {
+		t.Fatalf("%s: %v after %v, want ENOSPC", what, err, took)
+	}
+	if took > 20*time.Second {
+		t.Errorf("%s: ENOSPC after %v", what, took)
+	}
+}
+
+// TestPeerDisksFull fills the disks of two of the three replicas (n2's and
+// n3's, small tmpfs) in a managed cluster until they fail and leave the
+// volume no quorum. n1 has room, so its own disk gives it no reason for
+// ENOSPC; but n2 and n3 gossip that their disks are short of space, so
+// writes through n1 get ENOSPC within seconds too (QEMU pauses the VM),
+// not EIO after --stall-timeout (which the guest would see). Once the
+// disks have room again, writes succeed and every acknowledged write is
+// there.
+func TestPeerDisksFull(t *testing.T) {
+	fd := startFullDisks(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m"), Managed: true}, 1, 2)
+	c := fd.c
+	m := newModel()
+	write := m.writer(t)
+	conns := []*nbdclient.Conn{dial(t, c, 0), dial(t, c, 1), dial(t, c, 2)}
+	for k := range int64(6) {
+		write(conns[k%3], modelBase+k)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// Fill through n1 until a write is refused.
+	buf := bytes.Repeat([]byte{0xa5}, fillStep)
+	var err error
+	var took time.Duration
+	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
+		start := time.Now()
+		err = conns[0].WriteAt(ctx, buf, pos, 0)
+		took = time.Since(start)
+	}
+	for i := range fd.fsDirs {
+		t.Logf("%s:\n%s", fd.fsDirs[i], dfOf(fd.fsDirs[i]))
+	}
+	wantENOSPC(t, "filling through n1", err, took)
+	t.Logf("n1 answered the fill with ENOSPC after %v", took.Round(time.Millisecond))
+	seq := uint64(1)
+	start := time.Now()
+	tag, blk := tagOf(1, seq), int64(modelBase+16)
+	err = writeBlock(ctx, conns[0], blk, tag)
+	m.unknown(blk, tag)
+	wantENOSPC(t, "writing a block through n1", err, time.Since(start))
+	t.Logf("a block through n1: ENOSPC after %v", time.Since(start).Round(time.Millisecond))
+
+	// Room again: the failed replicas open again, a leader emerges.
+	for _, dir := range fd.fsDirs {
+		if out, err := exec.Command("mount", "-o", "remount,size=1G", dir).CombinedOutput(); err != nil {
+			t.Fatalf("growing the tmpfs: %v: %s", err, out)
+		}
+	}
+	grown := time.Now()
+	testbin.WaitFor(t, time.Minute, "a write through n1 to succeed", func() error {
+		seq++
+		tag, blk := tagOf(1, seq), int64(modelBase+8)
+		if err := writeBlock(ctx, conns[0], blk, tag); err != nil {
+			m.unknown(blk, tag)
+			return err
+		}
+		m.settle(blk, tag)
+		return nil
+	})
+	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
+	for k := range int64(6) {
+		write(conns[k%3], modelBase+k)
+	}
+	verifyThrough(t, c, m)
 }
