@@ -468,19 +468,35 @@ func wantENOSPC(t *testing.T, what string, err error, took time.Duration) {
 }
 
 // TestPeerDisksFull fills the disks of two of the three replicas (n2's and
-// n3's, small tmpfs) in a managed cluster until they fail and leave the
-// volume no quorum. n1 has room, so its own disk gives it no reason for
-// ENOSPC; but n2 and n3 gossip that their disks are short of space, so
-// writes through n1 get ENOSPC within seconds too (QEMU pauses the VM),
-// not EIO after --stall-timeout (which the guest would see). Once the
-// disks have room again, writes succeed and every acknowledged write is
-// there.
+// n3's, small tmpfs) in a managed cluster of four until they fail and
+// leave the volume no quorum. n1 has room, so its own disk gives it no
+// reason for ENOSPC, and n4 holds no replica (offered too little room, it
+// serves the volume through a proxy); but n2 and n3 gossip that their
+// disks are short of space, so writes through n1 and n4 get ENOSPC within
+// seconds too (QEMU pauses the VM), not EIO after --stall-timeout (which
+// the guest would see). Once the disks have room again, writes succeed and
+// every acknowledged write is there.
 func TestPeerDisksFull(t *testing.T) {
-	fd := startFullDisks(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m"), Managed: true}, 1, 2)
+	fd := startFullDisks(t, testbin.ClusterConfig{
+		Hosts:   4,
+		Managed: true,
+		Args:    append(fastArgs, "--replica-retry", "10m"),
+		HostArgs: func(i int) []string {
+			if i == 3 {
+				return []string{"--capacity", "300M"}
+			}
+			return nil
+		},
+	}, 1, 2)
 	c := fd.c
+	if v, err := c.Admin(0).Volume(context.Background(), vol); err != nil {
+		t.Fatal(err)
+	} else if hosts := slices.Sorted(slices.Values(v.Hosts)); !slices.Equal(hosts, []string{"n1", "n2", "n3"}) {
+		t.Fatalf("volume placed on %v, want n1, n2 and n3", hosts)
+	}
 	m := newModel()
 	write := m.writer(t)
-	conns := []*nbdclient.Conn{dial(t, c, 0), dial(t, c, 1), dial(t, c, 2)}
+	conns := []*nbdclient.Conn{dial(t, c, 0), dial(t, c, 1), dial(t, c, 2), dial(t, c, 3)}
 	for k := range int64(6) {
 		write(conns[k%3], modelBase+k)
 	}
@@ -501,13 +517,16 @@ func TestPeerDisksFull(t *testing.T) {
 	}
 	wantENOSPC(t, "filling through n1", err, took)
 	t.Logf("n1 answered the fill with ENOSPC after %v", took.Round(time.Millisecond))
-	seq := uint64(1)
-	start := time.Now()
-	tag, blk := tagOf(1, seq), int64(modelBase+16)
-	err = writeBlock(ctx, conns[0], blk, tag)
-	m.unknown(blk, tag)
-	wantENOSPC(t, "writing a block through n1", err, time.Since(start))
-	t.Logf("a block through n1: ENOSPC after %v", time.Since(start).Round(time.Millisecond))
+	seq := uint64(0)
+	for _, i := range []int{0, 3} {
+		seq++
+		start := time.Now()
+		tag, blk := tagOf(1, seq), modelBase+16+int64(i)
+		err := writeBlock(ctx, conns[i], blk, tag)
+		m.unknown(blk, tag)
+		wantENOSPC(t, fmt.Sprintf("writing a block through n%d", i+1), err, time.Since(start))
+		t.Logf("a block through n%d: ENOSPC after %v", i+1, time.Since(start).Round(time.Millisecond))
+	}
 
 	// Room again: the failed replicas open again, a leader emerges.
 	for _, dir := range fd.fsDirs {
@@ -527,8 +546,8 @@ func TestPeerDisksFull(t *testing.T) {
 		return nil
 	})
 	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
-	for k := range int64(6) {
-		write(conns[k%3], modelBase+k)
+	for k := range int64(8) {
+		write(conns[k%4], modelBase+k)
 	}
 	verifyThrough(t, c, m)
 }
