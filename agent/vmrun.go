@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tandem-project/tandem/admin"
@@ -84,13 +85,77 @@ func (a *clusterAgent) startVMs() error {
 		Dir:            dir,
 		NBDAddr:        a.nbdAddr,
 		MigrationHost:  migHost,
-		Launcher:       vmhost.QEMULauncher{Options: opts},
+		Launcher:       vmhost.QEMULauncher{Options: opts, StorageReady: a.storageReady},
 		Log:            a.log,
 		Commit:         a.commitMigration,
 		Fence:          a.fenceVolume,
 		ExportReady:    func(name string) bool { _, err := a.exps.Lookup(name); return err == nil },
 		WriterAttached: a.writerAttached,
 	})
+	return nil
+}
+
+// storageReady reports whether the volumes of a VM paused by a disk error
+// are expected to take writes again (vmhost.QEMULauncher.StorageReady), so
+// that its supervisor resumes it then rather than retrying blindly: each
+// write a volume cannot take keeps the VM paused for ten heartbeat
+// timeouts more before its ENOSPC. A volume whose replica here is open
+// and healthy is ready once it knows a leader. Otherwise (no replica
+// here, or a failed one) it is ready unless the hosts short of disk space
+// (this one as it sees itself, the others as they gossip) hold so many of
+// its replicas that the others are no quorum.
+//
+// It waits up to storageReadyWait for them, looking every 100 ms, so that
+// the VM resumes within a moment of their readiness instead of at the
+// supervisor's next attempt (up to 2 s later).
+func (a *clusterAgent) storageReady(ctx context.Context, vols []string) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(storageReadyWait)
+	for {
+		err := a.volumesReady(vols)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// storageReadyWait bounds one wait of storageReady.
+const storageReadyWait = 5 * time.Second
+
+// volumesReady is one look of storageReady at vols.
+func (a *clusterAgent) volumesReady(vols []string) error {
+	var st *catalog.State
+	for _, name := range vols {
+		a.mu.Lock()
+		v := a.vols[name]
+		a.mu.Unlock()
+		if v != nil && v.Err() == nil {
+			if v.Status().Leader == "" {
+				return fmt.Errorf("volume %s has no leader", name)
+			}
+			continue
+		}
+		if st == nil {
+			st = a.ctl.State()
+		}
+		cv := st.Volumes[name]
+		if cv == nil {
+			continue // not in this agent's catalog: QEMU's retry will tell
+		}
+		var failure error
+		if v != nil {
+			failure = v.Err()
+		}
+		if short, quorum := a.host.ShortOfRoom(cv.Replicas, failure); !quorum {
+			return fmt.Errorf("volume %s: the disks of %s, %d of its %d replicas, are short of space", name, strings.Join(short, ", "), len(short), len(cv.Replicas))
+		}
+	}
 	return nil
 }
 

@@ -54,28 +54,34 @@ func (h *Host) outOfRoom(name string, failure error, waited time.Duration, repli
 		return fmt.Errorf("%w: volume %s: no leader took the write in %v, and this host is short of disk space: %v",
 			volume.ErrNoSpace, name, wait, failure)
 	}
-	short := h.peersShortOfRoom(replicas)
-	if len(replicas)-len(short) >= len(replicas)/2+1 {
+	short, quorum := h.ShortOfRoom(replicas, nil)
+	if quorum {
 		return nil
 	}
 	return fmt.Errorf("%w: volume %s: no leader took the write in %v, and the hosts of %d of its %d replicas (%s) say their disks are short of space",
 		volume.ErrNoSpace, name, wait, len(short), len(replicas), strings.Join(short, ", "))
 }
 
-// peersShortOfRoom returns the hosts among replicas, other than this one,
-// that said they are short of disk space.
-func (h *Host) peersShortOfRoom(replicas []string) []string {
+// ShortOfRoom returns the hosts among a volume's replicas whose disks are
+// short of space: this one, if it is among them, when its replica failed
+// for lack of space (failure) or its file system has less than RoomMargin
+// above the reserve; the others when they said so (SetPeerShortOfRoom).
+// quorum reports whether the other replicas are still a majority.
+func (h *Host) ShortOfRoom(replicas []string, failure error) (short []string, quorum bool) {
 	f := h.peerShort.Load()
-	if f == nil {
-		return nil
-	}
-	var short []string
 	for _, id := range replicas {
-		if id != h.cfg.ID && (*f)(id) {
+		var is bool
+		switch {
+		case id == h.cfg.ID:
+			is = errors.Is(failure, volume.ErrNoSpace) || h.room.check(RoomMargin) != nil
+		case f != nil:
+			is = (*f)(id)
+		}
+		if is {
 			short = append(short, id)
 		}
 	}
-	return short
+	return short, len(replicas)-len(short) >= len(replicas)/2+1
 }
 
 // SetPeerShortOfRoom makes writes that find no leader consult f on the

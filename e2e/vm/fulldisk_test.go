@@ -19,10 +19,12 @@ import (
 // writes can no longer be applied: the disk's replicas fail at their
 // reserve, no leader emerges, and the agents answer the guest's next
 // write ENOSPC, on which QEMU (werror=stop) pauses the VM, within seconds
-// rather than after --stall-timeout; the guest sees no error. Once the
-// files are gone, the agents open the replicas again by themselves, the
-// supervisor resumes the VM, the guest writes on without a reboot, and
-// its disk holds every write it completed. Needs root (mount).
+// rather than after --stall-timeout; the guest sees no error. While the
+// disks stay full the supervisor leaves the VM paused (the agent's
+// StorageReady says the replicas are short of space). Once the files are
+// gone, the agents open the replicas again by themselves, the supervisor
+// resumes the VM, the guest writes on without a reboot, and its disk holds
+// every write it completed. Needs root (mount).
 func TestVMPausesOnFullDisks(t *testing.T) {
 	const reserve = 32 << 20
 	testbin.Require(t, "qemu-system-x86_64", "nbdcopy", "fallocate")
@@ -58,6 +60,17 @@ func TestVMPausesOnFullDisks(t *testing.T) {
 	t.Logf("the VM paused on ENOSPC %v after the disks filled", time.Since(filled).Round(time.Millisecond))
 	paused, _ := serialSeq(g.serial[0])
 
+	// While the disks stay full the supervisor does not resume the VM:
+	// the agent tells it the volume's replicas are short of space.
+	notReadyRE := regexp.MustCompile(`msg="storage not ready; VM stays paused".*short of space`)
+	if _, err := c.Nodes[0].WaitLog(notReadyRE, logAt, 30*time.Second); err != nil {
+		t.Fatalf("the supervisor did not wait for the storage: %v\n%s", err, c.Nodes[0].LogSince(logAt))
+	}
+	time.Sleep(5 * time.Second)
+	if l := c.Nodes[0].LogSince(logAt); strings.Contains(l, "VM resumed after a disk error") {
+		t.Fatalf("the VM was resumed while the disks were full:\n%s", l)
+	}
+
 	// Room again: the guest writes on.
 	for _, dir := range dirs {
 		if err := os.Remove(filepath.Join(dir, "filler")); err != nil {
@@ -74,6 +87,11 @@ func TestVMPausesOnFullDisks(t *testing.T) {
 	})
 	t.Logf("the guest writes again %v after the disks had room (seq %d when paused, %d now)",
 		time.Since(roomAt).Round(time.Millisecond), paused, last)
+	// It says so once the retried writes went through (within its last
+	// delay, at most 2 s).
+	if _, err := c.Nodes[0].WaitLog(regexp.MustCompile(`msg="VM resumed after a disk error"`), logAt, 10*time.Second); err != nil {
+		t.Errorf("the supervisor did not say it resumed the VM: %v\n%s", err, c.Nodes[0].LogSince(logAt))
+	}
 	log := readFile(t, g.serial[0])
 	if n := strings.Count(log, "TANDEM-GUEST START"); n != 1 || strings.Contains(log, "TANDEM-GUEST ERROR") {
 		t.Fatalf("the guest rebooted or saw a disk error:\n%s", log)

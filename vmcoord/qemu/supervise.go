@@ -66,6 +66,7 @@ func (p *Process) supervise(ctx context.Context, sub *qmp.Subscription) {
 func (p *Process) resume(ctx context.Context, sub *qmp.Subscription) {
 	start := time.Now()
 	delay := resumeMinDelay
+	var notReadyLogged time.Time
 	for attempt := 1; ; attempt++ {
 		if !sleep(ctx, delay) {
 			return
@@ -75,7 +76,13 @@ func (p *Process) resume(ctx context.Context, sub *qmp.Subscription) {
 				if ctx.Err() != nil {
 					return
 				}
-				p.log.Info("storage not ready; VM stays paused", "attempt", attempt, "err", err)
+				// The first refusal, then one a minute at most: a VM
+				// that stays paused shows in the log without a line
+				// every 2 s.
+				if notReadyLogged.IsZero() || time.Since(notReadyLogged) >= time.Minute {
+					notReadyLogged = time.Now()
+					p.log.Info("storage not ready; VM stays paused", "attempt", attempt, "paused", time.Since(start).Round(time.Second), "err", err)
+				}
 				delay = min(2*delay, resumeMaxDelay)
 				continue
 			}

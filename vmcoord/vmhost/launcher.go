@@ -22,6 +22,33 @@ type QEMULauncher struct {
 	ReconnectDelay time.Duration
 	// ExtraArgs are added to every QEMU command line.
 	ExtraArgs []string
+	// StorageReady, if set, is asked before each attempt to resume a VM
+	// paused by a disk error, with the names of the VM's volumes (its
+	// disks on the local agent): it returns nil once they are expected to
+	// take writes again, or an error that says what they wait for
+	// (qemu.Options.StorageReady, which it sets per VM).
+	StorageReady func(ctx context.Context, volumes []string) error
+}
+
+// options returns the QEMU options for s: the launcher's, with
+// StorageReady bound to s's volumes.
+func (l QEMULauncher) options(s Spec) qemu.Options {
+	o := l.Options
+	if l.StorageReady == nil {
+		return o
+	}
+	var vols []string
+	for _, d := range s.Disks {
+		if d.Volume != "" && d.Server == "" {
+			vols = append(vols, d.Volume)
+		}
+	}
+	if len(vols) == 0 {
+		return o
+	}
+	ready := l.StorageReady
+	o.StorageReady = func(ctx context.Context) error { return ready(ctx, vols) }
+	return o
 }
 
 // log returns the launcher's logger.
@@ -69,7 +96,7 @@ func (l QEMULauncher) Launch(ctx context.Context, s Spec) (Process, error) {
 	if err := pidfile.Kill(s.Dir, l.log()); err != nil { // never two QEMUs on one directory
 		return nil, fmt.Errorf("vmhost: %w", err)
 	}
-	p, err := qemu.Start(ctx, l.qemuSpec(s), s.Dir, l.Options)
+	p, err := qemu.Start(ctx, l.qemuSpec(s), s.Dir, l.options(s))
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +128,7 @@ func (l QEMULauncher) Adopt(ctx context.Context, s Spec) (Process, error) {
 		// lost with the agent that drove it): it must not go on.
 		return nil, pidfile.Kill(s.Dir, l.log())
 	}
-	p, err := qemu.Attach(ctx, l.qemuSpec(s), s.Dir, pid, l.Options)
+	p, err := qemu.Attach(ctx, l.qemuSpec(s), s.Dir, pid, l.options(s))
 	if err != nil {
 		// Not adoptable (its QMP does not answer): replace it.
 		return nil, errors.Join(err, pidfile.Kill(s.Dir, l.log()))
