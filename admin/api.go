@@ -36,17 +36,20 @@ type ClusterStatus struct {
 	Volumes    int `json:"volumes"`
 }
 
-// Host states, as membership reports them.
+// Host states, as membership reports them, and revoked: alive to
+// membership, but shut out of the replication port for a revoked peer
+// certificate (catalog.HostRevoked).
 const (
-	HostAlive  = "alive"
-	HostFailed = "failed"
-	HostLeft   = "left"
+	HostAlive   = "alive"
+	HostFailed  = "failed"
+	HostLeft    = "left"
+	HostRevoked = "revoked"
 )
 
 // Host is one element of GET /v1/hosts.
 type Host struct {
 	Name string `json:"name"`
-	// State is alive, failed or left; Since is when the control leader
+	// State is alive, failed, left or revoked; Since is when the control leader
 	// recorded that state (absent while unknown).
 	State     string    `json:"state"`
 	Since     time.Time `json:"since,omitzero"`

@@ -539,13 +539,23 @@ func (a *clusterAgent) leaderPass() {
 	members := a.members.Members()
 	members = append(members, a.unseenHosts(st, members)...)
 	for _, m := range members {
-		if m.State == membership.Alive && m.Meta.Raft != "" {
+		state := string(m.State)
+		// A host shut out for a revoked certificate still gossips (the
+		// gossip key is shared): it is alive to membership only.
+		if m.State == membership.Alive && a.host.PeerRevoked(m.Meta.Raft) {
+			state = catalog.HostRevoked
+		}
+		if state == string(membership.Alive) && m.Meta.Raft != "" {
 			if err := a.ctl.EnsureMember(m.Name, m.Meta.Raft); err != nil {
 				a.log.Warn("adding an agent to the control plane", "name", m.Name, "err", err)
 			}
 		}
 		h := &catalog.Host{Name: m.Name, RaftAddr: m.Meta.Raft, NBDAddr: m.Meta.NBD, AdminAddr: m.Meta.Admin,
-			Capacity: m.Meta.Capacity, DiskFree: m.Meta.Free, State: string(m.State)}
+			Capacity: m.Meta.Capacity, DiskFree: m.Meta.Free, State: state}
+		if old, ok := st.Hosts[m.Name]; ok && old.State != state && state == catalog.HostRevoked {
+			a.log.Warn("host shut out: its peer certificate is revoked; it takes no new replicas, and its replicas move to other hosts after --heal-after",
+				"name", m.Name, "raft", m.Meta.Raft)
+		}
 		if old, ok := st.Hosts[m.Name]; ok {
 			h.Joined = old.Joined
 			if m.Meta.Raft == "" { // no meta from a failed agent: keep what we know
@@ -962,7 +972,7 @@ func (a *clusterAgent) Status(ctx context.Context) (admin.ClusterStatus, error) 
 	out := admin.ClusterStatus{Host: a.cfg.Name, Version: a.cfg.Version, ControlLeader: cs.Leader, ControlVoters: cs.Voters,
 		ControlTerm: cs.Term, ControlIndex: cs.Applied, Hosts: len(st.Hosts), Volumes: len(st.Volumes)}
 	for _, h := range st.Hosts {
-		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive {
+		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive && h.State != catalog.HostRevoked {
 			out.HostsAlive++
 		}
 	}
@@ -979,7 +989,10 @@ func (a *clusterAgent) Hosts(ctx context.Context) ([]admin.Host, error) {
 		ah := admin.Host{Name: name, State: h.State, Since: h.Since, RaftAddr: h.RaftAddr, NBDAddr: h.NBDAddr, AdminAddr: h.AdminAddr,
 			Capacity: h.Capacity, Allocated: st.Allocated(name), DiskFree: h.DiskFree, Control: cs.Members[name], Joined: h.Joined,
 			Drained: h.Drained}
-		if m, ok := a.members.Member(name); ok {
+		// This agent's view of membership, fresher than the catalog's,
+		// except that a host shut out for a revoked certificate stays
+		// revoked while it gossips alive.
+		if m, ok := a.members.Member(name); ok && (m.State != membership.Alive || h.State != catalog.HostRevoked) {
 			ah.State = string(m.State)
 		}
 		if name == cs.Leader {
@@ -1191,8 +1204,9 @@ func (a *clusterAgent) createVolume(ctx context.Context, name string, size int64
 		if m, ok := a.members.Member(h.Name); ok && m.State == membership.Alive {
 			alive = true
 		}
-		// A drained host takes no new replica.
-		cands = append(cands, catalog.Candidate{Name: h.Name, Free: h.Capacity - st.Allocated(h.Name), Alive: alive && !h.Drained})
+		// A drained host takes no new replica, nor one shut out for a
+		// revoked certificate.
+		cands = append(cands, catalog.Candidate{Name: h.Name, Free: h.Capacity - st.Allocated(h.Name), Alive: alive && !h.Drained && h.State != catalog.HostRevoked})
 	}
 	if replicas == 0 {
 		replicas = min(defaultReplicas, len(cands))

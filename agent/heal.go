@@ -50,10 +50,10 @@ func (a *clusterAgent) leaving(h *catalog.Host, now time.Time) string {
 	return ""
 }
 
-// healing reports whether host h has been down longer than the
-// self-healing delay.
+// healing reports whether host h has been down (failed, left, or shut
+// out for a revoked certificate) longer than the self-healing delay.
 func (a *clusterAgent) healing(h *catalog.Host, now time.Time) bool {
-	down := h.State == string(membership.Failed) || h.State == string(membership.Left)
+	down := h.State == string(membership.Failed) || h.State == string(membership.Left) || h.State == catalog.HostRevoked
 	return down && a.cc.HealAfter > 0 && !h.Since.IsZero() && now.Sub(h.Since) >= a.cc.HealAfter
 }
 

@@ -98,6 +98,21 @@ func (h *Host) RaftAddr() string {
 	return h.mux.Addr().String()
 }
 
+// PeerRevoked reports whether the host at replication address addr was
+// shut out for a revoked certificate: the last certificate it presented
+// to this host, or this host saw at addr, is on the peer CA's revocation
+// list (Config.PeerTLS). False without TLS.
+func (h *Host) PeerRevoked(addr string) bool {
+	if h.cfg.PeerTLS == nil {
+		return false
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	return h.cfg.PeerTLS.RevokedPeer(host)
+}
+
 // Room returns nil if n more bytes fit on the file system of the data
 // directory above the disk reserve (Config.DiskReserve), else an error
 // wrapping volume.ErrNoSpace that says how much is free. The free space it

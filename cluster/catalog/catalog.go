@@ -32,8 +32,9 @@ type Host struct {
 	Capacity int64 `json:"capacity"`
 	DiskFree int64 `json:"disk_free"`
 	// State is the host's membership state as the control leader last
-	// recorded it: alive, failed or left; Since is when it took that
-	// state (self-healing counts a failed host's time down from it).
+	// recorded it: alive, failed or left, or HostRevoked; Since is when
+	// it took that state (self-healing counts a failed host's time down
+	// from it).
 	State string    `json:"state"`
 	Since time.Time `json:"since,omitzero"`
 	// Joined is when the host first registered.
@@ -94,6 +95,12 @@ type State struct {
 
 // maxRemoved bounds State.Removed.
 const maxRemoved = 10000
+
+// HostRevoked is the state of a host that gossip sees alive but whose
+// peer certificate the control leader found revoked: shut out of the
+// replication port, it takes no new replicas, and self-healing moves its
+// replicas away as from a failed host.
+const HostRevoked = "revoked"
 
 // IsRemoved reports whether the volume with this ID was deleted.
 func (s *State) IsRemoved(id uint64) bool { return slices.Contains(s.Removed, id) }

@@ -192,6 +192,30 @@ func TestExampleCluster(t *testing.T) {
 	hosts[0].qemuIO(t, "tcp", "write -P 0x3c 1M 1M")
 	hosts[1].qemuIO(t, "tcp", "read -P 0x3c 1M 1M", "read -P 0x5a 0 1M")
 	t.Logf("n3 revoked and cut off %v after the agents started", time.Since(start).Round(time.Millisecond))
+	// n3 still gossips (the gossip key is shared), but the catalog says it
+	// is shut out, so that it takes no new replica and self-healing moves
+	// its replicas away.
+	waitFor(t, 20*time.Second, "n3 revoked in the catalog", hosts, func() error {
+		out, err := hosts[0].cli(t, bin, tokenFile, "host", "list", "-o", "json")
+		if err != nil {
+			return fmt.Errorf("tandem host list: %v: %s", err, out)
+		}
+		var hs []admin.Host
+		if err := json.Unmarshal([]byte(out), &hs); err != nil {
+			return fmt.Errorf("tandem host list -o json: %v: %s", err, out)
+		}
+		for _, x := range hs {
+			if want := map[bool]string{true: admin.HostRevoked, false: admin.HostAlive}[x.Name == "n3"]; x.State != want {
+				return fmt.Errorf("%s is %s, want %s: %s", x.Name, x.State, want, out)
+			}
+		}
+		return nil
+	})
+	if out, err := hosts[0].cli(t, bin, tokenFile, "volume", "create", "disk2", "--size", "64M"); err == nil {
+		t.Fatalf("a volume of 3 replicas was placed with n3 revoked: %s", out)
+	} else {
+		t.Logf("tandem volume create disk2 with n3 revoked: %v: %s", err, strings.TrimSpace(out))
+	}
 
 	// systemd stops the agents with SIGTERM: they exit cleanly.
 	for _, h := range hosts {

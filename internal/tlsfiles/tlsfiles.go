@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -41,6 +43,10 @@ type Identity struct {
 	checked time.Time
 	stamp   string // the files' sizes and modification times when read
 	failed  string // the stamp that last failed to load, not logged again
+	// revokedNames holds the names (DNS names, IP addresses) of the peer
+	// certificates VerifyConnection last refused as revoked; a name leaves
+	// it when a certificate naming it passes.
+	revokedNames map[string]bool
 }
 
 // Files are the PEM files of an identity: a certificate, its key, a CA
@@ -120,14 +126,65 @@ func (t *Identity) VerifyConnection(cs tls.ConnectionState) error {
 	t.mu.Lock()
 	rev := t.Revoked
 	t.mu.Unlock()
+	var err error
 	for _, chain := range cs.VerifiedChains {
 		for _, c := range chain {
-			if rev.Has(c) {
-				return fmt.Errorf("tls: certificate %q (serial %s) is revoked", c.Subject.CommonName, c.SerialNumber)
+			if err == nil && rev.Has(c) {
+				err = fmt.Errorf("tls: certificate %q (serial %s) is revoked", c.Subject.CommonName, c.SerialNumber)
 			}
 		}
 	}
-	return nil
+	if len(cs.PeerCertificates) > 0 {
+		t.notePeer(cs.PeerCertificates[0], err != nil)
+	}
+	return err
+}
+
+// notePeer records whether the names of peer certificate c are revoked.
+func (t *Identity) notePeer(c *x509.Certificate, revoked bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.revokedNames == nil {
+		if !revoked {
+			return
+		}
+		t.revokedNames = map[string]bool{}
+	}
+	for _, name := range certNames(c) {
+		if revoked {
+			t.revokedNames[name] = true
+		} else {
+			delete(t.revokedNames, name)
+		}
+	}
+}
+
+// certNames returns the names c is for: its DNS names (in lower case) and
+// IP addresses.
+func certNames(c *x509.Certificate) []string {
+	names := make([]string, 0, len(c.DNSNames)+len(c.IPAddresses))
+	for _, d := range c.DNSNames {
+		names = append(names, strings.ToLower(d))
+	}
+	for _, ip := range c.IPAddresses {
+		names = append(names, ip.String())
+	}
+	return names
+}
+
+// RevokedPeer reports whether the last peer certificate VerifyConnection
+// saw for host (a DNS name or an IP address) was refused as revoked: the
+// host was shut out. A host never seen, or whose certificate passed since
+// (a new one), is not.
+func (t *Identity) RevokedPeer(host string) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		host = ip.String()
+	} else {
+		host = strings.ToLower(host)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.revokedNames[host]
 }
 
 // stamp describes the files' current versions ("" parts for missing ones).

@@ -1,6 +1,8 @@
 package tlsfiles
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,4 +66,45 @@ func TestNotAfter(t *testing.T) {
 	if got, want := id.NotAfter(), leaf.Cert(t).NotAfter; !got.Equal(want) {
 		t.Errorf("NotAfter %v, want %v", got, want)
 	}
+}
+
+// TestRevokedPeer checks what VerifyConnection remembers of the peers it
+// refused: the names of a revoked certificate are revoked peers until a
+// certificate naming them passes (the host got a new one); other names,
+// and a peer never seen, are not.
+func TestRevokedPeer(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "peers")
+	n3, n3new, n2 := ca.Issue("n3", "10.77.0.3", "N3.example"), ca.Issue("n3", "10.77.0.3"), ca.Issue("n2", "10.77.0.2")
+	testpki.WriteFile(t, filepath.Join(dir, "ca.pem"), ca.PEM())
+	testpki.WriteFile(t, filepath.Join(dir, "crl.pem"), ca.CRL(n3))
+	rev, err := LoadRevocations(filepath.Join(dir, "crl.pem"), filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{Revoked: rev}
+	verify := func(l testpki.Leaf) error {
+		c := l.Cert(t)
+		return id.VerifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}, VerifiedChains: [][]*x509.Certificate{{c, ca.Cert}}})
+	}
+	check := func(when string, want map[string]bool) {
+		t.Helper()
+		for host, w := range want {
+			if got := id.RevokedPeer(host); got != w {
+				t.Errorf("%s: RevokedPeer(%q) = %v, want %v", when, host, got, w)
+			}
+		}
+	}
+	check("before any peer", map[string]bool{"10.77.0.3": false})
+	if err := verify(n2); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(n3); err == nil || !strings.Contains(err.Error(), "is revoked") {
+		t.Fatalf("n3's revoked certificate passed: %v", err)
+	}
+	check("after n3's revoked certificate", map[string]bool{"10.77.0.3": true, "n3.example": true, "N3.EXAMPLE": true, "10.77.0.2": false, "10.77.0.4": false})
+	if err := verify(n3new); err != nil {
+		t.Fatal(err)
+	}
+	check("after n3's new certificate", map[string]bool{"10.77.0.3": false, "n3.example": true})
 }
