@@ -541,9 +541,14 @@ func (a *clusterAgent) leaderPass() {
 	for _, m := range members {
 		state := string(m.State)
 		// A host shut out for a revoked certificate still gossips (the
-		// gossip key is shared): it is alive to membership only.
-		if m.State == membership.Alive && a.host.PeerRevoked(m.Meta.Raft) {
-			state = catalog.HostRevoked
+		// gossip key is shared): it is alive to membership only. A new
+		// leader that has not seen its certificate yet keeps what the
+		// catalog says.
+		if m.State == membership.Alive {
+			revoked, known := a.host.PeerRevoked(m.Meta.Raft)
+			if old, ok := st.Hosts[m.Name]; revoked || (!known && ok && old.State == catalog.HostRevoked) {
+				state = catalog.HostRevoked
+			}
 		}
 		if state == string(membership.Alive) && m.Meta.Raft != "" {
 			if err := a.ctl.EnsureMember(m.Name, m.Meta.Raft); err != nil {

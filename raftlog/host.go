@@ -101,14 +101,15 @@ func (h *Host) RaftAddr() string {
 // PeerRevoked reports whether the host at replication address addr was
 // shut out for a revoked certificate: the last certificate it presented
 // to this host, or this host saw at addr, is on the peer CA's revocation
-// list (Config.PeerTLS). False without TLS.
-func (h *Host) PeerRevoked(addr string) bool {
+// list (Config.PeerTLS). known is false when this host has seen none of
+// its certificates yet, and without TLS.
+func (h *Host) PeerRevoked(addr string) (revoked, known bool) {
 	if h.cfg.PeerTLS == nil {
-		return false
+		return false, false
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return false
+		return false, false
 	}
 	return h.cfg.PeerTLS.RevokedPeer(host)
 }

@@ -43,10 +43,10 @@ type Identity struct {
 	checked time.Time
 	stamp   string // the files' sizes and modification times when read
 	failed  string // the stamp that last failed to load, not logged again
-	// revokedNames holds the names (DNS names, IP addresses) of the peer
-	// certificates VerifyConnection last refused as revoked; a name leaves
-	// it when a certificate naming it passes.
-	revokedNames map[string]bool
+	// peerNames maps the names (DNS names, IP addresses) of the peer
+	// certificates VerifyConnection saw to whether the last one naming
+	// each was refused as revoked.
+	peerNames map[string]bool
 }
 
 // Files are the PEM files of an identity: a certificate, its key, a CA
@@ -144,18 +144,11 @@ func (t *Identity) VerifyConnection(cs tls.ConnectionState) error {
 func (t *Identity) notePeer(c *x509.Certificate, revoked bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.revokedNames == nil {
-		if !revoked {
-			return
-		}
-		t.revokedNames = map[string]bool{}
+	if t.peerNames == nil {
+		t.peerNames = map[string]bool{}
 	}
 	for _, name := range certNames(c) {
-		if revoked {
-			t.revokedNames[name] = true
-		} else {
-			delete(t.revokedNames, name)
-		}
+		t.peerNames[name] = revoked
 	}
 }
 
@@ -174,9 +167,9 @@ func certNames(c *x509.Certificate) []string {
 
 // RevokedPeer reports whether the last peer certificate VerifyConnection
 // saw for host (a DNS name or an IP address) was refused as revoked: the
-// host was shut out. A host never seen, or whose certificate passed since
-// (a new one), is not.
-func (t *Identity) RevokedPeer(host string) bool {
+// host was shut out. seen is false for a host none of whose certificates
+// it has seen (revoked is then false too).
+func (t *Identity) RevokedPeer(host string) (revoked, seen bool) {
 	if ip := net.ParseIP(host); ip != nil {
 		host = ip.String()
 	} else {
@@ -184,7 +177,8 @@ func (t *Identity) RevokedPeer(host string) bool {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.revokedNames[host]
+	revoked, seen = t.peerNames[host]
+	return revoked, seen
 }
 
 // stamp describes the files' current versions ("" parts for missing ones).

@@ -69,9 +69,10 @@ func TestNotAfter(t *testing.T) {
 }
 
 // TestRevokedPeer checks what VerifyConnection remembers of the peers it
-// refused: the names of a revoked certificate are revoked peers until a
-// certificate naming them passes (the host got a new one); other names,
-// and a peer never seen, are not.
+// saw: the names of a revoked certificate are revoked peers until a
+// certificate naming them passes (the host got a new one); the names of a
+// certificate that passed are not, nor are names never seen, which it
+// says it has not seen.
 func TestRevokedPeer(t *testing.T) {
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, "peers")
@@ -87,24 +88,27 @@ func TestRevokedPeer(t *testing.T) {
 		c := l.Cert(t)
 		return id.VerifyConnection(tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}, VerifiedChains: [][]*x509.Certificate{{c, ca.Cert}}})
 	}
-	check := func(when string, want map[string]bool) {
+	// want maps hosts to "revoked", "passed" or "unseen".
+	check := func(when string, want map[string]string) {
 		t.Helper()
 		for host, w := range want {
-			if got := id.RevokedPeer(host); got != w {
-				t.Errorf("%s: RevokedPeer(%q) = %v, want %v", when, host, got, w)
+			revoked, seen := id.RevokedPeer(host)
+			got := map[[2]bool]string{{true, true}: "revoked", {false, true}: "passed", {false, false}: "unseen"}[[2]bool{revoked, seen}]
+			if got != w {
+				t.Errorf("%s: RevokedPeer(%q) = %v, %v: %s, want %s", when, host, revoked, seen, got, w)
 			}
 		}
 	}
-	check("before any peer", map[string]bool{"10.77.0.3": false})
+	check("before any peer", map[string]string{"10.77.0.3": "unseen"})
 	if err := verify(n2); err != nil {
 		t.Fatal(err)
 	}
 	if err := verify(n3); err == nil || !strings.Contains(err.Error(), "is revoked") {
 		t.Fatalf("n3's revoked certificate passed: %v", err)
 	}
-	check("after n3's revoked certificate", map[string]bool{"10.77.0.3": true, "n3.example": true, "N3.EXAMPLE": true, "10.77.0.2": false, "10.77.0.4": false})
+	check("after n3's revoked certificate", map[string]string{"10.77.0.3": "revoked", "n3.example": "revoked", "N3.EXAMPLE": "revoked", "10.77.0.2": "passed", "10.77.0.4": "unseen"})
 	if err := verify(n3new); err != nil {
 		t.Fatal(err)
 	}
-	check("after n3's new certificate", map[string]bool{"10.77.0.3": false, "n3.example": true})
+	check("after n3's new certificate", map[string]string{"10.77.0.3": "passed", "n3.example": "revoked"})
 }
