@@ -18,7 +18,9 @@ var errNotChild = errors.New("qemu: an attached QEMU exited (its exit status is 
 // Attach takes over a QEMU that runs already with run directory dir and
 // process id pid, started by Start in an earlier process (an agent that
 // restarted): it connects to its QMP socket and supervises it as Start
-// does, without changing its run state. spec must be the spec it was
+// does, without changing its run state, except that a VM a disk error
+// paused meanwhile is resumed once its storage is ready (the supervisor
+// would have done it). spec must be the spec it was
 // started with (its Name and Incoming matter). Its exit is noticed by
 // polling (it is not a child of this process).
 func Attach(ctx context.Context, spec Spec, dir string, pid int, opts Options) (*Process, error) {

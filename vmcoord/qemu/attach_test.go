@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +56,50 @@ func TestAttach(t *testing.T) {
 	}
 	if _, err := Attach(testCtx(t, time.Second), spec, p.Dir(), p.PID(), Options{}); err == nil {
 		t.Fatal("attached to an exited process")
+	}
+}
+
+// TestAttachResumesPausedVM: the supervisor goes away (its agent died),
+// then the storage too, for longer than the disk's reconnect-delay, so a
+// disk error pauses the VM with nobody to resume it. Attached again once
+// the storage is back, the new supervisor finds the VM paused by a disk
+// error, which sends no event any more, and resumes it; the guest writes
+// on without a reboot.
+func TestAttachResumesPausedVM(t *testing.T) {
+	c := testguest.Config{RunID: 0x51A70008, Base: 8, Ring: 100, ReportEvery: 10, CounterPages: 4}
+	agent, disk := tandemDisk(t, c)
+	spec := guestSpec("attach-paused", disk)
+	spec.ReconnectDelay = time.Second
+	p := start(t, spec, Options{})
+	waitLog(t, 20*time.Second, func(l testguest.Log) bool { return l.LastSeq >= 20 }, p)
+
+	p.stopSupervisor()
+	<-p.supervisorDone
+	events := p.QMP().Subscribe()
+	agent.Kill()
+	if _, err := events.Wait(testCtx(t, 30*time.Second), "BLOCK_IO_ERROR"); err != nil {
+		t.Fatal(err)
+	}
+	events.Close()
+	waitStatus(t, p, StateIOError, 10*time.Second)
+	at, _ := guestLog(t, p)
+	p.qmp.Close()
+
+	restartAgent(t, agent)
+	logs, log := newTestLog(t)
+	a, err := Attach(testCtx(t, 20*time.Second), spec, p.Dir(), p.PID(), Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, a, StateRunning, 20*time.Second)
+	l := waitLog(t, 30*time.Second, func(l testguest.Log) bool { return l.LastSeq >= at.LastSeq+20 }, a)
+	if l.Boots != 1 {
+		t.Fatalf("the guest booted %d times", l.Boots)
+	}
+	if !strings.Contains(logs.String(), "VM found paused by a disk error") {
+		t.Errorf("the supervisor did not say it found the VM paused:\n%s", logs.String())
+	}
+	if err := a.Stop(testCtx(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
 	}
 }

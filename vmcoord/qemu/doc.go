@@ -34,6 +34,9 @@
 // and a backoff of 100 ms doubling to 2 s), checks that the VM is still in
 // io-error (so it never resumes a VM someone else paused), sends "cont",
 // and starts again if the retried requests fail again within the backoff.
+// A VM already in io-error when the supervisor starts (Attach, after the
+// agent was away longer than the disks' reconnect-delay: the error came
+// with nobody to resume it) is resumed the same way.
 //
 // # Live migration
 //

@@ -32,6 +32,13 @@ type blockIOError struct {
 func (p *Process) supervise(ctx context.Context, sub *qmp.Subscription) {
 	defer close(p.supervisorDone)
 	defer func() { sub.Close() }()
+	// A VM a disk error paused before this supervisor started (Attach,
+	// after the agent was away longer than the disks' reconnect-delay)
+	// sends no event: it is resumed as if the event came now.
+	if st, err := p.Status(ctx); err == nil && st == StateIOError {
+		p.log.Warn("VM found paused by a disk error; resuming it once its storage is ready")
+		p.resume(ctx, sub)
+	}
 	for {
 		ev, err := sub.Wait(ctx, "BLOCK_IO_ERROR")
 		if err != nil {
