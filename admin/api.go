@@ -73,6 +73,9 @@ type Host struct {
 	// Drained hosts take no new replicas; the control leader moves the
 	// ones they hold to other hosts (POST /v1/hosts/{name}/drain).
 	Drained bool `json:"drained,omitempty"`
+	// Version is the build its agent runs, as the agent gossips it
+	// (absent while the answering agent does not see the host).
+	Version string `json:"version,omitempty"`
 }
 
 // Volume states.

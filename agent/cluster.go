@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -428,6 +429,40 @@ func (a *clusterAgent) shortOfRoom() bool {
 	return false
 }
 
+// checkVersions logs, when it changes, which builds the alive agents run
+// (last is what it logged last; it returns the current list): a warning
+// while they differ, since agents of different builds may not understand
+// each other's log entries or requests (README, "Upgrades").
+func (a *clusterAgent) checkVersions(last string) string {
+	now, mixed := versionSummary(a.members.Members())
+	switch {
+	case now == last:
+	case mixed:
+		a.log.Warn("the agents run different builds: finish the upgrade (stop every agent, then start them all on one build)", "builds", now)
+	case strings.Contains(last, "; "):
+		a.log.Info("the agents run one build again", "builds", now)
+	}
+	return now
+}
+
+// versionSummary lists the builds the alive members gossip, each with its
+// members ("v1: n1,n2; v2: n3"), and reports whether there are several.
+func versionSummary(members []membership.Member) (summary string, mixed bool) {
+	byVersion := map[string][]string{}
+	for _, m := range members {
+		if m.State == membership.Alive && m.Meta.Version != "" {
+			byVersion[m.Meta.Version] = append(byVersion[m.Meta.Version], m.Name)
+		}
+	}
+	var parts []string
+	for _, v := range slices.Sorted(maps.Keys(byVersion)) {
+		names := byVersion[v]
+		slices.Sort(names)
+		parts = append(parts, v+": "+strings.Join(names, ","))
+	}
+	return strings.Join(parts, "; "), len(byVersion) > 1
+}
+
 // peerShortOfRoom reports whether agent name last said its disk is short
 // of space (raftlog.Host.SetPeerShortOfRoom).
 func (a *clusterAgent) peerShortOfRoom(name string) bool {
@@ -469,6 +504,7 @@ func (a *clusterAgent) joinLoop() {
 	defer t.Stop()
 	var lastMeta time.Time
 	var short bool
+	var versions string
 	for {
 		if !joined {
 			// Joined means another agent is alive in our view: a join
@@ -486,6 +522,7 @@ func (a *clusterAgent) joinLoop() {
 				a.log.Debug("joining the cluster", "err", err)
 			}
 		}
+		versions = a.checkVersions(versions)
 		if now := a.shortOfRoom(); now != short || time.Since(lastMeta) > 10*time.Second {
 			if now != short {
 				a.log.Info("telling the cluster whether this host's disk is short of space", "short", now)
@@ -997,8 +1034,11 @@ func (a *clusterAgent) Hosts(ctx context.Context) ([]admin.Host, error) {
 		// This agent's view of membership, fresher than the catalog's,
 		// except that a host shut out for a revoked certificate stays
 		// revoked while it gossips alive.
-		if m, ok := a.members.Member(name); ok && (m.State != membership.Alive || h.State != catalog.HostRevoked) {
-			ah.State = string(m.State)
+		if m, ok := a.members.Member(name); ok {
+			if m.State != membership.Alive || h.State != catalog.HostRevoked {
+				ah.State = string(m.State)
+			}
+			ah.Version = m.Meta.Version
 		}
 		if name == cs.Leader {
 			ah.Control = "leader"

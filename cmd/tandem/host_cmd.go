@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -123,13 +124,16 @@ func newHostListCmd(a *adminFlags) *cobra.Command {
 		Long: `List the hosts of the cluster's catalog:
 
   STATE      alive, failed or left, as membership sees the host (and for
-             how long, if not alive); drained if it is drained
+             how long, if not alive), or revoked (shut out for a revoked
+             peer certificate); drained if it is drained
   CONTROL    its role in the control plane: leader, voter or nonvoter
   NBD        its NBD address
   CAPACITY   the bytes it offers for volume replicas
   ALLOCATED  the bytes of the replicas placed on it
   FREE       the free space of its data filesystem, as it last reported
   REPLICAS   the volume replicas it holds
+  VERSION    the build its agent runs (every agent of a cluster must run
+             the same: README, "Upgrades")
 ` + adminHelp,
 		Example: `  tandem host list
   tandem host list -o json | jq -r '.[] | select(.state != "alive") | .name'`,
@@ -159,7 +163,7 @@ func renderHosts(w io.Writer, hosts []admin.Host) error {
 		return err
 	}
 	tw := newTable(w)
-	tableRow(tw, "NAME", "STATE", "CONTROL", "NBD", "CAPACITY", "ALLOCATED", "FREE", "REPLICAS")
+	tableRow(tw, "NAME", "STATE", "CONTROL", "NBD", "CAPACITY", "ALLOCATED", "FREE", "REPLICAS", "VERSION")
 	for _, h := range hosts {
 		state := orDash(h.State)
 		if h.State != "alive" && !h.Since.IsZero() {
@@ -169,7 +173,14 @@ func renderHosts(w io.Writer, hosts []admin.Host) error {
 			state += ",drained"
 		}
 		tableRow(tw, h.Name, state, orDash(h.Control), orDash(h.NBDAddr),
-			humanSize(h.Capacity), humanSize(h.Allocated), humanSize(h.DiskFree), h.Replicas)
+			humanSize(h.Capacity), humanSize(h.Allocated), humanSize(h.DiskFree), h.Replicas, orDash(shortVersion(h.Version)))
 	}
 	return tw.Flush()
+}
+
+// shortVersion is the build of version string v ("tandem 664b51b (go1.26.8,
+// linux/amd64)" gives 664b51b).
+func shortVersion(v string) string {
+	v, _, _ = strings.Cut(v, " (")
+	return strings.TrimPrefix(v, "tandem ")
 }

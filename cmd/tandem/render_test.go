@@ -26,9 +26,11 @@ var (
 
 	testHosts = []admin.Host{
 		{Name: "n1", State: admin.HostAlive, RaftAddr: "10.0.0.1:10810", NBDAddr: "10.0.0.1:10809", AdminAddr: "10.0.0.1:7480",
-			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 812345678901, Replicas: 2, Leads: 1, Control: "leader", Joined: testCreated},
+			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 812345678901, Replicas: 2, Leads: 1, Control: "leader", Joined: testCreated,
+			Version: "tandem v0.3.0 (go1.26.8, linux/amd64)"},
 		{Name: "n2", State: admin.HostAlive, RaftAddr: "10.0.0.2:10810", NBDAddr: "10.0.0.2:10809", AdminAddr: "10.0.0.2:7480",
-			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 1536 << 20, Replicas: 2, Leads: 1, Control: "voter", Joined: testCreated},
+			Capacity: 500 << 30, Allocated: 60 << 30, DiskFree: 1536 << 20, Replicas: 2, Leads: 1, Control: "voter", Joined: testCreated,
+			Version: "tandem 664b51b-dirty (go1.26.8, linux/amd64)"},
 		{Name: "n3", State: admin.HostFailed, RaftAddr: "10.0.0.3:10810", NBDAddr: "10.0.0.3:10809", AdminAddr: "10.0.0.3:7480",
 			Capacity: 2 << 40, Allocated: 0, DiskFree: 2199023255552 - 1, Replicas: 0, Control: "voter", Joined: testCreated},
 		{Name: "n4-with-a-long-name", State: admin.HostFailed, NBDAddr: "10.0.0.4:10809", Capacity: 1000, DiskFree: -1},
