@@ -6,12 +6,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/internal/testpki"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
@@ -149,4 +152,88 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("n%d did not copy the volume after a long outage: %v", f+1, err)
 	}
 	waitReplicaFile(t, c, f, m, 30*time.Second)
+}
+
+// TestRevokedHostHealed revokes the peer certificate of a host that holds
+// a replica, in a managed cluster of four with mutual TLS on the
+// replication port. The revoked host still gossips (the gossip key is
+// shared), but the control leader records it revoked; self-healing then
+// moves its replica, after --heal-after, to the fourth host (offered too
+// little room to be chosen at first), and every acknowledged write is on
+// the three replicas left.
+func TestRevokedHostHealed(t *testing.T) {
+	cfg := testbin.ClusterConfig{
+		Hosts:   4,
+		Managed: true,
+		Args:    append(fastArgs, "--heal-after", "5s"),
+		HostArgs: func(i int) []string {
+			if i == 3 {
+				return []string{"--capacity", "100M"}
+			}
+			return nil
+		},
+	}
+	peers := testbin.WithPeerTLS(t, &cfg)
+	crl := filepath.Join(t.TempDir(), "peer-crl.pem")
+	testpki.WriteFile(t, crl, peers.CA.CRL())
+	more := cfg.HostArgs
+	cfg.HostArgs = func(i int) []string { return append(more(i), "--peer-tls-crl", crl) }
+	c := testbin.StartCluster(t, cfg)
+	c.WaitManaged(time.Minute)
+	ctx := context.Background()
+	api := c.Admin(0)
+	v, err := api.CreateVolume(ctx, admin.CreateVolume{Name: vol, Size: volSize, Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hosts := slices.Sorted(slices.Values(v.Hosts)); !slices.Equal(hosts, []string{"n1", "n2", "n3"}) {
+		t.Fatalf("volume placed on %v, want n1, n2 and n3", hosts)
+	}
+	m := newModel()
+	write := m.writer(t)
+	conn := dial(t, c, 0)
+	for blk := range int64(64) {
+		write(conn, blk)
+	}
+
+	// n3's certificate is revoked.
+	n3, err := os.ReadFile(peers.Certs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	testpki.WriteFile(t, crl, peers.CA.CRL(testpki.Leaf{CertPEM: n3}))
+	revoked := time.Now()
+	testbin.WaitFor(t, 30*time.Second, "n3 revoked in the catalog", func() error {
+		hs, err := api.Hosts(ctx)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if h.Name == "n3" && h.State != admin.HostRevoked {
+				return fmt.Errorf("n3 is %s", h.State)
+			}
+		}
+		return nil
+	})
+	t.Logf("n3 recorded revoked %v after its certificate was", time.Since(revoked).Round(time.Millisecond))
+	for blk := int64(64); blk < 128; blk++ {
+		write(conn, blk)
+	}
+	testbin.WaitFor(t, 2*time.Minute, "n3's replica to move to n4", func() error {
+		v, err := api.Volume(ctx, vol)
+		if err != nil {
+			return err
+		}
+		hosts := slices.Sorted(slices.Values(v.Hosts))
+		if !slices.Equal(hosts, []string{"n1", "n2", "n4"}) || v.Move != nil {
+			return fmt.Errorf("replicas on %v, move %+v, last move %+v", hosts, v.Move, v.LastMove)
+		}
+		return nil
+	})
+	t.Logf("n3's replica moved to n4 %v after the revocation (--heal-after 5s)", time.Since(revoked).Round(time.Millisecond))
+	for blk := int64(128); blk < 160; blk++ {
+		write(conn, blk)
+	}
+	verifyThrough(t, c, m, 0, 1, 3)
+	waitReplicaFile(t, c, 3, m, time.Minute)
 }
