@@ -576,17 +576,8 @@ func (a *clusterAgent) leaderPass() {
 	members := a.members.Members()
 	members = append(members, a.unseenHosts(st, members)...)
 	for _, m := range members {
-		state := string(m.State)
-		// A host shut out for a revoked certificate still gossips (the
-		// gossip key is shared): it is alive to membership only. A new
-		// leader that has not seen its certificate yet keeps what the
-		// catalog says.
-		if m.State == membership.Alive {
-			revoked, known := a.host.PeerRevoked(m.Meta.Raft)
-			if old, ok := st.Hosts[m.Name]; revoked || (!known && ok && old.State == catalog.HostRevoked) {
-				state = catalog.HostRevoked
-			}
-		}
+		old, recorded := st.Hosts[m.Name]
+		state := a.hostState(m, old)
 		if state == string(membership.Alive) && m.Meta.Raft != "" {
 			if err := a.ctl.EnsureMember(m.Name, m.Meta.Raft); err != nil {
 				a.log.Warn("adding an agent to the control plane", "name", m.Name, "err", err)
@@ -594,11 +585,11 @@ func (a *clusterAgent) leaderPass() {
 		}
 		h := &catalog.Host{Name: m.Name, RaftAddr: m.Meta.Raft, NBDAddr: m.Meta.NBD, AdminAddr: m.Meta.Admin,
 			Capacity: m.Meta.Capacity, DiskFree: m.Meta.Free, State: state}
-		if old, ok := st.Hosts[m.Name]; ok && old.State != state && state == catalog.HostRevoked {
-			a.log.Warn("host shut out: its peer certificate is revoked; it takes no new replicas, and its replicas move to other hosts after --heal-after",
-				"name", m.Name, "raft", m.Meta.Raft)
-		}
-		if old, ok := st.Hosts[m.Name]; ok {
+		if recorded {
+			if old.State != state && state == catalog.HostRevoked {
+				a.log.Warn("host shut out: its peer certificate is revoked; it takes no new replicas, and its replicas move to other hosts after --heal-after",
+					"name", m.Name, "raft", m.Meta.Raft)
+			}
 			h.Joined = old.Joined
 			if m.Meta.Raft == "" { // no meta from a failed agent: keep what we know
 				h.RaftAddr, h.NBDAddr, h.AdminAddr, h.Capacity, h.DiskFree = old.RaftAddr, old.NBDAddr, old.AdminAddr, old.Capacity, old.DiskFree
@@ -625,6 +616,22 @@ func (a *clusterAgent) leaderPass() {
 			a.log.Info("initial volume created", "name", iv.Name, "size", volume.FormatSize(iv.Size))
 		}
 	}
+}
+
+// hostState is the state the control leader records for member m, whose
+// catalog record is old (nil if none): membership's, except that a host
+// shut out for a revoked certificate, which still gossips (the gossip key
+// is shared), is revoked. A new leader that has not seen the host's
+// certificate yet keeps what the catalog says.
+func (a *clusterAgent) hostState(m membership.Member, old *catalog.Host) string {
+	if m.State != membership.Alive {
+		return string(m.State)
+	}
+	revoked, seen := a.host.PeerRevoked(m.Meta.Raft)
+	if revoked || (!seen && old != nil && old.State == catalog.HostRevoked) {
+		return catalog.HostRevoked
+	}
+	return string(m.State)
 }
 
 // hostEqual reports whether two host records differ only in ways not
