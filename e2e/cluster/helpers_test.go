@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/internal/testbin"
 	"github.com/tandem-project/tandem/nbd/nbdclient"
 )
@@ -626,4 +627,33 @@ func (ws *writers) waitAckedErr(n int, timeout time.Duration) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// smallLast returns HostArgs that offer the last of n hosts only capacity
+// (an agent --capacity value), so that placement passes it over while
+// the others have room: the host self-healing then moves replicas to.
+func smallLast(n int, capacity string) func(i int) []string {
+	return func(i int) []string {
+		if i == n-1 {
+			return []string{"--capacity", capacity}
+		}
+		return nil
+	}
+}
+
+// waitReplicasOn waits until volume v's replicas are on hosts (sorted)
+// and it is not moving.
+func waitReplicasOn(t *testing.T, api *client.Client, timeout time.Duration, what string, hosts ...string) {
+	t.Helper()
+	testbin.WaitFor(t, timeout, what, func() error {
+		v, err := api.Volume(context.Background(), vol)
+		if err != nil {
+			return err
+		}
+		on := slices.Sorted(slices.Values(v.Hosts))
+		if !slices.Equal(on, hosts) || v.Move != nil {
+			return fmt.Errorf("replicas on %v, move %+v, last move %+v", on, v.Move, v.LastMove)
+		}
+		return nil
+	})
 }

@@ -198,6 +198,47 @@ func (fd *fullDisk) fillUntilFailed(t *testing.T) {
 	}
 }
 
+// fillUntilRefused writes 1 MiB blocks through conn from fillBase up
+// until a write fails, and returns how long that write took and its
+// error (nil if the range filled without one).
+func (fd *fullDisk) fillUntilRefused(t *testing.T, ctx context.Context, conn *nbdclient.Conn) (took time.Duration, err error) {
+	t.Helper()
+	buf := bytes.Repeat([]byte{0xa5}, fillStep)
+	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
+		start := time.Now()
+		err = conn.WriteAt(ctx, buf, pos, 0)
+		took = time.Since(start)
+	}
+	for _, dir := range fd.fsDirs {
+		t.Logf("%s:\n%s", dir, dfOf(dir))
+	}
+	return took, err
+}
+
+// growUntilWritable grows every tmpfs of fd to 1 GiB, as an operator
+// making room would, and waits until a block written through conn (tagged
+// with the next *seq) succeeds; m learns the outcome of each attempt.
+func (fd *fullDisk) growUntilWritable(t *testing.T, ctx context.Context, conn *nbdclient.Conn, m *model, seq *uint64) {
+	t.Helper()
+	for _, dir := range fd.fsDirs {
+		if out, err := exec.Command("mount", "-o", "remount,size=1G", dir).CombinedOutput(); err != nil {
+			t.Fatalf("growing the tmpfs: %v: %s", err, out)
+		}
+	}
+	grown := time.Now()
+	testbin.WaitFor(t, time.Minute, "a write to succeed", func() error {
+		*seq++
+		tag, blk := tagOf(1, *seq), int64(modelBase+8)
+		if err := writeBlock(ctx, conn, blk, tag); err != nil {
+			m.unknown(blk, tag)
+			return err
+		}
+		m.settle(blk, tag)
+		return nil
+	})
+	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
+}
+
 func testFullDiskReplicaReopens(t *testing.T, managed bool) {
 	fd := startFullDisk(t, testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m"), Managed: managed})
 	c := fd.c
@@ -253,15 +294,10 @@ func testFullDiskReplicaReopens(t *testing.T, managed bool) {
 // clients through a proxy, has deleted its replica.
 func TestFailedReplicaHealed(t *testing.T) {
 	fd := startFullDisk(t, testbin.ClusterConfig{
-		Hosts:   4,
-		Managed: true,
-		Args:    append(fastArgs, "--replica-retry", "2s", "--heal-after", "5s"),
-		HostArgs: func(i int) []string {
-			if i == 3 {
-				return []string{"--capacity", "300M"}
-			}
-			return nil
-		},
+		Hosts:    4,
+		Managed:  true,
+		Args:     append(fastArgs, "--replica-retry", "2s", "--heal-after", "5s"),
+		HostArgs: smallLast(4, "300M"),
 	})
 	c := fd.c
 	api := c.Admin(0)
@@ -287,17 +323,7 @@ func TestFailedReplicaHealed(t *testing.T) {
 			}
 		}
 	}()
-	testbin.WaitFor(t, 2*time.Minute, "the failed replica to move to n4", func() error {
-		v, err := api.Volume(context.Background(), vol)
-		if err != nil {
-			return err
-		}
-		hosts := slices.Sorted(slices.Values(v.Hosts))
-		if !slices.Equal(hosts, []string{"n1", "n2", "n4"}) || v.Move != nil {
-			return fmt.Errorf("replicas on %v, move %+v, last move %+v", hosts, v.Move, v.LastMove)
-		}
-		return nil
-	})
+	waitReplicasOn(t, api, 2*time.Minute, "the failed replica to move to n4", "n1", "n2", "n4")
 	close(stop)
 	if err := <-werr; err != nil {
 		t.Fatal(err)
@@ -395,14 +421,7 @@ func TestAllDisksFull(t *testing.T) {
 	defer cancel()
 
 	// Fill through n1 until a write is refused.
-	buf := bytes.Repeat([]byte{0xa5}, fillStep)
-	var err error
-	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
-		err = conns[0].WriteAt(ctx, buf, pos, 0)
-	}
-	for i := range fd.fsDirs {
-		t.Logf("%s:\n%s", fd.fsDirs[i], dfOf(fd.fsDirs[i]))
-	}
+	_, err := fd.fillUntilRefused(t, ctx, conns[0])
 	wantENOSPC(t, "filling through n1", err, 0)
 	seq := uint64(0)
 	for i, conn := range conns {
@@ -425,23 +444,7 @@ func TestAllDisksFull(t *testing.T) {
 	t.Logf("qemu-io through n2 after %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
 
 	// Room again: the failed replicas open again, a leader emerges.
-	for _, dir := range fd.fsDirs {
-		if out, err := exec.Command("mount", "-o", "remount,size=1G", dir).CombinedOutput(); err != nil {
-			t.Fatalf("growing the tmpfs: %v: %s", err, out)
-		}
-	}
-	grown := time.Now()
-	testbin.WaitFor(t, time.Minute, "a write through n1 to succeed", func() error {
-		seq++
-		tag, blk := tagOf(1, seq), int64(modelBase+8)
-		if err := writeBlock(ctx, conns[0], blk, tag); err != nil {
-			m.unknown(blk, tag)
-			return err
-		}
-		m.settle(blk, tag)
-		return nil
-	})
-	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
+	fd.growUntilWritable(t, ctx, conns[0], m, &seq)
 	for k := range int64(6) {
 		write(conns[k%3], modelBase+k)
 	}
@@ -478,15 +481,10 @@ func wantENOSPC(t *testing.T, what string, err error, took time.Duration) {
 // every acknowledged write is there.
 func TestPeerDisksFull(t *testing.T) {
 	fd := startFullDisks(t, testbin.ClusterConfig{
-		Hosts:   4,
-		Managed: true,
-		Args:    append(fastArgs, "--replica-retry", "10m"),
-		HostArgs: func(i int) []string {
-			if i == 3 {
-				return []string{"--capacity", "300M"}
-			}
-			return nil
-		},
+		Hosts:    4,
+		Managed:  true,
+		Args:     append(fastArgs, "--replica-retry", "10m"),
+		HostArgs: smallLast(4, "300M"),
 	}, 1, 2)
 	c := fd.c
 	if v, err := c.Admin(0).Volume(context.Background(), vol); err != nil {
@@ -504,17 +502,7 @@ func TestPeerDisksFull(t *testing.T) {
 	defer cancel()
 
 	// Fill through n1 until a write is refused.
-	buf := bytes.Repeat([]byte{0xa5}, fillStep)
-	var err error
-	var took time.Duration
-	for pos := int64(fillBase); pos+fillStep <= modelBase*blockSize && err == nil; pos += fillStep {
-		start := time.Now()
-		err = conns[0].WriteAt(ctx, buf, pos, 0)
-		took = time.Since(start)
-	}
-	for i := range fd.fsDirs {
-		t.Logf("%s:\n%s", fd.fsDirs[i], dfOf(fd.fsDirs[i]))
-	}
+	took, err := fd.fillUntilRefused(t, ctx, conns[0])
 	wantENOSPC(t, "filling through n1", err, took)
 	t.Logf("n1 answered the fill with ENOSPC after %v", took.Round(time.Millisecond))
 	seq := uint64(0)
@@ -529,23 +517,7 @@ func TestPeerDisksFull(t *testing.T) {
 	}
 
 	// Room again: the failed replicas open again, a leader emerges.
-	for _, dir := range fd.fsDirs {
-		if out, err := exec.Command("mount", "-o", "remount,size=1G", dir).CombinedOutput(); err != nil {
-			t.Fatalf("growing the tmpfs: %v: %s", err, out)
-		}
-	}
-	grown := time.Now()
-	testbin.WaitFor(t, time.Minute, "a write through n1 to succeed", func() error {
-		seq++
-		tag, blk := tagOf(1, seq), int64(modelBase+8)
-		if err := writeBlock(ctx, conns[0], blk, tag); err != nil {
-			m.unknown(blk, tag)
-			return err
-		}
-		m.settle(blk, tag)
-		return nil
-	})
-	t.Logf("writes succeed again %v after the disks had room", time.Since(grown).Round(time.Millisecond))
+	fd.growUntilWritable(t, ctx, conns[0], m, &seq)
 	for k := range int64(8) {
 		write(conns[k%4], modelBase+k)
 	}

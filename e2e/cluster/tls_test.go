@@ -163,15 +163,10 @@ func TestMutualTLS(t *testing.T) {
 // the three replicas left.
 func TestRevokedHostHealed(t *testing.T) {
 	cfg := testbin.ClusterConfig{
-		Hosts:   4,
-		Managed: true,
-		Args:    append(fastArgs, "--heal-after", "5s"),
-		HostArgs: func(i int) []string {
-			if i == 3 {
-				return []string{"--capacity", "100M"}
-			}
-			return nil
-		},
+		Hosts:    4,
+		Managed:  true,
+		Args:     append(fastArgs, "--heal-after", "5s"),
+		HostArgs: smallLast(4, "100M"),
 	}
 	peers := testbin.WithPeerTLS(t, &cfg)
 	crl := filepath.Join(t.TempDir(), "peer-crl.pem")
@@ -219,17 +214,7 @@ func TestRevokedHostHealed(t *testing.T) {
 	for blk := int64(64); blk < 128; blk++ {
 		write(conn, blk)
 	}
-	testbin.WaitFor(t, 2*time.Minute, "n3's replica to move to n4", func() error {
-		v, err := api.Volume(ctx, vol)
-		if err != nil {
-			return err
-		}
-		hosts := slices.Sorted(slices.Values(v.Hosts))
-		if !slices.Equal(hosts, []string{"n1", "n2", "n4"}) || v.Move != nil {
-			return fmt.Errorf("replicas on %v, move %+v, last move %+v", hosts, v.Move, v.LastMove)
-		}
-		return nil
-	})
+	waitReplicasOn(t, api, 2*time.Minute, "n3's replica to move to n4", "n1", "n2", "n4")
 	t.Logf("n3's replica moved to n4 %v after the revocation (--heal-after 5s)", time.Since(revoked).Round(time.Millisecond))
 	for blk := int64(128); blk < 160; blk++ {
 		write(conn, blk)
