@@ -284,8 +284,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("local volume ready (not replicated)", "name", spec.Name, "size", volume.FormatSize(f.Size()), "read_only", spec.ReadOnly)
 	}
 
+	var ro *reopener
 	if cfg.Cluster == nil && cfg.ReplicaRetry > 0 {
-		ro := newReopener(host, exps, log, cfg.ReplicaRetry)
+		ro = newReopener(host, exps, log, cfg.ReplicaRetry)
 		stop := make(chan struct{})
 		done := make(chan struct{})
 		go func() {
@@ -296,6 +297,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			close(stop)
 			<-done
 		}()
+	}
+	if cfg.Cluster == nil {
+		// No gossip: the hosts ask each other whether their disks are
+		// short of space (docs/replication.md, "Replica failure").
+		host.ServeShortOfRoom(func() bool { return shortOfRoom(host, ro) })
+		host.SetPeerShortOfRoom(host.PeerShortOfRoom)
 	}
 	mets.WatchHost(host)
 	ncfg := cfg.NBD

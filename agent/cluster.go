@@ -405,29 +405,8 @@ func (a *clusterAgent) meta() membership.Meta {
 }
 
 // shortOfRoom reports whether this host's disk is short of space for its
-// replicas: within raftlog.RoomMargin of the reserve, or under a replica
-// that failed for lack of space and is not open again yet.
-func (a *clusterAgent) shortOfRoom() bool {
-	if a.host.Room(raftlog.RoomMargin) != nil {
-		return true
-	}
-	for _, name := range a.reopen.tracked() {
-		a.mu.Lock()
-		open := a.vols[name] != nil
-		a.mu.Unlock()
-		if !open && a.reopen.noRoom(name) {
-			return true // closed, to be opened again
-		}
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, v := range a.vols {
-		if errors.Is(v.Err(), volume.ErrNoSpace) {
-			return true
-		}
-	}
-	return false
-}
+// replicas (see shortOfRoom).
+func (a *clusterAgent) shortOfRoom() bool { return shortOfRoom(a.host, a.reopen) }
 
 // checkVersions logs, when it changes, which builds the alive agents run
 // (last is what it logged last; it returns the current list): a warning

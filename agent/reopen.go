@@ -241,6 +241,33 @@ func (r *reopener) forget(name string) *raftlog.Proxy {
 	return st.proxy
 }
 
+// shortOfRoom reports whether host's disk is short of space for its
+// replicas: within raftlog.RoomMargin of the reserve, or under a replica
+// that failed for lack of space, open or closed by ro (nil: none) until it
+// is opened again. Managed clusters gossip it, fixed ones answer when
+// asked (raftlog.Host.ServeShortOfRoom).
+func shortOfRoom(host *raftlog.Host, ro *reopener) bool {
+	if host.Room(raftlog.RoomMargin) != nil {
+		return true
+	}
+	open := map[string]bool{}
+	for _, v := range host.Volumes() {
+		if errors.Is(v.Err(), volume.ErrNoSpace) {
+			return true
+		}
+		open[v.Name()] = true
+	}
+	if ro == nil {
+		return false
+	}
+	for _, name := range ro.tracked() {
+		if !open[name] && ro.noRoom(name) {
+			return true // closed, to be opened again
+		}
+	}
+	return false
+}
+
 // watchFixed opens again, until stop is closed, the failed replicas of a
 // fixed configuration's volumes (specs).
 func (r *reopener) watchFixed(specs []raftlog.VolumeSpec, stop <-chan struct{}) {

@@ -33,6 +33,9 @@ type Host struct {
 	// peerShort reports whether another host said its disk is short of
 	// space (SetPeerShortOfRoom); nil: no host is known to be.
 	peerShort atomic.Pointer[func(host string) bool]
+	// peerRoom holds what the other hosts answered when asked whether
+	// their disks are short of space (PeerShortOfRoom).
+	peerRoom peerRoom
 
 	// opened is when the host started: a restarted host must not vote
 	// for a HeartbeatTimeout after it (see docs/replication.md, "Reads").

@@ -471,30 +471,46 @@ func wantENOSPC(t *testing.T, what string, err error, took time.Duration) {
 }
 
 // TestPeerDisksFull fills the disks of two of the three replicas (n2's and
-// n3's, small tmpfs) in a managed cluster of four until they fail and
-// leave the volume no quorum. n1 has room, so its own disk gives it no
-// reason for ENOSPC, and n4 holds no replica (offered too little room, it
-// serves the volume through a proxy); but n2 and n3 gossip that their
-// disks are short of space, so writes through n1 and n4 get ENOSPC within
-// seconds too (QEMU pauses the VM), not EIO after --stall-timeout (which
-// the guest would see). Once the disks have room again, writes succeed and
-// every acknowledged write is there.
+// n3's, small tmpfs) until they fail and leave the volume no quorum. n1
+// has room, so its own disk gives it no reason for ENOSPC; but n2 and n3
+// say that their disks are short of space, so writes through n1 get
+// ENOSPC within seconds too (QEMU pauses the VM), not EIO after
+// --stall-timeout (which the guest would see). In a managed cluster of
+// four they gossip it, and n4, which holds no replica (offered too little
+// room, it serves the volume through a proxy), answers ENOSPC as well; in
+// a fixed configuration of three n1 asks them over the replication port.
+// Once the disks have room again, writes succeed and every acknowledged
+// write is there.
 func TestPeerDisksFull(t *testing.T) {
-	fd := startFullDisks(t, testbin.ClusterConfig{
-		Hosts:    4,
-		Managed:  true,
-		Args:     append(fastArgs, "--replica-retry", "10m"),
-		HostArgs: smallLast(4, "300M"),
-	}, 1, 2)
+	for _, managed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fixed", true: "managed"}[managed], func(t *testing.T) {
+			testPeerDisksFull(t, managed)
+		})
+	}
+}
+
+func testPeerDisksFull(t *testing.T, managed bool) {
+	cfg := testbin.ClusterConfig{Args: append(fastArgs, "--replica-retry", "10m")}
+	via := []int{0} // the hosts whose writes must get ENOSPC
+	if managed {
+		cfg.Hosts, cfg.Managed, cfg.HostArgs = 4, true, smallLast(4, "300M")
+		via = append(via, 3)
+	}
+	fd := startFullDisks(t, cfg, 1, 2)
 	c := fd.c
-	if v, err := c.Admin(0).Volume(context.Background(), vol); err != nil {
-		t.Fatal(err)
-	} else if hosts := slices.Sorted(slices.Values(v.Hosts)); !slices.Equal(hosts, []string{"n1", "n2", "n3"}) {
-		t.Fatalf("volume placed on %v, want n1, n2 and n3", hosts)
+	if managed {
+		if v, err := c.Admin(0).Volume(context.Background(), vol); err != nil {
+			t.Fatal(err)
+		} else if hosts := slices.Sorted(slices.Values(v.Hosts)); !slices.Equal(hosts, []string{"n1", "n2", "n3"}) {
+			t.Fatalf("volume placed on %v, want n1, n2 and n3", hosts)
+		}
 	}
 	m := newModel()
 	write := m.writer(t)
-	conns := []*nbdclient.Conn{dial(t, c, 0), dial(t, c, 1), dial(t, c, 2), dial(t, c, 3)}
+	var conns []*nbdclient.Conn
+	for i := range c.Nodes {
+		conns = append(conns, dial(t, c, i))
+	}
 	for k := range int64(6) {
 		write(conns[k%3], modelBase+k)
 	}
@@ -506,7 +522,7 @@ func TestPeerDisksFull(t *testing.T) {
 	wantENOSPC(t, "filling through n1", err, took)
 	t.Logf("n1 answered the fill with ENOSPC after %v", took.Round(time.Millisecond))
 	seq := uint64(0)
-	for _, i := range []int{0, 3} {
+	for _, i := range via {
 		seq++
 		start := time.Now()
 		tag, blk := tagOf(1, seq), modelBase+16+int64(i)
@@ -519,7 +535,7 @@ func TestPeerDisksFull(t *testing.T) {
 	// Room again: the failed replicas open again, a leader emerges.
 	fd.growUntilWritable(t, ctx, conns[0], m, &seq)
 	for k := range int64(8) {
-		write(conns[k%4], modelBase+k)
+		write(conns[int(k)%len(conns)], modelBase+k)
 	}
 	verifyThrough(t, c, m)
 }

@@ -35,6 +35,9 @@ const (
 	// KindNBD carries NBD from an agent forwarding a volume's I/O to the
 	// agent of its leader.
 	KindNBD byte = 3
+	// KindRoom asks a host whether its disk is short of space: it answers
+	// one byte (1: short, 0: not) and closes the connection.
+	KindRoom byte = 4
 )
 
 const (
