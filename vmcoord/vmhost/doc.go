@@ -10,7 +10,9 @@
 // and stopping QEMU goes through a Launcher (vmcoord/qemu in the agent,
 // a fake in this package's unit tests).
 //
-// TODO: adopt the QEMU processes of a previous agent run (their QMP
-// sockets and recorded epochs in the run directories) instead of starting
-// VMs anew; until then the agent does not wire a Manager in.
+// A restarted agent adopts the QEMU processes of its previous run instead
+// of starting the VMs anew (Launcher.Adopt): a process whose pid file,
+// recorded writer epoch and QMP socket in the VM's run directory still
+// match the catalog is taken over, running or paused; any other is killed
+// and the VM started again.
 package vmhost
