@@ -298,10 +298,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			<-done
 		}()
 	}
+	short := func() bool { return shortOfRoom(host, ro) }
 	if cfg.Cluster == nil {
 		// No gossip: the hosts ask each other whether their disks are
 		// short of space (docs/replication.md, "Replica failure").
-		host.ServeShortOfRoom(func() bool { return shortOfRoom(host, ro) })
+		host.ServeShortOfRoom(short)
 		host.SetPeerShortOfRoom(host.PeerShortOfRoom)
 	}
 	mets.WatchHost(host)
@@ -374,7 +375,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			defer ca.close()
 			mets.WatchCluster(ca.view)
 			acfg.Cluster, acfg.Token = ca, cfg.Cluster.AdminToken
+			short = ca.shortOfRoom
 		}
+		mets.WatchDisk(func() metrics.DiskView {
+			free, reserve, err := host.DiskSpace()
+			if err != nil {
+				free = -1
+			}
+			return metrics.DiskView{Free: free, Reserve: reserve, Short: short()}
+		})
 		hs := &http.Server{
 			Handler:           admin.Handler(acfg),
 			ReadHeaderTimeout: 10 * time.Second,

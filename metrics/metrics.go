@@ -1,10 +1,12 @@
 // Package metrics holds an agent's Prometheus metrics: NBD requests per
-// volume (count, bytes, latency), raft commit latency, and the state of
-// each volume replica, collected from the replication layer at scrape
-// time. Each agent has its own registry.
+// volume (count, bytes, latency), raft commit latency, the state of each
+// volume replica and of the data disk, collected at scrape time, and in a
+// managed cluster the members and control plane. Each agent has its own
+// registry.
 package metrics
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -159,6 +161,50 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 		g(descLag, float64(s.CommitIndex-min(s.AppliedIndex, s.CommitIndex)))
 		g(descContact, s.LastContact.Seconds())
 	}
+}
+
+// DiskView is what an agent reports about its data directory's disk at
+// every scrape.
+type DiskView struct {
+	// Free is the file system's free bytes (-1: not known); Reserve the
+	// bytes volume data and logs leave free (--disk-reserve).
+	Free, Reserve int64
+	// Short is true while the host is short of space for its replicas:
+	// within raftlog.RoomMargin of the reserve, or a replica failed for
+	// lack of space.
+	Short bool
+}
+
+var (
+	descDiskFree    = prometheus.NewDesc("tandem_disk_free_bytes", "Free bytes of the file system of the agent's data directory.", nil, nil)
+	descDiskReserve = prometheus.NewDesc("tandem_disk_reserve_bytes", "Free bytes that volume data and write logs leave to the metadata (--disk-reserve): a replica that would write into them fails.", nil, nil)
+	descDiskShort   = prometheus.NewDesc("tandem_disk_short", fmt.Sprintf("1 while this host is short of disk space for its replicas (within %d MiB of the reserve, or a replica failed for lack of space): writes that find no leader get ENOSPC.", raftlog.RoomMargin>>20), nil, nil)
+)
+
+// WatchDisk exports view() at every scrape.
+func (m *Metrics) WatchDisk(view func() DiskView) {
+	m.reg.MustRegister(diskCollector(view))
+}
+
+type diskCollector func() DiskView
+
+func (c diskCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDiskFree, descDiskReserve, descDiskShort} {
+		ch <- d
+	}
+}
+
+func (c diskCollector) Collect(ch chan<- prometheus.Metric) {
+	v := c()
+	if v.Free >= 0 {
+		ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(v.Free))
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskReserve, prometheus.GaugeValue, float64(v.Reserve))
+	short := 0.0
+	if v.Short {
+		short = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskShort, prometheus.GaugeValue, short)
 }
 
 // ClusterView is what a cluster-mode agent reports about the cluster at

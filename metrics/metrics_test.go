@@ -33,3 +33,36 @@ func TestWatchCertificate(t *testing.T) {
 		t.Errorf("the renewal does not show:\n%s", out)
 	}
 }
+
+func TestWatchDisk(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		view      DiskView
+		want, not []string
+	}{
+		{"room", DiskView{Free: 10 << 30, Reserve: 256 << 20},
+			[]string{"tandem_disk_free_bytes 1.073741824e+10", "tandem_disk_reserve_bytes 2.68435456e+08", "tandem_disk_short 0"}, nil},
+		{"short", DiskView{Free: 300 << 20, Reserve: 256 << 20, Short: true},
+			[]string{"tandem_disk_free_bytes 3.145728e+08", "tandem_disk_short 1"}, nil},
+		{"free not known", DiskView{Free: -1, Reserve: 0},
+			[]string{"tandem_disk_reserve_bytes 0", "tandem_disk_short 0"}, []string{"tandem_disk_free_bytes "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := New()
+			m.WatchDisk(func() DiskView { return tc.view })
+			rec := httptest.NewRecorder()
+			m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			out := rec.Body.String()
+			for _, want := range tc.want {
+				if !strings.Contains(out, "\n"+want+"\n") {
+					t.Errorf("no %q in:\n%s", want, out)
+				}
+			}
+			for _, not := range tc.not {
+				if strings.Contains(out, "\n"+not) {
+					t.Errorf("%q in:\n%s", not, out)
+				}
+			}
+		})
+	}
+}

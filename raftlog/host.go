@@ -123,6 +123,17 @@ func (h *Host) PeerRevoked(addr string) (revoked, known bool) {
 // goes by is at most 50 ms old.
 func (h *Host) Room(n int64) error { return h.room.check(n) }
 
+// DiskSpace returns the bytes free (to unprivileged users) on the file
+// system of the data directory, and the disk reserve volume data and logs
+// leave free (Config.DiskReserve).
+func (h *Host) DiskSpace() (free, reserve int64, err error) {
+	free, err = freeBytes(h.cfg.DataDir)
+	if err != nil {
+		return 0, h.cfg.DiskReserve, fmt.Errorf("raftlog: free space of %s: %w", h.cfg.DataDir, err)
+	}
+	return free, h.cfg.DiskReserve, nil
+}
+
 // OpenVolume starts this host's replica of a volume and returns the volume
 // as a backend.
 func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {

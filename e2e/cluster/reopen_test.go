@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -495,6 +497,8 @@ func testPeerDisksFull(t *testing.T, managed bool) {
 	if managed {
 		cfg.Hosts, cfg.Managed, cfg.HostArgs = 4, true, smallLast(4, "300M")
 		via = append(via, 3)
+	} else {
+		cfg.Args = append(cfg.Args, "--admin-listen", "127.0.0.1:0") // for /metrics
 	}
 	fd := startFullDisks(t, cfg, 1, 2)
 	c := fd.c
@@ -532,10 +536,56 @@ func testPeerDisksFull(t *testing.T, managed bool) {
 		t.Logf("a block through n%d: ENOSPC after %v", i+1, time.Since(start).Round(time.Millisecond))
 	}
 
+	// Each agent's /metrics says whether its disk is short.
+	for i, want := range []string{"0", "1", "1"} {
+		if got := metric(t, c, i, "tandem_disk_short"); got != want {
+			t.Errorf("n%d: tandem_disk_short %s, want %s", i+1, got, want)
+		}
+	}
+
 	// Room again: the failed replicas open again, a leader emerges.
 	fd.growUntilWritable(t, ctx, conns[0], m, &seq)
 	for k := range int64(8) {
 		write(conns[int(k)%len(conns)], modelBase+k)
 	}
 	verifyThrough(t, c, m)
+	for i := range 3 {
+		deadline := time.Now().Add(30 * time.Second)
+		for got := metric(t, c, i, "tandem_disk_short"); got != "0"; got = metric(t, c, i, "tandem_disk_short") {
+			if time.Now().After(deadline) {
+				t.Fatalf("n%d: tandem_disk_short %s 30 s after the disks had room, want 0", i+1, got)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// metric returns the value of the unlabelled metric name on agent i's
+// /metrics ("" if absent). In fixed mode the agent must listen for the
+// admin API on a port it logs.
+func metric(t *testing.T, c *testbin.Cluster, i int, name string) string {
+	t.Helper()
+	addr := c.Nodes[i].AdminAddr
+	if addr == "" {
+		line, err := c.Nodes[i].WaitLog(regexp.MustCompile(`msg="serving admin API" addr=`), 0, 10*time.Second)
+		if err != nil {
+			t.Fatalf("n%d: no admin API: %v", i+1, err)
+		}
+		addr = regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(line)[1]
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("n%d: /metrics: %v", i+1, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("n%d: /metrics: %v", i+1, err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			return v
+		}
+	}
+	return ""
 }
