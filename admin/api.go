@@ -122,6 +122,10 @@ type Volume struct {
 	Move         *VolumeMove   `json:"move,omitempty"`
 	LastMove     *MoveResult   `json:"last_move,omitempty"`
 	PlannedMoves []PlannedMove `json:"planned_moves,omitempty"`
+	// Verify is the verification of the replicas under way, if any;
+	// LastVerify how the last one ended (verify.go).
+	Verify     *VolumeVerify `json:"verify,omitempty"`
+	LastVerify *VerifyResult `json:"last_verify,omitempty"`
 }
 
 // Replica is one replica's status, as its host reports it.

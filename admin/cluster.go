@@ -192,6 +192,7 @@ func (s *server) routeCluster(mux *http.ServeMux) {
 	}))
 	s.routeVMs(mux)
 	s.routeMoves(mux)
+	s.routeVerify(mux)
 }
 
 // routeVMs adds the VM API to mux.

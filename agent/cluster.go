@@ -1172,6 +1172,7 @@ func (a *clusterAgent) describe(st *catalog.State, cv *catalog.Volume, local map
 		v.URI = "nbd://" + h.NBDAddr + "/" + cv.Name
 	}
 	a.describeMove(&v, cv, local)
+	v.Verify, v.LastVerify = admin.VerifyOf(cv.Verify), admin.VerifyResultOf(cv.LastVerify)
 	return v
 }
 

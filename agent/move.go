@@ -67,6 +67,8 @@ type moveState struct {
 	// those whose raft members it is bringing in line with the catalog.
 	driving map[string]bool
 	pruning map[string]bool
+	// verifying marks the volumes whose replicas this agent verifies.
+	verifying map[string]bool
 }
 
 // moves returns the agent's move state.
@@ -76,6 +78,7 @@ func (a *clusterAgent) moves() *moveState {
 	defer m.mu.Unlock()
 	if m.joining == nil {
 		m.joining, m.opening, m.driving, m.pruning = map[string]*raftlog.Volume{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
+		m.verifying = map[string]bool{}
 	}
 	return m
 }
@@ -175,6 +178,12 @@ func (a *clusterAgent) reconcileMoves(st *catalog.State, current bool) {
 			go func() {
 				defer ms.unflag(ms.driving, name)
 				a.driveMove(name, cv.Move.ID)
+			}()
+		}
+		if cv.Verify != nil && ms.flag(ms.verifying, name) {
+			go func() {
+				defer ms.unflag(ms.verifying, name)
+				a.driveVerify(name, cv.Verify.ID)
 			}()
 		}
 		if ms.flag(ms.pruning, name) {

@@ -202,7 +202,7 @@ func (a *clusterAgent) commitOnLeader(ctx context.Context, cmd catalog.Command, 
 		} else {
 			err = errors.New("no control leader known")
 		}
-		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrNoMove) || errors.Is(err, catalog.ErrNoDiskMove) ||
+		if err == nil || errors.Is(err, catalog.ErrNoMigration) || errors.Is(err, catalog.ErrNoMove) || errors.Is(err, catalog.ErrNoDiskMove) || errors.Is(err, catalog.ErrNoVerify) ||
 			errors.Is(err, catalog.ErrInvalid) || errors.Is(err, catalog.ErrNotFound) {
 			return idx, err
 		}

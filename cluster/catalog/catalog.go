@@ -78,6 +78,10 @@ type Volume struct {
 	Move     *Move         `json:"move,omitempty"`
 	LastMove *MoveResult   `json:"last_move,omitempty"`
 	Planned  []PlannedMove `json:"planned_moves,omitempty"`
+	// Verify is the verification of the replicas under way, LastVerify
+	// how the last one ended (verify.go).
+	Verify     *Verify       `json:"verify,omitempty"`
+	LastVerify *VerifyResult `json:"last_verify,omitempty"`
 }
 
 // State is the whole catalog.
@@ -194,6 +198,8 @@ type Command struct {
 	Move *MoveCommand `json:"move,omitempty"`
 	// DiskMove carries the disk move commands' fields (diskmove.go).
 	DiskMove *DiskMoveCommand `json:"disk_move,omitempty"`
+	// Verify carries the verification commands' fields (verify.go).
+	Verify *VerifyCommand `json:"verify,omitempty"`
 	// At is when the proposer issued the command.
 	At time.Time `json:"at"`
 }
@@ -311,6 +317,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return s.applyMove(index, c)
 	case CmdMoveDisk, CmdDiskMovePhase, CmdEndDiskMove:
 		return s.applyDiskMove(index, c)
+	case CmdVerifyVolume, CmdEndVerify:
+		return s.applyVerify(index, c)
 	}
 	return fmt.Errorf("catalog: %w: unknown command %q", ErrInvalid, c.Kind)
 }

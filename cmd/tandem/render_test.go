@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -129,6 +130,31 @@ func TestRenderGolden(t *testing.T) {
 			v.LastMove = &admin.MoveResult{ID: 912, From: "n3", To: "n4", Reason: "drain", Result: "completed", Bytes: 12 << 30, Copy: 61500 * time.Millisecond,
 				Check: &admin.MoveCheck{Index: 48000, Ranges: 320, RangeBytes: 64 << 20, Compared: 320, OK: true}, Started: testCreated, Finished: testCreated.Add(70 * time.Second)}
 			return renderVolume(w, v)
+		}},
+		{"volume-verifying", func(w io.Writer) error {
+			v := testVolume
+			v.Verify = &admin.VolumeVerify{ID: 1020, Started: testCreated.Add(2 * time.Hour)}
+			v.LastVerify = &admin.VerifyResult{ID: 990, Leader: "n1", OK: true, Started: testCreated.Add(time.Hour), Finished: testCreated.Add(time.Hour + 40*time.Second),
+				Replicas: []admin.VerifiedReplica{{Host: "n2", Check: admin.MoveCheck{Index: 47000, Ranges: 20480, RangeBytes: 1 << 20, Compared: 20480, OK: true}},
+					{Host: "n3", Check: admin.MoveCheck{Index: 47000, Ranges: 20480, RangeBytes: 1 << 20, Compared: 20480, OK: true}}}}
+			return renderVolume(w, v)
+		}},
+		{"volume-verify-failed", func(w io.Writer) error {
+			v := testVolume
+			v.LastVerify = &admin.VerifyResult{ID: 990, Leader: "n1", Error: "1 of 20480 ranges differ on n3, the first at byte 1048576",
+				Started: testCreated.Add(time.Hour), Finished: testCreated.Add(time.Hour + 40*time.Second),
+				Replicas: []admin.VerifiedReplica{{Host: "n2", Check: admin.MoveCheck{Index: 47000, Ranges: 20480, RangeBytes: 1 << 20, Compared: 20480, OK: true}},
+					{Host: "n3", Check: admin.MoveCheck{Index: 47000, Ranges: 20480, RangeBytes: 1 << 20, Compared: 20480, Mismatched: 1, Error: "1 of 20480 ranges differ on n3, the first at byte 1048576"}}}}
+			return renderVolume(w, v)
+		}},
+		{"verify-line", func(w io.Writer) error {
+			r := admin.VerifyResult{ID: 990, Leader: "n1", Error: "1 of 4 ranges differ on n3, the first at byte 1048576",
+				Started: testCreated, Finished: testCreated.Add(2500 * time.Millisecond),
+				Replicas: []admin.VerifiedReplica{{Host: "n2", Check: admin.MoveCheck{Index: 470, Ranges: 4, RangeBytes: 1 << 20, Compared: 4, OK: true}},
+					{Host: "n3", Check: admin.MoveCheck{Index: 471, Ranges: 4, RangeBytes: 1 << 20, Compared: 4, Mismatched: 1, Error: "1 of 4 ranges differ on n3, the first at byte 1048576"}},
+					{Host: "n4", Check: admin.MoveCheck{Error: "no route to host"}}}}
+			_, err := fmt.Fprintln(w, verifyLine("vm1", r))
+			return err
 		}},
 		{"volumes-with-vm", func(w io.Writer) error { return renderVolumes(w, []admin.Volume{testVolumeOfVM, testVolume}) }},
 		{"vms", func(w io.Writer) error { return renderVMs(w, testVMs) }},

@@ -38,12 +38,13 @@ starting with a letter or digit. Sizes are bytes or have a binary suffix:
   tandem volume list
   tandem volume show vm1
   tandem volume resize vm1 --size 40G
+  tandem volume verify vm1
   tandem volume delete vm1`,
 	}
 	a.register(cmd.PersistentFlags())
 	cmd.AddCommand(newVolumeCreateCmd(a), newVolumeListCmd(a), newVolumeShowCmd(a),
 		newVolumeResizeCmd(a), newVolumeDeleteCmd(a))
-	cmd.AddCommand(newVolumeMoveCmd(a))
+	cmd.AddCommand(newVolumeMoveCmd(a), newVolumeVerifyCmd(a))
 	return cmd
 }
 
@@ -283,6 +284,12 @@ func renderVolume(w io.Writer, v admin.Volume) error {
 	}
 	if r := v.LastMove; r != nil {
 		kv = append(kv, [2]string{"Last move", lastMoveSummary(r)})
+	}
+	if vf := v.Verify; vf != nil {
+		kv = append(kv, [2]string{"Verification", fmt.Sprintf("running since %s (id %d)", formatTime(vf.Started), vf.ID)})
+	}
+	if r := v.LastVerify; r != nil {
+		kv = append(kv, [2]string{"Last verification", lastVerifySummary(r)})
 	}
 	if err := keyValues(w, kv); err != nil {
 		return err

@@ -3,13 +3,18 @@ package mirror
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/internal/testbin"
+	"github.com/tandem-project/tandem/raftlog"
 )
 
 // TestMoveCheckFails damages the new replica behind raft's back in the
@@ -88,4 +93,156 @@ func TestMoveCheckFails(t *testing.T) {
 	if !bytes.Equal(got, prefillBlock(damaged)) {
 		t.Fatal("block read through the destination's agent differs from what was written")
 	}
+}
+
+// TestVerifyVolume verifies a volume's replicas with the CLI while
+// writers write through an agent: every replica matches. Then it damages
+// a follower's replica behind raft's back (a disk that returns other bytes
+// than it was given): the next verification names that replica and the
+// range, fails the command, and shows in tandem volume show. Moving the
+// damaged replica to the spare host, as the command's help advises,
+// repairs the volume: the verification after it passes.
+func TestVerifyVolume(t *testing.T) {
+	const size = 32 << 20
+	c, v := startCluster(t, size)
+	leader := index(c, v.Leader)
+	prefill(t, c, leader, size)
+
+	l := startLoad(t, c, leader, 2, size/blockSize/2, nil) // the first half
+	out, err := cli(t, c, leader, "volume", "verify", volName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("under writes: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verification under writes: %s", out)
+	}
+	l.end(t)
+	t.Logf("%d writes during the verification", l.writes)
+
+	// Damage a follower's replica in the half no writer touched.
+	v, err = c.Admin(0).Volume(context.Background(), volName) // the leader now
+	if err != nil {
+		t.Fatal(err)
+	}
+	var damagedHost string
+	for _, h := range v.Hosts {
+		if h != v.Leader {
+			damagedHost = h
+			break
+		}
+	}
+	const damaged = size/blockSize - 3
+	f, err := os.OpenFile(c.VolumePath(index(c, damagedHost), volName), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, blockSize), damaged*blockSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err = cli(t, c, index(c, spareHost(c, v)), "volume", "verify", volName, "--max-rate", "64M")
+	t.Logf("after the damage: %s", strings.TrimSpace(out))
+	wantRange := fmt.Sprintf("differ on %s, the first at byte %d", damagedHost, damaged*blockSize/raftlog.ChecksumRange*raftlog.ChecksumRange)
+	if err == nil || !strings.Contains(out, damagedHost+" DIFFERS in 1 of") || !strings.Contains(err.Error(), wantRange) {
+		t.Fatalf("verification after damaging %s's replica: %v, output %q; want it to fail naming %q", damagedHost, err, out, wantRange)
+	}
+	got, err := c.Admin(0).Volume(context.Background(), volName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := got.LastVerify
+	if r == nil || r.OK || len(r.Replicas) != 2 {
+		t.Fatalf("last verification %+v, want a failed one over 2 replicas", r)
+	}
+	for _, vr := range r.Replicas {
+		if want := vr.Host != damagedHost; vr.Check.OK != want || (!want && vr.Check.Mismatched != 1) {
+			t.Errorf("replica %s: check %+v", vr.Host, vr.Check)
+		}
+	}
+	if show, err := cli(t, c, 0, "volume", "show", volName); err != nil || !strings.Contains(show, "Last verification:  FAILED") {
+		t.Errorf("volume show: %v\n%s", err, show)
+	}
+
+	// The remedy: move the damaged replica away; the volume verifies.
+	if out, err := cli(t, c, leader, "volume", "move", volName, "--from", damagedHost, "--to", spareHost(c, v)); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("moved: %s", strings.TrimSpace(out))
+	}
+	out, err = cli(t, c, leader, "volume", "verify", volName)
+	if err != nil || !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verification after the move: %v\n%s", err, out)
+	}
+	t.Logf("after the move: %s", strings.TrimSpace(out))
+}
+
+// TestVerifyLeaderKilled kills the volume leader's agent (SIGKILL) while
+// it verifies the volume's replicas at a limited rate: the verification
+// is not lost, the new leader's agent runs it and records it, naming the
+// dead host's replica as not compared. Once that agent is back, a new
+// verification passes.
+func TestVerifyLeaderKilled(t *testing.T) {
+	const size = 192 << 20 // three batches of 64 ranges per replica
+	c, _ := startCluster(t, size)
+	ctx := context.Background()
+	api := c.Admin(3) // holds no replica: it stays up
+	v, err := api.Volume(ctx, volName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spare := index(c, spareHost(c, v))
+	api = c.Admin(spare)
+	old := index(c, v.Leader)
+	prefill(t, c, old, 8<<20)
+	start, err := api.VerifyVolume(ctx, volName, admin.VerifyVolume{MaxRate: 32 << 20}) // 2 s per batch
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Nodes[old].WaitLog(regexp.MustCompile(`msg="verifying the volume's replicas"`), 0, 10*time.Second); err != nil {
+		t.Fatalf("n%d did not start the verification: %v", old+1, err)
+	}
+	time.Sleep(time.Second)
+	c.Kill(old)
+	killed := time.Now()
+	var r *admin.VerifyResult
+	testbin.WaitFor(t, 2*time.Minute, "the verification's result", func() error {
+		got, err := api.Volume(ctx, volName)
+		if err != nil {
+			return err
+		}
+		if got.LastVerify == nil || got.LastVerify.ID != start.Verify.ID {
+			return fmt.Errorf("verify %+v", got.Verify)
+		}
+		r = got.LastVerify
+		return nil
+	})
+	t.Logf("result %v after the kill: leader %s, ok %v, %s", time.Since(killed).Round(time.Millisecond), r.Leader, r.OK, r.Error)
+	dead := c.Nodes[old].Name
+	if r.Leader == dead || r.OK || len(r.Replicas) != 2 {
+		t.Fatalf("result %+v, want one by a new leader, failed, over 2 replicas", r)
+	}
+	for _, vr := range r.Replicas {
+		if want := vr.Host != dead; vr.Check.OK != want || vr.Check.Mismatched != 0 {
+			t.Errorf("replica %s: check %+v (%s is down)", vr.Host, vr.Check, dead)
+		}
+	}
+
+	c.Start(old)
+	testbin.WaitFor(t, time.Minute, "a passed verification with every replica", func() error {
+		got, err := api.Volume(ctx, volName)
+		if err != nil {
+			return err
+		}
+		if got.Verify != nil {
+			return errors.New("a verification is running")
+		}
+		if got.LastVerify != nil && got.LastVerify.ID != start.Verify.ID && got.LastVerify.OK {
+			return nil
+		}
+		if _, err := api.VerifyVolume(ctx, volName, admin.VerifyVolume{}); err != nil {
+			return err
+		}
+		return errors.New("verifying again")
+	})
 }
