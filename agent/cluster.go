@@ -62,6 +62,13 @@ type ClusterConfig struct {
 	// control leader moves its replicas to other hosts (self-healing);
 	// 0 turns self-healing off.
 	HealAfter time.Duration
+	// VerifyEvery is how often the control leader has each volume's
+	// replicas verified (verify.go): a volume whose last verification (or
+	// creation) is older is verified next, one volume of the cluster at a
+	// time, each replica read at most VerifyRate bytes a second (0: no
+	// limit). 0 turns scheduled verification off.
+	VerifyEvery time.Duration
+	VerifyRate  int64
 }
 
 // InitialVolume is a volume created at the cluster's first start.
@@ -97,6 +104,9 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.HealAfter < 0 {
 		return fmt.Errorf("agent: heal-after %v is negative (0 turns self-healing off)", c.HealAfter)
+	}
+	if c.VerifyEvery < 0 || c.VerifyRate < 0 {
+		return fmt.Errorf("agent: verify-every %v or verify-max-rate %d is negative (0 turns scheduled verification off, or its rate limit)", c.VerifyEvery, c.VerifyRate)
 	}
 	for _, v := range c.InitialVolumes {
 		if err := volume.ValidateName(v.Name); err != nil {
@@ -383,10 +393,16 @@ func (a *clusterAgent) close() {
 
 // view is the cluster as this agent reports it in its metrics.
 func (a *clusterAgent) view() metrics.ClusterView {
+	st := a.ctl.State()
 	v := metrics.ClusterView{Members: map[string]string{}, ControlLeader: a.ctl.IsLeader(), ControlApplied: a.ctl.Status().Applied,
-		ControlFailed: a.ctl.Failed() != nil, Volumes: len(a.ctl.State().Volumes)}
+		ControlFailed: a.ctl.Failed() != nil, Volumes: len(st.Volumes), Verified: map[string]metrics.VerifyView{}}
 	for _, m := range a.members.Members() {
 		v.Members[m.Name] = string(m.State)
+	}
+	for name, cv := range st.Volumes {
+		if r := cv.LastVerify; r != nil {
+			v.Verified[name] = metrics.VerifyView{OK: r.OK, Finished: r.Finished}
+		}
 	}
 	return v
 }
@@ -585,6 +601,7 @@ func (a *clusterAgent) leaderPass() {
 		}
 	}
 	a.evacuate(ctx)
+	a.scheduleVerify(ctx, a.ctl.State(), time.Now())
 	for _, iv := range a.cc.InitialVolumes {
 		if _, ok := a.ctl.State().Volumes[iv.Name]; ok {
 			continue

@@ -115,3 +115,50 @@ func (a *clusterAgent) driveVerify(name string, id uint64) {
 		log.Error("volume verification found replicas that differ from the leader's, or could not compare them", "err", res.Error)
 	}
 }
+
+// scheduleVerify is the control leader's part of scheduled verification
+// (ClusterConfig.VerifyEvery): while no volume is being verified, it asks
+// for a verification of the volume due longest, if any is due at now.
+// One volume of the cluster at a time bounds the reads it adds.
+func (a *clusterAgent) scheduleVerify(ctx context.Context, st *catalog.State, now time.Time) {
+	name := dueForVerify(st, a.cc.VerifyEvery, now)
+	if name == "" {
+		return
+	}
+	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdVerifyVolume, Name: name, At: now.UTC(),
+		Verify: &catalog.VerifyCommand{MaxRate: a.cc.VerifyRate}})
+	if err != nil {
+		a.log.Warn("asking for a scheduled verification", "volume", name, "err", err)
+		return
+	}
+	a.log.Info("scheduled verification of a volume's replicas", "volume", name, "every", a.cc.VerifyEvery)
+}
+
+// dueForVerify returns the volume of st to verify next at now, when
+// volumes are to be verified every period: none while one is being
+// verified; else, among those with several replicas and no move, the one
+// whose last verification (or, never verified, creation) is oldest, if
+// that is at least period ago. "" for none.
+func dueForVerify(st *catalog.State, every time.Duration, now time.Time) string {
+	if every <= 0 {
+		return ""
+	}
+	best, bestAt := "", time.Time{}
+	for _, name := range st.VolumeNames() {
+		cv := st.Volumes[name]
+		if cv.Verify != nil {
+			return ""
+		}
+		if cv.Move != nil || len(cv.Replicas) < 2 {
+			continue
+		}
+		at := cv.Created
+		if r := cv.LastVerify; r != nil {
+			at = r.Finished
+		}
+		if now.Sub(at) >= every && (best == "" || at.Before(bestAt)) {
+			best, bestAt = name, at
+		}
+	}
+	return best
+}

@@ -221,6 +221,15 @@ type ClusterView struct {
 	// because its control write log failed.
 	ControlFailed bool
 	Volumes       int
+	// Verified holds the last verification of each volume's replicas
+	// that has one (tandem volume verify).
+	Verified map[string]VerifyView
+}
+
+// VerifyView is how a volume's last verification ended.
+type VerifyView struct {
+	OK       bool
+	Finished time.Time
 }
 
 // memberStates are the states reported by tandem_member_state.
@@ -231,6 +240,8 @@ var (
 	descCtlLead  = prometheus.NewDesc("tandem_control_leader", "1 if this agent leads the control plane.", nil, nil)
 	descCtlIndex = prometheus.NewDesc("tandem_control_applied_index", "Control-plane log index applied to this agent's catalog.", nil, nil)
 	descVolumes  = prometheus.NewDesc("tandem_catalog_volumes", "Volumes in this agent's catalog.", nil, nil)
+	descVerifyOK = prometheus.NewDesc("tandem_volume_last_verify_ok", "1 if the volume's last verification found every replica identical to the leader's, 0 if a replica differed or could not be compared (absent: never verified).", []string{"volume"}, nil)
+	descVerifyAt = prometheus.NewDesc("tandem_volume_last_verify_timestamp_seconds", "When the volume's last verification ended (Unix seconds).", []string{"volume"}, nil)
 	descCtlFail  = prometheus.NewDesc("tandem_control_failed", "1 while this agent is out of the control plane because its control write log failed (until the log opens again; see --replica-retry).", nil, nil)
 )
 
@@ -242,7 +253,7 @@ func (m *Metrics) WatchCluster(view func() ClusterView) {
 type clusterCollector func() ClusterView
 
 func (c clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMember, descCtlLead, descCtlIndex, descCtlFail, descVolumes} {
+	for _, d := range []*prometheus.Desc{descMember, descCtlLead, descCtlIndex, descCtlFail, descVolumes, descVerifyOK, descVerifyAt} {
 		ch <- d
 	}
 }
@@ -270,4 +281,12 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descCtlFail, prometheus.GaugeValue, failed)
 	ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(v.Volumes))
+	for name, vf := range v.Verified {
+		ok := 0.0
+		if vf.OK {
+			ok = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descVerifyOK, prometheus.GaugeValue, ok, name)
+		ch <- prometheus.MustNewConstMetric(descVerifyAt, prometheus.GaugeValue, float64(vf.Finished.Unix()), name)
+	}
 }

@@ -66,3 +66,23 @@ func TestWatchDisk(t *testing.T) {
 		})
 	}
 }
+
+func TestWatchClusterVerified(t *testing.T) {
+	m := New()
+	at := time.Unix(1900000000, 0)
+	m.WatchCluster(func() ClusterView {
+		return ClusterView{Verified: map[string]VerifyView{"good": {OK: true, Finished: at}, "bad": {Finished: at}}}
+	})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out := rec.Body.String()
+	for _, want := range []string{
+		`tandem_volume_last_verify_ok{volume="good"} 1`,
+		`tandem_volume_last_verify_ok{volume="bad"} 0`,
+		`tandem_volume_last_verify_timestamp_seconds{volume="good"} 1.9e+09`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+}

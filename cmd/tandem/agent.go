@@ -451,6 +451,8 @@ type clusterFlags struct {
 	capacity                 string
 	token, tokenFile, volume string
 	healAfter                time.Duration
+	verifyEvery              time.Duration
+	verifyRate               string
 }
 
 func (c *clusterFlags) register(f *pflag.FlagSet) {
@@ -462,6 +464,8 @@ func (c *clusterFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&c.fast, "fast-gossip", false, "cluster mode: detect failures within about a second (loopback clusters)")
 	f.StringVar(&c.capacity, "capacity", "", "cluster mode: bytes offered for volume replicas, e.g. 500G (default: the data filesystem's size)")
 	f.DurationVar(&c.healAfter, "heal-after", 10*time.Minute, "cluster mode: how long a host stays failed, or a replica out of service after a disk failure, before the replicas are rebuilt on other hosts (0: never; the control leader's setting applies)")
+	f.DurationVar(&c.verifyEvery, "verify-every", 7*24*time.Hour, "cluster mode: how often each volume's replicas are compared with the leader's, range by range (tandem volume verify), one volume at a time (0: never; the control leader's setting applies)")
+	f.StringVar(&c.verifyRate, "verify-max-rate", "64M", "cluster mode: how fast a scheduled verification reads each replica, in bytes per second (0: no limit)")
 	f.StringVar(&c.token, "admin-token", "", "cluster mode: token required by state-changing admin requests (prefer --admin-token-file)")
 	f.StringVar(&c.tokenFile, "admin-token-file", "", "cluster mode: file holding the admin token")
 	f.StringVar(&c.volume, "initial-volume", "", "cluster mode: volume NAME=SIZE the control leader creates if it does not exist")
@@ -476,7 +480,15 @@ func (c *clusterFlags) config() (*agent.ClusterConfig, error) {
 		}
 		return nil, nil
 	}
-	cc := &agent.ClusterConfig{GossipAddr: c.gossip, Join: c.join, InsecureGossip: c.insecure, FastGossip: c.fast, ControlVoters: c.voters, HealAfter: c.healAfter}
+	cc := &agent.ClusterConfig{GossipAddr: c.gossip, Join: c.join, InsecureGossip: c.insecure, FastGossip: c.fast, ControlVoters: c.voters, HealAfter: c.healAfter,
+		VerifyEvery: c.verifyEvery}
+	if c.verifyRate != "0" {
+		n, err := volume.ParseSize(c.verifyRate)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("--verify-max-rate %q: want bytes per second such as 64M, or 0 for no limit", c.verifyRate)
+		}
+		cc.VerifyRate = n
+	}
 	if c.capacity != "" {
 		n, err := volume.ParseSize(c.capacity)
 		if err != nil {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -245,4 +247,61 @@ func TestVerifyLeaderKilled(t *testing.T) {
 		}
 		return errors.New("verifying again")
 	})
+}
+
+// TestScheduledVerify runs agents with --verify-every 2s: the control
+// leader has both volumes verified without being asked, one at a time,
+// again and again, and each agent's /metrics reports the results.
+func TestScheduledVerify(t *testing.T) {
+	c, _ := startCluster(t, 8<<20, "--verify-every", "2s", "--verify-max-rate", "0")
+	ctx := context.Background()
+	api := c.Admin(0)
+	if _, err := api.CreateVolume(ctx, admin.CreateVolume{Name: "second", Size: 8 << 20, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	first := map[string]uint64{}
+	testbin.WaitFor(t, time.Minute, "both volumes verified twice", func() error {
+		vs, err := api.Volumes(ctx)
+		if err != nil {
+			return err
+		}
+		running := 0
+		for _, v := range vs {
+			if v.Verify != nil {
+				running++
+			}
+		}
+		if running > 1 {
+			t.Fatalf("%d volumes verified at once", running)
+		}
+		for _, v := range vs {
+			r := v.LastVerify
+			switch {
+			case r == nil:
+				return fmt.Errorf("%s not verified yet", v.Name)
+			case !r.OK:
+				t.Fatalf("%s: verification failed: %s", v.Name, r.Error)
+			case first[v.Name] == 0:
+				first[v.Name] = r.ID
+			}
+			if r.ID == first[v.Name] {
+				return fmt.Errorf("%s verified once", v.Name)
+			}
+		}
+		return nil
+	})
+	resp, err := http.Get("http://" + c.Nodes[2].AdminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{volName, "second"} {
+		if want := fmt.Sprintf("tandem_volume_last_verify_ok{volume=%q} 1", name); !strings.Contains(string(b), want) {
+			t.Errorf("no %q in n3's /metrics", want)
+		}
+	}
 }
