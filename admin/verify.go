@@ -9,7 +9,8 @@ import (
 )
 
 // Replica verification (docs/mirror.md, "Verifying a volume's replicas"):
-// POST /v1/volumes/{name}/verify for operators, and the agents' internal
+// POST /v1/volumes/{name}/verify and /verify/cancel for operators, and the
+// agents' internal
 // POST /v1/internal/verify (a verification's result, on the control
 // leader).
 
@@ -20,6 +21,9 @@ type Verifier interface {
 	// VerifyVolume records a verification of volume name's replicas; the
 	// agent that leads the volume carries it out.
 	VerifyVolume(ctx context.Context, name string, req VerifyVolume) (Volume, error)
+	// CancelVerify ends the volume's verification without a result (a
+	// 409 when none runs).
+	CancelVerify(ctx context.Context, name string) (Volume, error)
 	// VerifyStep records how a verification ended (an agent's internal
 	// request, on the control leader) and returns its catalog index.
 	VerifyStep(ctx context.Context, step VerifyStep) (uint64, error)
@@ -50,10 +54,12 @@ type VerifyResult struct {
 	// leader's.
 	Replicas []VerifiedReplica `json:"replicas"`
 	// OK: every other replica was compared in full and none differs.
-	OK       bool      `json:"ok"`
-	Error    string    `json:"error,omitempty"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished"`
+	OK bool `json:"ok"`
+	// Cancelled: an operator cancelled it (OK is false).
+	Cancelled bool      `json:"cancelled,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
 }
 
 // VerifiedReplica is the comparison of one replica with the leader's.
@@ -82,7 +88,7 @@ func VerifyResultOf(r *catalog.VerifyResult) *VerifyResult {
 	if r == nil {
 		return nil
 	}
-	out := &VerifyResult{ID: r.ID, Leader: r.Leader, OK: r.OK, Error: r.Error, Started: r.Started, Finished: r.Finished,
+	out := &VerifyResult{ID: r.ID, Leader: r.Leader, OK: r.OK, Cancelled: r.Cancelled, Error: r.Error, Started: r.Started, Finished: r.Finished,
 		Replicas: make([]VerifiedReplica, 0, len(r.Replicas))}
 	for _, vr := range r.Replicas {
 		out.Replicas = append(out.Replicas, VerifiedReplica{Host: vr.Host, Check: *MoveCheckOf(&vr.Check)})
@@ -106,6 +112,13 @@ func (s *server) routeVerify(mux *http.ServeMux) {
 			v, err = s.addWriter(r.Context(), v)
 		}
 		s.reply(w, http.StatusAccepted, v, err)
+	}))
+	mux.HandleFunc("POST /v1/volumes/{name}/verify/cancel", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
+		v, err := vf.CancelVerify(r.Context(), r.PathValue("name"))
+		if err == nil {
+			v, err = s.addWriter(r.Context(), v)
+		}
+		s.reply(w, http.StatusOK, v, err)
 	}))
 	mux.HandleFunc("POST /v1/internal/verify", s.onLeader(true, func(w http.ResponseWriter, r *http.Request) {
 		var req VerifyStep

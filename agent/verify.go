@@ -41,6 +41,23 @@ func (a *clusterAgent) VerifyVolume(ctx context.Context, name string, req admin.
 	return a.Volume(ctx, name)
 }
 
+// CancelVerify implements admin.Verifier (on the control leader).
+func (a *clusterAgent) CancelVerify(ctx context.Context, name string) (admin.Volume, error) {
+	cv, ok := a.ctl.State().Volumes[name]
+	switch {
+	case !ok:
+		return admin.Volume{}, admin.Errorf(http.StatusNotFound, "no volume named %q", name)
+	case cv.Verify == nil:
+		return admin.Volume{}, admin.Errorf(http.StatusConflict, "volume %q is not being verified", name)
+	}
+	err := a.ctl.Propose(ctx, catalog.Command{Kind: catalog.CmdEndVerify, Name: name, At: time.Now().UTC(),
+		Verify: &catalog.VerifyCommand{ID: cv.Verify.ID, Result: &catalog.VerifyResult{Cancelled: true, Error: "cancelled"}}})
+	if err != nil {
+		return admin.Volume{}, moveError(err)
+	}
+	return a.Volume(ctx, name)
+}
+
 // VerifyStep implements admin.Verifier (on the control leader).
 func (a *clusterAgent) VerifyStep(ctx context.Context, s admin.VerifyStep) (uint64, error) {
 	vc := s.Verify
@@ -57,11 +74,26 @@ func (a *clusterAgent) driveVerify(name string, id uint64) {
 	log := a.log.With("volume", name, "verification", id)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() {
-		select {
-		case <-a.stop:
-			cancel()
-		case <-ctx.Done():
+	current := func() bool {
+		cur := a.ctl.State().Volumes[name]
+		return cur != nil && cur.Verify != nil && cur.Verify.ID == id
+	}
+	go func() { // stops the checks when the agent stops or it is cancelled
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-a.stop:
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !current() {
+					cancel()
+					return
+				}
+			}
 		}
 	}()
 	st := a.ctl.State()
@@ -85,7 +117,11 @@ func (a *clusterAgent) driveVerify(name string, id uint64) {
 		} else {
 			ck = catalog.MoveCheck{Error: "host not in the catalog"}
 		}
-		if !leading() || ctx.Err() != nil {
+		switch {
+		case !current():
+			log.Info("verification cancelled")
+			return
+		case !leading() || ctx.Err() != nil:
 			log.Info("verification left to the volume's next leader", "reason", "no longer leading here")
 			return
 		}

@@ -240,7 +240,7 @@ var (
 	descCtlLead  = prometheus.NewDesc("tandem_control_leader", "1 if this agent leads the control plane.", nil, nil)
 	descCtlIndex = prometheus.NewDesc("tandem_control_applied_index", "Control-plane log index applied to this agent's catalog.", nil, nil)
 	descVolumes  = prometheus.NewDesc("tandem_catalog_volumes", "Volumes in this agent's catalog.", nil, nil)
-	descVerifyOK = prometheus.NewDesc("tandem_volume_last_verify_ok", "1 if the volume's last verification found every replica identical to the leader's, 0 if a replica differed or could not be compared (absent: never verified).", []string{"volume"}, nil)
+	descVerifyOK = prometheus.NewDesc("tandem_volume_last_verify_ok", "1 if the volume's last verification found every replica identical to the leader's, 0 if a replica differed or could not be compared, or it was cancelled (absent: never verified).", []string{"volume"}, nil)
 	descVerifyAt = prometheus.NewDesc("tandem_volume_last_verify_timestamp_seconds", "When the volume's last verification ended (Unix seconds).", []string{"volume"}, nil)
 	descCtlFail  = prometheus.NewDesc("tandem_control_failed", "1 while this agent is out of the control plane because its control write log failed (until the log opens again; see --replica-retry).", nil, nil)
 )

@@ -152,6 +152,7 @@ var contract = []struct {
 	{method: "POST", path: "/v1/vms/{name}/disks/{n}/move/cancel", secured: true, ok: "200", body: "VM", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/volumes/{name}/move", secured: true, request: "MoveVolume", ok: "202", body: "Volume", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/volumes/{name}/move/cancel", secured: true, ok: "200", body: "Volume", errors: []string{"401", "404", "409", "503"}},
+	{method: "POST", path: "/v1/volumes/{name}/verify/cancel", secured: true, ok: "200", body: "Volume", errors: []string{"401", "404", "409", "503"}},
 	{method: "POST", path: "/v1/volumes/{name}/verify", secured: true, request: "VerifyVolume", optional: true, ok: "202", body: "Volume", errors: []string{"400", "401", "404", "409", "503"}},
 	{method: "GET", path: "/healthz", ok: "200"},
 	{method: "GET", path: "/readyz", ok: "200"},

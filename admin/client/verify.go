@@ -20,6 +20,16 @@ func (c *Client) VerifyVolume(ctx context.Context, name string, req admin.Verify
 	return out, nil
 }
 
+// CancelVerify cancels a volume's verification (POST
+// /v1/volumes/{name}/verify/cancel). The API answers 409 when none runs.
+func (c *Client) CancelVerify(ctx context.Context, name string) (admin.Volume, error) {
+	var out admin.Volume
+	if err := c.do(ctx, http.MethodPost, volumePath(name)+"/verify/cancel", nil, nil, &out); err != nil {
+		return admin.Volume{}, fmt.Errorf("cancel the verification of volume %q: %w", name, err)
+	}
+	return out, nil
+}
+
 // VerifyStep records how a verification ended (POST /v1/internal/verify,
 // an agent's request to the control leader) and returns its catalog index.
 func (c *Client) VerifyStep(ctx context.Context, step admin.VerifyStep) (uint64, error) {

@@ -45,6 +45,8 @@ type VerifyResult struct {
 	Replicas []VerifiedReplica `json:"replicas"`
 	// OK: every other replica was compared in full and none differs.
 	OK bool `json:"ok"`
+	// Cancelled: an operator cancelled it (OK is false).
+	Cancelled bool `json:"cancelled,omitempty"`
 	// Error says why it is not OK (the first replica that differs or
 	// could not be compared), if it is not.
 	Error    string    `json:"error,omitempty"`

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -15,12 +16,12 @@ import (
 
 func newVolumeVerifyCmd(a *adminFlags) *cobra.Command {
 	var (
-		noWait bool
-		wait   time.Duration
-		rate   string
+		noWait, cancel bool
+		wait           time.Duration
+		rate           string
 	)
 	cmd := &cobra.Command{
-		Use:   "verify NAME [--max-rate RATE] [--no-wait]",
+		Use:   "verify NAME [--max-rate RATE] [--no-wait] | --cancel",
 		Short: "Compare every replica of a volume with the leader's, live",
 		Long: `Verify volume NAME's replicas while clients keep using it: the agent that
 leads the volume compares each other replica with its own, range by range
@@ -37,13 +38,34 @@ The command waits for the result, prints it and fails if a replica
 differs or could not be compared. --no-wait returns once the
 verification is recorded; tandem volume show prints the last result.
 --max-rate limits how fast each replica is read, so that the
-verification leaves the disks to the VMs.
+verification leaves the disks to the VMs. --cancel stops a verification
+(one asked for, or a scheduled one: see --verify-every of tandem agent).
 ` + adminHelp,
 		Example: `  tandem volume verify vm1
-  tandem volume verify vm1 --max-rate 200M --no-wait`,
+  tandem volume verify vm1 --max-rate 200M --no-wait
+  tandem volume verify vm1 --cancel`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
+			if cancel {
+				if noWait || rate != "" {
+					return errors.New("--cancel takes no --no-wait or --max-rate")
+				}
+				var v admin.Volume
+				err := a.call(cmd, func(ctx context.Context, cl *client.Client) error {
+					var err error
+					v, err = cl.CancelVerify(ctx, name)
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				if a.output == outputJSON {
+					return printJSON(cmd.OutOrStdout(), v)
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "Cancelled the verification of volume %s.\n", name)
+				return err
+			}
 			var req admin.VerifyVolume
 			if rate != "" {
 				n, err := volume.ParseSize(rate)
@@ -104,6 +126,7 @@ verification leaves the disks to the VMs.
 		},
 	}
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the verification is recorded")
+	cmd.Flags().BoolVar(&cancel, "cancel", false, "cancel the volume's verification")
 	cmd.Flags().DurationVar(&wait, "wait-timeout", 6*time.Hour, "how long to wait for the result")
 	cmd.Flags().StringVar(&rate, "max-rate", "", "limit how fast each replica is read, in bytes per second (e.g. 200M; default: no limit)")
 	return cmd
@@ -134,8 +157,11 @@ func verifyLine(name string, r admin.VerifyResult) string {
 // lastVerifySummary renders how a volume's last verification ended, for
 // tandem volume show.
 func lastVerifySummary(r *admin.VerifyResult) string {
-	if r.OK {
+	switch {
+	case r.OK:
 		return fmt.Sprintf("passed %s: %d replicas identical to leader %s's", formatTime(r.Finished), len(r.Replicas), r.Leader)
+	case r.Cancelled:
+		return fmt.Sprintf("cancelled %s", formatTime(r.Finished))
 	}
 	return fmt.Sprintf("FAILED %s: %s (leader %s)", formatTime(r.Finished), orDash(r.Error), r.Leader)
 }

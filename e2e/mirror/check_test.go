@@ -183,7 +183,8 @@ func TestVerifyVolume(t *testing.T) {
 // it verifies the volume's replicas at a limited rate: the verification
 // is not lost, the new leader's agent runs it and records it, naming the
 // dead host's replica as not compared. Once that agent is back, a new
-// verification passes.
+// verification passes; a slow one is cancelled with the CLI, and the
+// next one passes.
 func TestVerifyLeaderKilled(t *testing.T) {
 	const size = 192 << 20 // three batches of 64 ranges per replica
 	c, _ := startCluster(t, size)
@@ -247,6 +248,36 @@ func TestVerifyLeaderKilled(t *testing.T) {
 		}
 		return errors.New("verifying again")
 	})
+
+	// A slow verification, cancelled: its agent stops, the cancel is
+	// recorded, and another can start.
+	slow, err := api.VerifyVolume(ctx, volName, admin.VerifyVolume{MaxRate: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lead := index(c, slow.Leader)
+	time.Sleep(time.Second)
+	if out, err := cli(t, c, spare, "volume", "verify", volName, "--cancel"); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("%s", strings.TrimSpace(out))
+	}
+	got, err := api.Volume(ctx, volName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := got.LastVerify; got.Verify != nil || r == nil || r.ID != slow.Verify.ID || !r.Cancelled || r.OK {
+		t.Fatalf("after the cancel: verify %+v, last %+v", got.Verify, got.LastVerify)
+	}
+	if _, err := c.Nodes[lead].WaitLog(regexp.MustCompile(`msg="verification cancelled"`), 0, 5*time.Second); err != nil {
+		t.Errorf("n%d did not stop the cancelled verification: %v", lead+1, err)
+	}
+	if _, err := cli(t, c, spare, "volume", "verify", volName, "--cancel"); err == nil || !strings.Contains(err.Error(), "not being verified") {
+		t.Errorf("cancelling again: %v", err)
+	}
+	if out, err := cli(t, c, spare, "volume", "verify", volName); err != nil || !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verifying after the cancel: %v\n%s", err, out)
+	}
 }
 
 // TestScheduledVerify runs agents with --verify-every 2s: the control
