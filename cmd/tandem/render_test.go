@@ -147,6 +147,11 @@ func TestRenderGolden(t *testing.T) {
 					{Host: "n3", Check: admin.MoveCheck{Index: 47000, Ranges: 20480, RangeBytes: 1 << 20, Compared: 20480, Mismatched: 1, Error: "1 of 20480 ranges differ on n3, the first at byte 1048576"}}}}
 			return renderVolume(w, v)
 		}},
+		{"volume-verify-cancelled", func(w io.Writer) error {
+			v := testVolume
+			v.LastVerify = &admin.VerifyResult{ID: 990, Cancelled: true, Error: "cancelled", Started: testCreated.Add(time.Hour), Finished: testCreated.Add(time.Hour + 40*time.Second)}
+			return renderVolume(w, v)
+		}},
 		{"verify-line", func(w io.Writer) error {
 			r := admin.VerifyResult{ID: 990, Leader: "n1", Error: "1 of 4 ranges differ on n3, the first at byte 1048576",
 				Started: testCreated, Finished: testCreated.Add(2500 * time.Millisecond),
