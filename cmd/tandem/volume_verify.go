@@ -112,6 +112,9 @@ verification leaves the disks to the VMs. --cancel stops a verification
 			if err != nil {
 				return err
 			}
+			if v.LastVerify.Cancelled {
+				return fmt.Errorf("the verification of volume %s was cancelled", name)
+			}
 			if a.output == outputJSON {
 				if err := printJSON(out, v); err != nil {
 					return err
