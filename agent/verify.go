@@ -78,7 +78,16 @@ func (a *clusterAgent) driveVerify(name string, id uint64) {
 		cur := a.ctl.State().Volumes[name]
 		return cur != nil && cur.Verify != nil && cur.Verify.ID == id
 	}
-	go func() { // stops the checks when the agent stops or it is cancelled
+	st := a.ctl.State()
+	cv := st.Volumes[name]
+	a.mu.Lock()
+	v := a.vols[name]
+	a.mu.Unlock()
+	leading := func() bool { return v != nil && v.Status().State == "Leader" }
+	if cv == nil || cv.Verify == nil || cv.Verify.ID != id || !leading() {
+		return
+	}
+	go func() { // stops the checks once the agent stops, it is cancelled, or another host leads
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
@@ -89,22 +98,13 @@ func (a *clusterAgent) driveVerify(name string, id uint64) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if !current() {
+				if !current() || !leading() {
 					cancel()
 					return
 				}
 			}
 		}
 	}()
-	st := a.ctl.State()
-	cv := st.Volumes[name]
-	a.mu.Lock()
-	v := a.vols[name]
-	a.mu.Unlock()
-	leading := func() bool { return v != nil && v.Status().State == "Leader" }
-	if cv == nil || cv.Verify == nil || cv.Verify.ID != id || !leading() {
-		return
-	}
 	log.Info("verifying the volume's replicas", "replicas", cv.Replicas, "max_rate", cv.Verify.MaxRate)
 	res := catalog.VerifyResult{Leader: a.cfg.Name, OK: true}
 	for _, h := range cv.Replicas {
