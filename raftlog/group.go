@@ -445,7 +445,7 @@ func (g *Group) watch() {
 				go g.verify()
 			}
 			handBack.ready(g.ready.Load(), now)
-			if p := *g.preferred.Load(); p != "" && p != g.cfg.Local && handBack.due(p, now) {
+			if p := *g.preferred.Load(); p != "" && p != g.cfg.Local && handBack.due(p, now, g.answered(p, now)) {
 				go g.transferTo(p)
 			}
 		case <-snap.C:
@@ -593,6 +593,24 @@ func (g *Group) verify() {
 	if err := g.raft.VerifyLeader().Error(); err == nil {
 		g.lease.renew(start)
 	}
+}
+
+// answered returns when peer id last answered this host's AppendEntries
+// (see transport.Transport.Answered); now with a transport that does not
+// say (the in-memory one of a single host).
+func (g *Group) answered(id string, now time.Time) time.Time {
+	t, ok := g.trans.(interface {
+		Answered(raft.ServerAddress) time.Time
+	})
+	if !ok {
+		return now
+	}
+	for _, p := range g.peers() {
+		if p.ID == id {
+			return t.Answered(raft.ServerAddress(p.Raft))
+		}
+	}
+	return time.Time{}
 }
 
 // transferTo hands leadership to the preferred host (raft first brings it

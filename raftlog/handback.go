@@ -25,9 +25,14 @@ const handBackEvery = 10 * time.Second
 // A host counts as not answering while the leader's heartbeats to it
 // fail: raft reports each failure (FailedHeartbeatObservation) and retries
 // after at most half a heartbeat timeout, so a dead host shows a failure at
-// least once per heartbeat timeout. The leader also waits one heartbeat
-// timeout after becoming ready, for its first heartbeats to have reached
-// (or failed to reach) every peer.
+// least once per heartbeat timeout. A host cut off by a partition fails
+// them only once the connection times out (10 s), so it also counts as not
+// answering while no AppendEntries to it got an answer for a heartbeat
+// timeout (the transport's Answered): before, a leader elected because
+// the preferred host was cut off tried to hand leadership back to it at
+// once and stalled for the transfer's timeout (650 ms). The leader also
+// waits one heartbeat timeout after becoming ready, for its first
+// heartbeats to have reached (or failed to reach) every peer.
 type handBack struct {
 	wait   time.Duration               // one heartbeat timeout
 	since  time.Time                   // when this host last became a ready leader (zero: it is not one)
@@ -55,9 +60,13 @@ func (h *handBack) ready(ready bool, now time.Time) {
 }
 
 // due reports whether to try handing leadership to preferred at now, and
-// if so counts the attempt.
-func (h *handBack) due(preferred string, now time.Time) bool {
-	if h.since.IsZero() || now.Sub(h.since) < h.wait || now.Sub(h.last) < handBackEvery {
+// if so counts the attempt. answered is when preferred last answered this
+// leader's AppendEntries (heartbeats included): a host that has not within
+// a heartbeat timeout is not tried, even before a heartbeat to it failed
+// (a host cut off by a partition fails them only when the transport's
+// connection times out, after 10 s).
+func (h *handBack) due(preferred string, now, answered time.Time) bool {
+	if h.since.IsZero() || now.Sub(h.since) < h.wait || now.Sub(h.last) < handBackEvery || now.Sub(answered) >= h.wait {
 		return false
 	}
 	if t, ok := h.failed[raft.ServerID(preferred)]; ok && now.Sub(t) < handBackEvery {

@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -242,4 +244,73 @@ func closeAll(conns ...*nbdclient.Conn) {
 		go func() { defer wg.Done(); c.Close() }()
 	}
 	wg.Wait()
+}
+
+// TestPreferredLeaderCutOff cuts the volume's preferred leader (n1) off
+// the network after it came back from a restart, while another host
+// leads and writers on n2 keep writing. The leader's pooled connection to
+// n1 hangs, so its heartbeats to n1 fail only when the transport gives up
+// (10 s); the leader must not hand leadership back to n1 meanwhile (the
+// transfer would stop the writes for its timeout), since n1 has not
+// answered. Once the partition heals, n1 leads again, and every
+// acknowledged write is there.
+func TestPreferredLeaderCutOff(t *testing.T) {
+	nn := newNetnet(t, 3)
+	cfg := nn.clusterConfig(fastArgs...)
+	cfg.Volumes = []string{fmt.Sprintf("%s=%d,leader=n1", vol, volSize)}
+	c := testbin.StartCluster(t, cfg)
+	nn.checkWiring(c)
+	leads := func(i int) func() error {
+		return func() error {
+			if l := c.LeaderOf(vol); l != i {
+				return fmt.Errorf("leader n%d", l+1)
+			}
+			return nil
+		}
+	}
+	testbin.WaitFor(t, 30*time.Second, "n1 leading", leads(0))
+	m := newModel()
+	ws := startWriters(t, c, m, writerOpts{n: 4, blocks: 32, host: func(int) int { return 1 }, timeout: 15 * time.Second,
+		redial: true, errs: func(error) bool { return true }})
+	ws.waitAcked(t, 200, 30*time.Second)
+
+	// n1 restarts: another host leads, and would hand leadership back to
+	// n1 once n1 has answered its heartbeats for 10 s.
+	c.Kill(0)
+	testbin.WaitFor(t, 30*time.Second, "another leader", func() error {
+		if l := c.LeaderOf(vol); l != 1 && l != 2 {
+			return fmt.Errorf("leader n%d", l+1)
+		}
+		return nil
+	})
+	c.Start(0)
+	restarted := time.Now()
+	offs := []int{c.Nodes[1].LogLen(), c.Nodes[2].LogLen()}
+	time.Sleep(4 * time.Second)
+	cutAt := time.Now()
+	nn.cut(0)
+	t.Logf("cut n1 off %v after its restart", cutAt.Sub(restarted).Round(100*time.Millisecond))
+	time.Sleep(9 * time.Second) // past the hand-back's 10 s, before the heartbeats' timeout
+	for k, off := range offs {
+		if log := c.Nodes[k+1].LogSince(off); strings.Contains(log, "handing leadership to the preferred host") {
+			t.Errorf("n%d tried to hand leadership to n1 while it was cut off", k+2)
+		}
+	}
+	if err := ws.waitAckedErr(100, 10*time.Second); err != nil {
+		t.Fatalf("writers on n2 during the partition: %v", err)
+	}
+	gap, at := ws.longestGap()
+	t.Logf("writers on n2: longest pause %v, %v after the cut", gap.Round(time.Millisecond), at.Sub(cutAt).Round(time.Millisecond))
+
+	nn.heal(0)
+	healed := time.Now()
+	testbin.WaitFor(t, time.Minute, "n1 leading again", leads(0))
+	t.Logf("n1 leads again %v after the heal", time.Since(healed).Round(100*time.Millisecond))
+	if err := ws.waitAckedErr(100, 10*time.Second); err != nil {
+		t.Errorf("writers on n2 after the heal: %v", err)
+	}
+	for _, e := range ws.halt() {
+		t.Error(e)
+	}
+	verifyThrough(t, c, m)
 }

@@ -101,6 +101,11 @@ type Transport struct {
 	poolMu sync.Mutex
 	pool   map[raft.ServerAddress][]*conn
 
+	// answered holds, per target, when an AppendEntries to it last got an
+	// answer (see Answered).
+	answeredMu sync.Mutex
+	answered   map[raft.ServerAddress]time.Time
+
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
 	wg           sync.WaitGroup
@@ -134,6 +139,7 @@ func New(cfg Config) *Transport {
 		log:      cfg.Logger,
 		consume:  make(chan raft.RPC),
 		pool:     map[raft.ServerAddress][]*conn{},
+		answered: map[raft.ServerAddress]time.Time{},
 		shutdown: make(chan struct{}),
 	}
 	t.wg.Add(1)
@@ -246,7 +252,29 @@ func (t *Transport) returnConn(c *conn) {
 
 // AppendEntries implements raft.Transport.
 func (t *Transport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return t.genericRPC(target, rpcAppendEntries, args, resp)
+	err := t.genericRPC(target, rpcAppendEntries, args, resp)
+	if err == nil {
+		t.noteAnswer(target)
+	}
+	return err
+}
+
+// noteAnswer records that target answered an AppendEntries now.
+func (t *Transport) noteAnswer(target raft.ServerAddress) {
+	now := time.Now()
+	t.answeredMu.Lock()
+	t.answered[target] = now
+	t.answeredMu.Unlock()
+}
+
+// Answered returns when an AppendEntries to target (a leader's heartbeats
+// included) last got an answer, zero if none did. A leader's heartbeats
+// to a host that is cut off fail only after Timeout, when the connection
+// gives up; the time of its last answer shows it at once.
+func (t *Transport) Answered(target raft.ServerAddress) time.Time {
+	t.answeredMu.Lock()
+	defer t.answeredMu.Unlock()
+	return t.answered[target]
 }
 
 // RequestVote implements raft.Transport.
@@ -623,6 +651,8 @@ func (p *pipeline) decodeResponses() {
 			_, err := decodeResponse(p.c, f.resp)
 			if err != nil {
 				p.fail()
+			} else {
+				p.t.noteAnswer(p.c.target)
 			}
 			f.respond(err)
 			if !p.deliver(f, err) {

@@ -80,6 +80,46 @@ func TestHeartbeatFastPath(t *testing.T) {
 	}
 }
 
+// TestAnswered: Answered tells when a target last answered an
+// AppendEntries (heartbeats included), and never for one that did not.
+func TestAnswered(t *testing.T) {
+	a := New(Config{Stream: newLayer(t), Timeout: 300 * time.Millisecond})
+	b := New(Config{Stream: newLayer(t)})
+	defer a.Close()
+	defer b.Close()
+	b.SetHeartbeatHandler(func(rpc raft.RPC) { rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true}, nil) })
+	if at := a.Answered(b.LocalAddr()); !at.IsZero() {
+		t.Fatalf("answered at %v before any request", at)
+	}
+	before := time.Now()
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("leader")}, Term: 3}
+	var resp raft.AppendEntriesResponse
+	if err := a.AppendEntries("b", b.LocalAddr(), hb, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if at := a.Answered(b.LocalAddr()); at.Before(before) {
+		t.Fatalf("answered at %v, before the heartbeat sent at %v", at, before)
+	}
+	// A host that accepts connections but never answers.
+	silent := newLayer(t)
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	if err := a.AppendEntries("c", raft.ServerAddress(silent.Addr().String()), hb, &resp); err == nil {
+		t.Fatal("a host that never answers answered")
+	}
+	if at := a.Answered(raft.ServerAddress(silent.Addr().String())); !at.IsZero() {
+		t.Fatalf("the silent host answered at %v", at)
+	}
+}
+
 // A pipeline whose peer stops answering must not block its sender once raft
 // stops reading responses (it would never get to Close).
 func TestPipelineFailureDoesNotBlock(t *testing.T) {
