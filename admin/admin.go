@@ -64,6 +64,11 @@ func Handler(cfg Config) http.Handler {
 		mux.HandleFunc("GET /v1/volumes", s.volumes)
 		mux.HandleFunc("GET /v1/volumes/{name}", s.volume)
 		mux.HandleFunc("GET /v1/local/volumes", s.localVolumes)
+		mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path+
+				": this agent runs a fixed configuration (started without --control-voters), whose volumes are the --volume flags of its agents;"+
+				" creating, resizing, deleting, moving or verifying volumes, and VMs, need a managed cluster (README, \"Running the agents\")")
+		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

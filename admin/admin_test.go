@@ -106,13 +106,17 @@ func TestEndpoints(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &cs); err != nil || cs.Host != "h1" || cs.Volumes != 1 || cs.Hosts != 1 {
 		t.Fatalf("cluster: %v %+v", err, cs)
 	}
-	resp, err := http.Post(srv.URL+"/v1/volumes", "application/json", strings.NewReader("{}"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("POST /v1/volumes: %d", resp.StatusCode)
+	// What a managed cluster would do is refused, saying why.
+	for _, path := range []string{"/v1/volumes", "/v1/volumes/vol0/verify", "/v1/vms"} {
+		resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "fixed configuration") {
+			t.Errorf("POST %s: %d %s, want 404 naming the fixed configuration", path, resp.StatusCode, b)
+		}
 	}
 }
 
