@@ -54,7 +54,23 @@ const (
 	// hundred GiB (SHA-256 and the reads run at about 1-2 GB/s), and the
 	// check could then never conclude.
 	checkBatch = 64
+	// checkSlices is how many requests a second a rate-limited check
+	// spreads its reads over (see checkBatchFor).
+	checkSlices = 4
 )
+
+// checkBatchFor returns how many ranges one request of a check hashes when
+// the check reads at most rate bytes a second (0: no limit): checkBatch,
+// or with a limit the ranges of a quarter second's reads (at least one),
+// so that the reads come in small bursts a few times a second rather than
+// in one 64 MiB burst at the disk's full speed, which the VMs on the same
+// disks would feel as a latency spike.
+func checkBatchFor(rate int64) int64 {
+	if rate <= 0 {
+		return checkBatch
+	}
+	return min(max(rate/checkSlices/raftlog.ChecksumRange, 1), checkBatch)
+}
 
 // moveState is the agent's part of the moves.
 type moveState struct {
@@ -496,6 +512,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 	}
 	var bad []int64
 	start, hashed := time.Now(), int64(0)
+	batch := checkBatchFor(rate)
 	for round := 0; round < checkRounds && len(pending) > 0; round++ {
 		var next []int64
 		for len(pending) > 0 {
@@ -505,7 +522,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 			}
 			// A run of consecutive ranges, one request each side.
 			first, count := pending[0], int64(1)
-			for int(count) < len(pending) && pending[count] == first+count && count < checkBatch {
+			for int(count) < len(pending) && pending[count] == first+count && count < batch {
 				count++
 			}
 			hashed += count * raftlog.ChecksumRange

@@ -58,3 +58,23 @@ func TestDueForVerify(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckBatchFor(t *testing.T) {
+	for _, tc := range []struct {
+		rate int64
+		want int64
+	}{
+		{0, checkBatch},
+		{-1, checkBatch},
+		{1 << 20, 1},    // less than a range a quarter second
+		{4 << 20, 1},    // one range a quarter second
+		{64 << 20, 16},  // the scheduled default: 16 MiB four times a second
+		{200 << 20, 50}, //
+		{1 << 30, 64},   // capped at checkBatch
+		{1 << 40, 64},   //
+	} {
+		if got := checkBatchFor(tc.rate); got != tc.want {
+			t.Errorf("checkBatchFor(%d) = %d, want %d", tc.rate, got, tc.want)
+		}
+	}
+}
