@@ -34,14 +34,7 @@ func TestMoveCheckFails(t *testing.T) {
 	// Block 1 is copied (the copy is in order) and no write after the
 	// checkpoint touches it: only the check can notice the damage.
 	const damaged = 1
-	f, err := os.OpenFile(c.VolumePath(index(c, to), volName), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, blockSize), damaged*blockSize); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	damageBlock(t, c, to, damaged)
 
 	ctx := context.Background()
 	api := c.Admin(client)
@@ -97,6 +90,20 @@ func TestMoveCheckFails(t *testing.T) {
 	}
 }
 
+// damageBlock overwrites block blk of host's replica file behind raft's
+// back, as a disk that returns other bytes than it was given would.
+func damageBlock(t *testing.T, c *testbin.Cluster, host string, blk int64) {
+	t.Helper()
+	f, err := os.OpenFile(c.VolumePath(index(c, host), volName), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, blockSize), blk*blockSize); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestVerifyVolume verifies a volume's replicas with the CLI while
 // writers write through an agent: every replica matches. Then it damages
 // a follower's replica behind raft's back (a disk that returns other bytes
@@ -135,14 +142,7 @@ func TestVerifyVolume(t *testing.T) {
 		}
 	}
 	const damaged = size/blockSize - 3
-	f, err := os.OpenFile(c.VolumePath(index(c, damagedHost), volName), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, blockSize), damaged*blockSize); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	damageBlock(t, c, damagedHost, damaged)
 	out, err = cli(t, c, index(c, spareHost(c, v)), "volume", "verify", volName, "--max-rate", "64M")
 	t.Logf("after the damage: %s", strings.TrimSpace(out))
 	wantRange := fmt.Sprintf("differ on %s, the first at byte %d", damagedHost, damaged*blockSize/raftlog.ChecksumRange*raftlog.ChecksumRange)
