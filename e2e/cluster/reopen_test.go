@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -565,24 +563,11 @@ func testPeerDisksFull(t *testing.T, managed bool) {
 // admin API on a port it logs.
 func metric(t *testing.T, c *testbin.Cluster, i int, name string) string {
 	t.Helper()
-	addr := c.Nodes[i].AdminAddr
-	if addr == "" {
-		line, err := c.Nodes[i].WaitLog(regexp.MustCompile(`msg="serving admin API" addr=`), 0, 10*time.Second)
-		if err != nil {
-			t.Fatalf("n%d: no admin API: %v", i+1, err)
-		}
-		addr = regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(line)[1]
-	}
-	resp, err := http.Get("http://" + addr + "/metrics")
+	page, err := c.Nodes[i].Metrics()
 	if err != nil {
-		t.Fatalf("n%d: /metrics: %v", i+1, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("n%d: /metrics: %v", i+1, err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(page, "\n") {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			return v
 		}

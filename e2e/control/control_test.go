@@ -185,13 +185,11 @@ func TestVolumeLifecycle(t *testing.T) {
 	// NBD above), commits on the agents that led the volume (the first
 	// leader may have handed leadership to the preferred host since).
 	scrape := func(i int) string {
-		resp, err := http.Get("http://" + c.Nodes[i].AdminAddr + "/metrics")
+		page, err := c.Nodes[i].Metrics()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		mb, _ := io.ReadAll(resp.Body)
-		return string(mb)
+		return page
 	}
 	mb := scrape(0)
 	for _, want := range []string{`tandem_member_state{member="n2",state="alive"} 1`, `tandem_control_applied_index`, `tandem_control_failed 0`,

@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -321,17 +319,12 @@ func TestScheduledVerify(t *testing.T) {
 		}
 		return nil
 	})
-	resp, err := http.Get("http://" + c.Nodes[2].AdminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	page, err := c.Nodes[2].Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{volName, "second"} {
-		if want := fmt.Sprintf("tandem_volume_last_verify_ok{volume=%q} 1", name); !strings.Contains(string(b), want) {
+		if want := fmt.Sprintf("tandem_volume_last_verify_ok{volume=%q} 1", name); !strings.Contains(page, want) {
 			t.Errorf("no %q in n3's /metrics", want)
 		}
 	}
