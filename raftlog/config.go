@@ -212,6 +212,13 @@ type VolumeSpec struct {
 	// leader to add it (Volume.AddNonvoter). Peers then lists the group's
 	// current replicas and this host.
 	Join bool
+	// Existing says the replica was created before (the cluster catalog
+	// records it): opening it without any raft state fails with
+	// ErrStateLost instead of bootstrapping a new group. A server that
+	// lost its state must not rejoin its group as the same voter (it
+	// could vote for a candidate that lacks entries it acknowledged);
+	// it is rebuilt in place instead (docs/mirror.md).
+	Existing bool
 	// CopyRate limits, in bytes per second, the volume copy a joining
 	// replica pulls from another replica (0: no limit).
 	CopyRate int64

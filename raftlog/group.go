@@ -202,6 +202,10 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: volume %s: %w", spec.Name, err)
 	}
+	if spec.Existing && !spec.Join && !holdsEntries(g.logs, snaps) {
+		err = fmt.Errorf("raftlog: volume %s: %w", spec.Name, ErrStateLost)
+		return nil, err
+	}
 	// Replication reads the entries the leader just appended: keep the
 	// newest in memory rather than read them back from the WAL.
 	logs, err := raft.NewLogCache(logCacheEntries, g.logs)
@@ -238,6 +242,19 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.wg.Add(1)
 	go g.watch()
 	return g, nil
+}
+
+// holdsEntries reports whether a replica whose log is logs and whose
+// checkpoints are snaps holds any entry: a replica that was ever part of
+// its group holds at least the bootstrap configuration or a checkpoint.
+// A term and vote alone do not count: without its log a replica would
+// still vote for a candidate that lacks entries it acknowledged.
+func holdsEntries(logs raft.LogStore, snaps raft.SnapshotStore) bool {
+	if last, err := logs.LastIndex(); err != nil || last > 0 {
+		return true // an error is not proof of loss
+	}
+	list, err := snaps.List()
+	return err != nil || len(list) > 0
 }
 
 // logCovers reports whether a replica whose log is logs and whose

@@ -48,6 +48,10 @@ const joinTrailingLogs = 32
 // ErrNotMember is returned for a host that is not a member of the group.
 var ErrNotMember = errors.New("raftlog: not a member of the volume's group")
 
+// ErrStateLost: a replica created before holds no log entry and no
+// checkpoint: its files were lost (VolumeSpec.Existing).
+var ErrStateLost = errors.New("the replica's raft state is lost (no log entry, no checkpoint): it must be rebuilt")
+
 // peers returns the hosts of the group's members as far as this replica
 // knows them.
 func (g *Group) peers() []Peer {
