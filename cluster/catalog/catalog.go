@@ -82,6 +82,9 @@ type Volume struct {
 	// how the last one ended (verify.go).
 	Verify     *Verify       `json:"verify,omitempty"`
 	LastVerify *VerifyResult `json:"last_verify,omitempty"`
+	// Opened lists the replica hosts that have created their replica
+	// (replica.go): one of them whose replica has no state lost it.
+	Opened []string `json:"opened,omitempty"`
 }
 
 // State is the whole catalog.
@@ -271,6 +274,7 @@ func (s *State) apply(index uint64, c Command) error {
 		nv.Replicas = slices.Clone(v.Replicas)
 		nv.ID, nv.Created, nv.Changed = index, c.At, index
 		nv.Writer, nv.WriterGen = 0, 0
+		nv.Opened = nil
 		s.Volumes[nv.Name] = &nv
 		return nil
 	case CmdResizeVolume:
@@ -315,6 +319,8 @@ func (s *State) apply(index uint64, c Command) error {
 		return nil
 	case CmdMoveReplica, CmdMovePhase, CmdEndMove:
 		return s.applyMove(index, c)
+	case CmdReplicaOpened:
+		return s.applyReplicaOpened(index, c)
 	case CmdMoveDisk, CmdDiskMovePhase, CmdEndDiskMove:
 		return s.applyDiskMove(index, c)
 	case CmdVerifyVolume, CmdEndVerify:

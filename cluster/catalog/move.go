@@ -15,6 +15,9 @@ import (
 
 // Move phases.
 const (
+	// MoveEvicting: a rebuild's first phase (Move.Rebuild): the replica
+	// leaves the volume's group; its host deletes it.
+	MoveEvicting = "evicting"
 	// MoveCopying: the destination joins the volume's group as a
 	// non-voter and catches up (volume stream, then the log).
 	MoveCopying = "copying"
@@ -35,6 +38,8 @@ const (
 	// MoveToHeal: the source host failed longer than the self-healing
 	// delay.
 	MoveToHeal = "heal"
+	// MoveLost: a rebuild its host asked for, its replica's state lost.
+	MoveLost = "lost"
 )
 
 // Move results.
@@ -159,6 +164,9 @@ func (s *State) CheckMove(name, from, to string) error {
 	if from == "" || to == "" {
 		return fmt.Errorf("catalog: volume %q: %w: a move needs a source and a destination host", name, ErrInvalid)
 	}
+	if from == to {
+		return s.checkRebuild(v, from)
+	}
 	if !slices.Contains(v.Replicas, from) {
 		return fmt.Errorf("catalog: volume %q: %w: host %s holds no replica of it (replicas: %v)", name, ErrInvalid, from, v.Replicas)
 	}
@@ -166,6 +174,20 @@ func (s *State) CheckMove(name, from, to string) error {
 		return fmt.Errorf("catalog: volume %q: %w: host %s holds a replica already", name, ErrInvalid, to)
 	}
 	return s.checkDestination(name, to)
+}
+
+// checkRebuild reports why host's replica of volume v cannot be rebuilt in
+// place now. The replica leaves the group before it is copied again: the
+// other replicas must then be a quorum of the group without it and still
+// keep a majority of the one with it, so at least three replicas.
+func (s *State) checkRebuild(v *Volume, host string) error {
+	if !slices.Contains(v.Replicas, host) {
+		return fmt.Errorf("catalog: volume %q: %w: host %s holds no replica of it (replicas: %v)", v.Name, ErrInvalid, host, v.Replicas)
+	}
+	if len(v.Replicas) < 3 {
+		return fmt.Errorf("catalog: volume %q: %w: a volume of %d replicas cannot rebuild one in place (the others alone are no majority): move it to another host", v.Name, ErrInvalid, len(v.Replicas))
+	}
+	return s.checkDestination(v.Name, host)
 }
 
 // checkDestination reports why host to cannot take a replica of volume
@@ -258,11 +280,19 @@ func (s *State) applyMove(index uint64, c Command) error {
 		case "":
 			reason = MoveByOperator
 		case MoveByOperator, MoveToDrain, MoveToHeal:
+		case MoveLost:
+			if from != to {
+				return fmt.Errorf("catalog: volume %q: %w: only a rebuild is for a lost replica", c.Name, ErrInvalid)
+			}
 		default:
 			return fmt.Errorf("catalog: volume %q: %w: unknown move reason %q", c.Name, ErrInvalid, mc.Reason)
 		}
 		v := s.Volumes[c.Name]
-		v.Move = &Move{ID: index, From: from, To: to, Phase: MoveCopying, MaxRate: mc.MaxRate, Started: c.At, Reason: reason}
+		phase := MoveCopying
+		if from == to {
+			phase = MoveEvicting
+		}
+		v.Move = &Move{ID: index, From: from, To: to, Phase: phase, MaxRate: mc.MaxRate, Started: c.At, Reason: reason}
 		v.Planned = plan
 		v.Changed = index
 		return nil
@@ -280,6 +310,9 @@ func (s *State) applyMove(index uint64, c Command) error {
 	switch c.Kind {
 	case CmdMovePhase:
 		order := []string{MoveCopying, MovePromoted, MoveRemoving}
+		if m.Rebuild() {
+			order = []string{MoveEvicting, MoveCopying, MovePromoted}
+		}
 		cur, next := slices.Index(order, m.Phase), slices.Index(order, mc.Phase)
 		switch {
 		case next < 0:
@@ -288,7 +321,7 @@ func (s *State) applyMove(index uint64, c Command) error {
 			return nil // a step recorded again (its driver restarted)
 		case next != cur+1:
 			return fmt.Errorf("catalog: volume %q: %w: move phase %s after %s", c.Name, ErrInvalid, mc.Phase, m.Phase)
-		case next == 2 && (mc.Check == nil || !mc.Check.OK):
+		case mc.Phase == MoveRemoving && (mc.Check == nil || !mc.Check.OK):
 			return fmt.Errorf("catalog: volume %q: %w: the source leaves only after a passed integrity check", c.Name, ErrInvalid)
 		}
 		m.Phase = mc.Phase
@@ -308,17 +341,23 @@ func (s *State) applyMove(index uint64, c Command) error {
 			return fmt.Errorf("catalog: volume %q: %w: end of move without a result", c.Name, ErrInvalid)
 		}
 		switch {
-		case r.Result == MoveCompleted && m.Phase != MoveRemoving:
+		case r.Result == MoveCompleted && m.Rebuild() && (m.Phase != MovePromoted || r.Check == nil || !r.Check.OK):
+			return fmt.Errorf("catalog: volume %q: %w: a rebuild completes only promoted and checked", c.Name, ErrInvalid)
+		case r.Result == MoveCompleted && !m.Rebuild() && m.Phase != MoveRemoving:
 			return fmt.Errorf("catalog: volume %q: %w: completed in phase %s", c.Name, ErrInvalid, m.Phase)
 		case (r.Result == MoveCancelled || r.Result == MoveFailed) && m.Phase == MoveRemoving:
 			return fmt.Errorf("catalog: volume %q: %w: too late to stop the move, %s is leaving the volume's group", c.Name, ErrInvalid, m.From)
 		case r.Result != MoveCompleted && r.Result != MoveCancelled && r.Result != MoveFailed:
 			return fmt.Errorf("catalog: volume %q: %w: unknown move result %q", c.Name, ErrInvalid, r.Result)
 		}
-		if r.Result == MoveCompleted {
+		if r.Result == MoveCompleted && !m.Rebuild() {
 			reps := slices.Clone(v.Replicas)
 			reps[slices.Index(reps, m.From)] = m.To
 			v.Replicas = reps
+			// The destination created its replica (it joined the group);
+			// the source's is gone.
+			opened := slices.DeleteFunc(slices.Clone(v.Opened), func(h string) bool { return h == m.From || h == m.To })
+			v.Opened = append(opened, m.To)
 			if v.PreferredLeader == m.From {
 				v.PreferredLeader = m.To
 				if mc.Leader != "" && slices.Contains(reps, mc.Leader) {

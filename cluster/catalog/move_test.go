@@ -80,6 +80,24 @@ func TestMoveCommands(t *testing.T) {
 			{cmd: Command{Kind: CmdEndMove, Name: "v", Move: &MoveCommand{ID: first + 8}}, want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted},
 			{cmd: end(first+8, MoveFailed, ""), replicas: "n1,n2,n3", leader: "n1", result: MoveFailed}, // rolled back after promotion
 		}},
+		{"rebuild in place", []step{
+			{cmd: move("n2", "n2"), replicas: "n1,n2,n3", leader: "n1", phase: MoveEvicting},
+			{cmd: phase(first, MovePromoted, nil), want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1", phase: MoveEvicting}, // skips copying
+			{cmd: phase(first, MoveCopying, nil), replicas: "n1,n2,n3", leader: "n1", phase: MoveCopying},
+			{cmd: phase(first, MovePromoted, nil), replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted},
+			{cmd: phase(first, MoveRemoving, ok), want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted}, // nothing leaves
+			{cmd: end(first, MoveCompleted, ""), want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1", phase: MovePromoted},  // no check
+			{cmd: Command{Kind: CmdEndMove, Name: "v", Move: &MoveCommand{ID: first, Result: &MoveResult{Result: MoveCompleted, Check: ok}}}, replicas: "n1,n2,n3", leader: "n1", result: MoveCompleted},
+		}},
+		{"rebuild of the preferred leader's replica, lost, cancelled", []step{
+			{cmd: Command{Kind: CmdMoveReplica, Name: "v", Move: &MoveCommand{From: "n1", To: "n1", Reason: MoveLost}}, replicas: "n1,n2,n3", leader: "n1", phase: MoveEvicting},
+			{cmd: end(first, MoveCancelled, ""), replicas: "n1,n2,n3", leader: "n1", result: MoveCancelled},
+			{cmd: Command{Kind: CmdMoveReplica, Name: "v", Move: &MoveCommand{From: "n1", To: "n4", Reason: MoveLost}}, want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1"}, // lost: rebuilds only
+			{cmd: move("n4", "n4"), want: ErrInvalid, replicas: "n1,n2,n3", leader: "n1"},                                                                                     // no replica there
+			{cmd: move("n3", "n3"), replicas: "n1,n2,n3", leader: "n1", phase: MoveEvicting},
+			{cmd: phase(first+4, MoveCopying, nil), replicas: "n1,n2,n3", leader: "n1", phase: MoveCopying},
+			{cmd: end(first+4, MoveFailed, ""), replicas: "n1,n2,n3", leader: "n1", result: MoveFailed},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
