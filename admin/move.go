@@ -36,7 +36,8 @@ type Mover interface {
 // MoveVolume is the body of POST /v1/volumes/{name}/move.
 type MoveVolume struct {
 	// From is the host whose replica moves; To the destination, an alive
-	// host without a replica of the volume.
+	// host without a replica of the volume, or From itself to rebuild that
+	// replica in place (docs/mirror.md).
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
 	// Hosts, instead of From and To, is the volume's replica set after the
@@ -62,10 +63,12 @@ type VolumeMove struct {
 	From string `json:"from"`
 	To   string `json:"to"`
 	// Reason is why the move began: operator (asked for), drain (the
-	// source is drained) or heal (the source failed longer than the
-	// self-healing delay).
+	// source is drained), heal (the source failed longer than the
+	// self-healing delay) or lost (a rebuild its host asked for, its
+	// replica's files lost).
 	Reason string `json:"reason"`
-	// Phase is copying (the destination catches up as a non-voter),
+	// Phase is evicting (a rebuild: the replica leaves the group and is
+	// deleted), copying (the destination catches up as a non-voter),
 	// promoted (it votes; its content is being checked) or removing (the
 	// source leaves the group).
 	Phase   string    `json:"phase"`

@@ -675,7 +675,7 @@ func (a *clusterAgent) reconcile() {
 	// Replicas to open.
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
-		if !slices.Contains(cv.Replicas, me) {
+		if !cv.Holds(me) {
 			continue
 		}
 		a.mu.Lock()
@@ -690,7 +690,10 @@ func (a *clusterAgent) reconcile() {
 			if reopening {
 				a.reopen.attempt(name, now)
 			}
-			switch err := a.openReplica(st, cv); {
+			err := a.openReplica(st, cv, current)
+			switch {
+			case errors.Is(err, errLost):
+				a.askRebuild(cv, err)
 			case err != nil && reopening:
 				a.reopen.failedAgain(name, err)
 			case err != nil:
@@ -698,10 +701,13 @@ func (a *clusterAgent) reconcile() {
 			case reopening:
 				a.reopen.opened(name)
 			}
+			if err == nil {
+				a.found(name)
+			}
 			continue
 		}
 		if a.reopen.due(v, now) {
-			a.reopenReplica(st, cv, v, now)
+			a.reopenReplica(st, cv, v, now, current)
 			continue
 		}
 		// A preferred leader that gossip does not see alive is not handed
@@ -710,6 +716,9 @@ func (a *clusterAgent) reconcile() {
 		preferred := cv.PreferredLeader
 		if m, ok := a.members.Member(preferred); !ok || m.State != membership.Alive {
 			preferred = ""
+		}
+		if cv.Move != nil && cv.Move.Rebuild() && cv.Move.To == preferred {
+			preferred = "" // its replica is being rebuilt: it cannot lead
 		}
 		if err := v.SetPreferredLeader(preferred); err != nil {
 			a.log.Warn("following the catalog's preferred leader", "volume", name, "err", err)
@@ -736,7 +745,7 @@ func (a *clusterAgent) reconcile() {
 		a.mu.Lock()
 		open := a.vols[name] != nil
 		a.mu.Unlock()
-		if cv := st.Volumes[name]; !open && (cv == nil || !slices.Contains(cv.Replicas, me)) {
+		if cv := st.Volumes[name]; !open && (cv == nil || !cv.Holds(me)) {
 			a.dropReopening(name)
 		}
 	}
@@ -748,17 +757,22 @@ func (a *clusterAgent) reconcile() {
 	a.mu.Unlock()
 	for name, id := range open {
 		cv := st.Volumes[name]
-		gone := st.IsRemoved(id) || (cv != nil && cv.ID != id) || (cv != nil && !slices.Contains(cv.Replicas, me))
+		gone := st.IsRemoved(id) || (cv != nil && cv.ID != id) || (cv != nil && !cv.Holds(me))
 		if !gone {
 			continue
 		}
-		// A volume moved away is still served here, through the proxy
-		// reconcileProxies opened (and exported, which moved the
-		// replica's clients over to it): only the forwarding view goes.
 		a.mu.Lock()
 		p := a.proxies[name]
 		v := a.vols[name]
 		a.mu.Unlock()
+		rebuild := cv != nil && cv.ID == id && slices.Contains(cv.Replicas, me)
+		if rebuild && v.Status().State == "Leader" {
+			continue // the rebuild's driver hands leadership away first
+		}
+		// A volume moved away (or whose replica here is being rebuilt) is
+		// still served here, through the proxy reconcileProxies opened
+		// (and exported, which moved the replica's clients over to it):
+		// only the forwarding view goes.
 		var n int
 		if p != nil {
 			a.exps.addProxy(p)
@@ -776,9 +790,12 @@ func (a *clusterAgent) reconcile() {
 		delete(a.vols, name)
 		delete(a.ids, name)
 		a.mu.Unlock()
-		if err := a.host.CloseVolume(name, true); err != nil {
+		switch err := a.host.CloseVolume(name, true); {
+		case err != nil:
 			a.log.Warn("removing a replica", "volume", name, "err", err)
-		} else {
+		case rebuild:
+			a.log.Info("replica removed to be rebuilt", "volume", name, "rebuild", cv.Move.ID, "disconnected", n)
+		default:
 			a.log.Info("replica removed: the volume was deleted or moved away", "volume", name, "disconnected", n)
 		}
 	}
@@ -788,13 +805,13 @@ func (a *clusterAgent) reconcile() {
 // it again, its clients served through a proxy meanwhile (reopen.go). If
 // it cannot be opened, the proxy goes on serving them and reconcile tries
 // again after a longer wait.
-func (a *clusterAgent) reopenReplica(st *catalog.State, cv *catalog.Volume, v *raftlog.Volume, now time.Time) {
+func (a *clusterAgent) reopenReplica(st *catalog.State, cv *catalog.Volume, v *raftlog.Volume, now time.Time, current bool) {
 	a.reopen.takeOut(v, now)
 	a.mu.Lock()
 	delete(a.vols, cv.Name)
 	delete(a.ids, cv.Name)
 	a.mu.Unlock()
-	if err := a.openReplica(st, cv); err != nil {
+	if err := a.openReplica(st, cv, current); err != nil {
 		a.reopen.failedAgain(cv.Name, err)
 		return
 	}
@@ -838,9 +855,10 @@ func (a *clusterAgent) fence(v *raftlog.Volume, cv *catalog.Volume) {
 // volume.
 func (a *clusterAgent) reconcileProxies(st *catalog.State) {
 	me := a.cfg.Name
+	own := map[string]bool{}
 	for _, name := range st.VolumeNames() {
 		cv := st.Volumes[name]
-		if slices.Contains(cv.Replicas, me) {
+		if own[name] = cv.Holds(me) && !a.lost(cv); own[name] {
 			continue
 		}
 		a.mu.Lock()
@@ -852,13 +870,20 @@ func (a *clusterAgent) reconcileProxies(st *catalog.State) {
 			}
 			continue
 		}
+		// The replicas' agents, but not this one's (a replica here being
+		// rebuilt never leads).
 		var peers []raftlog.Peer
+		want := 0
 		for _, h := range cv.Replicas {
+			if h == me {
+				continue
+			}
+			want++
 			if ch, ok := st.Hosts[h]; ok && ch.NBDAddr != "" {
 				peers = append(peers, raftlog.Peer{ID: h, Raft: ch.RaftAddr, NBD: ch.NBDAddr})
 			}
 		}
-		if len(peers) != len(cv.Replicas) {
+		if len(peers) != want {
 			continue // addresses not known yet
 		}
 		p, err := a.host.OpenProxy(raftlog.VolumeSpec{Name: name, Size: cv.Size, ReadOnly: cv.ReadOnly, PreferredLeader: cv.PreferredLeader, Peers: peers})
@@ -875,7 +900,7 @@ func (a *clusterAgent) reconcileProxies(st *catalog.State) {
 	a.mu.Lock()
 	var gone []*raftlog.Proxy
 	for name, p := range a.proxies {
-		if cv, ok := st.Volumes[name]; !ok || slices.Contains(cv.Replicas, me) {
+		if _, ok := st.Volumes[name]; !ok || own[name] {
 			gone = append(gone, p)
 			delete(a.proxies, name)
 		}
@@ -888,9 +913,15 @@ func (a *clusterAgent) reconcileProxies(st *catalog.State) {
 		ms.mu.Lock()
 		j := ms.joining[p.Name()]
 		ms.mu.Unlock()
-		if cv, ok := st.Volumes[p.Name()]; ok && j != nil && a.replicaID(p.Name()) == cv.ID {
-			a.exps.add(j)
-		} else if a.exps.serves(p.Name(), p) {
+		cv, ok := st.Volumes[p.Name()]
+		if ok && j != nil && a.replicaID(p.Name()) == cv.ID {
+			if adopt, _ := a.joinEnded(cv); adopt {
+				a.exps.add(j)
+				p.Close()
+				continue
+			}
+		}
+		if a.exps.serves(p.Name(), p) {
 			a.exps.remove(p.Name())
 			a.srv.Disconnect(p.Name())
 		}
@@ -921,7 +952,10 @@ func (a *clusterAgent) replicaID(name string) uint64 {
 // openReplica opens this agent's replica of a catalog volume and exports
 // it. A directory left by a deleted volume of the same name is removed
 // first; one of unknown origin is left alone (and the volume not opened).
-func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume) error {
+// A replica the catalog says was created before is never created anew:
+// without its files (or its raft state) it is lost (errLost, rebuild.go).
+// current says whether st is current.
+func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume, current bool) error {
 	var peers []raftlog.Peer
 	for _, h := range cv.Replicas {
 		ch, ok := st.Hosts[h]
@@ -931,19 +965,46 @@ func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume) error 
 		peers = append(peers, raftlog.Peer{ID: h, Raft: ch.RaftAddr, NBD: ch.NBDAddr})
 	}
 	dir := filepath.Join(a.cfg.DataDir, "groups", cv.Name)
+	fresh := true
 	if _, err := os.Stat(dir); err == nil {
 		switch id := a.replicaID(cv.Name); {
 		case id == cv.ID:
-		case id != 0 && (st.IsRemoved(id) || id < cv.ID):
-			if err := os.RemoveAll(dir); err != nil {
-				return err
+			fresh = false
+			if mark := a.rebuildMark(cv.Name); mark != 0 {
+				// Made by a rebuild: this host's replica only if it
+				// completed; otherwise its copy is not to be trusted.
+				switch completed, failed := rebuildDone(cv, mark); {
+				case completed:
+					if err := a.clearRebuildMark(cv.Name); err != nil {
+						return err
+					}
+				case !failed || !current:
+					return fmt.Errorf("%s was made by rebuild %d, whose end the catalog does not show yet", dir, mark)
+				default:
+					if err := a.host.RemoveVolumeFiles(cv.Name); err != nil {
+						return err
+					}
+					a.log.Info("replica left by a rebuild that did not complete removed", "volume", cv.Name, "rebuild", mark)
+					fresh = true
+				}
 			}
-			if err := a.host.Stable(cv.Name).Drop(); err != nil {
+		case id != 0 && (st.IsRemoved(id) || id < cv.ID):
+			if err := a.host.RemoveVolumeFiles(cv.Name); err != nil {
 				return err
 			}
 		default:
 			return fmt.Errorf("%s holds a replica of unknown origin (catalog id %d, the volume's is %d): move it away to let the agent create the replica", dir, id, cv.ID)
 		}
+	}
+	existing := slices.Contains(cv.Opened, a.cfg.Name)
+	if fresh {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err := a.lostOnOpen(ctx, cv, current)
+		cancel()
+		if err != nil {
+			return err
+		}
+		existing = false
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -951,9 +1012,12 @@ func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume) error 
 	if err := writeFileSync(filepath.Join(dir, catalogIDFile), []byte(strconv.FormatUint(cv.ID, 10)+"\n")); err != nil {
 		return err
 	}
-	v, err := a.host.OpenVolume(raftlog.VolumeSpec{Name: cv.Name, Size: cv.Size, PreferredLeader: cv.PreferredLeader, ReadOnly: cv.ReadOnly, Peers: peers})
+	v, err := a.host.OpenVolume(raftlog.VolumeSpec{Name: cv.Name, Size: cv.Size, PreferredLeader: cv.PreferredLeader, ReadOnly: cv.ReadOnly, Peers: peers, Existing: existing})
 	if err != nil {
 		return err
+	}
+	if !existing && !fresh {
+		a.recordOpenedLater(cv)
 	}
 	a.mu.Lock()
 	a.vols[cv.Name], a.ids[cv.Name] = v, cv.ID

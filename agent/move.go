@@ -85,6 +85,11 @@ type moveState struct {
 	pruning map[string]bool
 	// verifying marks the volumes whose replicas this agent verifies.
 	verifying map[string]bool
+	// recording marks the volumes whose replica's creation this agent is
+	// recording (rebuild.go); rebuilds is when it may next ask for a
+	// rebuild of a lost replica.
+	recording map[string]bool
+	rebuilds  map[string]rebuildAsk
 }
 
 // moves returns the agent's move state.
@@ -94,7 +99,7 @@ func (a *clusterAgent) moves() *moveState {
 	defer m.mu.Unlock()
 	if m.joining == nil {
 		m.joining, m.opening, m.driving, m.pruning = map[string]*raftlog.Volume{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
-		m.verifying = map[string]bool{}
+		m.verifying, m.recording, m.rebuilds = map[string]bool{}, map[string]bool{}, map[string]rebuildAsk{}
 	}
 	return m
 }
@@ -160,14 +165,19 @@ func (a *clusterAgent) reconcileMoves(st *catalog.State, current bool) {
 		j := ms.joining[name]
 		ms.mu.Unlock()
 		switch {
-		case j != nil && slices.Contains(cv.Replicas, me) && a.replicaID(name) == cv.ID:
-			a.adopt(name, cv.ID, j)
-			v = j
+		case j != nil && cv.Holds(me) && a.replicaID(name) == cv.ID:
+			switch adopt, drop := a.joinEnded(cv); {
+			case adopt:
+				a.adopt(name, cv.ID, j)
+				v = j
+			case drop && current:
+				a.dropJoining(name, "the rebuild ended without completing")
+			}
 		case j != nil && current && (cv.Move == nil || cv.Move.To != me):
 			a.dropJoining(name, "the move to this host ended without it")
 		case j != nil:
 			j.SetPeers(peersOf(st, cv, ""))
-		case v == nil && cv.Move != nil && cv.Move.To == me:
+		case v == nil && cv.Move != nil && cv.Move.To == me && cv.Move.Phase != catalog.MoveEvicting:
 			if ms.flag(ms.opening, name) {
 				go func() {
 					defer ms.unflag(ms.opening, name)
@@ -223,16 +233,46 @@ func (a *clusterAgent) reconcileMoves(st *catalog.State, current bool) {
 	}
 }
 
-// openJoining opens this host's replica of a volume moving here: it joins
-// the volume's group and is exported only as a forwarding target.
+// joinEnded reports, for this host's joining replica of cv (whose catalog
+// places a replica here), whether to adopt it (its move completed) or to
+// drop it (a rebuild that ended otherwise: the replica here stays lost
+// and is rebuilt again).
+func (a *clusterAgent) joinEnded(cv *catalog.Volume) (adopt, drop bool) {
+	mark := a.rebuildMark(cv.Name)
+	if mark == 0 {
+		return true, false
+	}
+	completed, failed := rebuildDone(cv, mark)
+	if completed {
+		if err := a.clearRebuildMark(cv.Name); err != nil {
+			a.log.Warn("adopting a rebuilt replica", "volume", cv.Name, "err", err)
+			return false, false
+		}
+	}
+	return completed, failed
+}
+
+// openJoining opens this host's replica of a volume moving here (or being
+// rebuilt here): it joins the volume's group and is exported only as a
+// forwarding target.
 func (a *clusterAgent) openJoining(st *catalog.State, cv *catalog.Volume) error {
 	peers := peersOf(st, cv, "")
-	if len(peers) != len(cv.Replicas)+1 {
+	hosts := len(cv.Replicas) + 1
+	if cv.Move.Rebuild() {
+		hosts--
+	}
+	if len(peers) != hosts {
 		return errors.New("replica hosts' addresses not known yet")
 	}
 	dir := filepath.Join(a.cfg.DataDir, "groups", cv.Name)
 	if _, err := os.Stat(dir); err == nil {
 		switch id := a.replicaID(cv.Name); {
+		case cv.Move.Rebuild() && (id != cv.ID || a.rebuildMark(cv.Name) != cv.Move.ID):
+			// The replica being rebuilt (or what is left of it), or a
+			// copy from an earlier rebuild: copied again from zero.
+			if err := a.host.RemoveVolumeFiles(cv.Name); err != nil {
+				return err
+			}
 		case id == cv.ID:
 			// An earlier try of this move (or of one cancelled): the
 			// group's state is the volume's; the copy resumes.
@@ -250,6 +290,11 @@ func (a *clusterAgent) openJoining(st *catalog.State, cv *catalog.Volume) error 
 	if err := writeFileSync(filepath.Join(dir, catalogIDFile), []byte(strconv.FormatUint(cv.ID, 10)+"\n")); err != nil {
 		return err
 	}
+	if cv.Move.Rebuild() {
+		if err := writeFileSync(filepath.Join(dir, rebuildMarkFile), []byte(strconv.FormatUint(cv.Move.ID, 10)+"\n")); err != nil {
+			return err
+		}
+	}
 	v, err := a.host.OpenVolume(raftlog.VolumeSpec{Name: cv.Name, Size: cv.Size, ReadOnly: cv.ReadOnly, Peers: peers, Join: true, CopyRate: cv.Move.MaxRate})
 	if err != nil {
 		return err
@@ -259,7 +304,11 @@ func (a *clusterAgent) openJoining(st *catalog.State, cv *catalog.Volume) error 
 	ms.joining[cv.Name] = v
 	ms.mu.Unlock()
 	a.exps.addForward(v)
-	a.log.Info("replica joining the volume's group (move)", "volume", cv.Name, "from", cv.Move.From)
+	if cv.Move.Rebuild() {
+		a.log.Info("replica joining the volume's group again (rebuild)", "volume", cv.Name, "rebuild", cv.Move.ID)
+	} else {
+		a.log.Info("replica joining the volume's group (move)", "volume", cv.Name, "from", cv.Move.From)
+	}
 	return nil
 }
 
@@ -284,6 +333,7 @@ func (a *clusterAgent) adopt(name string, id uint64, v *raftlog.Volume) {
 	a.vols[name], a.ids[name] = v, id
 	a.mu.Unlock()
 	a.exps.add(v)
+	a.found(name)
 	a.log.Info("volume ready (moved here)", "name", name)
 }
 
@@ -386,6 +436,27 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 		}
 	}
 	switch m.Phase {
+	case catalog.MoveEvicting:
+		// A rebuild: the replica leaves the group (its agent deletes it),
+		// then joins it again as a move's destination does.
+		if dest == nil {
+			_, err := a.commitMove(ctx, catalog.Command{Kind: catalog.CmdMovePhase, Name: cv.Name, Move: &catalog.MoveCommand{ID: m.ID, Phase: catalog.MoveCopying}})
+			return 0, err
+		}
+		if m.To == a.cfg.Name {
+			target := ""
+			for _, h := range cv.Replicas {
+				if target == "" && h != m.To && slices.ContainsFunc(members, func(x raftlog.Member) bool { return x.ID == h && x.Voter }) {
+					target = h
+				}
+			}
+			a.log.Info("handing the volume's leadership away before its replica here is rebuilt", "volume", cv.Name, "to", target)
+			if err := v.TransferLeadershipTo(target); err != nil {
+				return time.Second, err
+			}
+			return -1, nil
+		}
+		return 200 * time.Millisecond, v.Remove(ctx, m.To)
 	case catalog.MoveCopying:
 		if dest == nil {
 			return 200 * time.Millisecond, v.AddNonvoter(ctx, raftlog.Peer{ID: m.To, Raft: to.RaftAddr, NBD: to.NBDAddr})
@@ -419,6 +490,15 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 			return 2 * time.Second, fmt.Errorf("integrity check not conclusive: %s", check.Error)
 		}
 		a.log.Info("moved replica verified", "volume", cv.Name, "to", m.To, "index", check.Index, "ranges", check.Ranges)
+		if m.Rebuild() {
+			res := a.copyResult(ctx, to, cv.Name)
+			res.Check = &check
+			_, err := a.commitMove(ctx, catalog.Command{Kind: catalog.CmdEndMove, Name: cv.Name, Move: &catalog.MoveCommand{ID: m.ID, Result: res}})
+			if err == nil {
+				a.log.Info("replica rebuilt", "volume", cv.Name, "host", m.To, "bytes", res.Bytes, "copy", res.Copy)
+			}
+			return -1, err
+		}
 		// A replica that stays becomes the preferred leader if the source
 		// was.
 		leader := ""
@@ -452,13 +532,7 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 		if err := v.Remove(ctx, m.From); err != nil {
 			return time.Second, err
 		}
-		res := &catalog.MoveResult{Result: catalog.MoveCompleted}
-		if lv, ok := a.localOf(ctx, to, cv.Name); ok && lv.Copy != nil {
-			res.Bytes = lv.Copy.Bytes
-			if !lv.Copy.Finished.IsZero() {
-				res.Copy = lv.Copy.Finished.Sub(lv.Copy.Started)
-			}
-		}
+		res := a.copyResult(ctx, to, cv.Name)
 		_, err := a.commitMove(ctx, catalog.Command{Kind: catalog.CmdEndMove, Name: cv.Name, Move: &catalog.MoveCommand{ID: m.ID, Leader: a.cfg.Name, Result: res}})
 		if err == nil {
 			a.log.Info("replica moved", "volume", cv.Name, "from", m.From, "to", m.To, "bytes", res.Bytes, "copy", res.Copy)
@@ -466,6 +540,19 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 		return -1, err
 	}
 	return time.Second, fmt.Errorf("unknown move phase %q", m.Phase)
+}
+
+// copyResult returns a completed move's result with the destination's
+// copy figures.
+func (a *clusterAgent) copyResult(ctx context.Context, to *catalog.Host, name string) *catalog.MoveResult {
+	res := &catalog.MoveResult{Result: catalog.MoveCompleted}
+	if lv, ok := a.localOf(ctx, to, name); ok && lv.Copy != nil {
+		res.Bytes = lv.Copy.Bytes
+		if !lv.Copy.Finished.IsZero() {
+			res.Copy = lv.Copy.Finished.Sub(lv.Copy.Started)
+		}
+	}
+	return res
 }
 
 // localOf returns host h's report of its replica of volume name.
@@ -664,7 +751,7 @@ func (a *clusterAgent) MoveVolume(ctx context.Context, name string, req admin.Mo
 		if m, ok := a.members.Member(to); !ok || m.State != membership.Alive {
 			return admin.Volume{}, admin.Errorf(http.StatusBadRequest, "host %s is not alive", to)
 		}
-		if h := st.Hosts[to]; h.Capacity-st.Allocated(to) < cv.Size {
+		if h := st.Hosts[to]; to != req.From && h.Capacity-st.Allocated(to) < cv.Size {
 			return admin.Volume{}, admin.Errorf(http.StatusConflict, "host %s has no room for a replica of %q (%s)", to, name, volume.FormatSize(cv.Size))
 		}
 	}
@@ -698,7 +785,12 @@ func (a *clusterAgent) CancelMove(ctx context.Context, name string) (admin.Volum
 // MoveStep implements admin.Mover (on the control leader).
 func (a *clusterAgent) MoveStep(ctx context.Context, s admin.MoveStep) (uint64, error) {
 	switch s.Kind {
-	case catalog.CmdMovePhase, catalog.CmdEndMove:
+	case catalog.CmdMovePhase, catalog.CmdEndMove, catalog.CmdReplicaOpened:
+	case catalog.CmdMoveReplica:
+		// An agent's request to rebuild its lost replica (rebuild.go).
+		if s.Move.Reason != catalog.MoveLost {
+			return 0, admin.Errorf(http.StatusBadRequest, "an agent asks for a move_replica only to rebuild a lost replica")
+		}
 	default:
 		return 0, admin.Errorf(http.StatusBadRequest, "%q is not a move step", s.Kind)
 	}

@@ -44,7 +44,7 @@ starting with a letter or digit. Sizes are bytes or have a binary suffix:
 	a.register(cmd.PersistentFlags())
 	cmd.AddCommand(newVolumeCreateCmd(a), newVolumeListCmd(a), newVolumeShowCmd(a),
 		newVolumeResizeCmd(a), newVolumeDeleteCmd(a))
-	cmd.AddCommand(newVolumeMoveCmd(a), newVolumeVerifyCmd(a))
+	cmd.AddCommand(newVolumeMoveCmd(a), newVolumeVerifyCmd(a), newVolumeRebuildCmd(a))
 	return cmd
 }
 

@@ -172,6 +172,7 @@ func followMove(ctx context.Context, c *client.Client, start admin.Volume, w io.
 func moveProgressLine(m admin.VolumeMove) string {
 	frac := 0.0
 	switch {
+	case m.Phase == "evicting":
 	case m.Phase != "copying":
 		frac = 1
 	case m.Size > 0:

@@ -29,10 +29,11 @@ leads the volume compares each other replica with its own, range by range
 and without stopping writes (docs/mirror.md, "Verifying a volume's
 replicas"). A replica that differs has been damaged behind the volume's
 back (a disk that returned other bytes than it was given, a file changed
-by hand): move it to another host (tandem volume move), which copies the
-leader's data and checks the copy. If every other replica differs from
-the leader's, the leader's is the damaged one: stop its agent first, so
-that another replica leads, then move it.
+by hand): rebuild it in place (tandem volume rebuild NAME --host HOST)
+or move it to another host (tandem volume move); both copy the leader's
+data and check the copy. If every other replica differs from the
+leader's, the leader's is the damaged one: its rebuild hands leadership
+to another replica first.
 
 The command waits for the result, prints it and fails if a replica
 differs or could not be compared. --no-wait returns once the

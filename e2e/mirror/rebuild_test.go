@@ -1,0 +1,150 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-project/tandem/admin"
+	"github.com/tandem-project/tandem/internal/testbin"
+)
+
+// TestRebuildReplica rebuilds replicas in place on a cluster of three
+// hosts, where no host is free to take a moved replica, while two writers
+// write through an agent:
+//   - a follower's replica damaged behind raft's back: the verification
+//     finds it, tandem volume rebuild repairs it, the next verification
+//     passes;
+//   - the leader's replica, rebuilt on request: leadership leaves first;
+//   - a follower whose replica's files are deleted while its agent is down
+//     (a replaced disk): the agent does not come back with an empty
+//     replica, it asks for a rebuild, which completes by itself.
+//
+// No write fails, and every replica holds exactly what was acknowledged.
+func TestRebuildReplica(t *testing.T) {
+	const size = 32 << 20
+	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
+	c.WaitManaged(30 * time.Second)
+	ctx := context.Background()
+	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	v := waitReady(t, c, 0)
+	leader := index(c, v.Leader)
+	prefill(t, c, leader, size)
+	// The writers write the first half through the leader's agent (whose
+	// replica is rebuilt too: its clients go through a proxy meanwhile).
+	l := startLoad(t, c, leader, 2, size/blockSize/2, nil)
+
+	// The leader once it is the preferred one (a new volume's first
+	// leader hands leadership to it).
+	testbin.WaitFor(t, 30*time.Second, "the preferred leader leading", func() error {
+		if v = waitReady(t, c, leader); v.Leader != v.PreferredLeader {
+			return fmt.Errorf("leader %s, preferred %s", v.Leader, v.PreferredLeader)
+		}
+		return nil
+	})
+	follower := v.Hosts[0]
+	if follower == v.Leader {
+		follower = v.Hosts[1]
+	}
+	const damaged = size/blockSize - 3 // in the half no writer touches
+	damageBlock(t, c, follower, damaged)
+	if out, err := cli(t, c, leader, "volume", "verify", volName); err == nil || !strings.Contains(out, follower+" DIFFERS") {
+		t.Fatalf("verification after damaging %s's replica: %v\n%s", follower, err, out)
+	}
+	out, err := cli(t, c, leader, "volume", "rebuild", volName, "--host", follower)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rebuilt the damaged replica: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "Rebuilt volume "+volName+"'s replica on "+follower) {
+		t.Fatalf("rebuild output: %s", out)
+	}
+	if out, err := cli(t, c, leader, "volume", "verify", volName); err != nil || !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verification after the rebuild: %v\n%s", err, out)
+	}
+
+	// The leader's replica.
+	start := time.Now()
+	out, err = cli(t, c, leader, "volume", "rebuild", volName, "--host", v.Leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rebuilt the leader's replica: %s; longest write gap %v", strings.TrimSpace(out), l.longestGap(start, time.Now()))
+	if !strings.Contains(c.Nodes[leader].Log(), "handing the volume's leadership away before its replica here is rebuilt") {
+		t.Error("the leader's agent did not hand leadership away before its replica was rebuilt")
+	}
+
+	// A follower's files lost while its agent is down (not the agent the
+	// writers are connected to).
+	v = waitReady(t, c, leader)
+	var lost string
+	for _, h := range v.Hosts {
+		if h != v.Leader && h != c.Nodes[leader].Name {
+			lost = h
+		}
+	}
+	li := index(c, lost)
+	c.Kill(li)
+	dir := filepath.Dir(c.VolumePath(li, volName))
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	c.Start(li)
+	var got admin.Volume
+	testbin.WaitFor(t, 90*time.Second, "the lost replica rebuilt", func() error {
+		if got, err = c.Admin(leader).Volume(ctx, volName); err != nil {
+			return err
+		}
+		if r := got.LastMove; got.Move != nil || r == nil || r.From != lost || r.Reason != "lost" || r.Result != "completed" {
+			return fmt.Errorf("move %+v, last %+v", got.Move, got.LastMove)
+		}
+		return nil
+	})
+	r := got.LastMove
+	t.Logf("lost replica on %s rebuilt %v after the restart: %s copied in %v, check %d/%d ranges", lost,
+		r.Finished.Sub(killed).Round(100*time.Millisecond), humanBytes(r.Bytes), r.Copy.Round(time.Millisecond), r.Check.Compared, r.Check.Ranges)
+	if log := c.Nodes[li].Log(); !strings.Contains(log, "lost its raft state") {
+		t.Errorf("%s's agent did not report its lost replica", lost)
+	}
+	if out, err := cli(t, c, leader, "volume", "verify", volName); err != nil || !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verification after the lost replica's rebuild: %v\n%s", err, out)
+	}
+	l.end(t)
+	t.Logf("%d writes, longest gap %v", l.writes, l.maxGap.Round(time.Millisecond))
+	verify(t, c, v.Hosts, l, size, size)
+	// The rebuilt host serves the volume from its replica again.
+	conn, err := c.Dial(ctx, li, volName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, blockSize)
+	if err := conn.ReadAt(ctx, buf, damaged*blockSize, 0); err != nil || string(buf) != string(prefillBlock(damaged)) {
+		t.Fatalf("reading through %s after its rebuild: %v", lost, err)
+	}
+}
+
+// waitReady waits until the volume has a ready leader, as host api's agent
+// reports it.
+func waitReady(t *testing.T, c *testbin.Cluster, api int) admin.Volume {
+	t.Helper()
+	var v admin.Volume
+	testbin.WaitFor(t, 20*time.Second, "a leader", func() error {
+		var err error
+		if v, err = c.Admin(api).Volume(context.Background(), volName); err != nil {
+			return err
+		}
+		if v.Leader == "" || v.State != admin.VolumeReady {
+			return fmt.Errorf("volume %s, leader %q", v.State, v.Leader)
+		}
+		return nil
+	})
+	return v
+}
