@@ -261,8 +261,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	exps := newExportSet(cfg.DefaultExport)
 	var locals []raftlog.VolumeStatus // filled below; read by the admin API
-	for _, spec := range cfg.Volumes {
-		v, err := host.OpenVolume(spec)
+	cfg.Volumes = slices.Clone(cfg.Volumes)
+	for i := range cfg.Volumes {
+		// No catalog records which replicas existed: a replica without
+		// state asks the other hosts before it bootstraps (a lost
+		// replica joins again as a new one instead).
+		cfg.Volumes[i].AskPeers = true
+		spec := cfg.Volumes[i]
+		v, err := host.OpenVolumeContext(ctx, spec)
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}

@@ -219,6 +219,12 @@ type VolumeSpec struct {
 	// could vote for a candidate that lacks entries it acknowledged);
 	// it is rebuilt in place instead (docs/mirror.md).
 	Existing bool
+	// AskPeers, where no catalog records the replicas (the fixed
+	// configuration), makes a replica that opens without any state ask
+	// the other hosts whether the volume's group has a history before it
+	// bootstraps one: if it has, the replica was lost, and it leaves the
+	// group and joins it again as a new replica (readmit.go).
+	AskPeers bool
 	// CopyRate limits, in bytes per second, the volume copy a joining
 	// replica pulls from another replica (0: no limit).
 	CopyRate int64

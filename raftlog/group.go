@@ -108,7 +108,7 @@ type restoreState struct {
 	Complete bool   `json:"complete,omitempty"`
 }
 
-func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
+func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g := &Group{
 		h:       h,
 		spec:    spec,
@@ -151,6 +151,21 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 		return nil, err
 	}
 	stable := g.stable
+	rejoin := false
+	if spec.AskPeers && !spec.Join && h.mux != nil && len(gc.Peers) > 1 && !holdsEntries(g.logs, snaps) {
+		// Without state: a new volume, or a lost replica (readmit.go).
+		history, err := h.groupHasHistory(ctx, spec.Name, gc.Peers)
+		if err != nil {
+			return nil, err
+		}
+		if history {
+			g.log.Warn("this replica has no state but the volume's group has a history: its files were lost; it leaves the group and joins again as a new replica")
+			if err := h.readmitStep(ctx, spec.Name, gc.Peers, stepEvict, nil); err != nil {
+				return nil, err
+			}
+			rejoin, spec.Join, g.spec.Join = true, true, true
+		}
+	}
 
 	// The FSM restarts from the last checkpoint.
 	if list, err := snaps.List(); err == nil && len(list) > 0 {
@@ -241,6 +256,10 @@ func openGroup(h *Host, spec VolumeSpec, gc groupConfig) (_ *Group, err error) {
 	g.fwd = newForwarder(g)
 	g.wg.Add(1)
 	go g.watch()
+	if rejoin {
+		g.wg.Add(1)
+		go g.rejoin()
+	}
 	return g, nil
 }
 

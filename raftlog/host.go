@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,9 @@ type Host struct {
 
 	mu     sync.Mutex
 	groups map[string]*Group
+	// readmit holds the groups other than volumes' whose readmission
+	// questions this host answers (ServeReadmit).
+	readmit map[string]readmitGroup
 	// down holds the replicas closed after a failure (CloseFailed) and not
 	// open again yet, which Statuses reports as failed.
 	down map[string]downReplica
@@ -86,6 +90,7 @@ func OpenHost(cfg Config) (*Host, error) {
 			return nil, err
 		}
 		h.mux.Handle(mux.KindStream, h.serveStream)
+		h.mux.Handle(mux.KindReadmit, func(_ string, c net.Conn) { h.serveReadmit(c) })
 		h.done = make(chan error, 1)
 		go func() { h.done <- h.mux.Serve() }()
 		log.Info("replication listening", "addr", h.mux.Addr().String(), "mutual_tls", cfg.PeerTLS != nil)
@@ -137,6 +142,13 @@ func (h *Host) DiskSpace() (free, reserve int64, err error) {
 // OpenVolume starts this host's replica of a volume and returns the volume
 // as a backend.
 func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {
+	return h.OpenVolumeContext(context.Background(), spec)
+}
+
+// OpenVolumeContext is OpenVolume with a context, which bounds the wait of
+// a replica without state that asks the other hosts whether its volume
+// exists (VolumeSpec.AskPeers).
+func (h *Host) OpenVolumeContext(ctx context.Context, spec VolumeSpec) (*Volume, error) {
 	if err := volume.ValidateName(spec.Name); err != nil {
 		return nil, err
 	}
@@ -153,7 +165,7 @@ func (h *Host) OpenVolume(spec VolumeSpec) (*Volume, error) {
 		return nil, fmt.Errorf("raftlog: volume %s is already open", spec.Name)
 	}
 	h.mu.Unlock()
-	g, err := openGroup(h, spec, groupConfig{
+	g, err := openGroup(ctx, h, spec, groupConfig{
 		Local: h.cfg.ID,
 		Dir:   filepath.Join(h.cfg.DataDir, "groups", spec.Name),
 		Peers: peers,

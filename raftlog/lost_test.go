@@ -1,10 +1,12 @@
 package raftlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -57,4 +59,87 @@ func TestExistingWithoutState(t *testing.T) {
 	if _, err := h.OpenVolume(spec); err != nil {
 		t.Fatalf("opening after a refused open: %v", err)
 	}
+}
+
+// TestReadmitLostReplica: in a configuration without a catalog
+// (AskPeers), a new volume's replicas bootstrap as before; a follower
+// whose files are deleted while its host is down does not come back as an
+// empty voter: it has the leader remove it, joins as a non-voter, pulls
+// the volume and is a voter again once caught up, with every write.
+func TestReadmitLostReplica(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20, PreferredLeader: "n1", AskPeers: true}
+	c.open(spec)
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	v := c.hosts[l].vol["vol"]
+	for k := range 200 {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.stop(f)
+	if err := os.RemoveAll(filepath.Join(c.dirs[f], "groups", "vol")); err != nil {
+		t.Fatal(err)
+	}
+	// Whether the leader's configuration ever leaves the lost replica out
+	// or as a non-voter.
+	stopWatch, left := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		out := false
+		for {
+			select {
+			case <-stopWatch:
+				left <- out
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			ms, _ := v.Members()
+			if !slices.ContainsFunc(ms, func(m Member) bool { return m.ID == c.peers[f].ID && m.Voter }) {
+				out = true
+			}
+		}
+	}()
+	c.start(f)
+	c.open1(f, spec)
+	// Writes go on meanwhile (two voters, then three).
+	for k := 200; k < 220; k++ {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nv := c.hosts[f].vol["vol"]
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ms, err := v.Members()
+		if err != nil {
+			t.Fatal(err)
+		}
+		voters := 0
+		for _, m := range ms {
+			if m.Voter {
+				voters++
+			}
+		}
+		if voters == 3 && nv.Status().AppliedIndex > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lost replica was not readmitted: members %+v, its status %+v", ms, nv.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stopWatch)
+	if !<-left {
+		t.Error("the replica was a voter throughout: it came back as the same voter without its state")
+	}
+	if cp := nv.Copy(); !cp.OK || cp.Bytes == 0 {
+		t.Errorf("the readmitted replica did not pull the volume: %+v", cp)
+	}
+	for k := 0; k < 220; k += 11 {
+		waitFile(t, nv, k, byte(k+1))
+	}
+	waitFile(t, nv, 219, 220)
 }

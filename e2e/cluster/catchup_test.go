@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -117,6 +119,72 @@ func TestFollowerCatchUp(t *testing.T) {
 	for _, i := range rest {
 		waitReplicaFile(t, c, i, m, 10*time.Second)
 	}
+	c.Start(l)
+	waitReplicaFile(t, c, l, m, 30*time.Second)
+	c.StopAll()
+	filesEqual(t, c)
+}
+
+// readmittedRE is raftlog's line once a replica without state is a voter
+// again; lostRE the one where it finds its files lost.
+var (
+	readmittedRE = regexp.MustCompile(`msg="replica without state readmitted: a voter again"`)
+	lostRE       = regexp.MustCompile(`its files were lost; it leaves the group and joins again as a new replica`)
+)
+
+// TestLostReplica deletes a follower's replica files while its agent is
+// down (a replaced disk) and starts it again, in the fixed configuration:
+// the agent does not come back as an empty voter of the group (which
+// could elect a leader that lacks acknowledged writes) but has the leader
+// remove it, joins again as a non-voter, pulls the volume and is promoted.
+// Then the leader is killed: the rebuilt replica and the third host carry
+// the volume, and every acknowledged write is there.
+func TestLostReplica(t *testing.T) {
+	r := newRand(seed(t), 3)
+	c := startCluster(t, fastArgs...)
+	l := c.Leader(vol)
+	fs := c.Followers(l)
+	k := r.IntN(2)
+	f, o := fs[k], fs[1-k]
+	t.Logf("leader n%d; follower n%d loses its files; writes go through n%d", l+1, f+1, o+1)
+	conn := dial(t, c, o)
+	m := newModel()
+	write := m.writer(t)
+	for blk := range int64(256) {
+		write(conn, blk)
+	}
+	waitReplicaFile(t, c, f, m, 10*time.Second)
+
+	c.Kill(f)
+	if err := os.RemoveAll(filepath.Dir(c.VolumePath(f, vol))); err != nil {
+		t.Fatal(err)
+	}
+	for range 40 {
+		write(conn, r.Int64N(512))
+	}
+	start := time.Now()
+	c.Start(f)
+	if _, err := c.Nodes[f].WaitLog(lostRE, 0, 0); err != nil {
+		t.Fatalf("n%d did not find its replica lost: %v", f+1, err)
+	}
+	for range 40 {
+		write(conn, r.Int64N(512))
+	}
+	if _, err := c.Nodes[f].WaitLog(readmittedRE, 0, 30*time.Second); err != nil {
+		t.Fatalf("n%d was not readmitted: %v", f+1, err)
+	}
+	t.Logf("n%d readmitted %v after its restart", f+1, time.Since(start).Round(time.Millisecond))
+	waitReplicaFile(t, c, f, m, 30*time.Second)
+
+	c.Kill(l)
+	nl := c.Leader(vol)
+	t.Logf("killed leader n%d; n%d leads now", l+1, nl+1)
+	fconn := dial(t, c, f)
+	for range 64 {
+		write(fconn, r.Int64N(512))
+	}
+	verifyThrough(t, c, m)
+	waitReplicaFile(t, c, o, m, 10*time.Second)
 	c.Start(l)
 	waitReplicaFile(t, c, l, m, 30*time.Second)
 	c.StopAll()

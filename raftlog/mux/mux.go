@@ -38,6 +38,11 @@ const (
 	// KindRoom asks a host whether its disk is short of space: it answers
 	// one byte (1: short, 0: not) and closes the connection.
 	KindRoom byte = 4
+	// KindReadmit carries the questions of a replica that has no state
+	// about its group: whether the group has a history, and the steps that
+	// take it out of the group and back in (one JSON request, one JSON
+	// answer).
+	KindReadmit byte = 5
 )
 
 const (
