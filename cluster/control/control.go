@@ -120,7 +120,10 @@ type instance struct {
 	raft   *raft.Raft
 	logs   *wal.Log
 	stable *stablefile.Store
-	trans  *transport.Transport
+	trans  interface {
+		raft.Transport
+		Close() error
+	}
 }
 
 // cur returns the current instance. Its raft may be shut down (after a
@@ -169,23 +172,33 @@ func Open(cfg Config) (_ *Control, err error) {
 		return nil, fmt.Errorf("control: snapshots: %w", err)
 	}
 	c := &Control{cfg: cfg, log: log, fsm: newFSM(), snaps: snaps, stop: make(chan struct{})}
-	in, exists, err := c.start()
+	voter := slices.Contains(cfg.Voters, cfg.Name)
+	// A voter without state is held (its raft unreachable, so that it
+	// never votes) until it knows whether the group exists (bootstrap).
+	in, exists, err := c.start(voter)
 	if err != nil {
 		return nil, err
 	}
 	c.in = in
-	if !exists && slices.Contains(cfg.Voters, cfg.Name) {
-		c.wg.Add(1)
-		go c.bootstrap()
-	}
+	cfg.Host.ServeReadmit(GroupName, func() *raft.Raft { return c.cur().raft }, cfg.Resolve)
 	c.wg.Add(1)
+	if !exists && voter {
+		go c.bootstrap()
+		return c, nil
+	}
 	go c.watchLog()
+	if voter {
+		c.wg.Add(1)
+		go c.keepVoter()
+	}
 	return c, nil
 }
 
 // start opens the member's stores and starts its raft; exists reports
 // whether they held a state already (else the group may need a bootstrap).
-func (c *Control) start() (_ *instance, exists bool, err error) {
+// With hold, a member without state gets a transport that nobody reaches:
+// it neither votes nor receives entries until it is started again.
+func (c *Control) start(hold bool) (_ *instance, exists bool, err error) {
 	cfg := c.cfg
 	in := &instance{}
 	defer func() {
@@ -200,16 +213,23 @@ func (c *Control) start() (_ *instance, exists bool, err error) {
 	if in.logs, err = wal.Open(filepath.Join(cfg.Dir, "log"), wc); err != nil {
 		return nil, false, fmt.Errorf("control: log: %w", err)
 	}
-	layer, err := cfg.Host.RaftLayer(GroupName)
-	if err != nil {
-		return nil, false, fmt.Errorf("control: %w", err)
-	}
-	if layer == nil {
-		return nil, false, errors.New("control: the host has no replication address")
-	}
-	in.trans = transport.New(transport.Config{Stream: layer, Logger: c.log})
 	if in.stable, err = cfg.Host.OpenStable(GroupName, cfg.Dir); err != nil {
 		return nil, false, fmt.Errorf("control: %w", err)
+	}
+	if exists, err = raft.HasExistingState(in.logs, in.stable, c.snaps); err != nil {
+		return nil, false, fmt.Errorf("control: %w", err)
+	}
+	if hold && !exists {
+		_, in.trans = raft.NewInmemTransport("")
+	} else {
+		layer, err := cfg.Host.RaftLayer(GroupName)
+		if err != nil {
+			return nil, false, fmt.Errorf("control: %w", err)
+		}
+		if layer == nil {
+			return nil, false, errors.New("control: the host has no replication address")
+		}
+		in.trans = transport.New(transport.Config{Stream: layer, Logger: c.log})
 	}
 
 	rc := raft.DefaultConfig()
@@ -220,9 +240,6 @@ func (c *Control) start() (_ *instance, exists bool, err error) {
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 1024
 	rc.Logger = raftlog.HCLogger(c.log, "control")
-	if exists, err = raft.HasExistingState(in.logs, in.stable, c.snaps); err != nil {
-		return nil, false, fmt.Errorf("control: %w", err)
-	}
 	if in.raft, err = raft.NewRaft(rc, c.fsm, in.logs, in.stable, c.snaps, in.trans); err != nil {
 		return nil, false, fmt.Errorf("control: %w", err)
 	}
@@ -283,7 +300,7 @@ func (c *Control) watchLog() {
 				return
 			}
 			wait = min(2*wait, maxRetry)
-			next, _, err := c.start()
+			next, _, err := c.start(false)
 			if err != nil {
 				c.log.Warn("opening the control plane's write log again failed", "next_in", wait, "err", err)
 				continue
@@ -337,16 +354,34 @@ func (c *Control) Failed() error {
 	return nil
 }
 
-// bootstrap waits until every voter's address is known, then bootstraps
-// the group with the same configuration as every other voter (raft
-// accepts identical bootstraps; a voter that already joined refuses).
+// bootstrap, for a voter without state, waits until every voter's
+// address is known, then asks the other voters whether the group has a
+// history (raftlog.Host.GroupHasHistory). If not, it bootstraps the group
+// with the same configuration as every other voter (raft accepts
+// identical bootstraps; a voter that already joined refuses). If it has,
+// this voter lost its state (its disk replaced, its files deleted): it
+// must not come back as the same voter, which could elect a leader that
+// lacks committed commands, so it has the leader remove it first, then
+// joins as a non-voter and is promoted once caught up (keepVoter). Until
+// then its raft is held: it neither votes nor receives entries.
 func (c *Control) bootstrap() {
 	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	waiting := time.Now()
+	var conf raft.Configuration
+	var peers []raftlog.Peer
 	for {
-		var conf raft.Configuration
+		conf, peers = raft.Configuration{}, nil
 		var missing []string
 		for _, v := range c.cfg.Voters {
 			addr, ok := c.cfg.Resolve(v)
@@ -355,15 +390,10 @@ func (c *Control) bootstrap() {
 				continue
 			}
 			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(v), Address: raft.ServerAddress(addr)})
+			peers = append(peers, raftlog.Peer{ID: v, Raft: addr})
 		}
 		if len(missing) == 0 {
-			err := c.cur().raft.BootstrapCluster(conf).Error()
-			if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-				c.log.Error("bootstrapping the control plane failed", "err", err)
-			} else {
-				c.log.Info("control plane bootstrapped", "voters", c.cfg.Voters)
-			}
-			return
+			break
 		}
 		if time.Since(waiting) > 10*time.Second {
 			c.log.Info("waiting for the control voters to join before bootstrapping", "missing", missing)
@@ -373,6 +403,117 @@ func (c *Control) bootstrap() {
 		case <-c.stop:
 			return
 		case <-t.C:
+		}
+	}
+	history, err := c.cfg.Host.GroupHasHistory(ctx, GroupName, peers)
+	if err != nil {
+		return // stopping
+	}
+	if history {
+		c.log.Warn("this control voter has no state but the control plane has a history: its data was lost; it leaves the group and joins again as a new member")
+		if err := c.cfg.Host.Evict(ctx, GroupName, peers); err != nil {
+			return
+		}
+	}
+	if !c.startHeld() {
+		return
+	}
+	c.wg.Add(1)
+	go c.watchLog()
+	if history {
+		c.wg.Add(1)
+		go c.keepVoter()
+		return
+	}
+	if err := c.cur().raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		c.log.Error("bootstrapping the control plane failed", "err", err)
+	} else {
+		c.log.Info("control plane bootstrapped", "voters", c.cfg.Voters)
+	}
+}
+
+// isVoter reports whether this member is a voter in the latest
+// configuration it knows.
+func (c *Control) isVoter() (bool, error) {
+	f := c.cur().raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false, err
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == c.cfg.Name {
+			return s.Suffrage == raft.Voter, nil
+		}
+	}
+	return false, nil
+}
+
+// startHeld replaces the held instance of a voter without state by one on
+// the group's port; false if the member stops first.
+func (c *Control) startHeld() bool {
+	old := c.cur()
+	if err := old.raft.Shutdown().Error(); err != nil {
+		c.log.Warn("stopping the held control plane member", "err", err)
+	}
+	c.mu.Lock()
+	old.closeStores()
+	c.mu.Unlock()
+	for {
+		next, _, err := c.start(false)
+		if err == nil {
+			c.mu.Lock()
+			c.in = next
+			c.mu.Unlock()
+			return true
+		}
+		c.log.Warn("starting the control plane member", "err", err)
+		select {
+		case <-c.stop:
+			return false
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// keepVoter, on a member named in Voters, has the leader readmit it while
+// the group's configuration does not list it as a voter: after it lost its
+// state (bootstrap), or when it stopped between its removal and its
+// promotion. It returns once it is a voter, or the member stops.
+func (c *Control) keepVoter() {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		voter, err := c.isVoter()
+		if voter {
+			return
+		}
+		if err == nil {
+			var peers []raftlog.Peer
+			for _, v := range c.cfg.Voters {
+				if addr, ok := c.cfg.Resolve(v); ok && v != c.cfg.Name {
+					peers = append(peers, raftlog.Peer{ID: v, Raft: addr})
+				}
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+			err := c.cfg.Host.Readmit(rctx, GroupName, peers, func() uint64 { return c.cur().raft.AppliedIndex() })
+			rcancel()
+			if err == nil {
+				c.log.Info("control plane member readmitted: a voter again", "applied", c.cur().raft.AppliedIndex())
+				return
+			}
+			c.log.Warn("readmitting this control voter", "err", err)
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -577,16 +718,13 @@ func (c *Control) EnsureMember(name, addr string) error {
 			break // re-added below with its new address
 		}
 	}
-	var fut raft.IndexFuture
-	if slices.Contains(c.cfg.Voters, name) {
-		fut = r.AddVoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
-	} else {
-		fut = r.AddNonvoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second)
-	}
-	if err := fut.Error(); err != nil {
+	// A named voter that is not a member lost its state (bootstrap): it
+	// comes back as a non-voter, and is promoted once caught up at its
+	// own request (keepVoter), never as an empty voter.
+	if err := r.AddNonvoter(raft.ServerID(name), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
 		return fmt.Errorf("control: adding %s (%s): %w", name, addr, err)
 	}
-	c.log.Info("control plane member added", "name", name, "addr", addr, "voter", slices.Contains(c.cfg.Voters, name))
+	c.log.Info("control plane member added", "name", name, "addr", addr, "voter", false)
 	return nil
 }
 
