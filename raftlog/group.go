@@ -159,7 +159,7 @@ func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_
 			return nil, err
 		}
 		if history {
-			g.log.Warn("this replica has no state but the volume's group has a history: its files were lost; it leaves the group and joins again as a new replica")
+			g.log.Warn("this replica has no state but the volume's group has a history (its files were lost, or it started after the others elected a leader): it leaves the group and joins again as a new replica")
 			if err := h.readmitStep(ctx, spec.Name, gc.Peers, stepEvict, nil); err != nil {
 				return nil, err
 			}

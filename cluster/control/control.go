@@ -410,7 +410,7 @@ func (c *Control) bootstrap() {
 		return // stopping
 	}
 	if history {
-		c.log.Warn("this control voter has no state but the control plane has a history: its data was lost; it leaves the group and joins again as a new member")
+		c.log.Warn("this control voter has no state but the control plane has a history (its data was lost, or it started after the others elected a leader): it leaves the group and joins again as a new member")
 		if err := c.cfg.Host.Evict(ctx, GroupName, peers); err != nil {
 			return
 		}

@@ -129,7 +129,7 @@ func TestFollowerCatchUp(t *testing.T) {
 // again; lostRE the one where it finds its files lost.
 var (
 	readmittedRE = regexp.MustCompile(`msg="replica without state readmitted: a voter again"`)
-	lostRE       = regexp.MustCompile(`its files were lost; it leaves the group and joins again as a new replica`)
+	lostRE       = regexp.MustCompile(`has a history \(its files were lost, or it started after the others elected a leader\): it leaves the group and joins again as a new replica`)
 )
 
 // TestLostReplica deletes a follower's replica files while its agent is
