@@ -256,6 +256,10 @@ func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_
 	g.fwd = newForwarder(g)
 	g.wg.Add(1)
 	go g.watch()
+	if !rejoin && spec.AskPeers && !spec.Join && len(gc.Peers) > 1 && g.readmitting() {
+		// Readmitted, and stopped before its promotion: ask for it again.
+		rejoin = true
+	}
 	if rejoin {
 		g.wg.Add(1)
 		go g.rejoin()

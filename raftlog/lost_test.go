@@ -142,4 +142,41 @@ func TestReadmitLostReplica(t *testing.T) {
 		waitFile(t, nv, k, byte(k+1))
 	}
 	waitFile(t, nv, 219, 220)
+
+	// Lost again, and stopped while it pulls the volume as a non-voter
+	// (the pull slowed down): started again, it is promoted all the same.
+	c.stop(f)
+	if err := os.RemoveAll(filepath.Join(c.dirs[f], "groups", "vol")); err != nil {
+		t.Fatal(err)
+	}
+	c.start(f)
+	slow := spec
+	slow.CopyRate = 128 << 10
+	c.open1(f, slow)
+	nv = c.hosts[f].vol["vol"]
+	nonvoter := func() bool {
+		ms, _ := v.Members()
+		return slices.ContainsFunc(ms, func(m Member) bool { return m.ID == c.peers[f].ID && !m.Voter })
+	}
+	for deadline := time.Now().Add(10 * time.Second); !nv.Copy().Active || !nonvoter(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no pull as a non-voter: %+v", nv.Copy())
+		}
+	}
+	c.stop(f)
+	c.start(f)
+	c.open1(f, spec)
+	nv = c.hosts[f].vol["vol"]
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		ms, _ := v.Members()
+		if slices.ContainsFunc(ms, func(m Member) bool { return m.ID == c.peers[f].ID && m.Voter }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not promoted after a restart as a non-voter: members %+v", ms)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFile(t, nv, 219, 220)
 }

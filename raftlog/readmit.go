@@ -358,6 +358,20 @@ func (h *Host) readmitStep(ctx context.Context, name string, peers []Peer, step 
 	}
 }
 
+// readmitting reports whether this replica, which has state, is not a
+// voter in the latest configuration it knows: a readmission stopped
+// before its promotion (a checkpoint it pulled may even predate its
+// addition as a non-voter).
+func (g *Group) readmitting() bool {
+	f := g.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	return !slices.ContainsFunc(f.Configuration().Servers, func(s raft.Server) bool {
+		return string(s.ID) == g.cfg.Local && s.Suffrage == raft.Voter
+	})
+}
+
 // rejoin, run by a replica opened without state after its leader removed
 // it from the group, has the leader add it back as a non-voter, and
 // promote it once it pulled the volume and caught up with the log.
