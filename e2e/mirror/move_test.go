@@ -36,20 +36,29 @@ func startCluster(t *testing.T, size int64, args ...string) (*testbin.Cluster, a
 	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 4, Managed: true, Args: args})
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
-	v, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3})
-	if err != nil {
+	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
-	testbin.WaitFor(t, 20*time.Second, "a leader", func() error {
-		if v, err = c.Admin(0).Volume(ctx, volName); err != nil {
+	return c, waitReady(t, c, 0)
+}
+
+// waitReady waits until the volume has a ready leader, and it is the
+// preferred one (a new volume's first leader may be another replica, which
+// hands leadership over), as host api's agent reports it.
+func waitReady(t *testing.T, c *testbin.Cluster, api int) admin.Volume {
+	t.Helper()
+	var v admin.Volume
+	testbin.WaitFor(t, 30*time.Second, "the preferred leader leading", func() error {
+		var err error
+		if v, err = c.Admin(api).Volume(context.Background(), volName); err != nil {
 			return err
 		}
-		if v.Leader == "" || v.State != admin.VolumeReady {
-			return fmt.Errorf("volume %s, leader %q", v.State, v.Leader)
+		if v.Leader == "" || v.State != admin.VolumeReady || v.Leader != v.PreferredLeader {
+			return fmt.Errorf("volume %s, leader %q, preferred %q", v.State, v.Leader, v.PreferredLeader)
 		}
 		return nil
 	})
-	return c, v
+	return v
 }
 
 // spareHosts returns the hosts of the cluster that hold no replica of v,

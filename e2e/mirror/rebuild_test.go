@@ -40,14 +40,6 @@ func TestRebuildReplica(t *testing.T) {
 	// replica is rebuilt too: its clients go through a proxy meanwhile).
 	l := startLoad(t, c, leader, 2, size/blockSize/2, nil)
 
-	// The leader once it is the preferred one (a new volume's first
-	// leader hands leadership to it).
-	testbin.WaitFor(t, 30*time.Second, "the preferred leader leading", func() error {
-		if v = waitReady(t, c, leader); v.Leader != v.PreferredLeader {
-			return fmt.Errorf("leader %s, preferred %s", v.Leader, v.PreferredLeader)
-		}
-		return nil
-	})
 	follower := v.Hosts[0]
 	if follower == v.Leader {
 		follower = v.Hosts[1]
@@ -82,7 +74,13 @@ func TestRebuildReplica(t *testing.T) {
 
 	// A follower's files lost while its agent is down (not the agent the
 	// writers are connected to).
-	v = waitReady(t, c, leader)
+	testbin.WaitFor(t, 20*time.Second, "a leader", func() error {
+		var err error
+		if v, err = c.Admin(leader).Volume(ctx, volName); err == nil && (v.Leader == "" || v.State != admin.VolumeReady) {
+			err = fmt.Errorf("volume %s, leader %q", v.State, v.Leader)
+		}
+		return err
+	})
 	var lost string
 	for _, h := range v.Hosts {
 		if h != v.Leader && h != c.Nodes[leader].Name {
@@ -131,20 +129,69 @@ func TestRebuildReplica(t *testing.T) {
 	}
 }
 
-// waitReady waits until the volume has a ready leader, as host api's agent
-// reports it.
-func waitReady(t *testing.T, c *testbin.Cluster, api int) admin.Volume {
-	t.Helper()
-	var v admin.Volume
-	testbin.WaitFor(t, 20*time.Second, "a leader", func() error {
+// TestHostDataLost deletes a whole host's data directory while its agent
+// is down (a replaced disk: control plane member, catalog and replicas
+// gone) and starts it again, in a cluster of three hosts where its
+// replica cannot go elsewhere: its control-plane voter is readmitted as a
+// new member rather than coming back empty, its replica is rebuilt in
+// place (reason lost), no write through another agent fails meanwhile,
+// and every replica holds what was acknowledged.
+func TestHostDataLost(t *testing.T) {
+	const size = 16 << 20
+	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
+	c.WaitManaged(30 * time.Second)
+	ctx := context.Background()
+	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	v := waitReady(t, c, 0)
+	leader := index(c, v.Leader)
+	prefill(t, c, leader, size)
+	l := startLoad(t, c, leader, 2, size/blockSize, nil)
+	var lost string
+	for _, h := range v.Hosts {
+		if h != v.Leader {
+			lost = h
+		}
+	}
+	li := index(c, lost)
+	c.Kill(li)
+	if err := os.RemoveAll(c.Nodes[li].DataDir); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	c.Start(li)
+	var got admin.Volume
+	testbin.WaitFor(t, 90*time.Second, "the lost host's replica rebuilt", func() error {
 		var err error
-		if v, err = c.Admin(api).Volume(context.Background(), volName); err != nil {
+		if got, err = c.Admin(leader).Volume(ctx, volName); err != nil {
 			return err
 		}
-		if v.Leader == "" || v.State != admin.VolumeReady {
-			return fmt.Errorf("volume %s, leader %q", v.State, v.Leader)
+		if r := got.LastMove; got.Move != nil || r == nil || r.From != lost || r.Reason != "lost" || r.Result != "completed" {
+			return fmt.Errorf("move %+v, last %+v", got.Move, got.LastMove)
 		}
 		return nil
 	})
-	return v
+	t.Logf("%s's replica rebuilt %v after its restart", lost, got.LastMove.Finished.Sub(killed).Round(100*time.Millisecond))
+	log := c.Nodes[li].Log()
+	for _, want := range []string{"this control voter has no state but the control plane has a history", "control plane member readmitted: a voter again"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("%s's log lacks %q", lost, want)
+		}
+	}
+	hosts, err := c.Admin(li).Hosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts {
+		if h.Name == lost && h.Control != "voter" && h.Control != "leader" {
+			t.Errorf("%s is a control plane %q, want a voter again", lost, h.Control)
+		}
+	}
+	l.end(t)
+	t.Logf("%d writes, longest gap %v", l.writes, l.maxGap.Round(time.Millisecond))
+	verify(t, c, v.Hosts, l, size, size)
+	if out, err := cli(t, c, li, "volume", "verify", volName); err != nil || !strings.Contains(out, "every replica matches") {
+		t.Fatalf("verification after the rebuild: %v\n%s", err, out)
+	}
 }
