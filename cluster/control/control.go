@@ -366,15 +366,8 @@ func (c *Control) Failed() error {
 // then its raft is held: it neither votes nor receives entries.
 func (c *Control) bootstrap() {
 	defer c.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := c.stopContext()
 	defer cancel()
-	go func() {
-		select {
-		case <-c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	waiting := time.Now()
@@ -447,6 +440,20 @@ func (c *Control) isVoter() (bool, error) {
 	return false, nil
 }
 
+// stopContext returns a context that ends when the member stops (or
+// cancel is called).
+func (c *Control) stopContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // startHeld replaces the held instance of a voter without state by one on
 // the group's port; false if the member stops first.
 func (c *Control) startHeld() bool {
@@ -480,15 +487,8 @@ func (c *Control) startHeld() bool {
 // promotion. It returns once it is a voter, or the member stops.
 func (c *Control) keepVoter() {
 	defer c.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := c.stopContext()
 	defer cancel()
-	go func() {
-		select {
-		case <-c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		voter, err := c.isVoter()
 		if voter {

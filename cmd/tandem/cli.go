@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
 	"github.com/tandem-project/tandem/volume"
 )
@@ -247,6 +248,19 @@ func copyRate(n int64, d time.Duration) string {
 }
 
 // orDash returns s, or "-" when it is empty.
+// parseRate parses the value of rate flag name (bytes per second such as
+// 100M); "" is no limit (0).
+func parseRate(name, s string) (admin.Size, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := volume.ParseSize(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--%s %q: want bytes per second such as 100M", name, s)
+	}
+	return admin.Size(n), nil
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"

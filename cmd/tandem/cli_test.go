@@ -1016,3 +1016,27 @@ func TestCLIAdminCA(t *testing.T) {
 		})
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"", 0, false},
+		{"100M", 100 << 20, false},
+		{"4096", 4096, false},
+		{"0", 0, true},
+		{"-1M", 0, true},
+		{"fast", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseRate("max-rate", tt.in)
+		if (err != nil) != tt.wantErr || int64(got) != tt.want {
+			t.Errorf("parseRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+		if err != nil && !strings.Contains(err.Error(), `--max-rate "`+tt.in+`"`) {
+			t.Errorf("parseRate(%q): error %q does not name the flag and value", tt.in, err)
+		}
+	}
+}

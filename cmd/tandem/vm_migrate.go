@@ -11,7 +11,6 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
-	"github.com/tandem-project/tandem/volume"
 )
 
 func newVMMigrateCmd(a *adminFlags) *cobra.Command {
@@ -54,12 +53,8 @@ the VM keeps running on the source; after the switchover it is too late.
 					start, err = cl.CancelMigration(ctx, name)
 				} else {
 					req := admin.MigrateVM{To: to}
-					if bandwidth != "" {
-						n, err := volume.ParseSize(bandwidth)
-						if err != nil || n <= 0 {
-							return fmt.Errorf("--max-bandwidth %q: want bytes per second such as 100M", bandwidth)
-						}
-						req.MaxBandwidth = admin.Size(n)
+					if req.MaxBandwidth, err = parseRate("max-bandwidth", bandwidth); err != nil {
+						return err
 					}
 					start, err = cl.MigrateVM(ctx, name, req)
 				}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
-	"github.com/tandem-project/tandem/volume"
 )
 
 func newVolumeMoveCmd(a *adminFlags) *cobra.Command {
@@ -81,12 +80,8 @@ volume switches between its replica and a proxy under them.
 				if hosts != nil {
 					req = admin.MoveVolume{Hosts: hosts}
 				}
-				if rate != "" {
-					n, err := volume.ParseSize(rate)
-					if err != nil || n <= 0 {
-						return fmt.Errorf("--max-rate %q: want bytes per second such as 100M", rate)
-					}
-					req.MaxRate = admin.Size(n)
+				if req.MaxRate, err = parseRate("max-rate", rate); err != nil {
+					return err
 				}
 				start, err = cl.MoveVolume(ctx, name, req)
 				return err

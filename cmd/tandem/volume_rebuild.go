@@ -11,7 +11,6 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
-	"github.com/tandem-project/tandem/volume"
 )
 
 func newVolumeRebuildCmd(a *adminFlags) *cobra.Command {
@@ -53,16 +52,13 @@ new one later if its replica is lost).
 				return errors.New("--host HOST is required: the host whose replica is rebuilt")
 			}
 			req := admin.MoveVolume{From: host, To: host}
-			if rate != "" {
-				n, err := volume.ParseSize(rate)
-				if err != nil || n <= 0 {
-					return fmt.Errorf("--max-rate %q: want bytes per second such as 100M", rate)
-				}
-				req.MaxRate = admin.Size(n)
+			var err error
+			if req.MaxRate, err = parseRate("max-rate", rate); err != nil {
+				return err
 			}
 			var c *client.Client
 			var start admin.Volume
-			err := a.call(cmd, func(ctx context.Context, cl *client.Client) error {
+			err = a.call(cmd, func(ctx context.Context, cl *client.Client) error {
 				c = cl
 				var err error
 				start, err = cl.MoveVolume(ctx, name, req)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/tandem-project/tandem/admin"
 	"github.com/tandem-project/tandem/admin/client"
-	"github.com/tandem-project/tandem/volume"
 )
 
 func newVolumeVerifyCmd(a *adminFlags) *cobra.Command {
@@ -68,16 +67,13 @@ verification leaves the disks to the VMs. --cancel stops a verification
 				return err
 			}
 			var req admin.VerifyVolume
-			if rate != "" {
-				n, err := volume.ParseSize(rate)
-				if err != nil || n <= 0 {
-					return fmt.Errorf("--max-rate %q: want bytes per second such as 100M", rate)
-				}
-				req.MaxRate = admin.Size(n)
+			var err error
+			if req.MaxRate, err = parseRate("max-rate", rate); err != nil {
+				return err
 			}
 			var c *client.Client
 			var start admin.Volume
-			err := a.call(cmd, func(ctx context.Context, cl *client.Client) error {
+			err = a.call(cmd, func(ctx context.Context, cl *client.Client) error {
 				c = cl
 				var err error
 				start, err = cl.VerifyVolume(ctx, name, req)
