@@ -33,7 +33,13 @@ const (
 // replicas.
 func startCluster(t *testing.T, size int64, args ...string) (*testbin.Cluster, admin.Volume) {
 	t.Helper()
-	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 4, Managed: true, Args: args})
+	return startHosts(t, 4, size, args...)
+}
+
+// startHosts is startCluster with hosts agents.
+func startHosts(t *testing.T, hosts int, size int64, args ...string) (*testbin.Cluster, admin.Volume) {
+	t.Helper()
+	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: hosts, Managed: true, Args: args})
 	c.WaitManaged(30 * time.Second)
 	ctx := context.Background()
 	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {

@@ -27,13 +27,8 @@ import (
 // No write fails, and every replica holds exactly what was acknowledged.
 func TestRebuildReplica(t *testing.T) {
 	const size = 32 << 20
-	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
-	c.WaitManaged(30 * time.Second)
+	c, v := startHosts(t, 3, size)
 	ctx := context.Background()
-	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {
-		t.Fatal(err)
-	}
-	v := waitReady(t, c, 0)
 	leader := index(c, v.Leader)
 	prefill(t, c, leader, size)
 	// The writers write the first half through the leader's agent (whose
@@ -138,13 +133,8 @@ func TestRebuildReplica(t *testing.T) {
 // and every replica holds what was acknowledged.
 func TestHostDataLost(t *testing.T) {
 	const size = 16 << 20
-	c := testbin.StartCluster(t, testbin.ClusterConfig{Hosts: 3, Managed: true})
-	c.WaitManaged(30 * time.Second)
+	c, v := startHosts(t, 3, size)
 	ctx := context.Background()
-	if _, err := c.Admin(0).CreateVolume(ctx, admin.CreateVolume{Name: volName, Size: admin.Size(size), Replicas: 3}); err != nil {
-		t.Fatal(err)
-	}
-	v := waitReady(t, c, 0)
 	leader := index(c, v.Leader)
 	prefill(t, c, leader, size)
 	l := startLoad(t, c, leader, 2, size/blockSize, nil)
