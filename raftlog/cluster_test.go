@@ -538,11 +538,19 @@ func TestFailedFollowerLeavesGroup(t *testing.T) {
 			t.Fatalf("write %d with one follower failed: %v", k, err)
 		}
 	}
+	// It leaves once it applies an entry: keep writing, in case
+	// replication to it was backing off when the three went by (a loaded
+	// machine).
 	deadline := time.Now().Add(10 * time.Second)
-	for fg.raft.State() != raft.Shutdown {
+	for i := 0; fg.raft.State() != raft.Shutdown; i++ {
 		if time.Now().After(deadline) {
 			st := c.hosts[f].vol["vol"].Status()
 			t.Fatalf("failed follower still in the group: raft state %v, commit %d, applied %d, last contact %v ago", fg.raft.State(), st.CommitIndex, st.AppliedIndex, st.LastContact)
+		}
+		if i%25 == 24 {
+			if err := write(3); err != nil {
+				t.Fatalf("write with one follower failed: %v", err)
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
