@@ -151,6 +151,8 @@ func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_
 		return nil, err
 	}
 	stable := g.stable
+	h.setOpening(spec.Name, holdsEntries(g.logs, snaps))
+	defer h.doneOpening(spec.Name)
 	rejoin := false
 	if spec.AskPeers && !spec.Join && h.mux != nil && len(gc.Peers) > 1 && !holdsEntries(g.logs, snaps) {
 		// Without state: a new volume, or a lost replica (readmit.go).

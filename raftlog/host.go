@@ -45,8 +45,10 @@ type Host struct {
 	mu     sync.Mutex
 	groups map[string]*Group
 	// readmit holds the groups other than volumes' whose readmission
-	// questions this host answers (ServeReadmit).
+	// questions this host answers (ServeReadmit); opening the volumes
+	// whose replica is being opened, and whether it holds entries.
 	readmit map[string]readmitGroup
+	opening map[string]bool
 	// down holds the replicas closed after a failure (CloseFailed) and not
 	// open again yet, which Statuses reports as failed.
 	down map[string]downReplica

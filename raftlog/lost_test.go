@@ -180,3 +180,71 @@ func TestReadmitLostReplica(t *testing.T) {
 	}
 	waitFile(t, nv, 219, 220)
 }
+
+// TestReadmitAfterWholeRestart restarts all three hosts at once, one of
+// them with its replica's files deleted: the others' replicas are not
+// open yet when it asks, and must not pass for replicas without history
+// (it would bootstrap an empty voter); it waits for them and is
+// readmitted, with every write.
+func TestReadmitAfterWholeRestart(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20, AskPeers: true}
+	c.open(spec)
+	l := c.leader("vol")
+	f := (l + 1) % 3
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	v := c.hosts[l].vol["vol"]
+	for k := range 64 {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		c.stop(i)
+	}
+	if err := os.RemoveAll(filepath.Join(c.dirs[f], "groups", "vol")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		c.start(i)
+	}
+	// The lost replica asks first; the others open a little later.
+	vols := make([]*Volume, 3)
+	errs := make(chan error, 3)
+	open := func(i int) {
+		var err error
+		vols[i], err = c.hosts[i].h.OpenVolumeContext(ctx, spec)
+		errs <- err
+	}
+	go open(f)
+	time.Sleep(300 * time.Millisecond)
+	for i := range 3 {
+		if i != f {
+			go open(i)
+		}
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		c.hosts[i].vol["vol"] = vols[i]
+	}
+	nl := c.leader("vol")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ms, _ := vols[nl].Members()
+		if slices.ContainsFunc(ms, func(m Member) bool { return m.ID == c.peers[f].ID && m.Voter }) && vols[f].Copy().OK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lost replica was not readmitted: members %+v, copy %+v", ms, vols[f].Copy())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for k := 0; k < 64; k += 7 {
+		waitFile(t, vols[f], k, byte(k+1))
+	}
+}

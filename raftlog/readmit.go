@@ -3,8 +3,11 @@ package raftlog
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/tandem-project/tandem/raftlog/mux"
+	"github.com/tandem-project/tandem/volume"
 )
 
 // Readmission of a replica that has no state, in a configuration without
@@ -60,6 +64,10 @@ type readmitRequest struct {
 
 // readmitAnswer is a host's answer.
 type readmitAnswer struct {
+	// Known: the host can tell what it holds of the group (history): its
+	// member is open, or opening without state. A host whose member is not
+	// open yet may hold a history it cannot report: it does not count.
+	Known bool `json:"known,omitempty"`
 	// Index is the last index of the host's replica (history; 0: none).
 	Index uint64 `json:"index"`
 	// Leader: the host leads the group (the steps other than history are
@@ -148,8 +156,9 @@ func (b bareReadmit) promote(_ context.Context, id string) error {
 
 // ServeReadmit makes this host answer the readmission questions (see
 // Readmit) about group name, a raft group on its port other than a
-// volume's: r returns the group's current raft instance on this host,
-// addr a server's replication address.
+// volume's: r returns the group's current raft instance on this host (nil
+// before it started: no answer then), addr a server's replication
+// address. Call it before the group's member starts.
 func (h *Host) ServeReadmit(name string, r func() *raft.Raft, addr func(id string) (string, bool)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -157,6 +166,25 @@ func (h *Host) ServeReadmit(name string, r func() *raft.Raft, addr func(id strin
 		h.readmit = map[string]readmitGroup{}
 	}
 	h.readmit[name] = bareReadmit{r: r, addr: addr, id: h.cfg.ID}
+}
+
+// setOpening records that this host opens its replica of volume name,
+// which holds entries or not (answerReadmit).
+func (h *Host) setOpening(name string, holds bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.opening == nil {
+		h.opening = map[string]bool{}
+	}
+	h.opening[name] = holds
+}
+
+// doneOpening records that this host no longer opens its replica of
+// volume name (it is open, or the opening failed).
+func (h *Host) doneOpening(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.opening, name)
 }
 
 // answerReadmit carries out one readmission step on this host's member of
@@ -169,13 +197,28 @@ func (h *Host) answerReadmit(req readmitRequest) readmitAnswer {
 	} else if b, ok := h.readmit[req.Group]; ok {
 		rg = b
 	}
+	holds, opening := h.opening[req.Group]
 	h.mu.Unlock()
 	if rg == nil {
-		return readmitAnswer{}
+		if req.Step != stepHistory {
+			return readmitAnswer{}
+		}
+		// A volume's replica opening without state (asking the same
+		// question), or of which this host has no directory at all, holds
+		// no history here. One with a directory, opening or not open yet,
+		// may: this host cannot tell until it is open.
+		if opening {
+			return readmitAnswer{Known: !holds}
+		}
+		_, err := os.Stat(filepath.Join(h.cfg.DataDir, "groups", req.Group))
+		return readmitAnswer{Known: volume.ValidateName(req.Group) == nil && errors.Is(err, os.ErrNotExist)}
 	}
 	r := rg.raft()
+	if r == nil {
+		return readmitAnswer{} // not started yet
+	}
 	if req.Step == stepHistory {
-		return readmitAnswer{Index: r.LastIndex()}
+		return readmitAnswer{Known: true, Index: r.LastIndex()}
 	}
 	if r.State() != raft.Leader {
 		return readmitAnswer{}
@@ -298,7 +341,7 @@ func (h *Host) groupHasHistory(ctx context.Context, name string, peers []Peer) (
 				ans, err := askReadmit(qctx, h.dialer(), p.Raft, readmitRequest{Group: name, ID: h.cfg.ID, Step: stepHistory})
 				mu.Lock()
 				defer mu.Unlock()
-				if err != nil {
+				if err != nil || !ans.Known {
 					return
 				}
 				answered++

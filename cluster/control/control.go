@@ -173,14 +173,21 @@ func Open(cfg Config) (_ *Control, err error) {
 	}
 	c := &Control{cfg: cfg, log: log, fsm: newFSM(), snaps: snaps, stop: make(chan struct{})}
 	voter := slices.Contains(cfg.Voters, cfg.Name)
+	cfg.Host.ServeReadmit(GroupName, func() *raft.Raft {
+		if in := c.cur(); in != nil {
+			return in.raft
+		}
+		return nil
+	}, cfg.Resolve)
 	// A voter without state is held (its raft unreachable, so that it
 	// never votes) until it knows whether the group exists (bootstrap).
 	in, exists, err := c.start(voter)
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
 	c.in = in
-	cfg.Host.ServeReadmit(GroupName, func() *raft.Raft { return c.cur().raft }, cfg.Resolve)
+	c.mu.Unlock()
 	c.wg.Add(1)
 	if !exists && voter {
 		go c.bootstrap()
