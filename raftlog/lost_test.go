@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,6 +80,10 @@ func TestReadmitLostReplica(t *testing.T) {
 		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A request to evict a server that answers the leader is refused.
+	if ans := c.hosts[l].h.answerReadmit(readmitRequest{Group: "vol", ID: c.peers[f].ID, Step: stepEvict}); ans.Done || !strings.Contains(ans.Error, "answers the leader") {
+		t.Fatalf("evicting a healthy follower: %+v", ans)
 	}
 	c.stop(f)
 	if err := os.RemoveAll(filepath.Join(c.dirs[f], "groups", "vol")); err != nil {

@@ -19,7 +19,9 @@ import (
 )
 
 // Readmission of a replica that has no state, in a configuration without
-// a catalog (VolumeSpec.AskPeers: the fixed configuration). A raft server
+// a catalog (VolumeSpec.AskPeers: the fixed configuration), and of a
+// control-plane voter (ServeReadmit, GroupHasHistory, Evict, Readmit: the
+// same questions, asked by cluster/control). A raft server
 // must not come back as the same voter without the state it had: it may
 // have acknowledged entries that now exist on one other replica only, and
 // with an empty log it would vote for a candidate that lacks them. So a
@@ -97,6 +99,9 @@ func (h *Host) serveReadmit(c net.Conn) {
 type readmitGroup interface {
 	raft() *raft.Raft
 	local() string
+	// answered returns when the server at addr last answered this
+	// (leading) member's AppendEntries, zero if unknown.
+	answered(addr raft.ServerAddress) time.Time
 	// remove, add and promote change the configuration (leader only).
 	remove(ctx context.Context, id string) error
 	add(ctx context.Context, id string) error
@@ -110,6 +115,9 @@ type volumeReadmit struct{ g *Group }
 
 func (v volumeReadmit) raft() *raft.Raft { return v.g.raft }
 func (v volumeReadmit) local() string    { return v.g.cfg.Local }
+func (v volumeReadmit) answered(addr raft.ServerAddress) time.Time {
+	return answeredBy(v.g.trans, addr)
+}
 func (v volumeReadmit) remove(ctx context.Context, id string) error {
 	return (&Volume{g: v.g}).Remove(ctx, id)
 }
@@ -127,13 +135,28 @@ func (v volumeReadmit) add(ctx context.Context, id string) error {
 
 // bareReadmit is another raft group on the host's port (ServeReadmit).
 type bareReadmit struct {
-	r    func() *raft.Raft
-	addr func(id string) (string, bool)
-	id   string
+	r     func() *raft.Raft
+	trans func() raft.Transport
+	addr  func(id string) (string, bool)
+	id    string
 }
 
 func (b bareReadmit) raft() *raft.Raft { return b.r() }
 func (b bareReadmit) local() string    { return b.id }
+func (b bareReadmit) answered(addr raft.ServerAddress) time.Time {
+	return answeredBy(b.trans(), addr)
+}
+
+// answeredBy returns when the server at addr last answered an
+// AppendEntries sent over t (zero for a transport that does not say).
+func answeredBy(t raft.Transport, addr raft.ServerAddress) time.Time {
+	if a, ok := t.(interface {
+		Answered(raft.ServerAddress) time.Time
+	}); ok {
+		return a.Answered(addr)
+	}
+	return time.Time{}
+}
 func (b bareReadmit) remove(_ context.Context, id string) error {
 	return b.r().RemoveServer(raft.ServerID(id), 0, membershipTimeout).Error()
 }
@@ -157,15 +180,15 @@ func (b bareReadmit) promote(_ context.Context, id string) error {
 // ServeReadmit makes this host answer the readmission questions (see
 // Readmit) about group name, a raft group on its port other than a
 // volume's: r returns the group's current raft instance on this host (nil
-// before it started: no answer then), addr a server's replication
-// address. Call it before the group's member starts.
-func (h *Host) ServeReadmit(name string, r func() *raft.Raft, addr func(id string) (string, bool)) {
+// before it started: no answer then) and trans its transport, addr a
+// server's replication address. Call it before the group's member starts.
+func (h *Host) ServeReadmit(name string, r func() *raft.Raft, trans func() raft.Transport, addr func(id string) (string, bool)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.readmit == nil {
 		h.readmit = map[string]readmitGroup{}
 	}
-	h.readmit[name] = bareReadmit{r: r, addr: addr, id: h.cfg.ID}
+	h.readmit[name] = bareReadmit{r: r, trans: trans, addr: addr, id: h.cfg.ID}
 }
 
 // setOpening records that this host opens its replica of volume name,
@@ -240,6 +263,12 @@ func (h *Host) answerReadmit(req readmitRequest) readmitAnswer {
 	var err error
 	switch req.Step {
 	case stepEvict:
+		// A server that answers this leader runs with its state: a stray
+		// or forged request does not take it out of the group.
+		if i >= 0 && time.Since(rg.answered(servers[i].Address)) < 2*h.cfg.HeartbeatTimeout {
+			ans.Error = fmt.Sprintf("server %q answers the leader: it is not without state", req.ID)
+			return ans
+		}
 		if i >= 0 {
 			err = rg.remove(ctx, req.ID)
 		}

@@ -178,7 +178,7 @@ func Open(cfg Config) (_ *Control, err error) {
 			return in.raft
 		}
 		return nil
-	}, cfg.Resolve)
+	}, func() raft.Transport { return c.cur().trans }, cfg.Resolve)
 	// A voter without state is held (its raft unreachable, so that it
 	// never votes) until it knows whether the group exists (bootstrap).
 	in, exists, err := c.start(voter)
