@@ -941,12 +941,18 @@ func (a *clusterAgent) closeProxies() {
 // replicaID returns the catalog ID recorded with this agent's replica of
 // a volume (0 if none).
 func (a *clusterAgent) replicaID(name string) uint64 {
-	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, "groups", name, catalogIDFile))
+	return a.replicaNumber(name, catalogIDFile)
+}
+
+// replicaNumber returns the number in file of this agent's replica of
+// volume name (0 if none).
+func (a *clusterAgent) replicaNumber(name, file string) uint64 {
+	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, "groups", name, file))
 	if err != nil {
 		return 0
 	}
-	id, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return id
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
 }
 
 // openReplica opens this agent's replica of a catalog volume and exports

@@ -17,8 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tandem-project/tandem/admin"
@@ -46,12 +44,7 @@ var errLost = raftlog.ErrStateLost
 // rebuildMark returns the move ID recorded in this host's replica of
 // volume name by the rebuild that created it (0: none).
 func (a *clusterAgent) rebuildMark(name string) uint64 {
-	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, "groups", name, rebuildMarkFile))
-	if err != nil {
-		return 0
-	}
-	id, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return id
+	return a.replicaNumber(name, rebuildMarkFile)
 }
 
 // clearRebuildMark makes the replica of volume name an ordinary one: its

@@ -68,19 +68,10 @@ func TestExistingWithoutState(t *testing.T) {
 // empty voter: it has the leader remove it, joins as a non-voter, pulls
 // the volume and is a voter again once caught up, with every write.
 func TestReadmitLostReplica(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
 	spec := VolumeSpec{Name: "vol", Size: 8 << 20, PreferredLeader: "n1", AskPeers: true}
-	c.open(spec)
-	l := c.leader("vol")
-	f := (l + 1) % 3
+	c, l, f, v := askingVolume(t, spec, 200)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	v := c.hosts[l].vol["vol"]
-	for k := range 200 {
-		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// A request to evict a server that answers the leader is refused.
 	if ans := c.hosts[l].h.answerReadmit(readmitRequest{Group: "vol", ID: c.peers[f].ID, Step: stepEvict}); ans.Done || !strings.Contains(ans.Error, "answers the leader") {
 		t.Fatalf("evicting a healthy follower: %+v", ans)
@@ -192,19 +183,10 @@ func TestReadmitLostReplica(t *testing.T) {
 // (it would bootstrap an empty voter); it waits for them and is
 // readmitted, with every write.
 func TestReadmitAfterWholeRestart(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
 	spec := VolumeSpec{Name: "vol", Size: 8 << 20, AskPeers: true}
-	c.open(spec)
-	l := c.leader("vol")
-	f := (l + 1) % 3
+	c, _, f, _ := askingVolume(t, spec, 64)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	v := c.hosts[l].vol["vol"]
-	for k := range 64 {
-		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for i := range 3 {
 		c.stop(i)
 	}
@@ -252,4 +234,23 @@ func TestReadmitAfterWholeRestart(t *testing.T) {
 	for k := 0; k < 64; k += 7 {
 		waitFile(t, vols[f], k, byte(k+1))
 	}
+}
+
+// askingVolume opens spec on three hosts and writes blocks 0 to n-1 (block
+// k holds k+1) through its leader; it returns the cluster, the leader's
+// index, a follower's and the leader's volume.
+func askingVolume(t *testing.T, spec VolumeSpec, n int) (*testCluster, int, int, *Volume) {
+	t.Helper()
+	c := newTestCluster(t, 3, nil)
+	c.open(spec)
+	l := c.leader(spec.Name)
+	v := c.hosts[l].vol[spec.Name]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for k := range n {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(k + 1)}, 4096), int64(k)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, l, (l + 1) % 3, v
 }

@@ -306,20 +306,7 @@ func (l *load) end(t *testing.T) {
 // zeroes.
 func verify(t *testing.T, c *testbin.Cluster, hosts []string, l *load, prefilled, size int64) {
 	t.Helper()
-	ctx := context.Background()
-	// Every replica applied everything: the leader's commit index.
-	testbin.WaitFor(t, 30*time.Second, "every replica caught up", func() error {
-		v, err := c.Admin(index(c, hosts[0])).Volume(ctx, volName)
-		if err != nil {
-			return err
-		}
-		for _, r := range v.Replicas {
-			if r.Lag != 0 || r.AppliedIndex == 0 {
-				return fmt.Errorf("replica %s lags %d (%s)", r.Host, r.Lag, r.State)
-			}
-		}
-		return nil
-	})
+	waitCaughtUp(t, c, index(c, hosts[0]))
 	zero := make([]byte, blockSize)
 	for _, h := range hosts {
 		f, err := os.Open(c.VolumePath(index(c, h), volName))
@@ -352,6 +339,24 @@ func verify(t *testing.T, c *testbin.Cluster, hosts []string, l *load, prefilled
 			t.Fatalf("replica on %s: %d blocks differ", h, bad)
 		}
 	}
+}
+
+// waitCaughtUp waits until every replica applied everything (the leader's
+// commit index), as host api's agent reports it.
+func waitCaughtUp(t *testing.T, c *testbin.Cluster, api int) {
+	t.Helper()
+	testbin.WaitFor(t, 30*time.Second, "every replica caught up", func() error {
+		v, err := c.Admin(api).Volume(context.Background(), volName)
+		if err != nil {
+			return err
+		}
+		for _, r := range v.Replicas {
+			if r.Lag != 0 || r.AppliedIndex == 0 {
+				return fmt.Errorf("replica %s lags %d (%s)", r.Host, r.Lag, r.State)
+			}
+		}
+		return nil
+	})
 }
 
 // cli runs the tandem CLI against host i's agent.

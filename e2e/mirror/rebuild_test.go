@@ -33,18 +33,7 @@ func TestRebuildReplica(t *testing.T) {
 	prefill(t, c, leader, size)
 	// Every replica applied the prefill before its file is damaged (an
 	// apply after the damage would overwrite it).
-	testbin.WaitFor(t, 30*time.Second, "every replica caught up", func() error {
-		v, err := c.Admin(leader).Volume(ctx, volName)
-		if err != nil {
-			return err
-		}
-		for _, r := range v.Replicas {
-			if r.Lag != 0 || r.AppliedIndex == 0 {
-				return fmt.Errorf("replica %s lags %d (%s)", r.Host, r.Lag, r.State)
-			}
-		}
-		return nil
-	})
+	waitCaughtUp(t, c, leader)
 	// The writers write the first half through the leader's agent (whose
 	// replica is rebuilt too: its clients go through a proxy meanwhile).
 	l := startLoad(t, c, leader, 2, size/blockSize/2, nil)
