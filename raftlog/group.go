@@ -156,7 +156,7 @@ func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_
 	rejoin := false
 	if spec.AskPeers && !spec.Join && h.mux != nil && len(gc.Peers) > 1 && !holdsEntries(g.logs, snaps) {
 		// Without state: a new volume, or a lost replica (readmit.go).
-		history, err := h.groupHasHistory(ctx, spec.Name, gc.Peers)
+		history, err := h.GroupHasHistory(ctx, spec.Name, gc.Peers)
 		if err != nil {
 			return nil, err
 		}

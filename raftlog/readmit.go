@@ -320,13 +320,6 @@ func askReadmit(ctx context.Context, d mux.Dialer, addr string, req readmitReque
 	return ans, nil
 }
 
-// GroupHasHistory reports whether raft group name, of which this host holds
-// no state, has a history on the other hosts of peers (see Readmit): it
-// asks them until it can tell, or ctx ends.
-func (h *Host) GroupHasHistory(ctx context.Context, name string, peers []Peer) (bool, error) {
-	return h.groupHasHistory(ctx, name, peers)
-}
-
 // Evict has the leader of group name (on one of peers' hosts) remove this
 // host's server, which lost its state, from the group. Start the new
 // member only after it returned, without bootstrapping, then call Readmit.
@@ -335,23 +328,23 @@ func (h *Host) Evict(ctx context.Context, name string, peers []Peer) error {
 }
 
 // Readmit has the leader of group name add this host's new member back as
-// a non-voter, then promote it once applied (its applied index) is within
-// readmitLag entries of the leader's commit index. It returns once this
-// host is a voter again, or ctx ends.
-func (h *Host) Readmit(ctx context.Context, name string, peers []Peer, applied func() uint64) error {
+// a non-voter, then promote it once state reports its applied index within
+// readmitLag entries of the leader's commit index and no copy under way.
+// It returns once this host is a voter again, or ctx ends.
+func (h *Host) Readmit(ctx context.Context, name string, peers []Peer, state func() (applied uint64, copying bool)) error {
 	if err := h.readmitStep(ctx, name, peers, stepAdd, nil); err != nil {
 		return err
 	}
-	return h.readmitStep(ctx, name, peers, stepPromote, func() (uint64, bool) { return applied(), false })
+	return h.readmitStep(ctx, name, peers, stepPromote, state)
 }
 
-// groupHasHistory asks the other hosts of a group, which this host holds
+// GroupHasHistory asks the other hosts of a group, which this host holds
 // no state of, whether the group has a history: true once one answers a
 // log beyond the bootstrap configuration, false once enough answered
 // none that, with this host, they are a majority (no history can have
 // been made without one of them). It asks again until it can tell, or
 // ctx ends.
-func (h *Host) groupHasHistory(ctx context.Context, name string, peers []Peer) (bool, error) {
+func (h *Host) GroupHasHistory(ctx context.Context, name string, peers []Peer) (bool, error) {
 	others := slices.DeleteFunc(slices.Clone(peers), func(p Peer) bool { return p.ID == h.cfg.ID })
 	quorum := len(peers)/2 + 1
 	for round := 0; ; round++ {
@@ -458,15 +451,9 @@ func (g *Group) rejoin() {
 		case <-ctx.Done():
 		}
 	}()
-	name, peers := g.spec.Name, g.cfg.Peers
-	if err := g.h.readmitStep(ctx, name, peers, stepAdd, nil); err != nil {
-		g.log.Warn("replica without state: not added back to its group", "err", err)
-		return
-	}
-	g.log.Info("replica without state added back to its group as a non-voter; it pulls the volume")
 	state := func() (uint64, bool) { return g.raft.AppliedIndex(), (&Volume{g: g}).Copy().Active }
-	if err := g.h.readmitStep(ctx, name, peers, stepPromote, state); err != nil {
-		g.log.Warn("replica without state: not promoted", "err", err)
+	if err := g.h.Readmit(ctx, g.spec.Name, g.cfg.Peers, state); err != nil {
+		g.log.Warn("replica without state: not readmitted", "err", err)
 		return
 	}
 	g.log.Info("replica without state readmitted: a voter again", "applied", g.raft.AppliedIndex())

@@ -509,7 +509,7 @@ func (c *Control) keepVoter() {
 				}
 			}
 			rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
-			err := c.cfg.Host.Readmit(rctx, GroupName, peers, func() uint64 { return c.cur().raft.AppliedIndex() })
+			err := c.cfg.Host.Readmit(rctx, GroupName, peers, func() (uint64, bool) { return c.cur().raft.AppliedIndex(), false })
 			rcancel()
 			if err == nil {
 				c.log.Info("control plane member readmitted: a voter again", "applied", c.cur().raft.AppliedIndex())
