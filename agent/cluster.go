@@ -692,7 +692,7 @@ func (a *clusterAgent) reconcile() {
 			}
 			err := a.openReplica(st, cv, current)
 			switch {
-			case errors.Is(err, errLost):
+			case errors.Is(err, raftlog.ErrStateLost):
 				a.askRebuild(cv, err)
 			case err != nil && reopening:
 				a.reopen.failedAgain(name, err)
@@ -959,7 +959,7 @@ func (a *clusterAgent) replicaNumber(name, file string) uint64 {
 // it. A directory left by a deleted volume of the same name is removed
 // first; one of unknown origin is left alone (and the volume not opened).
 // A replica the catalog says was created before is never created anew:
-// without its files (or its raft state) it is lost (errLost, rebuild.go).
+// without its files (or its raft state) it is lost (raftlog.ErrStateLost, rebuild.go).
 // current says whether st is current.
 func (a *clusterAgent) openReplica(st *catalog.State, cv *catalog.Volume, current bool) error {
 	var peers []raftlog.Peer

@@ -444,12 +444,7 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 			return 0, err
 		}
 		if m.To == a.cfg.Name {
-			target := ""
-			for _, h := range cv.Replicas {
-				if target == "" && h != m.To && slices.ContainsFunc(members, func(x raftlog.Member) bool { return x.ID == h && x.Voter }) {
-					target = h
-				}
-			}
+			target := otherVoter(cv.Replicas, members, m.To)
 			a.log.Info("handing the volume's leadership away before its replica here is rebuilt", "volume", cv.Name, "to", target)
 			if err := v.TransferLeadershipTo(target); err != nil {
 				return time.Second, err
@@ -515,10 +510,8 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 			if cv.PreferredLeader != m.From {
 				target = cv.PreferredLeader
 			}
-			for _, h := range cv.Replicas {
-				if target == "" && h != m.From && slices.ContainsFunc(members, func(x raftlog.Member) bool { return x.ID == h && x.Voter }) {
-					target = h
-				}
+			if target == "" {
+				target = otherVoter(cv.Replicas, members, m.From)
 			}
 			if target == "" {
 				target = m.To
@@ -540,6 +533,18 @@ func (a *clusterAgent) moveStep(st *catalog.State, cv *catalog.Volume, v *raftlo
 		return -1, err
 	}
 	return time.Second, fmt.Errorf("unknown move phase %q", m.Phase)
+}
+
+// otherVoter returns the first of replicas, other than host, that members
+// lists as a voter ("" if none): where a leader that leaves hands its
+// leadership.
+func otherVoter(replicas []string, members []raftlog.Member, host string) string {
+	for _, h := range replicas {
+		if h != host && slices.ContainsFunc(members, func(x raftlog.Member) bool { return x.ID == h && x.Voter }) {
+			return h
+		}
+	}
+	return ""
 }
 
 // copyResult returns a completed move's result with the destination's

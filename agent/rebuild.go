@@ -37,10 +37,6 @@ const (
 	rebuildRetryMax = 30 * time.Minute
 )
 
-// errLost: this host's replica of a volume was created once and has no
-// raft state left.
-var errLost = raftlog.ErrStateLost
-
 // rebuildMark returns the move ID recorded in this host's replica of
 // volume name by the rebuild that created it (0: none).
 func (a *clusterAgent) rebuildMark(name string) uint64 {
@@ -158,13 +154,13 @@ type rebuildAsk struct {
 
 // lostOnOpen decides, for this host's replica of cv whose directory holds
 // no replica of the volume (missing, or removed just now), whether it may
-// be created: errLost if the catalog says it was created before, an error
+// be created: raftlog.ErrStateLost if the catalog says it was created before, an error
 // while the catalog is not current (it may not show that yet), and
 // otherwise nil once the creation is recorded.
 func (a *clusterAgent) lostOnOpen(ctx context.Context, cv *catalog.Volume, current bool) error {
 	switch {
 	case slices.Contains(cv.Opened, a.cfg.Name):
-		return fmt.Errorf("volume %s: %w", cv.Name, errLost)
+		return fmt.Errorf("volume %s: %w", cv.Name, raftlog.ErrStateLost)
 	case !current:
 		return errors.New("waiting for a current catalog before creating the replica")
 	}
