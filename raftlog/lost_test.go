@@ -68,7 +68,9 @@ func TestExistingWithoutState(t *testing.T) {
 // empty voter: it has the leader remove it, joins as a non-voter, pulls
 // the volume and is a voter again once caught up, with every write.
 func TestReadmitLostReplica(t *testing.T) {
-	spec := VolumeSpec{Name: "vol", Size: 8 << 20, PreferredLeader: "n1", AskPeers: true}
+	// No preferred leader: leadership must not be handed to the follower
+	// that loses its files.
+	spec := VolumeSpec{Name: "vol", Size: 8 << 20, AskPeers: true}
 	c, _, f, v := askingVolume(t, spec, 200)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
