@@ -195,7 +195,6 @@ func openGroup(ctx context.Context, h *Host, spec VolumeSpec, gc groupConfig) (_
 			Stream: g.layer,
 			// InstallSnapshot waits while the follower pulls the volume.
 			SnapshotTimeout: 24 * time.Hour,
-			Covered:         func(index, term uint64) bool { return logCovers(g.logs, snaps, index, term) },
 			Logger:          g.log,
 		})
 	} else {
@@ -280,24 +279,6 @@ func holdsEntries(logs raft.LogStore, snaps raft.SnapshotStore) bool {
 	}
 	list, err := snaps.List()
 	return err != nil || len(list) > 0
-}
-
-// logCovers reports whether a replica whose log is logs and whose
-// checkpoints are snaps holds the entry at index of term (in its log, or
-// as its latest checkpoint's last entry) and entries after it. Entries up
-// to a snapshot's index are committed, so such an entry is never cut
-// from the log afterwards.
-func logCovers(logs raft.LogStore, snaps raft.SnapshotStore, index, term uint64) bool {
-	last, err := logs.LastIndex()
-	if err != nil || last <= index {
-		return false
-	}
-	var e raft.Log
-	if err := logs.GetLog(index, &e); err == nil {
-		return e.Term == term
-	}
-	list, err := snaps.List()
-	return err == nil && len(list) > 0 && list[0].Index == index && list[0].Term == term
 }
 
 // openLogStore opens the raft log of a group: a segment WAL with one

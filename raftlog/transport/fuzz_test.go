@@ -78,7 +78,7 @@ func FuzzHandleConn(f *testing.F) {
 	f.Add([]byte{99})
 
 	closed := make(chan struct{})
-	tr := New(Config{Stream: noLayer{closed: closed}, Covered: func(index, term uint64) bool { return index == 7 }})
+	tr := New(Config{Stream: noLayer{closed: closed}})
 	f.Cleanup(func() { tr.Close() })
 	tr.SetHeartbeatHandler(func(rpc raft.RPC) { rpc.Respond(&raft.AppendEntriesResponse{}, nil) })
 	stop := make(chan struct{})

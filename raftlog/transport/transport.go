@@ -74,17 +74,6 @@ type Config struct {
 	// few hundred entries per second once writes slowed, and never while
 	// they went on faster.
 	MaxInFlight int
-	// Covered, if set, reports whether this replica already holds
-	// everything a snapshot up to index (of term) covers and more: an
-	// InstallSnapshot it covers is acknowledged without installing it
-	// (Raft's rule: a follower whose log has the snapshot's last entry
-	// keeps the entries after it). hashicorp/raft, with a log store that
-	// must stay contiguous (raft.MonotonicLogStore), would instead delete
-	// every entry after the snapshot, including committed ones it has not
-	// applied yet, and then panic applying them. A leader sends such a
-	// stale snapshot when an earlier InstallSnapshot went unanswered, or
-	// after a leader change during one.
-	Covered func(index, term uint64) bool
 	// Logger receives connection errors.
 	Logger *slog.Logger
 }
@@ -545,16 +534,6 @@ func (t *Transport) handleCommand(c *conn) error {
 		var req raft.InstallSnapshotRequest
 		if err := c.dec.Decode(&req); err != nil {
 			return err
-		}
-		if t.cfg.Covered != nil && t.cfg.Covered(req.LastLogIndex, req.LastLogTerm) {
-			if _, err := io.CopyN(io.Discard, c.r, req.Size); err != nil {
-				return err
-			}
-			t.cfg.Logger.Info("snapshot already covered by this replica's log: acknowledged without installing it", "index", req.LastLogIndex, "term", req.LastLogTerm)
-			if err := c.enc.Encode(""); err != nil {
-				return err
-			}
-			return c.enc.Encode(&raft.InstallSnapshotResponse{RPCHeader: req.RPCHeader, Term: req.Term, Success: true})
 		}
 		rpc.Command = &req
 		rpc.Reader = io.LimitReader(c.r, req.Size)

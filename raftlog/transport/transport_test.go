@@ -3,7 +3,6 @@ package transport
 import (
 	"bytes"
 	"errors"
-	"io"
 	"net"
 	"runtime"
 	"testing"
@@ -240,43 +239,6 @@ func TestNoPipelineByDefault(t *testing.T) {
 	defer a.Close()
 	if _, err := a.AppendEntriesPipeline("peer", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
 		t.Fatalf("AppendEntriesPipeline: %v, want %v", err, raft.ErrPipelineReplicationNotSupported)
-	}
-}
-
-// An InstallSnapshot the receiver's log covers is acknowledged by the
-// transport, its data read and dropped, without reaching raft; one it
-// does not cover reaches raft with its data.
-func TestCoveredSnapshotAcknowledged(t *testing.T) {
-	a := New(Config{Stream: newLayer(t)})
-	b := New(Config{Stream: newLayer(t), Covered: func(index, term uint64) bool { return index == 100 && term == 2 }})
-	defer a.Close()
-	defer b.Close()
-	data := bytes.Repeat([]byte{9}, 5000)
-	req := func(index uint64) *raft.InstallSnapshotRequest {
-		return &raft.InstallSnapshotRequest{RPCHeader: raft.RPCHeader{Addr: []byte("a")}, Term: 4, LastLogIndex: index, LastLogTerm: 2, Size: int64(len(data))}
-	}
-	var resp raft.InstallSnapshotResponse
-	if err := a.InstallSnapshot("b", b.LocalAddr(), req(100), &resp, bytes.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	if !resp.Success || resp.Term != 4 {
-		t.Fatalf("covered snapshot: %+v", resp)
-	}
-	select {
-	case rpc := <-b.Consumer():
-		t.Fatalf("a covered snapshot reached raft: %T", rpc.Command)
-	default:
-	}
-	go func() {
-		rpc := <-b.Consumer()
-		got, _ := io.ReadAll(rpc.Reader)
-		rpc.Respond(&raft.InstallSnapshotResponse{Term: 4, Success: bytes.Equal(got, data)}, nil)
-	}()
-	if err := a.InstallSnapshot("b", b.LocalAddr(), req(200), &resp, bytes.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	if !resp.Success {
-		t.Fatal("an uncovered snapshot did not reach raft with its data")
 	}
 }
 

@@ -1506,6 +1506,12 @@ func (r *Raft) appendEntries(rpc RPC, a *AppendEntriesRequest) {
 		var prevLogTerm uint64
 		if a.PrevLogEntry == lastIdx {
 			prevLogTerm = lastTerm
+		} else if a.PrevLogEntry <= r.getLastApplied() {
+			// Tandem: an applied entry is committed, the same on
+			// every server, whether this server's log still holds it
+			// or a snapshot replaced it (the leader retries from the
+			// snapshot's index after a covered InstallSnapshot).
+			prevLogTerm = a.PrevLogTerm
 		} else {
 			var prevLog Log
 			if err := r.logs.GetLog(a.PrevLogEntry, &prevLog); err != nil {
@@ -1534,8 +1540,12 @@ func (r *Raft) appendEntries(rpc RPC, a *AppendEntriesRequest) {
 
 		// Delete any conflicting entries, skip any duplicates
 		lastLogIdx, _ := r.getLastLog()
+		lastApplied := r.getLastApplied()
 		var newEntries []*Log
 		for i, entry := range a.Entries {
+			if entry.Index <= lastApplied {
+				continue // Tandem: applied, so the same (see above)
+			}
 			if entry.Index > lastLogIdx {
 				newEntries = a.Entries[i:]
 				break
@@ -1926,6 +1936,17 @@ func (r *Raft) installSnapshot(rpc RPC, req *InstallSnapshotRequest) {
 		}
 		reqConfigurationIndex = req.LastLogIndex
 	}
+
+	// Tandem: a snapshot this server already holds is acknowledged without
+	// installing it (see snapshotCovered).
+	if r.snapshotCovered(req.LastLogIndex, req.LastLogTerm) {
+		r.logger.Info("snapshot already covered by this server's log: acknowledged without installing it",
+			"index", req.LastLogIndex, "term", req.LastLogTerm)
+		resp.Success = true
+		r.setLastContact()
+		return
+	}
+
 	version := getSnapshotVersion(r.protocolVersion)
 	sink, err := r.snapshots.Create(version, req.LastLogIndex, req.LastLogTerm,
 		reqConfiguration, reqConfigurationIndex, r.trans)
@@ -2001,6 +2022,11 @@ func (r *Raft) installSnapshot(rpc RPC, req *InstallSnapshotRequest) {
 		if err := r.removeOldLogs(); err != nil {
 			r.logger.Error("failed to reset logs", "error", err)
 		}
+		// Tandem: the log is empty now; its last entry is the
+		// snapshot's. Upstream kept the removed entries' last index, which
+		// let an AppendEntries after them pass the previous-entry check
+		// and the commit then asked for removed entries (a panic).
+		r.setLastLog(req.LastLogIndex, req.LastLogTerm)
 	} else if err := r.compactLogs(req.LastLogIndex); err != nil {
 		r.logger.Error("failed to compact logs", "error", err)
 	}
@@ -2008,6 +2034,34 @@ func (r *Raft) installSnapshot(rpc RPC, req *InstallSnapshotRequest) {
 	r.logger.Info("Installed remote snapshot")
 	resp.Success = true
 	r.setLastContact()
+}
+
+// snapshotCovered reports whether this server already holds everything a
+// snapshot up to index (of term) holds, and possibly more: it applied
+// that far (applied entries are committed, the same on every server), or
+// its log has the snapshot's last entry (Raft's InstallSnapshot rule 6:
+// keep the entries after it). Installing such a snapshot would throw away
+// the entries after it that the server already acknowledged; with a
+// MonotonicLogStore, committed ones it had not applied yet too. A leader
+// sends one when an earlier InstallSnapshot's answer did not reach it, or
+// when a pipelined AppendEntries failed while others were in flight.
+// Tandem's addition; must run on the main goroutine, like appendEntries.
+func (r *Raft) snapshotCovered(index, term uint64) bool {
+	if index <= r.getLastApplied() {
+		return true
+	}
+	lastIdx, lastTerm := r.getLastEntry()
+	switch {
+	case index > lastIdx:
+		return false
+	case index == lastIdx:
+		return term == lastTerm
+	}
+	var l Log
+	if err := r.logs.GetLog(index, &l); err != nil {
+		return false
+	}
+	return l.Term == term
 }
 
 // setLastContact is used to set the last contact time to now
