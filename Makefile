@@ -24,6 +24,7 @@ run: build
 
 test: deps-go
 	@scripts/check-deps.sh test
+	GO=$(GO) scripts/test-raft-copy.sh $(TEST_FLAGS)
 	TANDEM_REQUIRE_TOOLS=1 $(GO) test -race -timeout 14m $(TEST_FLAGS) ./...
 
 lint: deps-go

@@ -1,3 +1,9 @@
+// Copyright (c) HashiCorp, Inc.
+// SPDX-License-Identifier: MPL-2.0
+
+// This file is Tandem's addition to its copy of hashicorp/raft (see
+// third_party/README.md in the Tandem repository).
+
 package raft
 
 import (
