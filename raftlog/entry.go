@@ -21,6 +21,10 @@ const (
 	// current one changes nothing, so fences replayed or delayed never
 	// undo a newer one.
 	opFence uint8 = 4
+	// opChecksum hashes n ranges of ChecksumRange bytes from range off
+	// when applied: every replica hashes its file at the same log index
+	// (pinned.go). It changes nothing.
+	opChecksum uint8 = 5
 )
 
 // Op flags.
@@ -121,6 +125,10 @@ func decodeEntry(b []byte, fn func(op) error) error {
 			}
 			o.data, b = b[:o.n:o.n], b[o.n:]
 		case opZero, opGrow, opFence:
+		case opChecksum:
+			if o.n < 1 || o.n > MaxPinnedRanges {
+				return fmt.Errorf("%w: op %d checksum of %d ranges", errBadEntry, i, o.n)
+			}
 		default:
 			return fmt.Errorf("%w: op %d kind %d", errBadEntry, i, o.kind)
 		}

@@ -15,6 +15,7 @@ func TestEntryRoundTrip(t *testing.T) {
 		{kind: opWrite, off: 1<<40 + 3, n: 0, data: []byte{}},
 		{kind: opWrite, off: 512, n: 2, data: []byte("ok"), id: 7, epoch: 1 << 60},
 		{kind: opFence, off: 1234, epoch: 99, id: 8},
+		{kind: opChecksum, off: 17, n: MaxPinnedRanges, id: 9},
 	}
 	b := encodeEntry(ops)
 	var got []op
@@ -83,13 +84,15 @@ func TestEntryDecodesV2(t *testing.T) {
 func TestEntryRejectsGarbage(t *testing.T) {
 	good := encodeEntry([]*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}})
 	cases := map[string][]byte{
-		"empty":          nil,
-		"bad version":    append([]byte{9}, good[1:]...),
-		"truncated data": good[:len(good)-1],
-		"trailing":       append(append([]byte{}, good...), 0),
-		"unknown kind":   func() []byte { b := append([]byte{}, good...); b[entryHeader] = 77; return b }(),
-		"negative off":   func() []byte { b := append([]byte{}, good...); b[entryHeader+2] = 0x80; return b }(),
-		"count too high": func() []byte { b := append([]byte{}, good...); b[4] = 2; return b }(),
+		"empty":           nil,
+		"bad version":     append([]byte{9}, good[1:]...),
+		"truncated data":  good[:len(good)-1],
+		"trailing":        append(append([]byte{}, good...), 0),
+		"unknown kind":    func() []byte { b := append([]byte{}, good...); b[entryHeader] = 77; return b }(),
+		"negative off":    func() []byte { b := append([]byte{}, good...); b[entryHeader+2] = 0x80; return b }(),
+		"count too high":  func() []byte { b := append([]byte{}, good...); b[4] = 2; return b }(),
+		"no ranges":       encodeEntry([]*op{{kind: opChecksum, off: 1, n: 0}}),
+		"too many ranges": encodeEntry([]*op{{kind: opChecksum, off: 1, n: MaxPinnedRanges + 1}}),
 	}
 	for name, b := range cases {
 		if err := decodeEntry(b, func(op) error { return nil }); !errors.Is(err, errBadEntry) {
@@ -100,9 +103,11 @@ func TestEntryRejectsGarbage(t *testing.T) {
 
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeEntry([]*op{{kind: opWrite, off: 1, n: 3, data: []byte("abc")}, {kind: opZero, n: 9}}))
+	f.Add(encodeEntry([]*op{{kind: opChecksum, off: 2, n: 3, id: 4}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = decodeEntry(b, func(o op) error {
-			if o.off < 0 || (o.kind == opWrite && int64(len(o.data)) != o.n) {
+			if o.off < 0 || (o.kind == opWrite && int64(len(o.data)) != o.n) ||
+				(o.kind == opChecksum && (o.n < 1 || o.n > MaxPinnedRanges)) {
 				t.Fatalf("decoded an invalid op %+v", o)
 			}
 			return nil

@@ -66,6 +66,9 @@ type fsm struct {
 	// versions records, per checksum range, the last entry that changed
 	// it (membership.go: integrity checks after a replica move).
 	versions rangeVersions
+	// pinned holds the checksums of the last opChecksum entries applied
+	// (pinned.go).
+	pinned pinnedSums
 
 	// writer is the epoch whose writes the volume accepts (0: any), set
 	// by the fence of generation writerGen. Only the FSM goroutine
@@ -351,6 +354,10 @@ func (f *fsm) applyOps(ctx context.Context, index uint64, ops []op, lock bool) e
 		}
 	}
 	for _, o := range ops {
+		if o.kind == opChecksum {
+			f.pinSums(ctx, index, o)
+			continue
+		}
 		var unlock func()
 		if lock && (o.kind == opWrite || o.kind == opZero) {
 			unlock = f.lockRange(o.off, o.n, true)

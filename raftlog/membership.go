@@ -418,20 +418,30 @@ func (v *Volume) Checksums(ctx context.Context, index uint64, first, count int64
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		off := i * ChecksumRange
-		l := min(int64(ChecksumRange), g.file.Size()-off)
-		unlock := g.fsm.lockRange(off, ChecksumRange, false)
+		unlock := g.fsm.lockRange(i*ChecksumRange, ChecksumRange, false)
 		since := g.fsm.versions.version(i)
 		until := g.fsm.applied.Load()
-		err := g.file.ReadAt(ctx, buf[:l], off)
+		sum, err := g.fsm.rangeSum(ctx, i, buf)
 		unlock()
 		if err != nil {
 			return nil, err
 		}
-		h := sha256.Sum256(buf[:l])
-		out = append(out, RangeSum{Sum: fmt.Sprintf("%x", h[:16]), Since: since, Until: until})
+		out = append(out, RangeSum{Sum: sum, Since: since, Until: until})
 	}
 	return out, nil
+}
+
+// rangeSum returns the checksum of range i of the file (the first 16
+// bytes of its SHA-256, hex), read into buf (ChecksumRange bytes). The
+// caller keeps the range from changing meanwhile.
+func (f *fsm) rangeSum(ctx context.Context, i int64, buf []byte) (string, error) {
+	off := i * ChecksumRange
+	l := min(int64(ChecksumRange), f.file.Size()-off)
+	if err := f.file.ReadAt(ctx, buf[:l], off); err != nil {
+		return "", err
+	}
+	h := sha256.Sum256(buf[:l])
+	return fmt.Sprintf("%x", h[:16]), nil
 }
 
 // SetPeers replaces the replica hosts the proxy sends requests to (the
