@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,7 +31,7 @@ type Mover interface {
 	MoveStep(ctx context.Context, step MoveStep) (uint64, error)
 	// LocalChecksums returns this agent's replica's checksums of volume
 	// name once it applied index (any agent holding a replica).
-	LocalChecksums(ctx context.Context, name string, index uint64, first, count int64) (Checksums, error)
+	LocalChecksums(ctx context.Context, name string, q ChecksumQuery) (Checksums, error)
 }
 
 // MoveVolume is the body of POST /v1/volumes/{name}/move.
@@ -99,6 +100,7 @@ type MoveCheck struct {
 	RangeBytes int64  `json:"range_bytes"`
 	Compared   int64  `json:"compared"`
 	Mismatched int64  `json:"mismatched"`
+	Pinned     int64  `json:"pinned,omitempty"`
 	OK         bool   `json:"ok"`
 	Error      string `json:"error,omitempty"`
 }
@@ -130,6 +132,18 @@ type MoveStep struct {
 	Move catalog.MoveCommand `json:"move"`
 }
 
+// ChecksumQuery asks a replica for its checksums of Count ranges from
+// range First (Count 0: to the end), once it applied Index. With Pinned
+// set, the ranges are those the checksum entry at Index with that op id
+// named (raftlog.Volume.PinChecksums), as the replica hashed them when it
+// applied the entry; First and Count only label the answer.
+type ChecksumQuery struct {
+	Index  uint64
+	First  int64
+	Count  int64
+	Pinned uint64
+}
+
 // Checksums is the body of GET /v1/local/volumes/{name}/checksums: the
 // answering replica's checksums of ranges First, First+1... of RangeBytes.
 type Checksums struct {
@@ -145,7 +159,7 @@ func MoveCheckOf(c *catalog.MoveCheck) *MoveCheck {
 	if c == nil {
 		return nil
 	}
-	return &MoveCheck{Index: c.Index, Ranges: c.Ranges, RangeBytes: c.RangeBytes, Compared: c.Compared, Mismatched: c.Mismatched, OK: c.OK, Error: c.Error}
+	return &MoveCheck{Index: c.Index, Ranges: c.Ranges, RangeBytes: c.RangeBytes, Compared: c.Compared, Mismatched: c.Mismatched, Pinned: c.Pinned, OK: c.OK, Error: c.Error}
 }
 
 // MoveResultOf converts the catalog's record of a move's end.
@@ -191,18 +205,18 @@ func (s *server) routeMoves(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("GET /v1/local/volumes/{name}/checksums", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		var nums [3]int64
-		for i, k := range []string{"index", "first", "count"} {
+		var nums [4]uint64
+		for i, k := range []string{"index", "first", "count", "pinned"} {
 			if v := q.Get(k); v != "" {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil || n < 0 {
+				n, err := strconv.ParseUint(v, 10, 64)
+				if err != nil || (k == "first" || k == "count") && n > math.MaxInt64 {
 					writeError(w, http.StatusBadRequest, fmt.Sprintf("%s=%q: want a non-negative integer", k, v))
 					return
 				}
 				nums[i] = n
 			}
 		}
-		cs, err := m.LocalChecksums(r.Context(), r.PathValue("name"), uint64(nums[0]), nums[1], nums[2])
+		cs, err := m.LocalChecksums(r.Context(), r.PathValue("name"), ChecksumQuery{Index: nums[0], First: int64(nums[1]), Count: int64(nums[2]), Pinned: nums[3]})
 		s.reply(w, http.StatusOK, cs, err)
 	})
 }

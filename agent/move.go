@@ -46,8 +46,9 @@ const (
 	// leader's commit index when it is promoted.
 	promoteLag = 64
 	// checkRounds bounds the integrity check's rounds over ranges that
-	// changed while they were read.
-	checkRounds = 10
+	// changed while they were read; those still changing are then
+	// compared by checksum entries (raftlog.Volume.PinChecksums).
+	checkRounds = 3
 	// checkBatch bounds the ranges hashed by one request to each side
 	// (64 MiB, well under a second): the whole volume in one request
 	// outlasted the admin client's 60 s timeout for volumes of a few
@@ -580,9 +581,11 @@ func (a *clusterAgent) localOf(ctx context.Context, h *catalog.Host, name string
 // leader's (v) range by range: both hash their file once they applied a
 // barrier index, each range tagged with the log indexes over which it held
 // its bytes; ranges whose two intervals do not overlap (written between
-// the two reads) are read again, up to checkRounds rounds. With rate > 0
-// (the move's --max-rate) it reads at most rate bytes a second on each
-// side, so that the check, like the copy, leaves the disks to the VMs.
+// the two reads) are read again, up to checkRounds rounds, and those
+// written throughout are then hashed by every replica at one log index,
+// through a checksum entry (checkPinned). With rate > 0 (the move's
+// --max-rate) it reads at most rate bytes a second on each side, so that
+// the check, like the copy, leaves the disks to the VMs.
 func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name string, to *catalog.Host, rate int64) catalog.MoveCheck {
 	check := catalog.MoveCheck{RangeBytes: raftlog.ChecksumRange}
 	c, err := a.adminClient(to.AdminAddr, 60*time.Second)
@@ -621,7 +624,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 			pending = pending[count:]
 			// The destination first: it is behind, the leader reads later
 			// at a larger index.
-			theirs, err := c.LocalChecksums(ctx, name, index, first, count)
+			theirs, err := c.LocalChecksums(ctx, name, admin.ChecksumQuery{Index: index, First: first, Count: count})
 			if err != nil {
 				check.Error = err.Error()
 				return check
@@ -650,15 +653,58 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		}
 		pending = next
 	}
+	for len(pending) > 0 {
+		first, count := pending[0], int64(1)
+		for int(count) < len(pending) && pending[count] == first+count && count < raftlog.MaxPinnedRanges {
+			count++
+		}
+		if err := pace.Wait(ctx, start, hashed, rate); err != nil {
+			check.Error = err.Error()
+			return check
+		}
+		hashed += count * raftlog.ChecksumRange
+		pending = pending[count:]
+		differ, err := checkPinned(ctx, v, c, name, first, count)
+		if err != nil {
+			check.Error = fmt.Sprintf("ranges %d to %d changed during every one of %d reads, and their checksum entry failed: %v", first, first+count-1, checkRounds, err)
+			return check
+		}
+		bad = append(bad, differ...)
+		check.Compared += count
+		check.Pinned += count
+	}
+	slices.Sort(bad)
 	check.Mismatched = int64(len(bad))
 	check.OK = check.Mismatched == 0 && check.Compared == check.Ranges
-	switch {
-	case len(bad) > 0:
+	if len(bad) > 0 {
 		check.Error = fmt.Sprintf("%d of %d ranges differ on %s, the first at byte %d", len(bad), n, to.Name, bad[0]*raftlog.ChecksumRange)
-	case !check.OK:
-		check.Error = fmt.Sprintf("%d ranges changed during every one of %d reads", check.Ranges-check.Compared, checkRounds)
 	}
 	return check
+}
+
+// checkPinned compares count ranges from range first of the replica that
+// c's agent holds with the leader's (v) at one log index: a checksum
+// entry has every replica hash them as it applies it. It returns the
+// ranges that differ.
+func checkPinned(ctx context.Context, v *raftlog.Volume, c *client.Client, name string, first, count int64) ([]int64, error) {
+	index, id, ours, err := v.PinChecksums(ctx, first, count)
+	if err != nil {
+		return nil, err
+	}
+	theirs, err := c.LocalChecksums(ctx, name, admin.ChecksumQuery{Index: index, First: first, Count: count, Pinned: id})
+	if err != nil {
+		return nil, err
+	}
+	if len(theirs.Ranges) != len(ours) {
+		return nil, fmt.Errorf("%d ranges here, %d there (sizes differ)", len(ours), len(theirs.Ranges))
+	}
+	var differ []int64
+	for k := range ours {
+		if ours[k].Sum != theirs.Ranges[k].Sum {
+			differ = append(differ, first+int64(k))
+		}
+	}
+	return differ, nil
 }
 
 // commitMove commits a move step on the control leader.
@@ -808,7 +854,7 @@ func (a *clusterAgent) MoveStep(ctx context.Context, s admin.MoveStep) (uint64, 
 }
 
 // LocalChecksums implements admin.Mover (any agent with a replica).
-func (a *clusterAgent) LocalChecksums(ctx context.Context, name string, index uint64, first, count int64) (admin.Checksums, error) {
+func (a *clusterAgent) LocalChecksums(ctx context.Context, name string, q admin.ChecksumQuery) (admin.Checksums, error) {
 	a.mu.Lock()
 	v := a.vols[name]
 	a.mu.Unlock()
@@ -823,9 +869,15 @@ func (a *clusterAgent) LocalChecksums(ctx context.Context, name string, index ui
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	sums, err := v.Checksums(ctx, index, first, count)
+	var sums []raftlog.RangeSum
+	var err error
+	if q.Pinned != 0 {
+		sums, err = v.PinnedChecksums(ctx, q.Index, q.Pinned)
+	} else {
+		sums, err = v.Checksums(ctx, q.Index, q.First, q.Count)
+	}
 	if err != nil {
 		return admin.Checksums{}, admin.Errorf(http.StatusServiceUnavailable, "%v", err)
 	}
-	return admin.Checksums{Host: a.cfg.Name, First: first, RangeBytes: raftlog.ChecksumRange, Ranges: sums, Status: v.Status()}, nil
+	return admin.Checksums{Host: a.cfg.Name, First: q.First, RangeBytes: raftlog.ChecksumRange, Ranges: sums, Status: v.Status()}, nil
 }

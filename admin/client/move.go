@@ -45,12 +45,14 @@ func (c *Client) MoveStep(ctx context.Context, step admin.MoveStep) (uint64, err
 	return out.Index, nil
 }
 
-// LocalChecksums asks the agent for its replica's checksums of count
-// ranges of a volume from range first (count 0: to the end), once the
-// replica applied index (GET /v1/local/volumes/{name}/checksums, an
-// agent's request).
-func (c *Client) LocalChecksums(ctx context.Context, name string, index uint64, first, count int64) (admin.Checksums, error) {
-	q := url.Values{"index": {strconv.FormatUint(index, 10)}, "first": {strconv.FormatInt(first, 10)}, "count": {strconv.FormatInt(count, 10)}}
+// LocalChecksums asks the agent for its replica's checksums of a volume's
+// ranges (see admin.ChecksumQuery; GET /v1/local/volumes/{name}/checksums,
+// an agent's request).
+func (c *Client) LocalChecksums(ctx context.Context, name string, cq admin.ChecksumQuery) (admin.Checksums, error) {
+	q := url.Values{"index": {strconv.FormatUint(cq.Index, 10)}, "first": {strconv.FormatInt(cq.First, 10)}, "count": {strconv.FormatInt(cq.Count, 10)}}
+	if cq.Pinned != 0 {
+		q.Set("pinned", strconv.FormatUint(cq.Pinned, 10))
+	}
 	var out admin.Checksums
 	if err := c.do(ctx, http.MethodGet, "/v1/local/volumes/"+url.PathEscape(name)+"/checksums", q, nil, &out); err != nil {
 		return admin.Checksums{}, fmt.Errorf("checksums of volume %q: %w", name, err)

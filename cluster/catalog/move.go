@@ -96,6 +96,10 @@ type MoveCheck struct {
 	RangeBytes int64 `json:"range_bytes"`
 	Compared   int64 `json:"compared"`
 	Mismatched int64 `json:"mismatched"`
+	// Pinned counts the compared ranges that changed during every read
+	// and were compared by checksum entries, each at its own later log
+	// index (raftlog.Volume.PinChecksums).
+	Pinned int64 `json:"pinned,omitempty"`
 	// OK: every range compared, none differs.
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`

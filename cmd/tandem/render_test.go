@@ -155,7 +155,7 @@ func TestRenderGolden(t *testing.T) {
 		{"verify-line", func(w io.Writer) error {
 			r := admin.VerifyResult{ID: 990, Leader: "n1", Error: "1 of 4 ranges differ on n3, the first at byte 1048576",
 				Started: testCreated, Finished: testCreated.Add(2500 * time.Millisecond),
-				Replicas: []admin.VerifiedReplica{{Host: "n2", Check: admin.MoveCheck{Index: 470, Ranges: 4, RangeBytes: 1 << 20, Compared: 4, OK: true}},
+				Replicas: []admin.VerifiedReplica{{Host: "n2", Check: admin.MoveCheck{Index: 470, Ranges: 4, RangeBytes: 1 << 20, Compared: 4, Pinned: 1, OK: true}},
 					{Host: "n3", Check: admin.MoveCheck{Index: 471, Ranges: 4, RangeBytes: 1 << 20, Compared: 4, Mismatched: 1, Error: "1 of 4 ranges differ on n3, the first at byte 1048576"}},
 					{Host: "n4", Check: admin.MoveCheck{Error: "no route to host"}}}}
 			_, err := fmt.Fprintln(w, verifyLine("vm1", r))

@@ -344,6 +344,23 @@ func moveSummary(m *admin.VolumeMove) string {
 	return s + ", since " + formatTime(m.Started)
 }
 
+// checkSummary renders a completed check of a move or rebuild.
+func checkSummary(ck *admin.MoveCheck) string {
+	if ck == nil {
+		return "not run"
+	}
+	return fmt.Sprintf("%d of %d ranges of %s identical at log index %d%s", ck.Compared-ck.Mismatched, ck.Ranges, humanSize(ck.RangeBytes), ck.Index, pinnedNote(ck))
+}
+
+// pinnedNote says how many of a check's ranges were written during
+// every read and compared by checksum entries instead.
+func pinnedNote(ck *admin.MoveCheck) string {
+	if ck.Pinned == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %d of them, written throughout, by checksum entries at later indexes", ck.Pinned)
+}
+
 // lastMoveSummary renders how a volume's last replica move ended.
 func lastMoveSummary(r *admin.MoveResult) string {
 	s := fmt.Sprintf("%s -> %s (%s) %s %s", r.From, r.To, orDash(r.Reason), r.Result, formatTime(r.Finished))
@@ -352,7 +369,7 @@ func lastMoveSummary(r *admin.MoveResult) string {
 	}
 	if ck := r.Check; ck != nil {
 		if ck.OK {
-			s += fmt.Sprintf(", check: %d ranges identical at index %d", ck.Ranges, ck.Index)
+			s += fmt.Sprintf(", check: %d ranges identical at index %d%s", ck.Ranges, ck.Index, pinnedNote(ck))
 		} else {
 			s += fmt.Sprintf(", check: %d of %d ranges differ", ck.Mismatched, ck.Ranges)
 		}

@@ -115,10 +115,7 @@ volume switches between its replica and a proxy under them.
 				return fmt.Errorf("move of volume %s's replica from %s to %s %s: %s (replicas: %s)", name, r.From, r.To, r.Result, orDash(r.Error), strings.Join(v.Hosts, ", "))
 			}
 			rateS := orDash(copyRate(r.Bytes, r.Copy))
-			check := "not run"
-			if ck := r.Check; ck != nil {
-				check = fmt.Sprintf("%d of %d ranges of %s identical at log index %d", ck.Compared-ck.Mismatched, ck.Ranges, humanSize(ck.RangeBytes), ck.Index)
-			}
+			check := checkSummary(r.Check)
 			what := "Moved volume %s's replica from %s to %s in %v"
 			if hosts != nil {
 				what = "Moved volume %s's replicas in " + strconv.Itoa(1+len(start.PlannedMoves)) + " moves, the last from %s to %s in %v"

@@ -88,10 +88,7 @@ new one later if its replica is lost).
 			if r.Result != "completed" || r.Error != "" {
 				return fmt.Errorf("rebuild of volume %s's replica on %s %s: %s", name, host, r.Result, orDash(r.Error))
 			}
-			check := "not run"
-			if ck := r.Check; ck != nil {
-				check = fmt.Sprintf("%d of %d ranges of %s identical at log index %d", ck.Compared-ck.Mismatched, ck.Ranges, humanSize(ck.RangeBytes), ck.Index)
-			}
+			check := checkSummary(r.Check)
 			_, err = fmt.Fprintf(out, "Rebuilt volume %s's replica on %s in %v: %s copied in %v (%s); integrity check: %s. Replicas: %s.\n",
 				name, host, r.Finished.Sub(r.Started).Round(time.Millisecond), humanSize(r.Bytes), r.Copy.Round(time.Millisecond), orDash(copyRate(r.Bytes, r.Copy)),
 				check, strings.Join(v.Hosts, ", "))

@@ -25,8 +25,9 @@ func newVolumeVerifyCmd(a *adminFlags) *cobra.Command {
 		Long: `Verify volume NAME's replicas while clients keep using it: the agent that
 leads the volume compares each other replica with its own, range by range
 (1 MiB), by checksums taken at a common log index, without copying data
-and without stopping writes (docs/mirror.md, "Verifying a volume's
-replicas"). A replica that differs has been damaged behind the volume's
+and without stopping writes; ranges written during every read (a busy
+journal) are hashed by every replica at one log index through the log
+(docs/mirror.md, "Verifying a volume's replicas"). A replica that differs has been damaged behind the volume's
 back (a disk that returned other bytes than it was given, a file changed
 by hand): rebuild it in place (tandem volume rebuild NAME --host HOST)
 or move it to another host (tandem volume move); both copy the leader's
@@ -139,7 +140,7 @@ func verifyLine(name string, r admin.VerifyResult) string {
 		ck := vr.Check
 		switch {
 		case ck.OK:
-			parts = append(parts, fmt.Sprintf("%s identical (%d ranges of %s at log index %d)", vr.Host, ck.Ranges, humanSize(ck.RangeBytes), ck.Index))
+			parts = append(parts, fmt.Sprintf("%s identical (%d ranges of %s at log index %d%s)", vr.Host, ck.Ranges, humanSize(ck.RangeBytes), ck.Index, pinnedNote(&ck)))
 		case ck.Mismatched > 0:
 			parts = append(parts, fmt.Sprintf("%s DIFFERS in %d of %d ranges (%s)", vr.Host, ck.Mismatched, ck.Ranges, ck.Error))
 		default:
