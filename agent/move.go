@@ -616,10 +616,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 				return check
 			}
 			// A run of consecutive ranges, one request each side.
-			first, count := pending[0], int64(1)
-			for int(count) < len(pending) && pending[count] == first+count && count < batch {
-				count++
-			}
+			first, count := nextRun(pending, batch)
 			hashed += count * raftlog.ChecksumRange
 			pending = pending[count:]
 			// The destination first: it is behind, the leader reads later
@@ -654,10 +651,7 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		pending = next
 	}
 	for len(pending) > 0 {
-		first, count := pending[0], int64(1)
-		for int(count) < len(pending) && pending[count] == first+count && count < raftlog.MaxPinnedRanges {
-			count++
-		}
+		first, count := nextRun(pending, raftlog.MaxPinnedRanges)
 		if err := pace.Wait(ctx, start, hashed, rate); err != nil {
 			check.Error = err.Error()
 			return check
@@ -680,6 +674,16 @@ func (a *clusterAgent) checkReplica(ctx context.Context, v *raftlog.Volume, name
 		check.Error = fmt.Sprintf("%d of %d ranges differ on %s, the first at byte %d", len(bad), n, to.Name, bad[0]*raftlog.ChecksumRange)
 	}
 	return check
+}
+
+// nextRun returns the run of consecutive ranges pending starts with, at
+// most limit long.
+func nextRun(pending []int64, limit int64) (first, count int64) {
+	first, count = pending[0], 1
+	for int(count) < len(pending) && pending[count] == first+count && count < limit {
+		count++
+	}
+	return first, count
 }
 
 // checkPinned compares count ranges from range first of the replica that

@@ -78,3 +78,24 @@ func TestCheckBatchFor(t *testing.T) {
 		}
 	}
 }
+
+// TestNextRun: the integrity check asks for runs of consecutive ranges,
+// each at most limit long.
+func TestNextRun(t *testing.T) {
+	tests := []struct {
+		pending            []int64
+		limit              int64
+		wantFirst, wantLen int64
+	}{
+		{[]int64{5}, 8, 5, 1},
+		{[]int64{0, 1, 2, 3}, 8, 0, 4},
+		{[]int64{0, 1, 2, 3}, 2, 0, 2},
+		{[]int64{3, 4, 7, 8}, 8, 3, 2},
+		{[]int64{3, 5}, 8, 3, 1},
+	}
+	for _, tt := range tests {
+		if first, n := nextRun(tt.pending, tt.limit); first != tt.wantFirst || n != tt.wantLen {
+			t.Errorf("nextRun(%v, %d) = %d, %d; want %d, %d", tt.pending, tt.limit, first, n, tt.wantFirst, tt.wantLen)
+		}
+	}
+}
