@@ -1599,10 +1599,14 @@ func (r *Raft) appendEntries(rpc RPC, a *AppendEntriesRequest) {
 		metrics.MeasureSince([]string{"raft", "rpc", "appendEntries", "storeLogs"}, start)
 	}
 
-	// Update the commit index
-	if a.LeaderCommitIndex > 0 && a.LeaderCommitIndex > r.getCommitIndex() {
+	// Update the commit index. Tandem: only as far as this request's
+	// entries, which the previous-entry check and the conflict check
+	// above vouched for (Raft's "index of last new entry"), and never
+	// back. Entries this server holds past them may be an old leader's,
+	// never committed, that differ from the leader's; upstream committed
+	// up to its own last index and applied them.
+	if idx := min(min(a.LeaderCommitIndex, r.getLastIndex()), a.PrevLogEntry+uint64(len(a.Entries))); idx > r.getCommitIndex() {
 		start := time.Now()
-		idx := min(a.LeaderCommitIndex, r.getLastIndex())
 		r.setCommitIndex(idx)
 		if r.configurations.latestIndex <= idx {
 			r.setCommittedConfiguration(r.configurations.latest, r.configurations.latestIndex)
