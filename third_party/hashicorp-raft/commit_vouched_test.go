@@ -24,17 +24,7 @@ func TestCommitOnlyVouchedEntries(t *testing.T) {
 	c := MakeClusterCustom(t, &MakeClusterOpts{Peers: 3, Bootstrap: true, Conf: conf, MonotonicLogs: true})
 	defer c.Close()
 	leader := c.Leader()
-	apply := func(from, to int) {
-		t.Helper()
-		var f Future
-		for i := from; i < to; i++ {
-			f = leader.Apply([]byte(fmt.Sprintf("test%d", i)), 0)
-		}
-		if err := f.Error(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	apply(0, 10)
+	applyTest(t, leader, 0, 10)
 	c.WaitForReplication(10)
 
 	f := c.Followers()[0]
@@ -76,7 +66,20 @@ func TestCommitOnlyVouchedEntries(t *testing.T) {
 
 	// The leader's own entries at those indexes replace the stale ones
 	// everywhere.
-	apply(10, 15)
+	applyTest(t, leader, 10, 15)
 	c.WaitForReplication(15)
 	c.EnsureSame(t)
+}
+
+// applyTest applies commands "test<from>" to "test<to-1>" through leader
+// and waits for the last one.
+func applyTest(t *testing.T, leader *Raft, from, to int) {
+	t.Helper()
+	var f Future
+	for i := from; i < to; i++ {
+		f = leader.Apply([]byte(fmt.Sprintf("test%d", i)), 0)
+	}
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -6,10 +6,7 @@
 
 package raft
 
-import (
-	"fmt"
-	"testing"
-)
+import "testing"
 
 // TestSnapshotCovered checks which InstallSnapshot requests a server may
 // acknowledge without installing: those up to an index it applied, or
@@ -60,17 +57,7 @@ func TestStaleSnapshotKeepsLog(t *testing.T) {
 	c := MakeClusterCustom(t, &MakeClusterOpts{Peers: 3, Bootstrap: true, Conf: conf, MonotonicLogs: true})
 	defer c.Close()
 	leader := c.Leader()
-	apply := func(from, to int) {
-		t.Helper()
-		var f Future
-		for i := from; i < to; i++ {
-			f = leader.Apply([]byte(fmt.Sprintf("test%d", i)), 0)
-		}
-		if err := f.Error(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	apply(0, 50)
+	applyTest(t, leader, 0, 50)
 	c.WaitForReplication(50)
 	if err := leader.Snapshot().Error(); err != nil {
 		t.Fatal(err)
@@ -79,7 +66,7 @@ func TestStaleSnapshotKeepsLog(t *testing.T) {
 	if err != nil || len(snaps) == 0 {
 		t.Fatalf("leader's snapshots: %v, %v", snaps, err)
 	}
-	apply(50, 100)
+	applyTest(t, leader, 50, 100)
 	c.WaitForReplication(100)
 
 	f := c.Followers()[0]
@@ -159,7 +146,7 @@ func TestStaleSnapshotKeepsLog(t *testing.T) {
 		t.Errorf("follower's first log index after the retry: %d (%v), want %d", got, err, first)
 	}
 
-	apply(100, 120)
+	applyTest(t, leader, 100, 120)
 	c.WaitForReplication(120)
 	c.EnsureSame(t)
 }
