@@ -2047,8 +2047,8 @@ func (r *Raft) installSnapshot(rpc RPC, req *InstallSnapshotRequest) {
 // keep the entries after it). Installing such a snapshot would throw away
 // the entries after it that the server already acknowledged; with a
 // MonotonicLogStore, committed ones it had not applied yet too. A leader
-// sends one when an earlier InstallSnapshot's answer did not reach it, or
-// when a pipelined AppendEntries failed while others were in flight.
+// sends one when an answer to an InstallSnapshot or an AppendEntries did
+// not reach it (its retry walks back to the snapshot).
 // Tandem's addition; must run on the main goroutine, like appendEntries.
 func (r *Raft) snapshotCovered(index, term uint64) bool {
 	if index <= r.getLastApplied() {
