@@ -619,21 +619,36 @@ func (g *Group) verify() {
 }
 
 // answered returns when peer id last answered this host's AppendEntries
-// (see transport.Transport.Answered); now with a transport that does not
-// say (the in-memory one of a single host).
+// (zero if it is not a peer); now with a transport that does not say (the
+// in-memory one of a single host).
 func (g *Group) answered(id string, now time.Time) time.Time {
-	t, ok := g.trans.(interface {
+	var addr raft.ServerAddress
+	for _, p := range g.peers() {
+		if p.ID == id {
+			addr = raft.ServerAddress(p.Raft)
+		}
+	}
+	at, ok := answeredBy(g.trans, addr)
+	switch {
+	case !ok:
+		return now
+	case addr == "":
+		return time.Time{}
+	}
+	return at
+}
+
+// answeredBy returns when the server at addr last answered an
+// AppendEntries sent over t (transport.Transport.Answered), and false for
+// a transport that does not say.
+func answeredBy(t raft.Transport, addr raft.ServerAddress) (time.Time, bool) {
+	a, ok := t.(interface {
 		Answered(raft.ServerAddress) time.Time
 	})
 	if !ok {
-		return now
+		return time.Time{}, false
 	}
-	for _, p := range g.peers() {
-		if p.ID == id {
-			return t.Answered(raft.ServerAddress(p.Raft))
-		}
-	}
-	return time.Time{}
+	return a.Answered(addr), true
 }
 
 // transferTo hands leadership to the preferred host (raft first brings it

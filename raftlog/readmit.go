@@ -99,9 +99,8 @@ func (h *Host) serveReadmit(c net.Conn) {
 type readmitGroup interface {
 	raft() *raft.Raft
 	local() string
-	// answered returns when the server at addr last answered this
-	// (leading) member's AppendEntries, zero if unknown.
-	answered(addr raft.ServerAddress) time.Time
+	// transport is the member's raft transport (answeredBy).
+	transport() raft.Transport
 	// remove, add and promote change the configuration (leader only).
 	remove(ctx context.Context, id string) error
 	add(ctx context.Context, id string) error
@@ -113,11 +112,9 @@ type readmitGroup interface {
 // newcomer pulls the volume).
 type volumeReadmit struct{ g *Group }
 
-func (v volumeReadmit) raft() *raft.Raft { return v.g.raft }
-func (v volumeReadmit) local() string    { return v.g.cfg.Local }
-func (v volumeReadmit) answered(addr raft.ServerAddress) time.Time {
-	return answeredBy(v.g.trans, addr)
-}
+func (v volumeReadmit) raft() *raft.Raft          { return v.g.raft }
+func (v volumeReadmit) local() string             { return v.g.cfg.Local }
+func (v volumeReadmit) transport() raft.Transport { return v.g.trans }
 func (v volumeReadmit) remove(ctx context.Context, id string) error {
 	return (&Volume{g: v.g}).Remove(ctx, id)
 }
@@ -141,22 +138,9 @@ type bareReadmit struct {
 	id    string
 }
 
-func (b bareReadmit) raft() *raft.Raft { return b.r() }
-func (b bareReadmit) local() string    { return b.id }
-func (b bareReadmit) answered(addr raft.ServerAddress) time.Time {
-	return answeredBy(b.trans(), addr)
-}
-
-// answeredBy returns when the server at addr last answered an
-// AppendEntries sent over t (zero for a transport that does not say).
-func answeredBy(t raft.Transport, addr raft.ServerAddress) time.Time {
-	if a, ok := t.(interface {
-		Answered(raft.ServerAddress) time.Time
-	}); ok {
-		return a.Answered(addr)
-	}
-	return time.Time{}
-}
+func (b bareReadmit) raft() *raft.Raft          { return b.r() }
+func (b bareReadmit) local() string             { return b.id }
+func (b bareReadmit) transport() raft.Transport { return b.trans() }
 func (b bareReadmit) remove(_ context.Context, id string) error {
 	return b.r().RemoveServer(raft.ServerID(id), 0, membershipTimeout).Error()
 }
@@ -263,15 +247,16 @@ func (h *Host) answerReadmit(req readmitRequest) readmitAnswer {
 	var err error
 	switch req.Step {
 	case stepEvict:
+		if i < 0 {
+			break
+		}
 		// A server that answers this leader runs with its state: a stray
 		// or forged request does not take it out of the group.
-		if i >= 0 && time.Since(rg.answered(servers[i].Address)) < 2*h.cfg.HeartbeatTimeout {
+		if at, _ := answeredBy(rg.transport(), servers[i].Address); time.Since(at) < 2*h.cfg.HeartbeatTimeout {
 			ans.Error = fmt.Sprintf("server %q answers the leader: it is not without state", req.ID)
 			return ans
 		}
-		if i >= 0 {
-			err = rg.remove(ctx, req.ID)
-		}
+		err = rg.remove(ctx, req.ID)
 	case stepAdd:
 		if i < 0 {
 			err = rg.add(ctx, req.ID)
