@@ -71,7 +71,7 @@ func TestReadmitLostReplica(t *testing.T) {
 	// No preferred leader: leadership must not be handed to the follower
 	// that loses its files.
 	spec := VolumeSpec{Name: "vol", Size: 8 << 20, AskPeers: true}
-	c, _, f, v := askingVolume(t, spec, 200)
+	c, f, v := askingVolume(t, spec, 200)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// A request to evict a server that answers the leader is refused (by
@@ -198,7 +198,7 @@ func TestReadmitLostReplica(t *testing.T) {
 // readmitted, with every write.
 func TestReadmitAfterWholeRestart(t *testing.T) {
 	spec := VolumeSpec{Name: "vol", Size: 8 << 20, AskPeers: true}
-	c, _, f, _ := askingVolume(t, spec, 64)
+	c, f, _ := askingVolume(t, spec, 64)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range 3 {
@@ -251,9 +251,9 @@ func TestReadmitAfterWholeRestart(t *testing.T) {
 }
 
 // askingVolume opens spec on three hosts and writes blocks 0 to n-1 (block
-// k holds k+1) through its leader; it returns the cluster, the leader's
-// index, a follower's and the leader's volume.
-func askingVolume(t *testing.T, spec VolumeSpec, n int) (*testCluster, int, int, *Volume) {
+// k holds k+1) through its leader; it returns the cluster, a follower's
+// index and the leader's volume.
+func askingVolume(t *testing.T, spec VolumeSpec, n int) (*testCluster, int, *Volume) {
 	t.Helper()
 	c := newTestCluster(t, 3, nil)
 	c.open(spec)
@@ -266,5 +266,5 @@ func askingVolume(t *testing.T, spec VolumeSpec, n int) (*testCluster, int, int,
 			t.Fatal(err)
 		}
 	}
-	return c, l, (l + 1) % 3, v
+	return c, (l + 1) % 3, v
 }
